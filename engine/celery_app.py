@@ -1,0 +1,70 @@
+"""Celery configuration shared by the worker and (by name only) the bot.
+
+Broker choice: ``REDIS_URL`` when set; otherwise an embedded broker on SQLite
+through kombu's SQLAlchemy transport, so ``make run`` needs no server.  The
+embedded broker polls (about one second per round trip) and suits a single
+machine only; anything shared uses Redis.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from engine.contracts import GENERATE_TASK_NAME
+from engine.settings import EngineSettings
+
+
+def broker_urls(settings: EngineSettings) -> tuple[str, str]:
+    """``(broker, result backend)`` for the settings."""
+    if settings.redis_url:
+        return settings.redis_url, settings.redis_url
+    state = settings.state_dir.expanduser().resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    return f"sqla+sqlite:///{state / 'broker.sqlite'}", f"db+sqlite:///{state / 'results.sqlite'}"
+
+
+def make_celery(settings: EngineSettings | None = None) -> Celery:
+    """A Celery app with the delivery guarantees a GPU job queue needs.
+
+    Late acknowledgement plus reject-on-worker-lost means a worker killed
+    mid-job gives the job back to the broker instead of losing it; prefetch 1
+    stops one worker from hoarding jobs that another idle GPU could run.  The
+    time limits must nest inside the broker's visibility timeout, or Redis
+    would hand a still-running job to a second worker.
+    """
+    settings = settings or EngineSettings()
+    if not settings.task_soft_time_limit < settings.task_hard_time_limit < settings.broker_visibility_timeout:
+        raise ValueError(
+            "MMPP_TASK_SOFT_TIME_LIMIT < MMPP_TASK_HARD_TIME_LIMIT < MMPP_BROKER_VISIBILITY_TIMEOUT must hold "
+            f"(got {settings.task_soft_time_limit}, {settings.task_hard_time_limit}, "
+            f"{settings.broker_visibility_timeout})"
+        )
+    broker, backend = broker_urls(settings)
+    app = Celery("mmpp", broker=broker, backend=backend, include=["engine.tasks"])
+    transport_options = {"visibility_timeout": settings.broker_visibility_timeout} if settings.redis_url else {}
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit,
+        task_time_limit=settings.task_hard_time_limit,
+        task_track_started=True,
+        task_default_queue=settings.queue,
+        task_routes={GENERATE_TASK_NAME: {"queue": settings.queue}},
+        broker_transport_options=transport_options,
+        result_backend_transport_options=transport_options,
+        result_expires=24 * 3600,
+        result_extended=False,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+app = make_celery()

@@ -1,0 +1,231 @@
+"""Engine subcommands of ``mmpp``: generate, styles, worker, bench, run.
+
+Every failure a user can cause ends as one line ``error[CODE]: message`` on
+stderr and exit status 2; a failure of ours as ``error[INTERNAL]`` and exit
+status 1.  Never a traceback: the log (``-v``) has those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+from engine.contracts import MAX_PICTURES, MIN_PICTURES, EngineError, ErrorCode, GenerateRequest, GenerateResult, Mode
+
+SAMPLE_SELFIE = Path(__file__).with_name("assets") / "sample_selfie.jpg"
+TINY_NOTE = "note: these pictures come from the tiny test-sized model (random weights); they are noise, not art."
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad options in the project's one-line form."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if not MIN_PICTURES <= value <= MAX_PICTURES:
+        raise argparse.ArgumentTypeError(f"count must be {MIN_PICTURES} to {MAX_PICTURES}")
+    return value
+
+
+def _profile_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        choices=["auto", "default", "tiny", "tiny-sdxl"],
+        default=None,
+        help="weights to use: default = real weights (MMPP_BASE_MODEL); tiny = test-sized random model; "
+        "auto = real if available, else tiny (default: MMPP_MODEL_PROFILE or auto)",
+    )
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=f"mmpp {command}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and details to stderr")
+    if command == "generate":
+        parser.description = "Turn a selfie into profile pictures in this process and write them to --out."
+        parser.add_argument("--photo", required=True, type=Path, help="the selfie (JPEG, PNG or WebP)")
+        parser.add_argument("--style", required=True, help="a style name from 'mmpp styles'")
+        parser.add_argument("--prompt", default="", help="who or what is in the picture (default: 'a person')")
+        parser.add_argument("--mode", choices=[mode.value for mode in Mode], default=None)
+        parser.add_argument("--count", type=_count, default=1, help="pictures to make, 1-4")
+        parser.add_argument("--seed", type=int, default=None, help="seed of the first picture (others +1, +2, ...)")
+        parser.add_argument("--steps", type=int, default=None, help="override the style's denoising steps")
+        parser.add_argument("--guidance", type=float, default=None, help="override the style's guidance scale")
+        parser.add_argument("--out", required=True, type=Path, help="folder for the pictures")
+        _profile_argument(parser)
+    elif command == "worker":
+        parser.description = "Run a Celery worker that serves engine.generate."
+        parser.add_argument("--concurrency", type=int, default=1, help="worker processes (one per GPU)")
+        parser.add_argument("--pool", choices=["prefork", "solo", "threads"], default="prefork")
+        parser.add_argument("--queues", default=None, help="comma-separated queues (default: MMPP_QUEUE)")
+        parser.add_argument("--loglevel", default="INFO")
+    elif command == "run":
+        parser.description = "Start a worker on the configured broker and send it one job for the sample selfie."
+        parser.add_argument("--style", default="anime")
+        parser.add_argument("--photo", type=Path, default=SAMPLE_SELFIE)
+        parser.add_argument("--out", type=Path, default=Path(os.environ.get("MMPP_OUT", "out")))
+        parser.add_argument("--timeout", type=float, default=600.0)
+    elif command == "styles":
+        parser.description = "List the style catalogue."
+    return parser
+
+
+def main(command: str, argv: list[str]) -> int:
+    if command == "bench":
+        from engine.bench import main as bench_main
+
+        return bench_main(argv)
+    arguments = build_parser(command).parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if arguments.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        if command == "generate":
+            return _generate(arguments)
+        if command == "styles":
+            return _styles()
+        if command == "worker":
+            return _worker(arguments)
+        if command == "run":
+            return _run_demo(arguments)
+    except EngineError as error:
+        print(error.as_line(), file=sys.stderr)
+        return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
+        logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
+        print(f"error[{ErrorCode.INTERNAL.value}]: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}", file=sys.stderr)
+        return EXIT_INTERNAL
+    raise AssertionError(command)
+
+
+def _read_photo(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise EngineError(ErrorCode.NOT_AN_IMAGE, f"Cannot read the photo {path}: {error.strerror}.") from None
+
+
+def _generate(arguments: argparse.Namespace) -> int:
+    request = GenerateRequest(
+        selfie=_read_photo(arguments.photo),
+        style=arguments.style,
+        prompt=arguments.prompt,
+        mode=Mode(arguments.mode) if arguments.mode else None,
+        count=arguments.count,
+        seed=arguments.seed,
+        steps=arguments.steps,
+        guidance=arguments.guidance,
+    )
+    request.validate()
+    from engine.pipeline import Engine
+    from engine.styles import load_catalogue
+
+    catalogue = load_catalogue()
+    catalogue.get(request.style)  # refuse an unknown style before loading any model
+    engine = Engine.from_settings(profile=arguments.profile, catalogue=catalogue)
+    result = engine.generate(request)
+    for path in write_pictures(result, arguments.out):
+        print(path)
+    if result.test_sized_model:
+        print(TINY_NOTE, file=sys.stderr)
+    return 0
+
+
+def write_pictures(result: GenerateResult, folder: Path, prefix: str = "") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for picture in result.pictures:
+        path = folder / f"{prefix}{result.style}-{result.mode}-{picture.seed}.png"
+        path.write_bytes(picture.png)
+        paths.append(path)
+    return paths
+
+
+def _styles() -> int:
+    from engine.styles import load_catalogue
+
+    catalogue = load_catalogue()
+    width = max(len(style.name) for style in catalogue)
+    for style in catalogue:
+        lora = style.lora or "-"
+        print(
+            f"{style.emoji} {style.name:<{width}}  {style.display_name}: {style.description}  "
+            f"[mode {style.mode.value}; style {style.style_scale:g}, portrait {style.portrait_scale:g}, "
+            f"ip-adapter {style.ip_adapter_scale:g}; lora {lora}]"
+        )
+    return 0
+
+
+def _worker(arguments: argparse.Namespace) -> int:
+    from engine.celery_app import app
+    from engine.settings import EngineSettings
+
+    queues = arguments.queues or EngineSettings().queue
+    app.worker_main(
+        [
+            "worker",
+            f"--loglevel={arguments.loglevel}",
+            f"--pool={arguments.pool}",
+            f"--concurrency={arguments.concurrency}",
+            f"--queues={queues}",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+    return 0
+
+
+def _run_demo(arguments: argparse.Namespace) -> int:
+    """The main job until the chat adapters exist: worker + one job, end to end.
+
+    The job goes through the broker by task name, exactly as the bot will
+    send it, so this exercises the real path: payload, worker, engine, result.
+    """
+    from engine.celery_app import app
+    from engine.contracts import GENERATE_TASK_NAME
+    from engine.settings import EngineSettings
+
+    settings = EngineSettings()
+    where = "Redis (REDIS_URL)" if settings.redis_url else f"the embedded SQLite broker in {settings.state_dir}/"
+    print(f"mmpp: starting a worker on {where}", file=sys.stderr)
+    request = GenerateRequest(selfie=_read_photo(arguments.photo), style=arguments.style, count=2, seed=42)
+    request.validate()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"],
+        env={**os.environ, "MMPP_LAZY_ENGINE": "1"},
+    )
+    try:
+        started = time.monotonic()
+        async_result = app.send_task(GENERATE_TASK_NAME, args=[request.to_payload()], queue=settings.queue)
+        print(f"mmpp: sent job {async_result.id} (style {arguments.style}); waiting for the worker...", file=sys.stderr)
+        payload = async_result.get(timeout=arguments.timeout, interval=0.5)
+        result = GenerateResult.from_payload(payload)
+        result.raise_for_error()
+        paths = write_pictures(result, arguments.out)
+        for path in paths:
+            print(path)
+        print(f"mmpp: {len(paths)} pictures in {time.monotonic() - started:.1f}s from model {result.model}", file=sys.stderr)
+        if result.test_sized_model:
+            print(TINY_NOTE, file=sys.stderr)
+        return 0
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()

@@ -1,0 +1,245 @@
+"""The wire contract between the chat bot and the generation worker.
+
+This module is the only part of ``engine`` that ``bot`` may import, so it must
+stay free of torch, diffusers and anything heavy: plain dataclasses that turn
+into JSON and back.  Workers may run on other machines than the bot, so the
+selfie travels inside the payload (base64) rather than as a path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: The Celery task name the bot sends by name; renaming it breaks deployed bots.
+GENERATE_TASK_NAME = "engine.generate"
+
+#: Bumped whenever a field changes meaning, so an old worker can refuse a new
+#: payload loudly instead of misreading it.
+CONTRACT_VERSION = 1
+
+MIN_PICTURES = 1
+MAX_PICTURES = 4
+#: Characters, not tokens: the bot can check this without a tokenizer, and
+#: Compel concatenates token chunks so length is otherwise unbounded.
+MAX_PROMPT_CHARACTERS = 500
+#: Upload limit in bytes; Telegram's getFile stops at 20 MB, Discord at 25 MiB.
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Decoded pixel limit, checked before decoding so a decompression bomb costs
+#: nothing.  40 megapixels covers any phone camera.
+MAX_IMAGE_PIXELS = 40_000_000
+#: A face needs some pixels to be recognisable; below this we refuse early.
+MIN_IMAGE_SIDE = 64
+MAX_SEED = 2**32 - 1
+
+
+class Mode(str, enum.Enum):
+    """Speed/quality trade-off picked per job."""
+
+    FAST = "fast"
+    QUALITY = "quality"
+
+
+class ErrorCode(str, enum.Enum):
+    """Stable error codes; users, logs and tests all match on these strings."""
+
+    NOT_AN_IMAGE = "NOT_AN_IMAGE"
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
+    NO_FACE = "NO_FACE"
+    MULTIPLE_FACES = "MULTIPLE_FACES"
+    UNKNOWN_STYLE = "UNKNOWN_STYLE"
+    PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
+    INVALID_REQUEST = "INVALID_REQUEST"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    TIMEOUT = "TIMEOUT"
+    INTERNAL = "INTERNAL"
+
+
+class EngineError(Exception):
+    """A failure that has a stable code and a one-line message fit for a user.
+
+    Raised anywhere in the engine; the task and the command line turn it into
+    a result or an ``error[CODE]: message`` line, never a traceback.
+    """
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        one_line = " ".join(str(message).split())
+        super().__init__(f"{code.value}: {one_line}")
+        self.code = code
+        self.message = one_line
+
+    def as_line(self) -> str:
+        return f"error[{self.code.value}]: {self.message}"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One job: a selfie and a style, plus optional overrides.
+
+    ``steps`` and ``guidance`` of ``None`` mean "the style's default for the
+    mode"; the engine checks overrides against the mode's bounds.
+    """
+
+    selfie: bytes
+    style: str
+    prompt: str = ""
+    mode: Mode | None = None
+    count: int = 1
+    seed: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    job_id: str = ""
+
+    def validate(self) -> None:
+        """Checks that need no model, so the bot can refuse before enqueueing."""
+        if not isinstance(self.selfie, bytes | bytearray) or not self.selfie:
+            raise EngineError(ErrorCode.NOT_AN_IMAGE, "No photo was attached.")
+        if len(self.selfie) > MAX_UPLOAD_BYTES:
+            raise EngineError(
+                ErrorCode.IMAGE_TOO_LARGE,
+                f"The photo is {len(self.selfie) / 2**20:.1f} MiB; "
+                f"the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB.",
+            )
+        if not self.style or not isinstance(self.style, str):
+            raise EngineError(ErrorCode.UNKNOWN_STYLE, "No style was named.")
+        if len(self.prompt) > MAX_PROMPT_CHARACTERS:
+            raise EngineError(
+                ErrorCode.PROMPT_TOO_LONG,
+                f"The prompt has {len(self.prompt)} characters; "
+                f"the limit is {MAX_PROMPT_CHARACTERS}.",
+            )
+        if not MIN_PICTURES <= self.count <= MAX_PICTURES:
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST,
+                f"Ask for {MIN_PICTURES} to {MAX_PICTURES} pictures, not {self.count}.",
+            )
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise EngineError(ErrorCode.INVALID_REQUEST, f"The seed must lie between 0 and {MAX_SEED}.")
+
+    def to_payload(self) -> dict[str, Any]:
+        """JSON-safe dict for Celery's JSON serialiser."""
+        return {
+            "version": CONTRACT_VERSION,
+            "selfie_b64": base64.b64encode(bytes(self.selfie)).decode("ascii"),
+            "style": self.style,
+            "prompt": self.prompt,
+            "mode": self.mode.value if self.mode else None,
+            "count": self.count,
+            "seed": self.seed,
+            "steps": self.steps,
+            "guidance": self.guidance,
+            "job_id": self.job_id,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Any) -> GenerateRequest:
+        """Parse a payload defensively: it crossed a network from another process."""
+        if not isinstance(payload, dict):
+            raise EngineError(ErrorCode.INVALID_REQUEST, "The job payload is not an object.")
+        if payload.get("version") != CONTRACT_VERSION:
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST,
+                f"The job payload has contract version {payload.get('version')!r}; "
+                f"this worker speaks version {CONTRACT_VERSION}.",
+            )
+        try:
+            selfie = base64.b64decode(payload.get("selfie_b64") or "", validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise EngineError(ErrorCode.NOT_AN_IMAGE, "The photo in the job is not valid base64.") from None
+        mode_value = payload.get("mode")
+        try:
+            mode = Mode(mode_value) if mode_value is not None else None
+        except ValueError:
+            raise EngineError(ErrorCode.INVALID_REQUEST, f"Unknown mode {mode_value!r}; use fast or quality.") from None
+        try:
+            return cls(
+                selfie=selfie,
+                style=str(payload.get("style") or ""),
+                prompt=str(payload.get("prompt") or ""),
+                mode=mode,
+                count=int(payload.get("count", 1)),
+                seed=None if payload.get("seed") is None else int(payload["seed"]),
+                steps=None if payload.get("steps") is None else int(payload["steps"]),
+                guidance=None if payload.get("guidance") is None else float(payload["guidance"]),
+                job_id=str(payload.get("job_id") or ""),
+            )
+        except (TypeError, ValueError):
+            raise EngineError(ErrorCode.INVALID_REQUEST, "The job payload has a field of the wrong type.") from None
+
+
+@dataclass
+class Picture:
+    """One generated picture: PNG bytes and the seed that reproduces it."""
+
+    png: bytes
+    seed: int
+
+
+@dataclass
+class GenerateResult:
+    """What a job gives back: pictures and how they were made, or an error.
+
+    Exactly one of ``pictures`` (non-empty) and ``error_code`` is set.  The
+    scales and timings are kept so ratings can later be joined to the
+    configuration that produced them.
+    """
+
+    pictures: list[Picture] = field(default_factory=list)
+    style: str = ""
+    mode: str = ""
+    steps: int = 0
+    guidance: float = 0.0
+    scales: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    model: str = ""
+    test_sized_model: bool = False
+    error_code: ErrorCode | None = None
+    error_message: str = ""
+    job_id: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error_code is None
+
+    @classmethod
+    def failure(cls, error: EngineError, job_id: str = "") -> GenerateResult:
+        return cls(error_code=error.code, error_message=error.message, job_id=job_id)
+
+    def raise_for_error(self) -> None:
+        if self.error_code is not None:
+            raise EngineError(self.error_code, self.error_message)
+
+    def to_payload(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["version"] = CONTRACT_VERSION
+        data["pictures"] = [
+            {"png_b64": base64.b64encode(picture.png).decode("ascii"), "seed": picture.seed}
+            for picture in self.pictures
+        ]
+        data["error_code"] = self.error_code.value if self.error_code else None
+        return data
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> GenerateResult:
+        code = payload.get("error_code")
+        return cls(
+            pictures=[
+                Picture(png=base64.b64decode(item["png_b64"]), seed=int(item["seed"]))
+                for item in payload.get("pictures", [])
+            ],
+            style=payload.get("style", ""),
+            mode=payload.get("mode", ""),
+            steps=int(payload.get("steps", 0)),
+            guidance=float(payload.get("guidance", 0.0)),
+            scales=dict(payload.get("scales", {})),
+            timings=dict(payload.get("timings", {})),
+            model=payload.get("model", ""),
+            test_sized_model=bool(payload.get("test_sized_model", False)),
+            error_code=ErrorCode(code) if code else None,
+            error_message=payload.get("error_message", ""),
+            job_id=payload.get("job_id", ""),
+        )

@@ -1,0 +1,539 @@
+"""Where weights come from: real sources, and the tiny test-sized profile.
+
+Real weights come as a Hugging Face Hub id, a local diffusers folder or a
+single-file ``.safetensors`` checkpoint.  This machine (and CI) cannot download
+them, so the *tiny* profile builds small random components with the real
+architectures, writes them in the real on-disk formats, and hands back
+sources that go through exactly the same loading code.  Its pictures are
+noise; everything that shows them says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from engine.contracts import EngineError, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+Family = Literal["sd15", "sdxl"]
+
+#: Bump when the tiny builder changes, so stale caches are rebuilt, not reused.
+TINY_FORMAT_VERSION = 4
+TINY_SEED = 20261125
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A weight file or folder, local or on the Hub.
+
+    ``location`` is a Hub repository id or a local folder; ``weight_name`` is
+    the file inside it (with any sub-folder), or ``None`` for whole folders.
+    """
+
+    location: str
+    weight_name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> WeightSource:
+        """Read ``repo:path/in/repo.safetensors``, a local file, or a folder."""
+        text = text.strip()
+        if not text:
+            raise ValueError("empty weight source")
+        path = Path(text).expanduser()
+        if path.suffix in {".safetensors", ".ckpt", ".bin"} and (path.exists() or os.sep in text and ":" not in text):
+            return cls(location=str(path.parent), weight_name=path.name)
+        if path.exists():
+            return cls(location=str(path))
+        if ":" in text:
+            location, weight_name = text.split(":", 1)
+            return cls(location=location, weight_name=weight_name or None)
+        return cls(location=text)
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.location).expanduser().exists()
+
+    def split_subfolder(self) -> tuple[str, str]:
+        """``(subfolder, file name)`` as diffusers' loaders take them."""
+        if not self.weight_name:
+            return "", ""
+        subfolder, _, name = self.weight_name.rpartition("/")
+        return subfolder, name
+
+    def describe(self) -> str:
+        return f"{self.location}/{self.weight_name}" if self.weight_name else self.location
+
+
+@dataclass(frozen=True)
+class IPAdapterSource:
+    weights: WeightSource
+    image_encoder_folder: str
+
+
+@dataclass
+class ModelSources:
+    """Everything the pipeline loads, resolved for one profile."""
+
+    base: str
+    family: Family | None = None
+    base_config: str = ""
+    portrait_lora: WeightSource | None = None
+    lcm_lora: WeightSource | None = None
+    ip_adapter: IPAdapterSource | None = None
+    #: Per-style LoRA sources that replace the catalogue's (the tiny profile
+    #: substitutes its own random LoRAs for the real ones).
+    style_loras: dict[str, WeightSource] = field(default_factory=dict)
+    test_sized: bool = False
+    label: str = ""
+
+
+# --------------------------------------------------------------------------- family detection
+
+
+def detect_family(base: str, *, local_files_only: bool = False) -> Family:
+    """Tell SD 1.5 from SDXL by looking at the weights, not the name.
+
+    A wrong guess would load the wrong pipeline class and fail deep inside
+    diffusers, so the family is read from ``model_index.json`` for folders
+    and Hub ids and from tensor names for single files.
+    """
+    path = Path(base).expanduser()
+    if path.is_file():
+        return _family_of_single_file(path)
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.exists():
+            raise EngineError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"The folder {path} has no model_index.json, so it is not a diffusers model folder.",
+            )
+        return _family_of_index(json.loads(index.read_text()))
+    if base.endswith((".safetensors", ".ckpt")):
+        raise EngineError(ErrorCode.MODEL_UNAVAILABLE, f"The checkpoint file {base} does not exist.")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        index_path = hf_hub_download(base, "model_index.json", local_files_only=local_files_only)
+    except Exception as error:  # noqa: BLE001 - the hub raises many types for "not reachable"
+        raise model_unavailable(base, error) from None
+    return _family_of_index(json.loads(Path(index_path).read_text()))
+
+
+def _family_of_index(index: dict[str, object]) -> Family:
+    class_name = str(index.get("_class_name", ""))
+    if "XL" in class_name or "text_encoder_2" in index:
+        return "sdxl"
+    return "sd15"
+
+
+def _family_of_single_file(path: Path) -> Family:
+    if path.suffix != ".safetensors":
+        raise EngineError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"{path.name}: only .safetensors single-file checkpoints are loaded (pickled .ckpt files can run code).",
+        )
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        keys = list(handle.keys())
+    if any(key.startswith("conditioner.embedders.1.") for key in keys):
+        return "sdxl"
+    if any(key.startswith("model.diffusion_model.") for key in keys):
+        return "sd15"
+    raise EngineError(
+        ErrorCode.MODEL_UNAVAILABLE, f"{path.name} is not a Stable Diffusion checkpoint (no UNet tensors found)."
+    )
+
+
+def model_unavailable(what: str, error: BaseException | None = None) -> EngineError:
+    """The one message for weights that cannot be had, with the ways out."""
+    reason = f" ({type(error).__name__})" if error is not None else ""
+    return EngineError(
+        ErrorCode.MODEL_UNAVAILABLE,
+        f"The model '{what}' is not on this machine and cannot be downloaded{reason}; download it on a connected "
+        f"machine (huggingface-cli download {what}) into the Hugging Face cache, or point MMPP_BASE_MODEL at a local "
+        "diffusers folder or .safetensors file, or use the tiny test profile (--profile tiny).",
+    )
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def resolve_sources(profile: str, settings: object, style_names: list[str]) -> ModelSources:
+    """Turn a profile name and the settings into concrete sources.
+
+    ``auto`` is resolved by the caller (it needs a load attempt to decide);
+    here it behaves like ``default``.
+    """
+    from engine.settings import EngineSettings
+
+    assert isinstance(settings, EngineSettings)
+    if profile in {"tiny", "tiny-sdxl"}:
+        family: Family = "sdxl" if profile == "tiny-sdxl" else "sd15"
+        return build_tiny_profile(settings.cache_dir / "tiny", family, style_names)
+    family = detect_family(settings.base_model)
+    lcm = settings.lcm_lora_sdxl if family == "sdxl" else settings.lcm_lora_sd15
+    ip_adapter = settings.ip_adapter_sdxl if family == "sdxl" else settings.ip_adapter_sd15
+    return ModelSources(
+        base=settings.base_model,
+        family=family,
+        base_config=settings.base_model_config,
+        portrait_lora=WeightSource.parse(settings.portrait_lora) if settings.portrait_lora else None,
+        lcm_lora=WeightSource.parse(lcm) if lcm else None,
+        ip_adapter=(
+            IPAdapterSource(WeightSource.parse(ip_adapter), settings.ip_adapter_image_encoder) if ip_adapter else None
+        ),
+        label=settings.base_model,
+    )
+
+
+# --------------------------------------------------------------------------- the tiny profile
+
+
+def build_tiny_profile(cache_root: Path, family: Family, style_names: list[str]) -> ModelSources:
+    """Build (once) and return the tiny random model for ``family``.
+
+    Built deterministically from a fixed seed and cached by a content key, so
+    every test run and every worker process sees identical weights.
+    """
+    key = hashlib.sha256(
+        json.dumps({"version": TINY_FORMAT_VERSION, "family": family, "styles": sorted(style_names)}).encode()
+    ).hexdigest()[:12]
+    root = cache_root / f"{family}-{key}"
+    marker = root / "complete.json"
+    if not marker.exists():
+        _build_tiny_into(root, family, sorted(style_names))
+    manifest = json.loads(marker.read_text())
+    return ModelSources(
+        base=str(root / "base"),
+        family=family,
+        portrait_lora=WeightSource(str(root / "loras"), "portrait.safetensors"),
+        lcm_lora=WeightSource(str(root / "loras"), "lcm.safetensors"),
+        ip_adapter=IPAdapterSource(
+            WeightSource(str(root / "ip_adapter"), "ip-adapter-plus-face_tiny.safetensors"), "image_encoder"
+        ),
+        style_loras={
+            name: WeightSource(str(root / "loras"), file_name) for name, file_name in manifest["styles"].items()
+        },
+        test_sized=True,
+        label=f"tiny-{family} (test-sized random weights: its pictures are noise)",
+    )
+
+
+def _build_tiny_into(root: Path, family: Family, style_names: list[str]) -> None:
+    import shutil
+    import tempfile
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a temporary sibling and rename, so two processes racing to
+    # build the cache never see a half-written folder.
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(TINY_SEED)
+            pipeline = build_tiny_pipeline(family)
+            pipeline.save_pretrained(staging / "base", safe_serialization=True)
+            _write_tiny_ip_adapter(staging / "ip_adapter", pipeline.unet)
+            loras = staging / "loras"
+            _write_tiny_lora(pipeline, loras, "portrait.safetensors", seed=1, rank=4)
+            _write_tiny_lora(pipeline, loras, "lcm.safetensors", seed=2, rank=8)
+            style_files = {}
+            for index, name in enumerate(style_names):
+                file_name = f"style-{_safe_file_stem(name)}.safetensors"
+                _write_tiny_lora(pipeline, loras, file_name, seed=100 + index, rank=4)
+                style_files[name] = file_name
+        (staging / "complete.json").write_text(json.dumps({"family": family, "styles": style_files}, indent=2))
+        try:
+            staging.rename(root)
+        except OSError:
+            if not (root / "complete.json").exists():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _safe_file_stem(name: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "-", name.lower()).strip("-") or "style"
+
+
+def build_tiny_tokenizer_files(folder: Path, corpus: str, vocab_budget: int = 1000) -> None:
+    """Write a CLIP BPE vocabulary learnt from ``corpus``.
+
+    CLIP's tokenizer is byte-level BPE: 256 byte symbols, each also with an
+    end-of-word ``</w>`` form, then merges.  Learning a few hundred merges on
+    our own prompt texts gives realistic word-level tokens for the words the
+    styles use, with no download.
+    """
+    byte_symbols = list(_bytes_to_unicode().values())
+    vocab_list = byte_symbols + [symbol + "</w>" for symbol in byte_symbols]
+    words = Counter(re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]", corpus.lower()))
+    splits = {word: [*word[:-1], word[-1] + "</w>"] for word in words}
+    merges: list[tuple[str, str]] = []
+    budget = vocab_budget - len(vocab_list) - 2
+    while len(merges) < budget:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            symbols = splits[word]
+            for left, right in zip(symbols, symbols[1:], strict=False):
+                pairs[(left, right)] += count
+        if not pairs:
+            break
+        best = max(pairs.items(), key=lambda item: (item[1], item[0]))[0]
+        merges.append(best)
+        merged = best[0] + best[1]
+        for word, symbols in splits.items():
+            joined: list[str] = []
+            position = 0
+            while position < len(symbols):
+                if position + 1 < len(symbols) and (symbols[position], symbols[position + 1]) == best:
+                    joined.append(merged)
+                    position += 2
+                else:
+                    joined.append(symbols[position])
+                    position += 1
+            splits[word] = joined
+        if merged not in vocab_list:
+            vocab_list.append(merged)
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab_list)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable characters."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    characters = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            characters.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, characters), strict=True))
+
+
+def _tiny_corpus() -> str:
+    """Text the tiny tokenizer learns its merges from: the style catalogue."""
+    from engine.styles import default_catalogue_path
+
+    return default_catalogue_path().read_text(encoding="utf-8") + " a person portrait photo face"
+
+
+def build_tiny_pipeline(family: Family):  # noqa: ANN201 - diffusers pipelines share no useful base type
+    """Small random components with the real SD 1.5 / SDXL architectures.
+
+    The sizes follow diffusers' own pipeline tests: big enough to exercise
+    every block type (cross-attention, up/down sampling, SDXL's added time
+    embeddings), small enough to run two denoising steps in well under a
+    second on a CPU.
+    """
+    import tempfile
+
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        build_tiny_tokenizer_files(Path(scratch), _tiny_corpus())
+        tokenizer = CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
+    vocab_size = len(tokenizer)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=64,
+        norm_num_groups=32,
+    )
+
+    def text_config(hidden_size: int, projection_dim: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+            hidden_size=hidden_size,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            vocab_size=vocab_size,
+            projection_dim=projection_dim,
+            hidden_act="gelu",
+            max_position_embeddings=77,
+        )
+
+    if family == "sd15":
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            sample_size=32,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            norm_num_groups=32,
+        )
+        return StableDiffusionPipeline(
+            unet=unet,
+            scheduler=scheduler,
+            vae=vae,
+            text_encoder=CLIPTextModel(text_config(32, 32)),
+            tokenizer=tokenizer,
+            safety_checker=None,
+            feature_extractor=None,
+            image_encoder=None,
+            requires_safety_checker=False,
+        )
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + 32 pooled text
+        cross_attention_dim=64,
+        norm_num_groups=32,
+    )
+    return StableDiffusionXLPipeline(
+        unet=unet,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=CLIPTextModel(text_config(32, 32)),
+        text_encoder_2=CLIPTextModelWithProjection(text_config(32, 32)),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        image_encoder=None,
+        feature_extractor=None,
+    )
+
+
+def _write_tiny_lora(pipeline, folder: Path, file_name: str, *, seed: int, rank: int) -> None:  # noqa: ANN001
+    """A random UNet LoRA in the file format diffusers' training scripts write.
+
+    peft initialises ``lora_B`` to zero (a LoRA that does nothing), so both
+    matrices are drawn at random here; otherwise a test that a LoRA "changes
+    the pixels" could not fail.
+    """
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = pipeline.unet
+    adapter_name = f"build_{seed}"
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
+    unet.add_adapter(config, adapter_name=adapter_name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if f".{adapter_name}." in name and "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+    type(pipeline).save_lora_weights(folder, unet_lora_layers=state, weight_name=file_name, safe_serialization=True)
+    unet.delete_adapters(adapter_name)
+
+
+def _write_tiny_ip_adapter(folder: Path, unet) -> None:  # noqa: ANN001
+    """An IP-Adapter *Plus Face* file and its CLIP image encoder, tiny.
+
+    The file layout is the original one (``image_proj.*`` Resampler keys and
+    ``ip_adapter.N.to_k_ip/to_v_ip`` per cross-attention processor), which
+    diffusers converts on load; so this exercises the same conversion as
+    ``ip-adapter-plus-face_sd15.safetensors``.
+    """
+    from safetensors.torch import save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    image_size = 32
+    vision_hidden = 32
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=vision_hidden,
+            image_size=image_size,
+            patch_size=8,
+            projection_dim=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=37,
+        )
+    )
+    encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
+    CLIPImageProcessor(size=image_size, crop_size=image_size).save_pretrained(folder / "image_encoder")
+
+    cross_attention_dim = unet.config.cross_attention_dim
+    hidden = 32  # the Resampler's width
+    heads = 1  # diffusers derives heads as to_q rows // 64
+    inner = heads * 64
+    tensors: dict[str, torch.Tensor] = {
+        "image_proj.latents": torch.randn(1, 4, hidden) / hidden**0.5,
+        "image_proj.proj_in.weight": torch.randn(hidden, vision_hidden) * 0.1,
+        "image_proj.proj_in.bias": torch.zeros(hidden),
+        "image_proj.proj_out.weight": torch.randn(cross_attention_dim, hidden) * 0.1,
+        "image_proj.proj_out.bias": torch.zeros(cross_attention_dim),
+        "image_proj.norm_out.weight": torch.ones(cross_attention_dim),
+        "image_proj.norm_out.bias": torch.zeros(cross_attention_dim),
+    }
+    for layer in range(4):
+        prefix = f"image_proj.layers.{layer}"
+        tensors.update(
+            {
+                f"{prefix}.0.norm1.weight": torch.ones(hidden),
+                f"{prefix}.0.norm1.bias": torch.zeros(hidden),
+                f"{prefix}.0.norm2.weight": torch.ones(hidden),
+                f"{prefix}.0.norm2.bias": torch.zeros(hidden),
+                f"{prefix}.0.to_q.weight": torch.randn(inner, hidden) * 0.1,
+                f"{prefix}.0.to_kv.weight": torch.randn(2 * inner, hidden) * 0.1,
+                f"{prefix}.0.to_out.weight": torch.randn(hidden, inner) * 0.1,
+                f"{prefix}.1.0.weight": torch.ones(hidden),
+                f"{prefix}.1.0.bias": torch.zeros(hidden),
+                f"{prefix}.1.1.weight": torch.randn(hidden * 4, hidden) * 0.1,
+                f"{prefix}.1.3.weight": torch.randn(hidden, hidden * 4) * 0.1,
+            }
+        )
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            block_channels = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            block_channels = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            block_channels = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(block_channels, cross_attention_dim) * 0.3
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(block_channels, cross_attention_dim) * 0.3
+        key_id += 2
+    save_file({key: value.contiguous() for key, value in tensors.items()}, folder / "ip-adapter-plus-face_tiny.safetensors")

@@ -1,0 +1,596 @@
+"""The generation engine: one object per worker process, composed on diffusers.
+
+Why a composition and not a subclass of a diffusers pipeline: everything we
+add (adapter choice per style, Compel conditioning, the selfie's face crop,
+scheduler per mode) happens *around* a plain pipeline call, so that call can
+be benchmarked against the engine on identical work (``mmpp bench engine``)
+and the engine can never silently drift from what diffusers does.
+
+Adapters are loaded once and stay resident; a style switch only changes
+which adapters are active and at what weight (``set_adapters``), so no job
+ever touches the disk.  With ``torch.compile`` on, the same switch is done by
+diffusers' LoRA hot-swap into fixed slots instead, because changing the set
+of active adapters would make the compiled graph recompile.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from engine import faces
+from engine.contracts import EngineError, ErrorCode, GenerateRequest, GenerateResult, Mode, Picture
+from engine.models import ModelSources, WeightSource, detect_family, model_unavailable, resolve_sources
+from engine.settings import EngineSettings
+from engine.styles import GUIDANCE_BOUNDS, STEP_BOUNDS, Catalogue, Style, load_catalogue
+
+logger = logging.getLogger(__name__)
+
+#: ``on_progress(done_steps, total_steps)``; called from the denoising loop.
+ProgressCallback = Callable[[int, int], None]
+
+PORTRAIT_ADAPTER = "portrait"
+LCM_ADAPTER = "lcm"
+STYLE_SLOT = "style"
+
+
+def style_adapter_name(style_name: str) -> str:
+    # peft keeps adapters in ModuleDicts, whose keys may not contain dots.
+    return "style_" + style_name.replace("-", "_").replace(".", "_")
+
+
+@dataclass(frozen=True)
+class ScaleOverrides:
+    """Per-call replacements for a style's scales (sweeps and tests use them)."""
+
+    style_scale: float | None = None
+    portrait_scale: float | None = None
+    ip_adapter_scale: float | None = None
+
+
+@dataclass
+class JobPlan:
+    """Everything decided about a job before any pixel is computed."""
+
+    style: Style
+    mode: Mode
+    steps: int
+    guidance: float
+    prompt: str
+    negative_prompt: str
+    seeds: list[int]
+    adapters: dict[str, float]
+    ip_adapter_scale: float
+    scales: dict[str, float] = field(default_factory=dict)
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
+    """Half precision where the device runs it well; fp32 on CPU by default.
+
+    bf16 on CPU is faster on recent processors but changes the pixels, so it
+    is an explicit choice (``MMPP_DTYPE=bfloat16``), not a default.
+    """
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def load_base_pipeline(sources: ModelSources, dtype: torch.dtype):  # noqa: ANN201 - SD or SDXL pipeline
+    """Load the base model from a Hub id, a diffusers folder or a single file."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    family = sources.family or detect_family(sources.base)
+    pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    options: dict[str, Any] = {"torch_dtype": dtype}
+    if family == "sd15":
+        # The NSFW check is a separate, optional stage (see the deployment
+        # docs); loading the checker here would cost 1.2 GB per worker.
+        options.update(safety_checker=None, requires_safety_checker=False)
+    base = Path(sources.base).expanduser()
+    try:
+        if base.is_file():
+            if sources.base_config:
+                options["config"] = sources.base_config
+            return pipeline_class.from_single_file(str(base), **options), family
+        return pipeline_class.from_pretrained(sources.base, **options), family
+    except EngineError:
+        raise
+    except Exception as error:  # noqa: BLE001 - diffusers and the hub raise many types for missing weights
+        logger.exception("loading the base model %s failed", sources.base)
+        raise model_unavailable(sources.base, error) from None
+
+
+class Engine:
+    """Selfie + style → profile pictures, with everything loaded once.
+
+    Not thread-safe for concurrent jobs (one pipeline, one set of active
+    adapters): a lock serialises ``generate``; Celery runs one job per worker
+    process anyway (prefetch 1).
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        family: str,
+        sources: ModelSources,
+        catalogue: Catalogue,
+        *,
+        face_analyzer: faces.FaceAnalyzer | None = None,
+        use_hotswap: bool = False,
+        resolution: int = 0,
+    ) -> None:
+        self.pipeline = pipeline
+        self.family = family
+        self.sources = sources
+        self.catalogue = catalogue
+        self.face_analyzer = face_analyzer or faces.default_analyzer()
+        self.use_hotswap = use_hotswap
+        self.resolution = resolution
+        self.unavailable_styles: dict[str, str] = {}
+        self.style_adapters: dict[str, str] = {}
+        self.has_portrait = False
+        self.has_lcm = False
+        self.has_ip_adapter = False
+        self._lock = threading.Lock()
+        self._scheduler_config = dict(pipeline.scheduler.config)
+        self._hotswap_state: dict[str, dict[str, torch.Tensor]] = {}
+        self._hotswap_loaded: dict[str, tuple[str, float]] = {}
+        self._lora_enabled = True
+        self._compel = self._build_compel()
+        self.load_timings: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: EngineSettings | None = None,
+        *,
+        profile: str | None = None,
+        catalogue: Catalogue | None = None,
+    ) -> Engine:
+        """Build the engine the environment asks for.
+
+        ``auto`` tries the real weights first and falls back to the tiny
+        profile, logging plainly that the pictures will be noise, so that
+        ``make run`` works on a fresh machine without a download.
+        """
+        settings = settings or EngineSettings()
+        catalogue = catalogue or load_catalogue(settings.styles_file)
+        profile = profile or settings.model_profile
+        if profile == "auto":
+            try:
+                return cls.from_sources(resolve_sources("default", settings, catalogue.names), catalogue, settings)
+            except EngineError as error:
+                if error.code is not ErrorCode.MODEL_UNAVAILABLE:
+                    raise
+                logger.warning(
+                    "Real weights unavailable (%s). Falling back to the TINY test-sized model: "
+                    "its pictures are random noise, useful only to try the plumbing.",
+                    error.message,
+                )
+                profile = "tiny"
+        return cls.from_sources(resolve_sources(profile, settings, catalogue.names), catalogue, settings)
+
+    @classmethod
+    def from_sources(cls, sources: ModelSources, catalogue: Catalogue, settings: EngineSettings) -> Engine:
+        quiet_libraries()
+        started = time.perf_counter()
+        device = pick_device(settings.device)
+        dtype = pick_dtype(settings.dtype, device)
+        pipeline, family = load_base_pipeline(sources, dtype)
+        pipeline.set_progress_bar_config(disable=True)
+        pipeline.to(device)
+        base_seconds = time.perf_counter() - started
+        engine = cls(pipeline, family, sources, catalogue, use_hotswap=settings.compile, resolution=settings.resolution)
+        engine.load_adapters()
+        if settings.compile:
+            engine.compile()
+        engine.load_timings = {"base": base_seconds, "total": time.perf_counter() - started}
+        logger.info("engine ready: %s on %s/%s in %.1fs", sources.label or sources.base, device, dtype, time.perf_counter() - started)
+        return engine
+
+    def _build_compel(self) -> Any:
+        from compel import CompelForSD, CompelForSDXL
+
+        if self.family == "sdxl":
+            return CompelForSDXL(self.pipeline)
+        return CompelForSD(self.pipeline)
+
+    def load_adapters(self) -> None:
+        """Load the IP-Adapter and every LoRA once, as named adapters.
+
+        A style whose LoRA cannot be loaded stays listed but answers
+        ``MODEL_UNAVAILABLE``, so one bad download does not take the other
+        styles down with it.  A missing IP-Adapter or LCM-LoRA likewise only
+        disables what needs it.
+        """
+        pipeline = self.pipeline
+        if self.sources.ip_adapter is not None:
+            source = self.sources.ip_adapter
+            subfolder, weight_name = source.weights.split_subfolder()
+            try:
+                pipeline.load_ip_adapter(
+                    source.weights.location,
+                    subfolder=subfolder,
+                    weight_name=weight_name,
+                    image_encoder_folder=source.image_encoder_folder,
+                )
+                self.has_ip_adapter = True
+            except Exception as error:  # noqa: BLE001
+                logger.warning("IP-Adapter %s not loaded (%s): identity will rely on the prompt alone", source.weights.describe(), type(error).__name__)
+        if self.use_hotswap:
+            self._prepare_hotswap()
+            return
+        if self.sources.portrait_lora is not None:
+            self.has_portrait = self._load_lora(self.sources.portrait_lora, PORTRAIT_ADAPTER)
+        if self.sources.lcm_lora is not None:
+            self.has_lcm = self._load_lora(self.sources.lcm_lora, LCM_ADAPTER)
+        for style in self.catalogue:
+            source = self._style_source(style)
+            if source is None:
+                continue
+            adapter = style_adapter_name(style.name)
+            if self._load_lora(source, adapter):
+                self.style_adapters[style.name] = adapter
+            else:
+                self.unavailable_styles[style.name] = source.describe()
+
+    def _style_source(self, style: Style) -> WeightSource | None:
+        if style.name in self.sources.style_loras:
+            return self.sources.style_loras[style.name]
+        return WeightSource.parse(style.lora) if style.lora else None
+
+    def _load_lora(self, source: WeightSource, adapter_name: str) -> bool:
+        try:
+            self.pipeline.load_lora_weights(source.location, weight_name=source.weight_name, adapter_name=adapter_name)
+            return True
+        except Exception as error:  # noqa: BLE001
+            logger.warning("LoRA %s (%s) not loaded: %s", adapter_name, source.describe(), type(error).__name__)
+            return False
+
+    # ------------------------------------------------------------------ hot-swap (compiled UNet)
+
+    def _read_lora_state(self, source: WeightSource) -> dict[str, torch.Tensor] | None:
+        try:
+            state, _ = type(self.pipeline).lora_state_dict(source.location, weight_name=source.weight_name)
+            return {key: value.detach().clone() for key, value in state.items()}
+        except Exception as error:  # noqa: BLE001
+            logger.warning("LoRA %s not read: %s", source.describe(), type(error).__name__)
+            return None
+
+    def _prepare_hotswap(self) -> None:
+        """Read every LoRA into memory once and load one per fixed slot.
+
+        Each slot stays active at weight 1; a switch copies the next LoRA's
+        tensors, pre-multiplied by its scale, into the slot in place
+        (``hotswap=True``), which keeps a compiled UNet's graph valid.
+        """
+        readable: dict[str, dict[str, torch.Tensor]] = {}
+        for slot, source in ((PORTRAIT_ADAPTER, self.sources.portrait_lora), (LCM_ADAPTER, self.sources.lcm_lora)):
+            if source is not None and (state := self._read_lora_state(source)) is not None:
+                readable[slot] = state
+        for style in self.catalogue:
+            source = self._style_source(style)
+            if source is None:
+                continue
+            state = self._read_lora_state(source)
+            if state is None:
+                self.unavailable_styles[style.name] = source.describe()
+            else:
+                readable[style_adapter_name(style.name)] = state
+                self.style_adapters[style.name] = style_adapter_name(style.name)
+        self._hotswap_state = readable
+        self.has_portrait = PORTRAIT_ADAPTER in readable
+        self.has_lcm = LCM_ADAPTER in readable
+        ranks = [_lora_rank(state) for state in readable.values()]
+        if not ranks:
+            return
+        self.pipeline.enable_lora_hotswap(target_rank=max(ranks))
+        first_style = next(iter(self.style_adapters.values()), None)
+        for slot, content in ((PORTRAIT_ADAPTER, PORTRAIT_ADAPTER), (LCM_ADAPTER, LCM_ADAPTER), (STYLE_SLOT, first_style)):
+            if content in readable:
+                self.pipeline.load_lora_weights(_scaled(readable[content], 0.0), adapter_name=slot)
+                self._hotswap_loaded[slot] = (content, 0.0)
+        self.pipeline.set_adapters(list(self._hotswap_loaded), [1.0] * len(self._hotswap_loaded))
+
+    def _hotswap_activate(self, adapters: dict[str, float]) -> None:
+        wanted: dict[str, tuple[str, float]] = {}
+        for slot in self._hotswap_loaded:
+            if slot == STYLE_SLOT:
+                content = next((name for name in adapters if name.startswith("style_")), None)
+                wanted[slot] = (content, adapters[content]) if content else (self._hotswap_loaded[slot][0], 0.0)
+            else:
+                wanted[slot] = (slot, adapters.get(slot, 0.0))
+        for slot, (content, scale) in wanted.items():
+            if self._hotswap_loaded[slot] != (content, scale):
+                self.pipeline.load_lora_weights(
+                    _scaled(self._hotswap_state[content], scale), adapter_name=slot, hotswap=True
+                )
+                self._hotswap_loaded[slot] = (content, scale)
+
+    def compile(self) -> None:
+        """Compile the UNet once; hot-swap keeps style switches from recompiling."""
+        self.pipeline.unet = torch.compile(self.pipeline.unet, fullgraph=False)
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(self, request: GenerateRequest, overrides: ScaleOverrides | None = None) -> JobPlan:
+        """Validate the request against the style and fix every setting."""
+        request.validate()
+        style = self.catalogue.get(request.style)
+        if style.name in self.unavailable_styles:
+            raise EngineError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"The style '{style.name}' is unavailable on this worker: its LoRA "
+                f"{self.unavailable_styles[style.name]} could not be loaded.",
+            )
+        mode = request.mode or style.mode
+        if mode is Mode.FAST and not self.has_lcm:
+            raise EngineError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                "Fast mode needs the LCM-LoRA, which this worker could not load; ask for mode quality.",
+            )
+        steps = request.steps if request.steps is not None else style.default_steps(mode)
+        guidance = request.guidance if request.guidance is not None else style.default_guidance(mode)
+        low, high = STEP_BOUNDS[mode]
+        if not low <= steps <= high:
+            raise EngineError(ErrorCode.INVALID_REQUEST, f"{mode.value} mode takes {low} to {high} steps, not {steps}.")
+        low_guidance, high_guidance = GUIDANCE_BOUNDS[mode]
+        if not low_guidance <= guidance <= high_guidance:
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST,
+                f"{mode.value} mode takes guidance {low_guidance:g} to {high_guidance:g}, not {guidance:g}.",
+            )
+        overrides = overrides or ScaleOverrides()
+        style_scale = style.style_scale if overrides.style_scale is None else overrides.style_scale
+        portrait_scale = style.portrait_scale if overrides.portrait_scale is None else overrides.portrait_scale
+        ip_scale = style.ip_adapter_scale if overrides.ip_adapter_scale is None else overrides.ip_adapter_scale
+        adapters: dict[str, float] = {}
+        if self.has_portrait and portrait_scale > 0:
+            adapters[PORTRAIT_ADAPTER] = portrait_scale
+        if style.name in self.style_adapters and style_scale > 0:
+            adapters[self.style_adapters[style.name]] = style_scale
+        if mode is Mode.FAST:
+            adapters[LCM_ADAPTER] = 1.0
+        base_seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**32)
+        seeds = [(base_seed + index) % 2**32 for index in range(request.count)]
+        return JobPlan(
+            style=style,
+            mode=mode,
+            steps=steps,
+            guidance=guidance,
+            prompt=style.render_prompt(_clean_prompt(request.prompt)),
+            negative_prompt=style.negative_prompt,
+            seeds=seeds,
+            adapters=adapters,
+            ip_adapter_scale=ip_scale if self.has_ip_adapter else 0.0,
+            scales={
+                "style_lora": style_scale if style.name in self.style_adapters else 0.0,
+                "portrait_lora": portrait_scale if self.has_portrait else 0.0,
+                "ip_adapter": ip_scale if self.has_ip_adapter else 0.0,
+                "lcm_lora": 1.0 if mode is Mode.FAST else 0.0,
+            },
+        )
+
+    # ------------------------------------------------------------------ per-job state
+
+    def activate(self, adapters: dict[str, float]) -> None:
+        """Make exactly these adapters active at these weights; no disk access."""
+        if self.use_hotswap:
+            if self._hotswap_loaded:
+                self._hotswap_activate(adapters)
+            return
+        if not adapters:
+            if self._lora_enabled and self.pipeline.get_list_adapters():
+                self.pipeline.disable_lora()
+                self._lora_enabled = False
+            return
+        if not self._lora_enabled:
+            self.pipeline.enable_lora()
+            self._lora_enabled = True
+        self.pipeline.set_adapters(list(adapters), adapter_weights=list(adapters.values()))
+
+    def scheduler_for(self, mode: Mode) -> Any:
+        """A fresh scheduler per job: schedulers keep per-run state."""
+        from diffusers import DPMSolverMultistepScheduler, LCMScheduler
+
+        if mode is Mode.FAST:
+            return LCMScheduler.from_config(self._scheduler_config)
+        return DPMSolverMultistepScheduler.from_config(
+            self._scheduler_config, algorithm_type="dpmsolver++", use_karras_sigmas=True
+        )
+
+    def encode_prompt(self, prompt: str, negative_prompt: str) -> dict[str, torch.Tensor]:
+        """Compel conditioning as keyword arguments for the pipeline call."""
+        try:
+            with torch.no_grad():
+                conditioning = self._compel(prompt, negative_prompt=negative_prompt or "")
+        except Exception as error:  # noqa: BLE001 - the prompt parser raises its own types
+            raise EngineError(
+                ErrorCode.INVALID_REQUEST, f"The prompt's weighting syntax could not be read ({type(error).__name__})."
+            ) from None
+        arguments = {"prompt_embeds": conditioning.embeds, "negative_prompt_embeds": conditioning.negative_embeds}
+        if self.family == "sdxl":
+            arguments["pooled_prompt_embeds"] = conditioning.pooled_embeds
+            arguments["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_embeds
+        return arguments
+
+    def output_size(self) -> tuple[int, int]:
+        native = self.pipeline.unet.config.sample_size * self.pipeline.vae_scale_factor
+        side = self.resolution or native
+        side -= side % 8
+        return side, side
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        request: GenerateRequest,
+        on_progress: ProgressCallback | None = None,
+        *,
+        overrides: ScaleOverrides | None = None,
+        deadline: float | None = None,
+    ) -> GenerateResult:
+        """Run one job; raise :class:`EngineError` for anything a user can fix.
+
+        ``deadline`` is a ``time.monotonic()`` value; past it the denoising
+        loop stops with ``TIMEOUT`` between two steps.
+        """
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        plan = self.plan(request, overrides)
+        mark = time.perf_counter()
+        selfie = self.face_analyzer.prepare_selfie(request.selfie)
+        timings["face"] = time.perf_counter() - mark
+        with self._lock:
+            mark = time.perf_counter()
+            self.activate(plan.adapters)
+            if self.has_ip_adapter:
+                self.pipeline.set_ip_adapter_scale(plan.ip_adapter_scale)
+            self.pipeline.scheduler = self.scheduler_for(plan.mode)
+            timings["adapters"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            conditioning = self.encode_prompt(plan.prompt, plan.negative_prompt)
+            timings["prompt"] = time.perf_counter() - mark
+            pictures: list[Picture] = []
+            total_steps = plan.steps * len(plan.seeds)
+            for index, seed in enumerate(plan.seeds):
+                images, stage_times = self._denoise_and_decode(
+                    plan, conditioning, selfie.crop, seed, index, total_steps, on_progress, deadline
+                )
+                for stage, seconds in stage_times.items():
+                    timings[stage] = timings.get(stage, 0.0) + seconds
+                mark = time.perf_counter()
+                pictures.append(Picture(png=encode_png(images[0]), seed=seed))
+                timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - mark
+        timings["total"] = time.perf_counter() - started
+        return GenerateResult(
+            pictures=pictures,
+            style=plan.style.name,
+            mode=plan.mode.value,
+            steps=plan.steps,
+            guidance=plan.guidance,
+            scales=plan.scales,
+            timings={stage: round(seconds, 4) for stage, seconds in timings.items()},
+            model=self.sources.label or self.sources.base,
+            test_sized_model=self.sources.test_sized,
+            job_id=request.job_id,
+        )
+
+    def pipeline_arguments(
+        self, plan: JobPlan, conditioning: dict[str, torch.Tensor], face_crop: Image.Image, seed: int
+    ) -> dict[str, Any]:
+        """The exact keyword arguments of the diffusers call (the benchmark reuses them)."""
+        width, height = self.output_size()
+        arguments: dict[str, Any] = {
+            **conditioning,
+            "num_inference_steps": plan.steps,
+            "guidance_scale": plan.guidance,
+            "generator": torch.Generator("cpu").manual_seed(seed),
+            "width": width,
+            "height": height,
+            "output_type": "pil",
+        }
+        if self.has_ip_adapter:
+            arguments["ip_adapter_image"] = face_crop
+        return arguments
+
+    def _denoise_and_decode(
+        self,
+        plan: JobPlan,
+        conditioning: dict[str, torch.Tensor],
+        face_crop: Image.Image,
+        seed: int,
+        index: int,
+        total_steps: int,
+        on_progress: ProgressCallback | None,
+        deadline: float | None,
+    ) -> tuple[list[Image.Image], dict[str, float]]:
+        started = time.perf_counter()
+        denoise_end = [started]
+
+        def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+            denoise_end[0] = time.perf_counter()
+            if deadline is not None and time.monotonic() > deadline:
+                raise EngineError(ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode.")
+            if on_progress is not None:
+                on_progress(index * plan.steps + step + 1, total_steps)
+            return callback_kwargs
+
+        arguments = self.pipeline_arguments(plan, conditioning, face_crop, seed)
+        with torch.inference_mode():
+            output = self.pipeline(**arguments, callback_on_step_end=on_step_end)
+        finished = time.perf_counter()
+        return output.images, {"denoise": denoise_end[0] - started, "vae_decode": finished - denoise_end[0]}
+
+
+def quiet_libraries() -> None:
+    """Silence the libraries' progress bars and advice meant for notebooks.
+
+    A worker's log should hold our job lines; diffusers' per-load progress
+    bars and peft's "multiple adapters" warning (we mean it) drown them.
+    """
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+    warnings.filterwarnings("ignore", message=".*requires torchvision.*")
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG with no metadata: nothing of the upload (EXIF, GPS) can leak out."""
+    clean = Image.new("RGB", image.size)
+    clean.paste(image.convert("RGB"))
+    buffer = io.BytesIO()
+    clean.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _clean_prompt(prompt: str) -> str:
+    """Drop control characters and squeeze whitespace; Compel syntax stays."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in prompt).split())
+
+
+def _scaled(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """A LoRA state dict whose effect is multiplied by ``scale`` (via its up/B matrices)."""
+    scaled = {}
+    for key, value in state.items():
+        is_up = ".lora_B." in key or ".lora.up." in key or "lora_up" in key
+        scaled[key] = value * scale if is_up else value.clone()
+    return scaled
+
+
+def _lora_rank(state: dict[str, torch.Tensor]) -> int:
+    ranks = [value.shape[0] for key, value in state.items() if (".lora_A." in key or "lora.down" in key or "lora_down" in key) and value.ndim >= 2]
+    return max(ranks, default=4)

@@ -1,0 +1,59 @@
+"""Worker-side configuration, read from the environment (and ``.env``).
+
+Every variable carries the ``MMPP_`` prefix (``REDIS_URL`` aside, which many
+hosting providers set under that exact name) and is documented in
+``.env.example``.  The bot has its own settings class; the two share only the
+broker address.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "mmpp"
+
+
+class EngineSettings(BaseSettings):
+    """Where the weights come from and how the worker runs them."""
+
+    model_config = SettingsConfigDict(env_prefix="MMPP_", env_file=".env", extra="ignore")
+
+    #: ``auto`` tries the real weights and falls back to the tiny test-sized
+    #: model, saying so; ``default`` insists on the real weights.
+    model_profile: Literal["auto", "default", "tiny", "tiny-sdxl"] = "auto"
+    base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    #: Diffusers-format folder or Hub id whose configs describe a single-file
+    #: checkpoint; needed offline because single files carry no configs.
+    base_model_config: str = ""
+    #: The portrait LoRA is trained by ``mmpp train --kind portrait``; empty
+    #: means none, and every style's portrait scale is then ignored.
+    portrait_lora: str = ""
+    lcm_lora_sd15: str = "latent-consistency/lcm-lora-sdv1-5:pytorch_lora_weights.safetensors"
+    lcm_lora_sdxl: str = "latent-consistency/lcm-lora-sdxl:pytorch_lora_weights.safetensors"
+    ip_adapter_sd15: str = "h94/IP-Adapter:models/ip-adapter-plus-face_sd15.safetensors"
+    ip_adapter_sdxl: str = "h94/IP-Adapter:sdxl_models/ip-adapter-plus-face_sdxl_vit-h.safetensors"
+    #: Relative to the IP-Adapter repository or folder; both face adapters use
+    #: the ViT-H encoder that lives under ``models/``.
+    ip_adapter_image_encoder: str = "models/image_encoder"
+    styles_file: Path | None = None
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    #: Off by default: compiling takes minutes and only pays off on GPUs.
+    compile: bool = False
+    #: Longest side of the generated pictures; 0 means the model's native size.
+    resolution: int = 0
+    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "MMPP_REDIS_URL"))
+    #: The queue the worker consumes and the bot sends to.
+    queue: str = "mmpp"
+    #: Where the embedded (server-less) broker keeps its SQLite files.
+    state_dir: Path = Path("var")
+    task_soft_time_limit: int = 540
+    task_hard_time_limit: int = 600
+    broker_visibility_timeout: int = 3600

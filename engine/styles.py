@@ -1,0 +1,200 @@
+"""The style catalogue: loading and validating ``styles.toml``.
+
+Styles are data so that operators can add one without touching code; the
+price is validation at load time, with errors that name the style and the
+field, because a typo found by the first user who asks for that style is a
+bad way to learn about it.  Torch-free, so the bot may list styles too.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.contracts import EngineError, ErrorCode, Mode
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+SUBJECT_PLACEHOLDER = "{subject}"
+DEFAULT_SUBJECT = "a person"
+
+#: Bounds for per-request overrides, per mode.  LCM degrades above guidance 2
+#: and gains nothing past 8 steps; DPM-Solver++ needs at least ~15 steps.
+STEP_BOUNDS = {Mode.FAST: (4, 8), Mode.QUALITY: (15, 50)}
+GUIDANCE_BOUNDS = {Mode.FAST: (1.0, 2.0), Mode.QUALITY: (3.0, 12.0)}
+SCALE_BOUNDS = {"style_scale": (0.0, 2.0), "portrait_scale": (0.0, 2.0), "ip_adapter_scale": (0.0, 1.5)}
+
+
+class CatalogueError(ValueError):
+    """The catalogue file is wrong; the message names the style and field."""
+
+
+@dataclass(frozen=True)
+class Style:
+    name: str
+    display_name: str
+    emoji: str
+    description: str
+    prompt: str
+    negative_prompt: str
+    lora: str | None
+    style_scale: float
+    portrait_scale: float
+    ip_adapter_scale: float
+    mode: Mode
+    fast_steps: int
+    fast_guidance: float
+    quality_steps: int
+    quality_guidance: float
+
+    def render_prompt(self, subject: str) -> str:
+        return self.prompt.replace(SUBJECT_PLACEHOLDER, subject.strip() or DEFAULT_SUBJECT)
+
+    def default_steps(self, mode: Mode) -> int:
+        return self.fast_steps if mode is Mode.FAST else self.quality_steps
+
+    def default_guidance(self, mode: Mode) -> float:
+        return self.fast_guidance if mode is Mode.FAST else self.quality_guidance
+
+
+class Catalogue:
+    """The styles, by name, in file order."""
+
+    def __init__(self, styles: list[Style]) -> None:
+        self._styles = {style.name: style for style in styles}
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of Style
+        return iter(self._styles.values())
+
+    def __len__(self) -> int:
+        return len(self._styles)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._styles
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._styles)
+
+    def get(self, name: str) -> Style:
+        key = name.strip().lower()
+        if key in self._styles:
+            return self._styles[key]
+        raise EngineError(
+            ErrorCode.UNKNOWN_STYLE,
+            f"There is no style called '{name[:40]}'; choose one of: {', '.join(self._styles)}.",
+        )
+
+
+def default_catalogue_path() -> Path:
+    return Path(__file__).with_name("styles.toml")
+
+
+def load_catalogue(path: Path | None = None) -> Catalogue:
+    path = path or default_catalogue_path()
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CatalogueError(f"{path}: the style catalogue does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise CatalogueError(f"{path}: not valid TOML: {error}") from None
+    return parse_catalogue(document, source=str(path))
+
+
+def parse_catalogue(document: dict[str, Any], source: str = "styles.toml") -> Catalogue:
+    defaults = document.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise CatalogueError(f"{source}: [defaults] must be a table")
+    unknown_tables = set(document) - {"defaults", "styles"}
+    if unknown_tables:
+        raise CatalogueError(f"{source}: unknown top-level tables {sorted(unknown_tables)}")
+    styles_table = document.get("styles")
+    if not isinstance(styles_table, dict) or not styles_table:
+        raise CatalogueError(f"{source}: no [styles.NAME] tables found")
+    styles = [_parse_style(name, table, defaults, source) for name, table in styles_table.items()]
+    return Catalogue(styles)
+
+
+_KNOWN_FIELDS = {
+    "display_name",
+    "emoji",
+    "description",
+    "prompt",
+    "negative_prompt",
+    "lora",
+    "style_scale",
+    "portrait_scale",
+    "ip_adapter_scale",
+    "mode",
+    "fast_steps",
+    "fast_guidance",
+    "quality_steps",
+    "quality_guidance",
+}
+
+
+def _parse_style(name: str, table: Any, defaults: dict[str, Any], source: str) -> Style:
+    def fail(field: str, problem: str) -> CatalogueError:
+        return CatalogueError(f"{source}: style '{name}', field '{field}': {problem}")
+
+    if not NAME_PATTERN.match(name):
+        raise fail("name", "use 1-32 lower-case letters, digits and '-'")
+    if not isinstance(table, dict):
+        raise fail("name", "must be a table")
+    unknown = set(table) - _KNOWN_FIELDS
+    if unknown:
+        raise fail(sorted(unknown)[0], f"unknown field (known: {', '.join(sorted(_KNOWN_FIELDS))})")
+    merged = {**defaults, **table}
+
+    def text(field: str, *, required: bool = True, max_length: int = 400) -> str:
+        value = merged.get(field)
+        if value is None:
+            if required:
+                raise fail(field, "is missing")
+            return ""
+        if not isinstance(value, str) or (required and not value.strip()):
+            raise fail(field, "must be a non-empty string")
+        if len(value) > max_length:
+            raise fail(field, f"is longer than {max_length} characters")
+        return value.strip()
+
+    def number(field: str, low: float, high: float, *, integer: bool = False) -> float:
+        value = merged.get(field)
+        if value is None:
+            raise fail(field, "is missing")
+        if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+            raise fail(field, f"must be {'an integer' if integer else 'a number'}")
+        if not low <= value <= high:
+            raise fail(field, f"must lie between {low:g} and {high:g}, not {value}")
+        return value
+
+    prompt = text("prompt")
+    if SUBJECT_PLACEHOLDER not in prompt:
+        raise fail("prompt", f"must contain the placeholder {SUBJECT_PLACEHOLDER}")
+    mode_text = text("mode")
+    try:
+        mode = Mode(mode_text)
+    except ValueError:
+        raise fail("mode", f"must be 'fast' or 'quality', not '{mode_text}'") from None
+    lora = merged.get("lora")
+    if lora is not None and (not isinstance(lora, str) or not lora.strip()):
+        raise fail("lora", "must be 'hub/repo:file.safetensors' or a local path")
+    return Style(
+        name=name,
+        display_name=text("display_name", max_length=40),
+        emoji=text("emoji", max_length=8),
+        description=text("description", max_length=120),
+        prompt=prompt,
+        negative_prompt=text("negative_prompt", required=False),
+        lora=lora.strip() if lora else None,
+        style_scale=float(number("style_scale", *SCALE_BOUNDS["style_scale"])),
+        portrait_scale=float(number("portrait_scale", *SCALE_BOUNDS["portrait_scale"])),
+        ip_adapter_scale=float(number("ip_adapter_scale", *SCALE_BOUNDS["ip_adapter_scale"])),
+        mode=mode,
+        fast_steps=int(number("fast_steps", *STEP_BOUNDS[Mode.FAST], integer=True)),
+        fast_guidance=float(number("fast_guidance", *GUIDANCE_BOUNDS[Mode.FAST])),
+        quality_steps=int(number("quality_steps", *STEP_BOUNDS[Mode.QUALITY], integer=True)),
+        quality_guidance=float(number("quality_guidance", *GUIDANCE_BOUNDS[Mode.QUALITY])),
+    )

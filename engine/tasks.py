@@ -1,0 +1,95 @@
+"""The Celery task: parse the payload, call the engine, serialise the result.
+
+All logic lives in :class:`engine.pipeline.Engine`; this module only turns
+every outcome into a JSON result with a stable error code, so the worker
+survives anything a job can throw at it and the bot always gets an answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.signals import worker_process_init
+
+from engine.celery_app import app
+from engine.contracts import GENERATE_TASK_NAME, EngineError, ErrorCode, GenerateRequest, GenerateResult
+
+logger = logging.getLogger(__name__)
+
+#: Progress updates are writes to the result backend; a few per second is
+#: plenty for a status message the bot may edit once a second at most.
+PROGRESS_INTERVAL_SECONDS = 0.5
+
+_engine: Any = None
+_engine_lock = threading.Lock()
+
+
+def get_engine() -> Any:
+    """The process's engine, built on first use and kept warm.
+
+    Built lazily (and at worker-process start, see below) rather than at
+    import, so that a prefork parent never initialises CUDA before forking.
+    A failed build is retried by the next job instead of killing the worker.
+    """
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            from engine.pipeline import Engine
+
+            _engine = Engine.from_settings()
+        return _engine
+
+
+@worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    if os.environ.get("MMPP_LAZY_ENGINE") == "1":
+        return
+    try:
+        get_engine()
+    except EngineError as error:
+        logger.error("engine not ready yet: %s", error.as_line())
+
+
+def run_job(payload: Any, job_id: str, report_progress: Any = None) -> dict[str, Any]:
+    """The task's body as a plain function, so tests can call it directly."""
+    try:
+        request = GenerateRequest.from_payload(payload)
+        request.validate()
+        engine = get_engine()
+        result = engine.generate(request, report_progress)
+        logger.info(
+            "job %s done: style=%s mode=%s pictures=%d total=%.2fs",
+            job_id, result.style, result.mode, len(result.pictures), result.timings.get("total", 0.0),
+        )
+        result.job_id = job_id
+        return result.to_payload()
+    except EngineError as error:
+        logger.info("job %s refused: %s", job_id, error.code.value)
+        return GenerateResult.failure(error, job_id).to_payload()
+    except SoftTimeLimitExceeded:
+        logger.warning("job %s hit the soft time limit", job_id)
+        error = EngineError(ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode or fewer pictures.")
+        return GenerateResult.failure(error, job_id).to_payload()
+    except Exception:
+        logger.exception("job %s failed unexpectedly", job_id)
+        error = EngineError(ErrorCode.INTERNAL, "Something went wrong on our side; please try again.")
+        return GenerateResult.failure(error, job_id).to_payload()
+
+
+@app.task(name=GENERATE_TASK_NAME, bind=True)
+def generate(self: Any, payload: Any) -> dict[str, Any]:
+    last_report = [0.0]
+
+    def report_progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last_report[0] < PROGRESS_INTERVAL_SECONDS:
+            return
+        last_report[0] = now
+        self.update_state(state="PROGRESS", meta={"done": done, "total": total})
+
+    return run_job(payload, self.request.id or "", report_progress)

@@ -1,0 +1,38 @@
+"""``mmpp`` subcommand dispatch; each side parses its own options."""
+
+from __future__ import annotations
+
+import sys
+
+ENGINE_COMMANDS = {
+    "generate": "write profile pictures for a photo, in this process",
+    "styles": "list the style catalogue",
+    "worker": "run a Celery generation worker",
+    "bench": "measure the engine (mmpp bench engine --help)",
+    "run": "start a worker and send it a demo job on the bundled sample selfie",
+}
+
+
+def usage() -> str:
+    lines = ["usage: mmpp COMMAND [options]", "", "commands:"]
+    lines += [f"  {name:<10} {text}" for name, text in ENGINE_COMMANDS.items()]
+    lines += ["", "mmpp COMMAND --help shows a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in ENGINE_COMMANDS:
+        from engine.cli import main as engine_main
+
+        return engine_main(command, rest)
+    print(f"error[UNKNOWN_COMMAND]: 'mmpp {command[:40]}' is not a command; try 'mmpp --help'.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def make_settings(cache_dir: Path, **overrides: object):  # noqa: ANN201
+    from engine.settings import EngineSettings
+
+    return EngineSettings(_env_file=None, cache_dir=cache_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
+def catalogue():  # noqa: ANN201
+    from engine.styles import load_catalogue
+
+    return load_catalogue()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(cache_dir: Path, catalogue):  # noqa: ANN001, ANN201
+    from engine.pipeline import Engine
+
+    return Engine.from_settings(make_settings(cache_dir), profile="tiny", catalogue=catalogue)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_engine(cache_dir: Path, catalogue):  # noqa: ANN001, ANN201
+    from engine.pipeline import Engine
+
+    return Engine.from_settings(make_settings(cache_dir), profile="tiny-sdxl", catalogue=catalogue)
