@@ -106,9 +106,11 @@ def main(command: str, argv: list[str]) -> int:
         return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
-    except Exception as error:  # noqa: BLE001 - the last line of defence against tracebacks
-        logging.getLogger(__name__).debug("unexpected failure", exc_info=True)
-        print(f"error[{ErrorCode.INTERNAL.value}]: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}", file=sys.stderr)
+    except Exception as error:
+        # The exception text may hold paths or URLs with secrets: log it, don't print it.
+        logging.getLogger(__name__).info("unexpected failure", exc_info=True)
+        name = type(error).__name__
+        print(f"error[{ErrorCode.INTERNAL.value}]: unexpected {name}; run with -v for details.", file=sys.stderr)
         return EXIT_INTERNAL
     raise AssertionError(command)
 
@@ -132,11 +134,15 @@ def _generate(arguments: argparse.Namespace) -> int:
         guidance=arguments.guidance,
     )
     request.validate()
-    from engine.pipeline import Engine
+    from engine.faces import decode_image
     from engine.styles import load_catalogue
 
+    # Refuse a bad photo or style before spending seconds on loading a model.
     catalogue = load_catalogue()
-    catalogue.get(request.style)  # refuse an unknown style before loading any model
+    catalogue.get(request.style)
+    decode_image(request.selfie)
+    from engine.pipeline import Engine
+
     engine = Engine.from_settings(profile=arguments.profile, catalogue=catalogue)
     result = engine.generate(request)
     for path in write_pictures(result, arguments.out):
@@ -208,6 +214,7 @@ def _run_demo(arguments: argparse.Namespace) -> int:
     worker = subprocess.Popen(
         [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"],
         env={**os.environ, "MMPP_LAZY_ENGINE": "1"},
+        stdout=sys.stderr,  # stdout carries only the pictures' paths
     )
     try:
         started = time.monotonic()
@@ -219,7 +226,10 @@ def _run_demo(arguments: argparse.Namespace) -> int:
         paths = write_pictures(result, arguments.out)
         for path in paths:
             print(path)
-        print(f"mmpp: {len(paths)} pictures in {time.monotonic() - started:.1f}s from model {result.model}", file=sys.stderr)
+        print(
+            f"mmpp: {len(paths)} pictures in {time.monotonic() - started:.1f}s from model {result.model}",
+            file=sys.stderr,
+        )
         if result.test_sized_model:
             print(TINY_NOTE, file=sys.stderr)
         return 0

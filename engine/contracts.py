@@ -36,14 +36,14 @@ MIN_IMAGE_SIDE = 64
 MAX_SEED = 2**32 - 1
 
 
-class Mode(str, enum.Enum):
+class Mode(enum.StrEnum):
     """Speed/quality trade-off picked per job."""
 
     FAST = "fast"
     QUALITY = "quality"
 
 
-class ErrorCode(str, enum.Enum):
+class ErrorCode(enum.StrEnum):
     """Stable error codes; users, logs and tests all match on these strings."""
 
     NOT_AN_IMAGE = "NOT_AN_IMAGE"
@@ -101,16 +101,14 @@ class GenerateRequest:
         if len(self.selfie) > MAX_UPLOAD_BYTES:
             raise EngineError(
                 ErrorCode.IMAGE_TOO_LARGE,
-                f"The photo is {len(self.selfie) / 2**20:.1f} MiB; "
-                f"the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB.",
+                f"The photo is {len(self.selfie) / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB.",
             )
         if not self.style or not isinstance(self.style, str):
             raise EngineError(ErrorCode.UNKNOWN_STYLE, "No style was named.")
         if len(self.prompt) > MAX_PROMPT_CHARACTERS:
             raise EngineError(
                 ErrorCode.PROMPT_TOO_LONG,
-                f"The prompt has {len(self.prompt)} characters; "
-                f"the limit is {MAX_PROMPT_CHARACTERS}.",
+                f"The prompt has {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARACTERS}.",
             )
         if not MIN_PICTURES <= self.count <= MAX_PICTURES:
             raise EngineError(

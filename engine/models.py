@@ -11,6 +11,7 @@ noise; everything that shows them says so.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -51,7 +52,7 @@ class WeightSource:
         if not text:
             raise ValueError("empty weight source")
         path = Path(text).expanduser()
-        if path.suffix in {".safetensors", ".ckpt", ".bin"} and (path.exists() or os.sep in text and ":" not in text):
+        if path.suffix in {".safetensors", ".ckpt", ".bin"} and (path.exists() or (os.sep in text and ":" not in text)):
             return cls(location=str(path.parent), weight_name=path.name)
         if path.exists():
             return cls(location=str(path))
@@ -286,7 +287,7 @@ def build_tiny_tokenizer_files(folder: Path, corpus: str, vocab_budget: int = 10
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in words.items():
             symbols = splits[word]
-            for left, right in zip(symbols, symbols[1:], strict=False):
+            for left, right in itertools.pairwise(symbols):
                 pairs[(left, right)] += count
         if not pairs:
             break
@@ -536,4 +537,6 @@ def _write_tiny_ip_adapter(folder: Path, unet) -> None:  # noqa: ANN001
         tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(block_channels, cross_attention_dim) * 0.3
         tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(block_channels, cross_attention_dim) * 0.3
         key_id += 2
-    save_file({key: value.contiguous() for key, value in tensors.items()}, folder / "ip-adapter-plus-face_tiny.safetensors")
+    save_file(
+        {key: value.contiguous() for key, value in tensors.items()}, folder / "ip-adapter-plus-face_tiny.safetensors"
+    )

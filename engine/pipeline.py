@@ -105,7 +105,7 @@ def load_base_pipeline(sources: ModelSources, dtype: torch.dtype):  # noqa: ANN2
 
     family = sources.family or detect_family(sources.base)
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    options: dict[str, Any] = {"torch_dtype": dtype}
+    options: dict[str, Any] = {}
     if family == "sd15":
         # The NSFW check is a separate, optional stage (see the deployment
         # docs); loading the checker here would cost 1.2 GB per worker.
@@ -115,11 +115,12 @@ def load_base_pipeline(sources: ModelSources, dtype: torch.dtype):  # noqa: ANN2
         if base.is_file():
             if sources.base_config:
                 options["config"] = sources.base_config
-            return pipeline_class.from_single_file(str(base), **options), family
-        return pipeline_class.from_pretrained(sources.base, **options), family
+            # Single-file loading still takes the older ``torch_dtype`` name.
+            return pipeline_class.from_single_file(str(base), torch_dtype=dtype, **options), family
+        return pipeline_class.from_pretrained(sources.base, dtype=dtype, **options), family
     except EngineError:
         raise
-    except Exception as error:  # noqa: BLE001 - diffusers and the hub raise many types for missing weights
+    except Exception as error:
         logger.exception("loading the base model %s failed", sources.base)
         raise model_unavailable(sources.base, error) from None
 
@@ -211,7 +212,13 @@ class Engine:
         if settings.compile:
             engine.compile()
         engine.load_timings = {"base": base_seconds, "total": time.perf_counter() - started}
-        logger.info("engine ready: %s on %s/%s in %.1fs", sources.label or sources.base, device, dtype, time.perf_counter() - started)
+        logger.info(
+            "engine ready: %s on %s/%s in %.1fs",
+            sources.label or sources.base,
+            device,
+            dtype,
+            time.perf_counter() - started,
+        )
         return engine
 
     def _build_compel(self) -> Any:
@@ -242,7 +249,11 @@ class Engine:
                 )
                 self.has_ip_adapter = True
             except Exception as error:  # noqa: BLE001
-                logger.warning("IP-Adapter %s not loaded (%s): identity will rely on the prompt alone", source.weights.describe(), type(error).__name__)
+                logger.warning(
+                    "IP-Adapter %s not loaded (%s): identity will rely on the prompt alone",
+                    source.weights.describe(),
+                    type(error).__name__,
+                )
         if self.use_hotswap:
             self._prepare_hotswap()
             return
@@ -312,7 +323,11 @@ class Engine:
             return
         self.pipeline.enable_lora_hotswap(target_rank=max(ranks))
         first_style = next(iter(self.style_adapters.values()), None)
-        for slot, content in ((PORTRAIT_ADAPTER, PORTRAIT_ADAPTER), (LCM_ADAPTER, LCM_ADAPTER), (STYLE_SLOT, first_style)):
+        for slot, content in (
+            (PORTRAIT_ADAPTER, PORTRAIT_ADAPTER),
+            (LCM_ADAPTER, LCM_ADAPTER),
+            (STYLE_SLOT, first_style),
+        ):
             if content in readable:
                 self.pipeline.load_lora_weights(_scaled(readable[content], 0.0), adapter_name=slot)
                 self._hotswap_loaded[slot] = (content, 0.0)
@@ -592,5 +607,9 @@ def _scaled(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Ten
 
 
 def _lora_rank(state: dict[str, torch.Tensor]) -> int:
-    ranks = [value.shape[0] for key, value in state.items() if (".lora_A." in key or "lora.down" in key or "lora_down" in key) and value.ndim >= 2]
+    ranks = [
+        value.shape[0]
+        for key, value in state.items()
+        if (".lora_A." in key or "lora.down" in key or "lora_down" in key) and value.ndim >= 2
+    ]
     return max(ranks, default=4)

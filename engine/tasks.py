@@ -64,7 +64,11 @@ def run_job(payload: Any, job_id: str, report_progress: Any = None) -> dict[str,
         result = engine.generate(request, report_progress)
         logger.info(
             "job %s done: style=%s mode=%s pictures=%d total=%.2fs",
-            job_id, result.style, result.mode, len(result.pictures), result.timings.get("total", 0.0),
+            job_id,
+            result.style,
+            result.mode,
+            len(result.pictures),
+            result.timings.get("total", 0.0),
         )
         result.job_id = job_id
         return result.to_payload()
@@ -73,7 +77,9 @@ def run_job(payload: Any, job_id: str, report_progress: Any = None) -> dict[str,
         return GenerateResult.failure(error, job_id).to_payload()
     except SoftTimeLimitExceeded:
         logger.warning("job %s hit the soft time limit", job_id)
-        error = EngineError(ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode or fewer pictures.")
+        error = EngineError(
+            ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode or fewer pictures."
+        )
         return GenerateResult.failure(error, job_id).to_payload()
     except Exception:
         logger.exception("job %s failed unexpectedly", job_id)

@@ -5,28 +5,28 @@ from pathlib import Path
 import pytest
 
 
-def make_settings(cache_dir: Path, **overrides: object):  # noqa: ANN201
+def make_settings(cache_dir: Path, **overrides: object):
     from engine.settings import EngineSettings
 
     return EngineSettings(_env_file=None, cache_dir=cache_dir, **overrides)
 
 
 @pytest.fixture(scope="session")
-def catalogue():  # noqa: ANN201
+def catalogue():
     from engine.styles import load_catalogue
 
     return load_catalogue()
 
 
 @pytest.fixture(scope="session")
-def tiny_engine(cache_dir: Path, catalogue):  # noqa: ANN001, ANN201
+def tiny_engine(cache_dir: Path, catalogue):
     from engine.pipeline import Engine
 
     return Engine.from_settings(make_settings(cache_dir), profile="tiny", catalogue=catalogue)
 
 
 @pytest.fixture(scope="session")
-def tiny_sdxl_engine(cache_dir: Path, catalogue):  # noqa: ANN001, ANN201
+def tiny_sdxl_engine(cache_dir: Path, catalogue):
     from engine.pipeline import Engine
 
     return Engine.from_settings(make_settings(cache_dir), profile="tiny-sdxl", catalogue=catalogue)

@@ -58,7 +58,7 @@ def test_random_seed_is_recorded(tiny_engine: Engine, selfie_bytes: bytes) -> No
 
 
 def test_style_lora_changes_pixels_and_scale_zero_restores_the_base(
-    tiny_engine: Engine, selfie_bytes: bytes, cache_dir, catalogue  # noqa: ANN001
+    tiny_engine: Engine, selfie_bytes: bytes, cache_dir, catalogue
 ) -> None:
     styled = first_picture(tiny_engine, request(selfie_bytes))
     unstyled = first_picture(tiny_engine, request(selfie_bytes), overrides=ScaleOverrides(style_scale=0.0))
@@ -80,8 +80,12 @@ def test_adapter_weight_zero_is_exactly_the_adapter_switched_off(tiny_engine: En
     style_adapter = tiny_engine.style_adapters["anime"]
     job = request(selfie_bytes)
     tiny_engine.activate({PORTRAIT_ADAPTER: 0.4, style_adapter: 0.0, LCM_ADAPTER: 1.0})
-    arguments = tiny_engine.pipeline_arguments(plan, tiny_engine.encode_prompt(plan.prompt, plan.negative_prompt),
-                                              tiny_engine.face_analyzer.prepare_selfie(job.selfie).crop, 7)
+    arguments = tiny_engine.pipeline_arguments(
+        plan,
+        tiny_engine.encode_prompt(plan.prompt, plan.negative_prompt),
+        tiny_engine.face_analyzer.prepare_selfie(job.selfie).crop,
+        7,
+    )
     tiny_engine.pipeline.scheduler = tiny_engine.scheduler_for(Mode.FAST)
     tiny_engine.pipeline.set_ip_adapter_scale(plan.ip_adapter_scale)
     with_zero = np.asarray(tiny_engine.pipeline(**arguments).images[0])
@@ -99,7 +103,7 @@ def test_portrait_lora_scale_changes_pixels(tiny_engine: Engine, selfie_bytes: b
 
 
 def test_ip_adapter_scale_zero_equals_no_ip_adapter(
-    tiny_engine: Engine, selfie_bytes: bytes, cache_dir, catalogue  # noqa: ANN001
+    tiny_engine: Engine, selfie_bytes: bytes, cache_dir, catalogue
 ) -> None:
     with_identity = first_picture(tiny_engine, request(selfie_bytes))
     scale_zero = first_picture(tiny_engine, request(selfie_bytes), overrides=ScaleOverrides(ip_adapter_scale=0.0))
@@ -167,7 +171,7 @@ def test_fast_mode_runs_exactly_the_configured_unet_calls(tiny_engine: Engine, s
     assert quality.config.use_karras_sigmas and quality.config.algorithm_type == "dpmsolver++"
 
 
-def test_mode_steps_and_guidance_come_from_the_style(tiny_engine: Engine, selfie_bytes: bytes, catalogue) -> None:  # noqa: ANN001
+def test_mode_steps_and_guidance_come_from_the_style(tiny_engine: Engine, selfie_bytes: bytes, catalogue) -> None:
     style = catalogue.get("headshot")
     plan = tiny_engine.plan(GenerateRequest(selfie=selfie_bytes, style="headshot"))
     assert plan.mode is style.mode is Mode.QUALITY
@@ -272,7 +276,7 @@ def test_long_prompts_are_not_truncated(tiny_engine: Engine) -> None:
     assert not torch.equal(tail_changed[:, -77:], embeds["prompt_embeds"][:, -77:])
 
 
-def test_negative_prompt_changes_the_picture(tiny_engine: Engine, selfie_bytes: bytes, monkeypatch) -> None:  # noqa: ANN001
+def test_negative_prompt_changes_the_picture(tiny_engine: Engine, selfie_bytes: bytes, monkeypatch) -> None:
     base = first_picture(tiny_engine, request(selfie_bytes))
     style = tiny_engine.catalogue.get("anime")
     monkeypatch.setitem(tiny_engine.catalogue._styles, "anime", dataclasses.replace(style, negative_prompt="green"))
@@ -294,7 +298,7 @@ def test_sdxl_family_runs_with_both_text_encoders_and_pooled_embeddings(
 
 
 def test_hotswap_mode_matches_resident_adapters(
-    tiny_engine: Engine, selfie_bytes: bytes, cache_dir, catalogue, monkeypatch  # noqa: ANN001
+    tiny_engine: Engine, selfie_bytes: bytes, cache_dir, catalogue, monkeypatch
 ) -> None:
     """The compile path's hot-swap gives the same pictures as set_adapters."""
     from engine.models import build_tiny_profile
@@ -312,7 +316,7 @@ def test_hotswap_mode_matches_resident_adapters(
     assert np.abs(results["watercolor"][0] - resident_anime).mean() > 1.0
 
 
-def tiny_engine_pipeline_copy(cache_dir, sources):  # noqa: ANN001, ANN201
+def tiny_engine_pipeline_copy(cache_dir, sources):
     from engine.pipeline import load_base_pipeline
 
     pipeline, _ = load_base_pipeline(sources, torch.float32)

@@ -1,0 +1,84 @@
+"""The style catalogue: the shipped file is valid, and mistakes are named."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from engine.contracts import EngineError, ErrorCode, Mode
+from engine.styles import CatalogueError, default_catalogue_path, load_catalogue, parse_catalogue
+
+ASKED_FOR = ["anime", "watercolor", "oil-painting", "3d-cartoon", "pixel-art", "pencil-sketch", "cyberpunk",
+             "pop-art", "headshot", "fantasy"]
+
+
+def test_the_shipped_catalogue_has_the_styles_people_ask_for() -> None:
+    catalogue = load_catalogue()
+    assert len(catalogue) >= 10
+    for name in ASKED_FOR:
+        style = catalogue.get(name)
+        assert style.display_name and style.emoji and style.description
+        assert "{subject}" not in style.render_prompt("a person") and "a person" in style.render_prompt("")
+        assert style.negative_prompt
+        assert style.mode in (Mode.FAST, Mode.QUALITY)
+
+
+def test_lookup_is_case_insensitive_and_unknown_names_list_the_choices() -> None:
+    catalogue = load_catalogue()
+    assert catalogue.get(" Anime ").name == "anime"
+    with pytest.raises(EngineError) as raised:
+        catalogue.get("building")
+    assert raised.value.code is ErrorCode.UNKNOWN_STYLE
+    assert "anime" in raised.value.message
+
+
+def shipped() -> dict:
+    return tomllib.loads(default_catalogue_path().read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "complaint"),
+    [
+        ("style_scale", 5.0, "between"),
+        ("ip_adapter_scale", "high", "number"),
+        ("mode", "turbo", "fast' or 'quality"),
+        ("prompt", "a portrait without placeholder", "{subject}"),
+        ("fast_steps", 4.5, "integer"),
+        ("colour", "red", "unknown field"),
+    ],
+)
+def test_a_bad_field_is_named_with_its_style(field: str, value: object, complaint: str) -> None:
+    document = shipped()
+    document["styles"]["watercolor"][field] = value
+    with pytest.raises(CatalogueError) as raised:
+        parse_catalogue(document)
+    message = str(raised.value)
+    assert "'watercolor'" in message and f"'{field}'" in message and complaint in message
+
+
+def test_a_missing_field_and_a_bad_name_are_reported() -> None:
+    document = shipped()
+    del document["styles"]["anime"]["description"]
+    with pytest.raises(CatalogueError, match="'anime', field 'description': is missing"):
+        parse_catalogue(document)
+    document = shipped()
+    document["styles"]["Bad Name"] = document["styles"].pop("anime")
+    with pytest.raises(CatalogueError, match="'Bad Name', field 'name'"):
+        parse_catalogue(document)
+
+
+def test_defaults_fill_in_and_a_style_may_override_them() -> None:
+    catalogue = parse_catalogue(shipped())
+    assert catalogue.get("watercolor").negative_prompt == shipped()["defaults"]["negative_prompt"]
+    assert catalogue.get("anime").negative_prompt.startswith("photo")
+    assert catalogue.get("anime").fast_steps == shipped()["defaults"]["fast_steps"]
+
+
+def test_a_broken_file_is_reported_with_its_path(tmp_path) -> None:
+    broken = tmp_path / "styles.toml"
+    broken.write_text("[styles.anime\n")
+    with pytest.raises(CatalogueError, match="not valid TOML"):
+        load_catalogue(broken)
+    with pytest.raises(CatalogueError, match="does not exist"):
+        load_catalogue(tmp_path / "missing.toml")

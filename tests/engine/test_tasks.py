@@ -1,0 +1,231 @@
+"""The Celery task, in-process and through a real worker on the real Redis."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import sys
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine import tasks
+from engine.contracts import GENERATE_TASK_NAME, ErrorCode, GenerateRequest, GenerateResult, Mode
+
+REDIS_URL = os.environ.get("MMPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def decompression_bomb() -> bytes:
+    """A valid-looking 30000x30000 PNG header with almost no data: a few hundred bytes."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def two_faces(selfie: bytes) -> bytes:
+    face = Image.open(io.BytesIO(selfie)).convert("RGB")
+    both = Image.new("RGB", (face.width * 2, face.height))
+    both.paste(face, (0, 0))
+    both.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (face.width, 0))
+    return png_bytes(both)
+
+
+def payload(selfie: bytes, **fields: object) -> dict[str, object]:
+    defaults: dict[str, object] = {"style": "anime", "mode": Mode.FAST, "steps": 4, "seed": 3}
+    defaults.update(fields)
+    return GenerateRequest(selfie=selfie, **defaults).to_payload()  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- in-process
+
+
+def test_run_job_turns_an_unexpected_exception_into_internal(monkeypatch: pytest.MonkeyPatch, selfie_bytes) -> None:
+    class Exploding:
+        def generate(self, *args: object, **kwargs: object) -> None:
+            raise RuntimeError("secret internals /home/user/token=abc")
+
+    monkeypatch.setattr(tasks, "get_engine", lambda: Exploding())
+    result = GenerateResult.from_payload(tasks.run_job(payload(selfie_bytes), "job-1"))
+    assert result.error_code is ErrorCode.INTERNAL
+    assert "secret" not in result.error_message and "token" not in result.error_message
+    assert result.job_id == "job-1"
+
+
+@pytest.mark.parametrize(
+    ("bad_payload", "code"),
+    [
+        ("not a dict", ErrorCode.INVALID_REQUEST),
+        ({"version": 99}, ErrorCode.INVALID_REQUEST),
+        ({"version": 1, "selfie_b64": "%%%", "style": "anime"}, ErrorCode.NOT_AN_IMAGE),
+        ({"version": 1, "selfie_b64": "aGVsbG8=", "style": "anime", "mode": "turbo"}, ErrorCode.INVALID_REQUEST),
+        ({"version": 1, "selfie_b64": "aGVsbG8=", "style": "anime", "count": "many"}, ErrorCode.INVALID_REQUEST),
+    ],
+)
+def test_run_job_refuses_malformed_payloads_without_loading_a_model(
+    monkeypatch: pytest.MonkeyPatch, bad_payload: object, code: ErrorCode
+) -> None:
+    monkeypatch.setattr(tasks, "get_engine", lambda: pytest.fail("no model should be needed"))
+    result = GenerateResult.from_payload(tasks.run_job(bad_payload, "job-2"))
+    assert result.error_code is code
+
+
+def test_run_job_reports_model_unavailable_and_retries_the_load_next_time(
+    monkeypatch: pytest.MonkeyPatch, selfie_bytes, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MMPP_MODEL_PROFILE", "default")
+    monkeypatch.setenv("MMPP_BASE_MODEL", str(tmp_path / "no-such-model"))
+    monkeypatch.setattr(tasks, "_engine", None)
+    for _ in range(2):
+        result = GenerateResult.from_payload(tasks.run_job(payload(selfie_bytes), "job-3"))
+        assert result.error_code is ErrorCode.MODEL_UNAVAILABLE
+        assert "no-such-model" in result.error_message
+    assert tasks._engine is None
+
+
+# ---------------------------------------------------------------- a real worker on Redis
+
+
+def redis_available() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_worker(queue: str, cache_dir: Path, **env: str) -> subprocess.Popen[bytes]:
+    environment = {
+        **os.environ,
+        "REDIS_URL": REDIS_URL,
+        "MMPP_QUEUE": queue,
+        "MMPP_MODEL_PROFILE": "tiny",
+        "MMPP_CACHE_DIR": str(cache_dir),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    command = [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "prefork", "--concurrency", "1"]
+    return subprocess.Popen(command, env=environment, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+@pytest.fixture(scope="module")
+def worker_queue(cache_dir: Path, catalogue) -> Iterator[str]:  # noqa: ARG001 - builds the tiny cache first
+    if not redis_available():
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}; `make test` starts one (see Makefile target redis)")
+    from engine.models import build_tiny_profile
+
+    build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names)  # so the worker never races to build it
+    queue = f"mmpp-test-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(queue, cache_dir)
+    yield queue
+    assert worker.poll() is None, "the worker died during the tests"
+    stop_worker(worker)
+
+
+def client(queue: str):  # noqa: ANN201
+    from engine.celery_app import make_celery
+    from engine.settings import EngineSettings
+
+    return make_celery(EngineSettings(_env_file=None, redis_url=REDIS_URL, queue=queue))
+
+
+def send(queue: str, job: object, **options: object) -> GenerateResult:
+    async_result = client(queue).send_task(GENERATE_TASK_NAME, args=[job], queue=queue, **options)
+    return GenerateResult.from_payload(async_result.get(timeout=180))
+
+
+def test_worker_completes_a_job_and_reports_progress(worker_queue: str, selfie_bytes: bytes) -> None:
+    app = client(worker_queue)
+    async_result = app.send_task(
+        GENERATE_TASK_NAME,
+        args=[payload(selfie_bytes, mode=Mode.QUALITY, steps=15, guidance=5.0, count=2)],
+        queue=worker_queue,
+    )
+    states = set()
+    progress = []
+    deadline = time.monotonic() + 180
+    while not async_result.ready() and time.monotonic() < deadline:
+        states.add(async_result.state)
+        if async_result.state == "PROGRESS":
+            progress.append(async_result.info)
+        time.sleep(0.05)
+    result = GenerateResult.from_payload(async_result.get(timeout=5))
+    assert result.ok, result.error_message
+    assert [picture.seed for picture in result.pictures] == [3, 4]
+    assert all(Image.open(io.BytesIO(picture.png)).format == "PNG" for picture in result.pictures)
+    assert result.test_sized_model
+    assert "PROGRESS" in states
+    assert all(0 < item["done"] <= item["total"] == 30 for item in progress)
+
+
+def test_worker_returns_every_error_code_and_keeps_serving(worker_queue: str, selfie_bytes: bytes) -> None:
+    cases = {
+        ErrorCode.NOT_AN_IMAGE: payload(b"this is a text file, not a photo"),
+        ErrorCode.IMAGE_TOO_SMALL: payload(png_bytes(Image.new("RGB", (16, 16)))),
+        ErrorCode.IMAGE_TOO_LARGE: payload(decompression_bomb()),
+        ErrorCode.NO_FACE: payload(png_bytes(Image.new("RGB", (256, 256), (40, 90, 160)))),
+        ErrorCode.MULTIPLE_FACES: payload(two_faces(selfie_bytes)),
+        ErrorCode.UNKNOWN_STYLE: payload(selfie_bytes, style="building"),
+        ErrorCode.PROMPT_TOO_LONG: payload(selfie_bytes, prompt="a" * 10_000),
+        ErrorCode.INVALID_REQUEST: {**payload(selfie_bytes), "count": 9},
+    }
+    app = client(worker_queue)
+    pending = {code: app.send_task(GENERATE_TASK_NAME, args=[job], queue=worker_queue) for code, job in cases.items()}
+    for code, async_result in pending.items():
+        result = GenerateResult.from_payload(async_result.get(timeout=180))
+        assert result.error_code is code, (code, result.error_message)
+        assert result.error_message and "\n" not in result.error_message and "Traceback" not in result.error_message
+    assert send(worker_queue, payload(selfie_bytes)).ok
+
+
+def test_worker_soft_time_limit_becomes_timeout(worker_queue: str, selfie_bytes: bytes) -> None:
+    slow = payload(selfie_bytes, mode=Mode.QUALITY, steps=50, guidance=5.0, count=4)
+    result = send(worker_queue, slow, soft_time_limit=1, time_limit=60)
+    assert result.error_code is ErrorCode.TIMEOUT
+    assert send(worker_queue, payload(selfie_bytes)).ok
+
+
+def test_worker_without_weights_answers_model_unavailable_and_survives(
+    cache_dir: Path, selfie_bytes: bytes, tmp_path: Path
+) -> None:
+    if not redis_available():
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}")
+    queue = f"mmpp-test-noweights-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(
+        queue, cache_dir, MMPP_MODEL_PROFILE="default", MMPP_BASE_MODEL=str(tmp_path / "missing-model")
+    )
+    try:
+        for _ in range(2):
+            result = send(queue, payload(selfie_bytes))
+            assert result.error_code is ErrorCode.MODEL_UNAVAILABLE
+            assert "missing-model" in result.error_message
+        assert worker.poll() is None
+    finally:
+        stop_worker(worker)
