@@ -163,7 +163,7 @@ def model_unavailable(what: str, error: BaseException | None = None) -> EngineEr
     return EngineError(
         ErrorCode.MODEL_UNAVAILABLE,
         f"The model '{what}' is not on this machine and cannot be downloaded{reason}; download it on a connected "
-        f"machine (huggingface-cli download {what}) into the Hugging Face cache, or point MMPP_BASE_MODEL at a local "
+        f"machine (hf download {what}) into the Hugging Face cache, or point MMPP_BASE_MODEL at a local "
         "diffusers folder or .safetensors file, or use the tiny test profile (--profile tiny).",
     )
 

@@ -1,0 +1,865 @@
+"""``mmpp bench engine``: what the engine costs on top of a plain diffusers call.
+
+Why a comparison and not an absolute speed: the absolute speed belongs to
+diffusers, torch and the hardware.  What this project adds around the
+pipeline call (plan, face crop, adapter switch, Compel, PNG encoding) is the
+only thing it can make slower, so that is what is gated: engine ≤ 1.05 × the
+diffusers call.  Both run in one process, on the same loaded components,
+inputs and settings, alternating, so that drift of the machine (thermal,
+page cache, a neighbour's job) hits both sides alike.
+
+The figures and their targets:
+
+* seconds per picture, engine vs. the same ``pipeline(**arguments)`` call
+  (ratio ≤ 1.05);
+* a style switch (``Engine.activate`` + IP-Adapter scale + a fresh
+  scheduler) as a share of one picture (≤ 2 %): keeping every style's LoRA
+  resident only pays if switching between them is nearly free;
+* the stages of ``GenerateResult.timings``;
+* memory: peak RSS, and the parameter bytes of all styles' LoRAs resident
+  vs. one style's (≤ 10 % more for the whole pipeline), counted exactly from
+  the tensors, plus the RSS growth of loading the other styles' LoRAs again.
+
+Two shapes: ``tiny`` is the test-sized profile (seconds; the fixed overheads
+weigh most there, so it is the harsh case for the ratio).  ``sd15`` builds
+full-size SD 1.5 components with random weights (speed does not depend on
+the values), writes them in the real on-disk formats to a temporary folder
+and loads them through ``Engine.from_sources``, the real loading path.  The
+building happens in a child process, so that its float32 copies do not count
+toward this process's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import dataclasses
+import datetime
+import gc
+import io
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from engine.contracts import EngineError, ErrorCode, GenerateRequest, Mode
+
+logger = logging.getLogger(__name__)
+
+TARGETS = ("engine",)
+SHAPES = ("tiny", "sd15")
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+SEED = 1234
+#: Sizes of the LoRAs in the full shape: what public SD 1.5 LoRAs use.
+PORTRAIT_RANK = 16
+STYLE_RANK = 16
+LCM_RANK = 64
+ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+#: LCM-LoRA for SD 1.5 also adapts the transformer's projections and
+#: feed-forward layers (the real one adds the ResNet convolutions too).
+LCM_TARGETS = [*ATTENTION_TARGETS, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+IP_ADAPTER_FILE = "ip-adapter-plus-face_sd15.safetensors"
+#: Upper bounds the figures are held to (see the module docstring).
+RATIO_TARGET = 1.05
+SWITCH_SHARE_TARGET = 0.02
+LORA_EXTRA_TARGET = 0.10
+STAGES = ("face", "adapters", "prompt", "denoise", "vae_decode", "encode", "total")
+
+
+class _ArgumentsRefusedError(Exception):
+    """argparse refused the options; the one-line message is already printed."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad options in the project's one-line form and returns instead of exiting.
+
+    Returning (rather than ``SystemExit``) lets ``main`` be called from tests
+    and from ``mmpp`` alike.
+    """
+
+    def error(self, message: str) -> Any:
+        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: {self.prog}: {message}", file=sys.stderr)
+        raise _ArgumentsRefusedError(EXIT_BAD_INPUT)
+
+    def exit(self, status: int = 0, message: str | None = None) -> Any:
+        if message:
+            print(message, file=sys.stderr, end="")
+        raise _ArgumentsRefusedError(status)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mmpp bench engine",
+        description="Seconds per picture of the engine vs. the same diffusers call, style-switch time, "
+        "stage timings and the memory of resident LoRAs, measured in this process.",
+    )
+    parser.add_argument("--shape", choices=SHAPES, default="tiny", help="tiny test-sized model, or full-size SD 1.5")
+    parser.add_argument("--mode", choices=[mode.value for mode in Mode], default=Mode.FAST.value)
+    parser.add_argument(
+        "--repeats", type=_positive, default=None, help="measured engine/baseline pairs (default: 3 tiny, 2 sd15)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default=None,
+        help="weights' dtype (default: float32 for tiny, bfloat16 for sd15)",
+    )
+    parser.add_argument("--steps", type=_positive, default=None, help="denoising steps (default: the style's)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``mmpp bench TARGET [options]``; returns the exit status."""
+    if not argv or argv[0] not in TARGETS:
+        if argv and argv[0] in {"-h", "--help"}:
+            print(f"usage: mmpp bench {{{','.join(TARGETS)}}} [options]; mmpp bench engine --help for the options")
+            return 0
+        what = f"'{argv[0][:40]}' is not a benchmark" if argv else "no benchmark named"
+        print(
+            f"error[{ErrorCode.INVALID_REQUEST.value}]: mmpp bench: {what}; choose one of: {', '.join(TARGETS)}.",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    try:
+        arguments = build_parser().parse_args(argv[1:])
+    except _ArgumentsRefusedError as refusal:
+        return refusal.status
+    if arguments.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        report = bench_engine(
+            shape=arguments.shape,
+            mode=Mode(arguments.mode),
+            repeats=arguments.repeats or (3 if arguments.shape == "tiny" else 2),
+            dtype=arguments.dtype or ("float32" if arguments.shape == "tiny" else "bfloat16"),
+            steps=arguments.steps,
+        )
+    except EngineError as error:
+        print(error.as_line(), file=sys.stderr)
+        return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        logger.debug("benchmark failed", exc_info=True)
+        first_line = str(error).splitlines()[0][:200] if str(error) else ""
+        print(f"error[{ErrorCode.INTERNAL.value}]: {type(error).__name__}: {first_line}", file=sys.stderr)
+        return EXIT_INTERNAL
+    print(json.dumps(report, indent=2) if arguments.json else render_table(report))
+    return 0
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def _say(message: str, started: float) -> None:
+    """Progress on stderr: an sd15 run takes minutes, silence would look like a hang."""
+    print(f"[bench {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def bench_engine(*, shape: str, mode: Mode, repeats: int, dtype: str, steps: int | None) -> dict[str, Any]:
+    """Load the engine for ``shape`` and measure it; returns the report as plain data."""
+    from engine.settings import EngineSettings
+    from engine.styles import load_catalogue
+
+    started = time.perf_counter()
+    catalogue = load_catalogue()
+    if len(catalogue) < 2:
+        raise EngineError(ErrorCode.INVALID_REQUEST, "The style-switch figure needs at least two styles.")
+    settings = EngineSettings(dtype=dtype, compile=False, resolution=0)  # type: ignore[arg-type]
+    with _workspace(shape) as workspace:
+        engine = _load_engine(shape, settings, catalogue, workspace, started)
+        _say(f"engine loaded in {engine.load_timings.get('total', 0.0):.1f}s; measuring", started)
+        return _measure(engine, shape=shape, mode=mode, repeats=repeats, steps=steps, started=started)
+
+
+@contextlib.contextmanager
+def _workspace(shape: str) -> Iterator[Path | None]:
+    """A temporary folder for the full-size weights (gigabytes: removed afterwards)."""
+    if shape == "tiny":
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="mmpp-bench-sd15-"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _load_engine(shape: str, settings: Any, catalogue: Any, workspace: Path | None, started: float) -> Any:
+    from engine.models import build_tiny_profile
+    from engine.pipeline import Engine
+
+    if shape == "tiny":
+        sources = build_tiny_profile(settings.cache_dir / "tiny", "sd15", catalogue.names)
+    else:
+        assert workspace is not None
+        _say("building full-size SD 1.5 components (random weights) in a child process", started)
+        context = multiprocessing.get_context("spawn")
+        child = context.Process(target=build_full_sd15, args=(str(workspace), catalogue.names, settings.dtype))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"building the full-size components failed (exit code {child.exitcode})")
+        sources = full_sd15_sources(workspace)
+        _say("components written; loading them through Engine.from_sources", started)
+    return Engine.from_sources(sources, catalogue, settings)
+
+
+def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | None, started: float) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from engine.cli import SAMPLE_SELFIE
+
+    selfie = SAMPLE_SELFIE.read_bytes()
+    style_a, style_b = engine.catalogue.names[:2]
+    request_a = GenerateRequest(selfie=selfie, style=style_a, mode=mode, steps=steps, seed=SEED, count=1)
+    request_b = dataclasses.replace(request_a, style=style_b)
+    plan_a, plan_b = engine.plan(request_a), engine.plan(request_b)
+    width, height = engine.output_size()
+
+    # --- 1. seconds per picture: engine vs. the same diffusers call
+    face_crop = engine.face_analyzer.prepare_selfie(selfie).crop
+    conditioning = engine.encode_prompt(plan_a.prompt, plan_a.negative_prompt)
+
+    def run_engine() -> tuple[float, Any]:
+        mark = time.perf_counter()
+        result = engine.generate(request_a)
+        return time.perf_counter() - mark, result
+
+    def run_baseline() -> tuple[float, Any]:
+        # The state the engine call just set (adapters, IP-Adapter scale,
+        # scheduler type) stays on the pipeline; this is the bare call.
+        arguments = engine.pipeline_arguments(plan_a, conditioning, face_crop, plan_a.seeds[0])
+        mark = time.perf_counter()
+        output = engine.pipeline(**arguments)
+        return time.perf_counter() - mark, output.images[0]
+
+    _say(f"warm-up: one engine picture and one diffusers call ({width}x{height}, {plan_a.steps} steps)", started)
+    run_engine()
+    run_baseline()
+    engine_runs: list[float] = []
+    baseline_runs: list[float] = []
+    stage_runs: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    last_result = baseline_image = None
+    for index in range(repeats):
+        seconds, last_result = run_engine()
+        engine_runs.append(seconds)
+        for stage in STAGES:
+            stage_runs[stage].append(float(last_result.timings.get(stage, 0.0)))
+        seconds, baseline_image = run_baseline()
+        baseline_runs.append(seconds)
+        _say(f"pair {index + 1}/{repeats}: engine {engine_runs[-1]:.3f}s, diffusers {baseline_runs[-1]:.3f}s", started)
+    assert last_result is not None and baseline_image is not None
+    engine_pixels = np.asarray(Image.open(io.BytesIO(last_result.pictures[0].png)).convert("RGB"), dtype=np.int16)
+    baseline_pixels = np.asarray(baseline_image.convert("RGB"), dtype=np.int16)
+    same_pixels = engine_pixels.shape == baseline_pixels.shape and bool(np.array_equal(engine_pixels, baseline_pixels))
+    engine_seconds = statistics.median(engine_runs)
+    baseline_seconds = statistics.median(baseline_runs)
+
+    # --- 2. style switch, as ``generate`` does it before each job
+    def switch_to(plan: Any) -> float:
+        mark = time.perf_counter()
+        engine.activate(plan.adapters)
+        if engine.has_ip_adapter:
+            engine.pipeline.set_ip_adapter_scale(plan.ip_adapter_scale)
+        engine.pipeline.scheduler = engine.scheduler_for(plan.mode)
+        return time.perf_counter() - mark
+
+    switch_to(plan_a)  # warm-up, and a known starting point
+    switches = 20 if shape == "tiny" else 10
+    switch_runs = [switch_to(plan_b if index % 2 == 0 else plan_a) for index in range(switches)]
+    switch_seconds = statistics.median(switch_runs)
+    _say(f"style switch: median {switch_seconds * 1000:.1f} ms over {switches}", started)
+
+    # --- 4. memory
+    memory = _memory_figures(engine, style_a, started)
+    gpu_peak = torch.cuda.max_memory_allocated() if engine.pipeline.device.type == "cuda" else None
+
+    ratio = engine_seconds / baseline_seconds
+    share = switch_seconds / engine_seconds
+    targets = [
+        _target("engine_vs_diffusers_ratio", ratio, RATIO_TARGET, "engine / diffusers seconds per picture"),
+        _target("style_switch_share", share, SWITCH_SHARE_TARGET, "style switch / one picture"),
+        _target(
+            "all_styles_lora_extra_share",
+            memory["all_styles_extra_share"],
+            LORA_EXTRA_TARGET,
+            "pipeline memory, all styles' LoRAs resident vs. one",
+        ),
+    ]
+    return {
+        "benchmark": "engine",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": _machine(engine),
+        "settings": {
+            "shape": shape,
+            "model": engine.sources.label or engine.sources.base,
+            "mode": plan_a.mode.value,
+            "style": style_a,
+            "switch_to": style_b,
+            "steps": plan_a.steps,
+            "guidance": plan_a.guidance,
+            "width": width,
+            "height": height,
+            "seed": SEED,
+            "repeats": repeats,
+            "active_adapters": dict(plan_a.adapters),
+            "ip_adapter_scale": plan_a.ip_adapter_scale,
+            "load_seconds": round(engine.load_timings.get("total", 0.0), 3),
+        },
+        "picture": {
+            "engine_seconds": engine_seconds,
+            "baseline_seconds": baseline_seconds,
+            "ratio": ratio,
+            "engine_runs": engine_runs,
+            "baseline_runs": baseline_runs,
+            "same_pixels": same_pixels,
+            "max_pixel_difference": int(np.abs(engine_pixels - baseline_pixels).max())
+            if engine_pixels.shape == baseline_pixels.shape
+            else None,
+        },
+        "style_switch": {"seconds": switch_seconds, "runs": switch_runs, "share_of_picture": share},
+        "stages": {stage: statistics.median(values) for stage, values in stage_runs.items()},
+        "memory": {**memory, "peak_rss_bytes": _peak_rss_bytes(), "gpu_peak_bytes": gpu_peak},
+        "targets": targets,
+        "passed": all(target["pass"] for target in targets),
+    }
+
+
+def _target(name: str, value: float, limit: float, what: str) -> dict[str, Any]:
+    return {"name": name, "what": what, "value": value, "at_most": limit, "pass": bool(value <= limit)}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+_LORA_PARAMETER = re.compile(r"\.(?:lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.([^.]+)")
+
+
+def _modules(pipeline: Any) -> dict[str, Any]:
+    import torch
+
+    return {name: value for name, value in pipeline.components.items() if isinstance(value, torch.nn.Module)}
+
+
+def parameter_bytes(pipeline: Any) -> int:
+    """Bytes of every parameter of every model in the pipeline (LoRAs included), exactly."""
+    return sum(
+        parameter.numel() * parameter.element_size()
+        for module in _modules(pipeline).values()
+        for parameter in module.parameters()
+    )
+
+
+def lora_bytes_by_adapter(pipeline: Any) -> dict[str, int]:
+    """Bytes of the peft LoRA tensors (``lora_A``/``lora_B``…) per adapter name, in every model."""
+    sizes: dict[str, int] = {}
+    for module in _modules(pipeline).values():
+        for name, parameter in module.named_parameters():
+            match = _LORA_PARAMETER.search(name)
+            if match:
+                sizes[match.group(1)] = sizes.get(match.group(1), 0) + parameter.numel() * parameter.element_size()
+    return sizes
+
+
+def _memory_figures(engine: Any, style: str, started: float) -> dict[str, Any]:
+    """Exact parameter bytes, then an RSS delta from loading the other styles' LoRAs a second time.
+
+    The RSS delta is the honest check of the byte count (allocator overhead,
+    peft's bookkeeping); it is measured by *adding* copies, because memory
+    freed by deleting adapters mostly stays in the allocator and would not
+    show as a drop in RSS.
+    """
+    from engine.pipeline import LCM_ADAPTER, PORTRAIT_ADAPTER
+
+    pipeline = engine.pipeline
+    by_adapter = lora_bytes_by_adapter(pipeline)
+    style_names = set(engine.style_adapters.values())
+    all_styles = sum(size for name, size in by_adapter.items() if name in style_names)
+    one_style = by_adapter.get(engine.style_adapters.get(style, ""), 0)
+    total = parameter_bytes(pipeline)
+    one_style_total = total - all_styles + one_style
+    unet_dtypes = sorted(
+        {str(parameter.dtype) for name, parameter in pipeline.unet.named_parameters() if "lora_" in name}
+    )
+    figures: dict[str, Any] = {
+        "pipeline_parameter_bytes_all_styles": total,
+        "pipeline_parameter_bytes_one_style": one_style_total,
+        "all_styles_extra_share": (total - one_style_total) / one_style_total,
+        "lora_bytes": {
+            "one_style": one_style,
+            "all_styles": all_styles,
+            "styles": len(style_names),
+            "portrait": by_adapter.get(PORTRAIT_ADAPTER, 0),
+            "lcm": by_adapter.get(LCM_ADAPTER, 0),
+            "by_adapter": by_adapter,
+            "dtypes": unet_dtypes,
+        },
+        "rss_after_load_bytes": _rss_bytes(),
+    }
+    others = [(name, source) for name, source in engine.sources.style_loras.items() if name != style]
+    if others:
+        _say(f"RSS check: loading {len(others)} style LoRAs a second time", started)
+        copies = [f"bench_copy_{index}" for index in range(len(others))]
+        before = _settled_rss()
+        for adapter, (_, source) in zip(copies, others, strict=True):
+            pipeline.load_lora_weights(source.location, weight_name=source.weight_name, adapter_name=adapter)
+        after = _settled_rss()
+        copied = sum(lora_bytes_by_adapter(pipeline).get(adapter, 0) for adapter in copies)
+        with warnings.catch_warnings():
+            # peft warns that the last one loaded was active; the engine
+            # activates its adapters per job, so that is expected here.
+            warnings.simplefilter("ignore")
+            pipeline.delete_adapters(copies)
+        figures["rss_delta_other_styles"] = {
+            "styles": len(others),
+            "rss_bytes": after - before if before is not None and after is not None else None,
+            "parameter_bytes": copied,
+        }
+    return figures
+
+
+def _libc_trim() -> None:
+    """Give free heap pages back to the OS (glibc), so RSS reflects live memory."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def _settled_rss() -> int | None:
+    gc.collect()
+    _libc_trim()
+    return _rss_bytes()
+
+
+def _rss_bytes() -> int | None:
+    """Current resident set size; psutil where installed, else /proc."""
+    try:
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
+
+
+# --------------------------------------------------------------------------- the machine
+
+
+def _machine(engine: Any) -> dict[str, Any]:
+    import diffusers
+    import peft
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024
+    device = engine.pipeline.device
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_bytes": ram,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "peft": peft.__version__,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "dtype": str(engine.pipeline.unet.dtype).removeprefix("torch."),
+    }
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def _size(count: float | None) -> str:
+    if count is None:
+        return "n/a"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(count) >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return f"{count:.0f} B"
+
+
+def render_table(report: dict[str, Any]) -> str:
+    """The report for people: one figure a line, with its target and verdict."""
+    machine, settings, picture = report["machine"], report["settings"], report["picture"]
+    switch, memory, loras = report["style_switch"], report["memory"], report["memory"]["lora_bytes"]
+    targets = {target["name"]: target for target in report["targets"]}
+
+    def verdict(name: str, limit: str) -> tuple[str, str]:
+        return limit, "PASS" if targets[name]["pass"] else "FAIL"
+
+    rows: list[tuple[str, str, str, str]] = [
+        ("seconds per picture, engine (median)", _duration(picture["engine_seconds"]), "", ""),
+        ("seconds per picture, diffusers call (median)", _duration(picture["baseline_seconds"]), "", ""),
+        ("engine / diffusers", f"{picture['ratio']:.3f}", *verdict("engine_vs_diffusers_ratio", "≤ 1.05")),
+        ("same pixels, engine and diffusers", "yes" if picture["same_pixels"] else "NO", "", ""),
+        (f"style switch (median of {len(switch['runs'])})", _duration(switch["seconds"]), "", ""),
+        (
+            "style switch / one picture",
+            f"{switch['share_of_picture'] * 100:.2f} %",
+            *verdict("style_switch_share", "≤ 2 %"),
+        ),
+    ]
+    rows += [(f"stage {stage} (median)", _duration(seconds), "", "") for stage, seconds in report["stages"].items()]
+    rows += [
+        ("peak RSS of this process", _size(memory["peak_rss_bytes"]), "", ""),
+        ("pipeline parameters, all styles' LoRAs", _size(memory["pipeline_parameter_bytes_all_styles"]), "", ""),
+        ("pipeline parameters, one style's LoRA", _size(memory["pipeline_parameter_bytes_one_style"]), "", ""),
+        ("LoRA bytes: portrait", _size(loras["portrait"]), "", ""),
+        ("LoRA bytes: LCM", _size(loras["lcm"]), "", ""),
+        ("LoRA bytes: one style", _size(loras["one_style"]), "", ""),
+        (f"LoRA bytes: all {loras['styles']} styles", _size(loras["all_styles"]), "", ""),
+        (
+            "all styles' LoRAs resident: more memory than one",
+            f"{memory['all_styles_extra_share'] * 100:.2f} %",
+            *verdict("all_styles_lora_extra_share", "≤ 10 %"),
+        ),
+    ]
+    if memory.get("gpu_peak_bytes") is not None:
+        rows.append(("peak GPU memory allocated", _size(memory["gpu_peak_bytes"]), "", ""))
+    delta = memory.get("rss_delta_other_styles")
+    if delta:
+        rows += [
+            (f"RSS growth, {delta['styles']} style LoRAs loaded again", _size(delta["rss_bytes"]), "", ""),
+            ("  their LoRA tensors", _size(delta["parameter_bytes"]), "", ""),
+        ]
+    width = max(len(row[0]) for row in rows)
+    value_width = max(len(row[1]) for row in rows)
+    gpu = f" ({machine['gpu']})" if machine.get("gpu") else ""
+    lines = [
+        f"mmpp bench engine: shape {settings['shape']} ({settings['model']})",
+        f"machine  {machine['cpu']}, {machine['cores']} cores, {_size(machine['ram_bytes'])} RAM; "
+        f"torch {machine['torch']} ({machine['torch_threads']} threads), diffusers {machine['diffusers']}, "
+        f"peft {machine['peft']}",
+        f"device   {machine['device']}{gpu}, dtype {machine['dtype']}",
+        f"date     {report['date']}",
+        f"work     style {settings['style']} (switch to {settings['switch_to']}), mode {settings['mode']}, "
+        f"{settings['steps']} steps, guidance {settings['guidance']:g}, {settings['width']}x{settings['height']}, "
+        f"seed {settings['seed']}, {settings['repeats']} measured pairs after 1 warm-up; engine loaded in "
+        f"{settings['load_seconds']:.1f} s",
+        "",
+        f"{'figure':<{width}}  {'value':>{value_width}}  {'target':<7} result",
+    ]
+    lines += [
+        f"{name:<{width}}  {value:>{value_width}}  {limit:<7} {result}".rstrip() for name, value, limit, result in rows
+    ]
+    lines += ["", "all targets met" if report["passed"] else "some targets missed (FAIL above)"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- full-size SD 1.5
+
+
+def full_sd15_sources(folder: Path) -> Any:
+    """The sources of components written by :func:`build_full_sd15`."""
+    from engine.models import IPAdapterSource, ModelSources, WeightSource
+
+    manifest = json.loads((folder / "complete.json").read_text())
+    loras = str(folder / "loras")
+    return ModelSources(
+        base=str(folder / "base"),
+        family="sd15",
+        portrait_lora=WeightSource(loras, "portrait.safetensors"),
+        lcm_lora=WeightSource(loras, "lcm.safetensors"),
+        ip_adapter=IPAdapterSource(WeightSource(str(folder / "ip_adapter"), IP_ADAPTER_FILE), "image_encoder"),
+        style_loras={name: WeightSource(loras, file_name) for name, file_name in manifest["styles"].items()},
+        test_sized=True,
+        label="full-size SD 1.5 with random weights (benchmark shape: its pictures are noise)",
+    )
+
+
+def build_full_sd15(folder_text: str, style_names: list[str], dtype_name: str) -> None:
+    """Write full-size SD 1.5 components in the real formats; runs in a child process.
+
+    Built in float32 (the default init is defined there), written in the
+    benchmark's dtype so that loading needs no conversion; each model is
+    dropped once written, to keep the child's peak near one UNet plus one
+    ViT-H.
+    """
+    import torch
+
+    from engine.models import _safe_file_stem
+
+    try:
+        from engine.pipeline import quiet_libraries
+
+        quiet_libraries()
+        folder = Path(folder_text)
+        dtype = getattr(torch, dtype_name)
+        torch.manual_seed(SEED)
+        pipeline = _full_sd15_pipeline()
+        loras = folder / "loras"
+        _write_lora(
+            pipeline, loras, "portrait.safetensors", seed=1, rank=PORTRAIT_RANK, targets=ATTENTION_TARGETS, dtype=dtype
+        )
+        _write_lora(pipeline, loras, "lcm.safetensors", seed=2, rank=LCM_RANK, targets=LCM_TARGETS, dtype=dtype)
+        style_files = {}
+        for index, name in enumerate(style_names):
+            file_name = f"style-{_safe_file_stem(name)}.safetensors"
+            _write_lora(
+                pipeline, loras, file_name, seed=100 + index, rank=STYLE_RANK, targets=ATTENTION_TARGETS, dtype=dtype
+            )
+            style_files[name] = file_name
+        _write_ip_adapter_weights(folder / "ip_adapter", pipeline.unet, dtype=dtype)
+        pipeline.to(dtype)
+        pipeline.save_pretrained(folder / "base", safe_serialization=True)
+        del pipeline
+        gc.collect()
+        _write_image_encoder(folder / "ip_adapter" / "image_encoder", dtype=dtype)
+        (folder / "complete.json").write_text(json.dumps({"styles": style_files, "dtype": dtype_name}, indent=2))
+    except BaseException:
+        traceback.print_exc()
+        raise
+
+
+def _full_sd15_pipeline() -> Any:
+    """SD 1.5's real architecture and sizes (``v1-inference.yaml``), random weights."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from engine.models import _tiny_corpus, build_tiny_tokenizer_files
+
+    # The tiny tokenizer's ids all lie below CLIP's 49408, so it drives the
+    # full-size text encoder exactly as the real tokenizer would (77 tokens).
+    with tempfile.TemporaryDirectory() as scratch:
+        build_tiny_tokenizer_files(Path(scratch), _tiny_corpus())
+        tokenizer = CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            projection_dim=768,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[128, 256, 512, 512],
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+        norm_num_groups=32,
+    )
+    scheduler = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        unet=unet,
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
+def _write_lora(
+    pipeline: Any, folder: Path, file_name: str, *, seed: int, rank: int, targets: list[str], dtype: Any
+) -> None:
+    """A random UNet LoRA, saved the way ``engine.models._write_tiny_lora`` saves (diffusers' training format).
+
+    Unlike the tiny writer this draws values at the scale of trained LoRAs
+    (A ~ 1/sqrt(fan-in), B small), so three active adapters on a full-size
+    UNet keep activations in range: overflowing values would make the timing
+    meaningless (denormals and NaNs run at other speeds on CPUs).
+    """
+    import torch
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = pipeline.unet
+    adapter_name = f"build_{seed}"
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
+    unet.add_adapter(config, adapter_name=adapter_name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if f".{adapter_name}." not in name:
+                continue
+            if ".lora_A." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter[0].numel() ** 0.5)
+            elif ".lora_B." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+    state = {key: value.to(dtype).contiguous() for key, value in state.items()}
+    type(pipeline).save_lora_weights(folder, unet_lora_layers=state, weight_name=file_name, safe_serialization=True)
+    unet.delete_adapters(adapter_name)
+
+
+def _write_ip_adapter_weights(
+    folder: Path,
+    unet: Any,
+    *,
+    dtype: Any,
+    image_hidden: int = 1280,
+    hidden: int = 768,
+    queries: int = 16,
+    heads: int = 12,
+    layers: int = 4,
+    ffn_ratio: int = 4,
+) -> None:
+    """``ip-adapter-plus-face_sd15.safetensors`` in its original layout, at its real sizes.
+
+    The same keys as ``engine.models._write_tiny_ip_adapter`` (which diffusers
+    converts on load): a Resampler reading ViT-H's penultimate hidden states
+    (1280) with 16 queries of width 768 and 12 heads of 64, projecting to the
+    UNet's cross-attention width, and ``to_k_ip``/``to_v_ip`` per
+    cross-attention processor.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    cross_attention_dim = unet.config.cross_attention_dim
+    inner = heads * 64  # diffusers derives heads as to_q rows // 64
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape) / shape[-1] ** 0.5
+
+    tensors: dict[str, torch.Tensor] = {
+        "image_proj.latents": torch.randn(1, queries, hidden) / hidden**0.5,
+        "image_proj.proj_in.weight": rand(hidden, image_hidden),
+        "image_proj.proj_in.bias": torch.zeros(hidden),
+        "image_proj.proj_out.weight": rand(cross_attention_dim, hidden),
+        "image_proj.proj_out.bias": torch.zeros(cross_attention_dim),
+        "image_proj.norm_out.weight": torch.ones(cross_attention_dim),
+        "image_proj.norm_out.bias": torch.zeros(cross_attention_dim),
+    }
+    for layer in range(layers):
+        prefix = f"image_proj.layers.{layer}"
+        tensors.update(
+            {
+                f"{prefix}.0.norm1.weight": torch.ones(hidden),
+                f"{prefix}.0.norm1.bias": torch.zeros(hidden),
+                f"{prefix}.0.norm2.weight": torch.ones(hidden),
+                f"{prefix}.0.norm2.bias": torch.zeros(hidden),
+                f"{prefix}.0.to_q.weight": rand(inner, hidden),
+                f"{prefix}.0.to_kv.weight": rand(2 * inner, hidden),
+                f"{prefix}.0.to_out.weight": rand(hidden, inner),
+                f"{prefix}.1.0.weight": torch.ones(hidden),
+                f"{prefix}.1.0.bias": torch.zeros(hidden),
+                f"{prefix}.1.1.weight": rand(hidden * ffn_ratio, hidden),
+                f"{prefix}.1.3.weight": rand(hidden, hidden * ffn_ratio),
+            }
+        )
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            block_channels = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            block_channels = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            block_channels = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = rand(block_channels, cross_attention_dim)
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = rand(block_channels, cross_attention_dim)
+        key_id += 2
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({key: value.to(dtype).contiguous() for key, value in tensors.items()}, folder / IP_ADAPTER_FILE)
+
+
+def _write_image_encoder(folder: Path, *, dtype: Any) -> None:
+    """The ViT-H/14 image encoder the SD 1.5 face adapters use (632 M parameters)."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=1024,
+            hidden_act="gelu",
+        )
+    )
+    encoder.to(dtype).save_pretrained(folder, safe_serialization=True)
+    CLIPImageProcessor(size=224, crop_size=224).save_pretrained(folder)
