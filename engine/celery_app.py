@@ -10,17 +10,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from engine.contracts import GENERATE_TASK_NAME
+from engine.contracts import GENERATE_TASK_NAME, broker_urls
 from engine.settings import EngineSettings
-
-
-def broker_urls(settings: EngineSettings) -> tuple[str, str]:
-    """``(broker, result backend)`` for the settings."""
-    if settings.redis_url:
-        return settings.redis_url, settings.redis_url
-    state = settings.state_dir.expanduser().resolve()
-    state.mkdir(parents=True, exist_ok=True)
-    return f"sqla+sqlite:///{state / 'broker.sqlite'}", f"db+sqlite:///{state / 'results.sqlite'}"
 
 
 def make_celery(settings: EngineSettings | None = None) -> Celery:
@@ -39,7 +30,7 @@ def make_celery(settings: EngineSettings | None = None) -> Celery:
             f"(got {settings.task_soft_time_limit}, {settings.task_hard_time_limit}, "
             f"{settings.broker_visibility_timeout})"
         )
-    broker, backend = broker_urls(settings)
+    broker, backend = broker_urls(settings.redis_url, settings.state_dir)
     app = Celery("mmpp", broker=broker, backend=backend, include=["engine.tasks"])
     transport_options = {"visibility_timeout": settings.broker_visibility_timeout} if settings.redis_url else {}
     app.conf.update(

@@ -1,4 +1,4 @@
-"""Engine subcommands of ``mmpp``: generate, styles, worker, bench, run.
+"""Engine subcommands of ``mmpp``: generate, styles, worker, bench.
 
 Every failure a user can cause ends as one line ``error[CODE]: message`` on
 stderr and exit status 2; a failure of ours as ``error[INTERNAL]`` and exit
@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn
 
 from engine.contracts import MAX_PICTURES, MIN_PICTURES, EngineError, ErrorCode, GenerateRequest, GenerateResult, Mode
 
-SAMPLE_SELFIE = Path(__file__).with_name("assets") / "sample_selfie.jpg"
 TINY_NOTE = "note: these pictures come from the tiny test-sized model (random weights); they are noise, not art."
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
@@ -70,12 +66,6 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--pool", choices=["prefork", "solo", "threads"], default="prefork")
         parser.add_argument("--queues", default=None, help="comma-separated queues (default: MMPP_QUEUE)")
         parser.add_argument("--loglevel", default="INFO")
-    elif command == "run":
-        parser.description = "Start a worker on the configured broker and send it one job for the sample selfie."
-        parser.add_argument("--style", default="anime")
-        parser.add_argument("--photo", type=Path, default=SAMPLE_SELFIE)
-        parser.add_argument("--out", type=Path, default=Path(os.environ.get("MMPP_OUT", "out")))
-        parser.add_argument("--timeout", type=float, default=600.0)
     elif command == "styles":
         parser.description = "List the style catalogue."
     return parser
@@ -99,8 +89,6 @@ def main(command: str, argv: list[str]) -> int:
             return _styles()
         if command == "worker":
             return _worker(arguments)
-        if command == "run":
-            return _run_demo(arguments)
     except EngineError as error:
         print(error.as_line(), file=sys.stderr)
         return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT
@@ -194,48 +182,3 @@ def _worker(arguments: argparse.Namespace) -> int:
         ]
     )
     return 0
-
-
-def _run_demo(arguments: argparse.Namespace) -> int:
-    """The main job until the chat adapters exist: worker + one job, end to end.
-
-    The job goes through the broker by task name, exactly as the bot will
-    send it, so this exercises the real path: payload, worker, engine, result.
-    """
-    from engine.celery_app import app
-    from engine.contracts import GENERATE_TASK_NAME
-    from engine.settings import EngineSettings
-
-    settings = EngineSettings()
-    where = "Redis (REDIS_URL)" if settings.redis_url else f"the embedded SQLite broker in {settings.state_dir}/"
-    print(f"mmpp: starting a worker on {where}", file=sys.stderr)
-    request = GenerateRequest(selfie=_read_photo(arguments.photo), style=arguments.style, count=2, seed=42)
-    request.validate()
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"],
-        env={**os.environ, "MMPP_LAZY_ENGINE": "1"},
-        stdout=sys.stderr,  # stdout carries only the pictures' paths
-    )
-    try:
-        started = time.monotonic()
-        async_result = app.send_task(GENERATE_TASK_NAME, args=[request.to_payload()], queue=settings.queue)
-        print(f"mmpp: sent job {async_result.id} (style {arguments.style}); waiting for the worker...", file=sys.stderr)
-        payload = async_result.get(timeout=arguments.timeout, interval=0.5)
-        result = GenerateResult.from_payload(payload)
-        result.raise_for_error()
-        paths = write_pictures(result, arguments.out)
-        for path in paths:
-            print(path)
-        print(
-            f"mmpp: {len(paths)} pictures in {time.monotonic() - started:.1f}s from model {result.model}",
-            file=sys.stderr,
-        )
-        if result.test_sized_model:
-            print(TINY_NOTE, file=sys.stderr)
-        return 0
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            worker.kill()

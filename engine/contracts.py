@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import tomllib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 #: The Celery task name the bot sends by name; renaming it breaks deployed bots.
@@ -57,6 +59,10 @@ class ErrorCode(enum.StrEnum):
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     TIMEOUT = "TIMEOUT"
     INTERNAL = "INTERNAL"
+    # Raised by the chat side only; listed here so every code lives in one enum.
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
+    NOT_FOUND = "NOT_FOUND"
 
 
 class EngineError(Exception):
@@ -241,3 +247,59 @@ class GenerateResult:
             error_message=payload.get("error_message", ""),
             job_id=payload.get("job_id", ""),
         )
+
+
+# --------------------------------------------------------------------------- shared between bot and worker
+
+
+def broker_urls(redis_url: str, state_dir: Path) -> tuple[str, str]:
+    """``(broker, result backend)``: bot and worker must agree, so it is defined once, here.
+
+    With ``redis_url`` empty, an embedded broker on SQLite through kombu's
+    SQLAlchemy transport: no server, one machine only, about one second per
+    round trip because the transport polls.
+    """
+    if redis_url:
+        return redis_url, redis_url
+    state = state_dir.expanduser().resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    return f"sqla+sqlite:///{state / 'broker.sqlite'}", f"db+sqlite:///{state / 'results.sqlite'}"
+
+
+def default_catalogue_path() -> Path:
+    return Path(__file__).with_name("styles.toml")
+
+
+@dataclass(frozen=True)
+class StyleMenuItem:
+    """What the chat side shows of a style; the worker validates the rest."""
+
+    name: str
+    display_name: str
+    emoji: str
+    description: str
+    mode: str
+
+
+def read_style_menu(path: Path | None = None) -> list[StyleMenuItem]:
+    """The style names and labels for menus, without the engine's validation.
+
+    The bot needs the names at start (Discord registers them as choices) and
+    must not import the engine; the worker remains the authority and answers
+    ``UNKNOWN_STYLE`` for anything it does not know.
+    """
+    document = tomllib.loads((path or default_catalogue_path()).read_text(encoding="utf-8"))
+    defaults = document.get("defaults", {})
+    items = []
+    for name, table in document.get("styles", {}).items():
+        merged = {**defaults, **table}
+        items.append(
+            StyleMenuItem(
+                name=name,
+                display_name=str(merged.get("display_name", name)),
+                emoji=str(merged.get("emoji", "")),
+                description=str(merged.get("description", "")),
+                mode=str(merged.get("mode", Mode.FAST.value)),
+            )
+        )
+    return items

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 Family = Literal["sd15", "sdxl"]
 
 #: Bump when the tiny builder changes, so stale caches are rebuilt, not reused.
-TINY_FORMAT_VERSION = 4
+TINY_FORMAT_VERSION = 5
 TINY_SEED = 20261125
 
 
@@ -329,7 +329,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _tiny_corpus() -> str:
     """Text the tiny tokenizer learns its merges from: the style catalogue."""
-    from engine.styles import default_catalogue_path
+    from engine.contracts import default_catalogue_path
 
     return default_catalogue_path().read_text(encoding="utf-8") + " a person portrait photo face"
 
@@ -424,7 +424,7 @@ def build_tiny_pipeline(family: Family):  # noqa: ANN201 - diffusers pipelines s
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=80,  # 6 time ids x 8 + 32 pooled text
-        cross_attention_dim=64,
+        cross_attention_dim=96,  # 32 + 64: both text encoders side by side
         norm_num_groups=32,
     )
     return StableDiffusionXLPipeline(
@@ -432,7 +432,9 @@ def build_tiny_pipeline(family: Family):  # noqa: ANN201 - diffusers pipelines s
         scheduler=scheduler,
         vae=vae,
         text_encoder=CLIPTextModel(text_config(32, 32)),
-        text_encoder_2=CLIPTextModelWithProjection(text_config(32, 32)),
+        # Wider than the first encoder, as in the real SDXL (768 vs 1280): diffusers'
+        # single-file loader tells the two encoders apart by width.
+        text_encoder_2=CLIPTextModelWithProjection(text_config(64, 32)),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
         image_encoder=None,

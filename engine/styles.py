@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.contracts import EngineError, ErrorCode, Mode
+from engine.contracts import EngineError, ErrorCode, Mode, default_catalogue_path
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 SUBJECT_PLACEHOLDER = "{subject}"
@@ -86,10 +86,6 @@ class Catalogue:
             ErrorCode.UNKNOWN_STYLE,
             f"There is no style called '{name[:40]}'; choose one of: {', '.join(self._styles)}.",
         )
-
-
-def default_catalogue_path() -> Path:
-    return Path(__file__).with_name("styles.toml")
 
 
 def load_catalogue(path: Path | None = None) -> Catalogue:

@@ -9,13 +9,19 @@ ENGINE_COMMANDS = {
     "styles": "list the style catalogue",
     "worker": "run a Celery generation worker",
     "bench": "measure the engine (mmpp bench engine --help)",
-    "run": "start a worker and send it a demo job on the bundled sample selfie",
+}
+BOT_COMMANDS = {
+    "run": "start a worker and the adapters whose tokens are set (the console when none is)",
+    "chat": "the console adapter alone (needs a running worker)",
+    "migrate": "apply the database migrations",
+    "feedback": "ratings per style (--csv exports the raw ratings)",
+    "forget": "delete everything about one person (--platform P --user ID)",
 }
 
 
 def usage() -> str:
     lines = ["usage: mmpp COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, text in ENGINE_COMMANDS.items()]
+    lines += [f"  {name:<10} {text}" for name, text in {**BOT_COMMANDS, **ENGINE_COMMANDS}.items()]
     lines += ["", "mmpp COMMAND --help shows a command's options."]
     return "\n".join(lines)
 
@@ -30,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         from engine.cli import main as engine_main
 
         return engine_main(command, rest)
+    if command in BOT_COMMANDS:
+        from bot.cli import main as bot_main
+
+        return bot_main(command, rest)
     print(f"error[UNKNOWN_COMMAND]: 'mmpp {command[:40]}' is not a command; try 'mmpp --help'.", file=sys.stderr)
     return 2
 

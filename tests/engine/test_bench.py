@@ -86,7 +86,8 @@ def test_targets_and_machine(report: dict) -> None:
 
 def test_the_table_names_every_target(report: dict) -> None:
     table = bench.render_table(report)
-    assert table.count("PASS") + table.count("FAIL") == 3
+    verdicts = [line for line in table.splitlines() if line.endswith((" PASS", " FAIL"))]
+    assert len(verdicts) == 3
     assert report["machine"]["cpu"] in table and report["date"] in table
 
 

@@ -19,7 +19,11 @@ def mmpp(*arguments: str, env: dict[str, str] | None = None, timeout: float = 30
     environment.pop("REDIS_URL", None) if env is None or "REDIS_URL" not in env else None
     return subprocess.run(
         [sys.executable, "-m", "mmpp.cli", *arguments],
-        capture_output=True, text=True, cwd=REPO, env=environment, timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environment,
+        timeout=timeout,
     )
 
 
@@ -33,8 +37,25 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: str) -
 
 def test_generate_writes_the_pictures_and_prints_their_paths(cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = mmpp("generate", "--photo", str(SAMPLE), "--style", "pixel-art", "--count", "2", "--seed", "5",
-                  "--steps", "4", "--mode", "fast", "--profile", "tiny", "--out", str(out))
+    result = mmpp(
+        "generate",
+        "--photo",
+        str(SAMPLE),
+        "--style",
+        "pixel-art",
+        "--count",
+        "2",
+        "--seed",
+        "5",
+        "--steps",
+        "4",
+        "--mode",
+        "fast",
+        "--profile",
+        "tiny",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     paths = [Path(line) for line in result.stdout.split()]
     assert len(paths) == 2 and all(path.parent == out for path in paths)
@@ -77,8 +98,18 @@ def test_generate_refuses_a_missing_or_bad_photo(tmp_path: Path, cache_dir: Path
 
 
 def test_generate_without_weights_names_what_is_missing(tmp_path: Path) -> None:
-    result = mmpp("generate", "--photo", str(SAMPLE), "--style", "anime", "--profile", "default", "--out",
-                  str(tmp_path), env={"MMPP_BASE_MODEL": "example-org/model-that-is-not-cached"})
+    result = mmpp(
+        "generate",
+        "--photo",
+        str(SAMPLE),
+        "--style",
+        "anime",
+        "--profile",
+        "default",
+        "--out",
+        str(tmp_path),
+        env={"MMPP_BASE_MODEL": "example-org/model-that-is-not-cached"},
+    )
     assert_one_line_error(result, "MODEL_UNAVAILABLE")
     assert "example-org/model-that-is-not-cached" in result.stderr and "--profile tiny" in result.stderr
 
@@ -100,8 +131,11 @@ def test_unknown_command_and_help() -> None:
 def test_run_sends_a_job_through_the_embedded_broker(cache_dir: Path, tmp_path: Path) -> None:
     """``make run`` on a fresh machine: no REDIS_URL, no weights, no tokens."""
     out = tmp_path / "out"
-    result = mmpp("run", env={"MMPP_STATE_DIR": str(tmp_path / "state"), "MMPP_OUT": str(out),
-                              "MMPP_MODEL_PROFILE": "auto"}, timeout=400)
+    result = mmpp(
+        "run",
+        env={"MMPP_STATE_DIR": str(tmp_path / "state"), "MMPP_OUT": str(out), "MMPP_MODEL_PROFILE": "auto"},
+        timeout=400,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "embedded SQLite broker" in result.stderr
     assert "tiny test-sized model" in result.stderr

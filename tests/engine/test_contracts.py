@@ -18,15 +18,33 @@ from engine.contracts import (
 
 
 def test_request_round_trips_through_json() -> None:
-    request = GenerateRequest(selfie=b"\x89PNG\0bytes", style="anime", prompt="(red)1.2 hair", mode=Mode.QUALITY,
-                              count=3, seed=9, steps=20, guidance=6.5, job_id="abc")
+    request = GenerateRequest(
+        selfie=b"\x89PNG\0bytes",
+        style="anime",
+        prompt="(red)1.2 hair",
+        mode=Mode.QUALITY,
+        count=3,
+        seed=9,
+        steps=20,
+        guidance=6.5,
+        job_id="abc",
+    )
     assert GenerateRequest.from_payload(json.loads(json.dumps(request.to_payload()))) == request
 
 
 def test_result_round_trips_through_json() -> None:
-    result = GenerateResult(pictures=[Picture(png=b"png-bytes", seed=5)], style="anime", mode="fast", steps=4,
-                            guidance=1.5, scales={"style_lora": 0.8}, timings={"total": 1.0}, model="tiny",
-                            test_sized_model=True, job_id="x")
+    result = GenerateResult(
+        pictures=[Picture(png=b"png-bytes", seed=5)],
+        style="anime",
+        mode="fast",
+        steps=4,
+        guidance=1.5,
+        scales={"style_lora": 0.8},
+        timings={"total": 1.0},
+        model="tiny",
+        test_sized_model=True,
+        job_id="x",
+    )
     assert GenerateResult.from_payload(json.loads(json.dumps(result.to_payload()))) == result
     failure = GenerateResult.failure(EngineError(ErrorCode.NO_FACE, "No face\nhere."), job_id="y")
     back = GenerateResult.from_payload(json.loads(json.dumps(failure.to_payload())))

@@ -57,11 +57,21 @@ def test_family_is_detected_from_the_weights(cache_dir: Path, catalogue, tmp_pat
     assert detect_family(build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names).base) == "sd15"
     assert detect_family(build_tiny_profile(cache_dir / "tiny", "sdxl", catalogue.names).base) == "sdxl"
     sd15_file = tmp_path / "model-v1.safetensors"
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
-               "cond_stage_model.transformer.x": torch.zeros(1)}, sd15_file)
+    save_file(
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+            "cond_stage_model.transformer.x": torch.zeros(1),
+        },
+        sd15_file,
+    )
     sdxl_file = tmp_path / "model-xl.safetensors"
-    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
-               "conditioner.embedders.1.model.x": torch.zeros(1)}, sdxl_file)
+    save_file(
+        {
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+            "conditioner.embedders.1.model.x": torch.zeros(1),
+        },
+        sdxl_file,
+    )
     assert detect_family(str(sd15_file)) == "sd15"
     assert detect_family(str(sdxl_file)) == "sdxl"
 
@@ -85,7 +95,7 @@ def test_missing_weights_are_model_unavailable(tmp_path: Path, monkeypatch, make
 def test_pickled_and_foreign_single_files_are_refused(tmp_path: Path) -> None:
     pickled = tmp_path / "model.ckpt"
     pickled.write_bytes(b"\x80\x04")
-    with pytest.raises(EngineError, match="only .safetensors"):
+    with pytest.raises(EngineError, match=r"only \.safetensors"):
         detect_family(str(pickled))
     foreign = tmp_path / "other.safetensors"
     save_file({"encoder.weight": torch.zeros(1)}, foreign)

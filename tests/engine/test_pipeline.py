@@ -288,7 +288,7 @@ def test_sdxl_family_runs_with_both_text_encoders_and_pooled_embeddings(
 ) -> None:
     assert tiny_sdxl_engine.family == "sdxl"
     conditioning = tiny_sdxl_engine.encode_prompt("(anime)1.3 portrait of a person", "blurry")
-    assert conditioning["prompt_embeds"].shape[-1] == 64  # 32 + 32: both text encoders
+    assert conditioning["prompt_embeds"].shape[-1] == 96  # 32 + 64: both text encoders
     assert conditioning["pooled_prompt_embeds"].shape[-1] == 32
     first = tiny_sdxl_engine.generate(request(selfie_bytes))
     again = tiny_sdxl_engine.generate(request(selfie_bytes))

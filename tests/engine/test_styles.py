@@ -9,8 +9,18 @@ import pytest
 from engine.contracts import EngineError, ErrorCode, Mode
 from engine.styles import CatalogueError, default_catalogue_path, load_catalogue, parse_catalogue
 
-ASKED_FOR = ["anime", "watercolor", "oil-painting", "3d-cartoon", "pixel-art", "pencil-sketch", "cyberpunk",
-             "pop-art", "headshot", "fantasy"]
+ASKED_FOR = [
+    "anime",
+    "watercolor",
+    "oil-painting",
+    "3d-cartoon",
+    "pixel-art",
+    "pencil-sketch",
+    "cyberpunk",
+    "pop-art",
+    "headshot",
+    "fantasy",
+]
 
 
 def test_the_shipped_catalogue_has_the_styles_people_ask_for() -> None:

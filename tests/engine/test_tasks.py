@@ -36,7 +36,12 @@ def decompression_bomb() -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
 
 
 def two_faces(selfie: bytes) -> bytes:
@@ -136,7 +141,7 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture(scope="module")
-def worker_queue(cache_dir: Path, catalogue) -> Iterator[str]:  # noqa: ARG001 - builds the tiny cache first
+def worker_queue(cache_dir: Path, catalogue) -> Iterator[str]:
     if not redis_available():
         pytest.fail(f"Redis is not reachable at {REDIS_URL}; `make test` starts one (see Makefile target redis)")
     from engine.models import build_tiny_profile
@@ -149,7 +154,7 @@ def worker_queue(cache_dir: Path, catalogue) -> Iterator[str]:  # noqa: ARG001 -
     stop_worker(worker)
 
 
-def client(queue: str):  # noqa: ANN201
+def client(queue: str):
     from engine.celery_app import make_celery
     from engine.settings import EngineSettings
 

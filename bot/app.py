@@ -1,0 +1,71 @@
+"""Wiring: settings → storage, queue, core, and the adapters whose tokens are set."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bot.core import ChatCore
+from bot.queue import CeleryJobQueue, make_client
+from bot.settings import BotSettings
+from bot.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+@asynccontextmanager
+async def open_core(settings: BotSettings) -> AsyncIterator[ChatCore]:
+    """The core over the real database and broker; migrations are applied on open."""
+    storage = await Storage.open(settings.database)
+    queue = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir), settings.queue)
+    core = ChatCore(storage, queue, settings)
+    try:
+        yield core
+    finally:
+        await core.stop()
+        await storage.close()
+
+
+def start_worker_process(settings: BotSettings) -> subprocess.Popen[bytes]:
+    """A generation worker as a child process: the bot never imports torch itself."""
+    command = [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"]
+    return subprocess.Popen(command, env={**os.environ, "MMPP_QUEUE": settings.queue}, stdout=sys.stderr)
+
+
+def stop_worker_process(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    try:
+        worker.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+async def serve(settings: BotSettings, *, with_console: bool | None = None) -> None:
+    """Run every adapter whose token is set; the console when none is."""
+    discord_token = settings.discord_token.get_secret_value()
+    telegram_token = settings.telegram_token.get_secret_value()
+    if with_console is None:
+        with_console = not discord_token and not telegram_token
+    async with open_core(settings) as core:
+        runners = []
+        if discord_token:
+            from bot.discord_app import run_discord
+
+            runners.append(run_discord(core, settings))
+        if telegram_token:
+            from bot.telegram_app import run_telegram
+
+            runners.append(run_telegram(core, settings))
+        if with_console:
+            from bot.console_app import run_console
+
+            runners.append(run_console(core, settings.out))
+        if not runners:
+            raise RuntimeError("nothing to run")
+        await asyncio.gather(*runners)

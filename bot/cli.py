@@ -1,0 +1,134 @@
+"""Chat-side subcommands of ``mmpp``: run, chat, migrate, feedback, forget.
+
+Errors end as one line ``error[CODE]: message`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import sys
+from typing import NoReturn
+
+from bot.core import CoreError, Person
+from bot.settings import BotSettings
+from engine.contracts import ErrorCode
+
+EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: {self.prog}: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=f"mmpp {command}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    if command == "run":
+        parser.description = (
+            "Start a worker and every adapter whose token is set (DISCORD_TOKEN, TELEGRAM_TOKEN); "
+            "the console when neither is."
+        )
+        parser.add_argument("--no-worker", action="store_true", help="use workers started elsewhere")
+    elif command == "chat":
+        parser.description = "The console adapter: type commands, get replies (needs a worker: mmpp worker)."
+    elif command == "feedback":
+        parser.description = "Ratings per style: jobs, pictures, ratings, mean with 95% interval, share positive."
+        parser.add_argument("--csv", action="store_true", help="export the raw ratings as CSV instead")
+        parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    elif command == "forget":
+        parser.description = "Delete everything stored about one person."
+        parser.add_argument("--platform", required=True, choices=["discord", "telegram", "console"])
+        parser.add_argument("--user", required=True, help="the platform's user id")
+    return parser
+
+
+def main(command: str, argv: list[str]) -> int:
+    arguments = build_parser(command).parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if arguments.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    settings = BotSettings()
+    try:
+        return asyncio.run(_dispatch(command, arguments, settings))
+    except CoreError as error:
+        print(error.as_line(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(command: str, arguments: argparse.Namespace, settings: BotSettings) -> int:
+    from bot.app import open_core, serve, start_worker_process, stop_worker_process
+    from bot.storage import Storage
+
+    if command == "migrate":
+        storage = await Storage.open(settings.database)
+        version = await storage.schema_version()
+        await storage.close()
+        print(f"{settings.database}: schema version {version}")
+        return 0
+    if command == "feedback":
+        return await _feedback(settings, arguments)
+    if command == "forget":
+        async with open_core(settings) as core:
+            print(await core.forget(Person(arguments.platform, arguments.user)))
+        return 0
+    if command == "chat":
+        await serve(settings, with_console=True)
+        return 0
+    if command == "run":
+        where = "Redis (REDIS_URL)" if settings.redis_url else f"the embedded SQLite broker in {settings.state_dir}/"
+        print(f"mmpp: broker: {where}; database: {settings.database}", file=sys.stderr)
+        worker = None if arguments.no_worker else start_worker_process(settings)
+        if not settings.discord_token.get_secret_value() and not settings.telegram_token.get_secret_value():
+            print(
+                "mmpp: no DISCORD_TOKEN or TELEGRAM_TOKEN set: console mode. Try:\n"
+                "  /profile style:anime photo:engine/assets/sample_selfie.jpg\n"
+                "(end with Ctrl-D; /help lists the commands)",
+                file=sys.stderr,
+            )
+        try:
+            await serve(settings)
+        finally:
+            if worker is not None:
+                stop_worker_process(worker)
+        return 0
+    raise AssertionError(command)
+
+
+async def _feedback(settings: BotSettings, arguments: argparse.Namespace) -> int:
+    from bot.core.service import feedback_report
+    from bot.storage import Storage
+
+    storage = await Storage.open(settings.database)
+    try:
+        if arguments.csv:
+            rows = await storage.ratings_export()
+            writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else ["style", "score"])
+            writer.writeheader()
+            writer.writerows(rows)
+            return 0
+        report = await feedback_report(storage)
+    finally:
+        await storage.close()
+    if arguments.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{'style':<16}{'jobs':>6}{'pictures':>10}{'ratings':>9}{'mean':>7}  {'95% interval':<14}{'positive':>9}")
+    for row in report:
+        mean = f"{row['mean']:.2f}" if row["mean"] is not None else "-"
+        interval = f"{row['ci95_low']:.2f}-{row['ci95_high']:.2f}" if row["ci95_low"] is not None else "-"
+        positive = f"{row['positive_share']:.0%}" if row["positive_share"] is not None else "-"
+        print(
+            f"{row['style']:<16}{row['jobs']:>6}{row['pictures']:>10}{row['ratings']:>9}{mean:>7}  "
+            f"{interval:<14}{positive:>9}"
+        )
+    return 0

@@ -1,0 +1,120 @@
+"""The terminal adapter: MMPP without any chat platform.
+
+It reads commands line by line and prints one reply line per command (and
+``job N: PATH ...`` when a job's pictures are written), so it serves both a
+person at a terminal and a script piping commands in.  Like the platform
+adapters it only translates: the core decides everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import sys
+import uuid
+from pathlib import Path
+from typing import TextIO
+
+from bot.core import ChatCore, CoreError, Person, ProfileOrder, parse_console_line
+from bot.storage import Job, StoredPicture
+from engine.contracts import ErrorCode
+
+PLATFORM = "console"
+USAGE = (
+    "Commands: /profile style:NAME photo:PATH [prompt:TEXT] [count:N] [mode:fast|quality] [seed:N]; "
+    "/rate JOB PICTURE STARS; /styles; /history; /forget; /help"
+)
+
+
+class ConsoleDelivery:
+    platform = PLATFORM
+    status_edit_interval = 2.0
+
+    def __init__(self, out_dir: Path, stdout: TextIO, stderr: TextIO) -> None:
+        self.out_dir = out_dir
+        self.stdout = stdout
+        self.stderr = stderr
+
+    async def post_status(self, job: Job, text: str) -> str | None:
+        print(f"job {job.id}: {text}", file=self.stderr, flush=True)
+        return f"status-{job.id}"
+
+    async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
+        print(f"job {job.id}: {text}", file=self.stderr, flush=True)
+
+    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for picture in pictures:
+            path = self.out_dir / f"job-{job.id}-{picture.position}.png"
+            path.write_bytes(picture.png)
+            paths.append(str(path))
+        print(f"job {job.id}: {' '.join(paths)}", file=self.stdout, flush=True)
+        print(f"job {job.id}: {caption}", file=self.stderr, flush=True)
+        return [f"{job.id}:{picture.position}" for picture in pictures]
+
+    async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
+        print(f"error[{code.value}]: job {job.id}: {text}", file=self.stdout, flush=True)
+
+
+class ConsoleAdapter:
+    def __init__(self, core: ChatCore, stdin: TextIO, stdout: TextIO, stderr: TextIO, out_dir: Path) -> None:
+        self.core = core
+        self.stdin = stdin
+        self.stdout = stdout
+        self.person = Person(PLATFORM, getpass.getuser())
+        self.delivery = ConsoleDelivery(out_dir, stdout, stderr)
+        core.attach(self.delivery)
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stdout, flush=True)
+
+    async def run(self) -> None:
+        """Serve lines until end of input, then wait for the jobs still running."""
+        while True:
+            line = await asyncio.to_thread(self.stdin.readline)
+            if not line:
+                break
+            try:
+                await self.handle(line)
+            except CoreError as error:
+                self.say(error.as_line())
+        await self.core.wait_idle()
+
+    async def handle(self, line: str) -> None:
+        command = parse_console_line(line)
+        if command is None:
+            return
+        if command.name == "profile":
+            photo_path = command.options.pop("photo", "")
+            if not photo_path:
+                raise CoreError(ErrorCode.NOT_AN_IMAGE, "Give the selfie as photo:PATH.")
+            try:
+                photo = Path(photo_path).expanduser().read_bytes()
+            except OSError as error:
+                raise CoreError(ErrorCode.NOT_AN_IMAGE, f"Cannot read {photo_path}: {error.strerror}.") from None
+            order = ProfileOrder(self.person, f"line-{uuid.uuid4()}", "console", {}, command.options, photo)
+            await self.core.order_profile(order)
+        elif command.name == "rate":
+            if len(command.arguments) != 3 or not all(part.isdigit() for part in command.arguments):
+                raise CoreError(ErrorCode.INVALID_REQUEST, "Use /rate JOB PICTURE STARS, e.g. /rate 3 1 5.")
+            job_id, position, stars = (int(part) for part in command.arguments)
+            await self.core.rate_job_picture(self.person, job_id, position, stars, "console")
+            self.say(f"rated job {job_id} picture {position}: {stars} stars")
+        elif command.name == "styles":
+            self.say(self.core.styles_text())
+        elif command.name == "history":
+            self.say(await self.core.history_text(self.person))
+        elif command.name == "forget":
+            self.say(await self.core.forget(self.person))
+        else:  # help, start
+            self.say(self.core.help_text(USAGE))
+
+
+async def run_console(core: ChatCore, out_dir: Path, stdin: TextIO = sys.stdin) -> None:
+    adapter = ConsoleAdapter(core, stdin, sys.stdout, sys.stderr, out_dir)
+    await core.start()
+    try:
+        await adapter.run()
+    finally:
+        await core.stop()

@@ -1,0 +1,140 @@
+"""Parsing what people type, for every platform, in one place.
+
+Three surfaces share one vocabulary: the console grammar
+(``/profile style:anime photo:me.jpg prompt:a pirate count:2``), Telegram
+captions (``anime``, ``/profile anime``, ``/profile@MmppBot anime in a hat``)
+and Discord's typed options (already parsed by Discord, checked here too).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from bot.core.errors import CoreError
+from engine.contracts import MAX_PICTURES, MAX_SEED, MIN_PICTURES, ErrorCode, Mode
+
+COMMANDS = ("profile", "styles", "history", "rate", "forget", "help", "start")
+OPTION_KEYS = ("style", "photo", "prompt", "count", "mode", "seed")
+_OPTION_SPLIT = re.compile(r"(?:^|\s+)(" + "|".join(OPTION_KEYS) + r"):", re.IGNORECASE)
+#: Longest command line we read; anything longer is refused, not truncated.
+MAX_LINE_CHARACTERS = 4000
+
+CommandError = CoreError
+
+
+@dataclass(frozen=True)
+class ParsedCommand:
+    name: str
+    options: dict[str, str] = field(default_factory=dict)
+    arguments: tuple[str, ...] = ()
+
+
+def _strip_controls(text: str) -> str:
+    return "".join(character if character.isprintable() or character in "\n\t" else " " for character in text)
+
+
+def split_options(text: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    """``"1 2 style:anime prompt:a red hat"`` → ``(("1", "2"), {"style": "anime", "prompt": "a red hat"})``.
+
+    A value runs until the next known ``key:``, so prompts may hold spaces
+    (and colons that are not one of our keys, such as ``(red:1.2)``).
+    """
+    parts = _OPTION_SPLIT.split(text)
+    positional = tuple(parts[0].split())
+    options: dict[str, str] = {}
+    for key, value in zip(parts[1::2], parts[2::2], strict=True):
+        key = key.lower()
+        if key in options:
+            raise CoreError(ErrorCode.INVALID_REQUEST, f"The option {key}: is given twice.")
+        options[key] = value.strip()
+    return positional, options
+
+
+def parse_console_line(line: str) -> ParsedCommand | None:
+    """One console line; ``None`` for a blank line."""
+    line = _strip_controls(line).strip()
+    if not line:
+        return None
+    if len(line) > MAX_LINE_CHARACTERS:
+        raise CoreError(ErrorCode.PROMPT_TOO_LONG, f"The line is longer than {MAX_LINE_CHARACTERS} characters.")
+    if not line.startswith("/"):
+        raise CoreError(ErrorCode.UNKNOWN_COMMAND, "Commands start with '/'; try /help.")
+    head, _, rest = line[1:].partition(" ")
+    name = head.lower()
+    if name not in COMMANDS:
+        raise CoreError(ErrorCode.UNKNOWN_COMMAND, f"There is no command /{head[:30]}; try /help.")
+    positional, options = split_options(rest)
+    return ParsedCommand(name, options, positional)
+
+
+def parse_caption(text: str | None, bot_username: str = "") -> ParsedCommand | None:
+    """A Telegram caption or message text; ``None`` when it is not meant for us.
+
+    Accepted: a bare style (``anime``), a style and a prompt (``anime in a
+    red hat``), ``/profile anime``, ``/profile@ThisBot anime``, and the
+    console's ``key:value`` options.  ``/command@OtherBot`` is not ours.
+    """
+    text = _strip_controls(text or "").strip()
+    if len(text) > MAX_LINE_CHARACTERS:
+        raise CoreError(ErrorCode.PROMPT_TOO_LONG, f"The text is longer than {MAX_LINE_CHARACTERS} characters.")
+    if not text:
+        return ParsedCommand("profile")
+    if text.startswith("/"):
+        head, _, rest = text[1:].partition(" ")
+        name, _, addressee = head.partition("@")
+        if addressee and bot_username and addressee.lower() != bot_username.lower():
+            return None
+        name = name.lower()
+        if name not in COMMANDS:
+            raise CoreError(ErrorCode.UNKNOWN_COMMAND, f"There is no command /{name[:30]}; try /help.")
+        if name != "profile":
+            positional, options = split_options(rest)
+            return ParsedCommand(name, options, positional)
+        text = rest.strip()
+    positional, options = split_options(text)
+    if positional and "style" not in options:
+        options["style"] = positional[0]
+        if positional[1:] and "prompt" not in options:
+            options["prompt"] = " ".join(positional[1:])
+    elif positional and "prompt" not in options:
+        options["prompt"] = " ".join(positional)
+    return ParsedCommand("profile", options)
+
+
+@dataclass(frozen=True)
+class ProfileOptions:
+    style: str | None
+    prompt: str
+    count: int
+    mode: str | None
+    seed: int | None
+
+
+def profile_options(options: dict[str, str]) -> ProfileOptions:
+    """Typed, checked profile options; the same checks for every platform."""
+    count_text = options.get("count", "1")
+    try:
+        count = int(count_text)
+    except ValueError:
+        raise CoreError(
+            ErrorCode.INVALID_REQUEST, f"count must be a number from {MIN_PICTURES} to {MAX_PICTURES}."
+        ) from None
+    if not MIN_PICTURES <= count <= MAX_PICTURES:
+        raise CoreError(ErrorCode.INVALID_REQUEST, f"count must be a number from {MIN_PICTURES} to {MAX_PICTURES}.")
+    mode = options.get("mode") or None
+    if mode is not None:
+        mode = mode.lower()
+        if mode not in {item.value for item in Mode}:
+            raise CoreError(ErrorCode.INVALID_REQUEST, "mode must be fast or quality.")
+    seed_text = options.get("seed")
+    seed = None
+    if seed_text:
+        try:
+            seed = int(seed_text)
+        except ValueError:
+            raise CoreError(ErrorCode.INVALID_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}.") from None
+        if not 0 <= seed <= MAX_SEED:
+            raise CoreError(ErrorCode.INVALID_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}.")
+    style = (options.get("style") or "").strip().lower() or None
+    return ProfileOptions(style=style, prompt=options.get("prompt", "").strip(), count=count, mode=mode, seed=seed)

@@ -1,0 +1,525 @@
+"""The chat core: validation, quotas, the job lifecycle and feedback.
+
+A job's life: the row (with the selfie) is written first, then the status
+message is posted, then the job is enqueued by task name with the job's own
+task id.  A follower polls the result backend, edits the status message,
+stores the pictures, hands them to the platform adapter, and marks the job
+delivered.  If the bot dies anywhere in between, :meth:`ChatCore.start`
+picks every undelivered job up again: it re-sends what was never enqueued
+(same task id, so the worker's result is shared) and delivers what finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from bot.core.commands import profile_options
+from bot.core.errors import CoreError
+from bot.queue import JobQueue
+from bot.settings import BotSettings
+from bot.storage import Job, Storage, StoredPicture, timestamp, utc_now
+from engine.contracts import (
+    EngineError,
+    ErrorCode,
+    GenerateRequest,
+    GenerateResult,
+    Mode,
+    StyleMenuItem,
+    read_style_menu,
+)
+
+logger = logging.getLogger(__name__)
+
+#: What a 1-5 rating means, shown in help texts.
+RATING_SCALE = "1 = poor, 3 = fine, 5 = love it"
+POSITIVE_SCORE = 4
+
+
+@dataclass(frozen=True)
+class Person:
+    """Someone on a platform; ``user_id`` is the platform's own id."""
+
+    platform: str
+    user_id: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class ProfileOrder:
+    """A request for profile pictures, as an adapter hands it over."""
+
+    requester: Person
+    event_key: str
+    chat_id: str
+    reply_context: dict[str, Any]
+    options: dict[str, str] = field(default_factory=dict)
+    photo: bytes | None = None
+
+
+class Delivery(Protocol):
+    """What an adapter implements so the core can talk on its platform."""
+
+    platform: str
+    #: Seconds between two edits of a status message (platform rate limits).
+    status_edit_interval: float
+
+    async def post_status(self, job: Job, text: str) -> str | None: ...
+
+    async def edit_status(self, job: Job, message_ref: str, text: str) -> None: ...
+
+    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]: ...
+
+    async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None: ...
+
+
+class ChatCore:
+    def __init__(
+        self,
+        storage: Storage,
+        queue: JobQueue,
+        settings: BotSettings,
+        styles: list[StyleMenuItem] | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.storage = storage
+        self.queue = queue
+        self.settings = settings
+        self.styles = {item.name: item for item in (styles if styles is not None else read_style_menu())}
+        self._clock = clock
+        self._deliveries: dict[str, Delivery] = {}
+        self._followers: dict[int, asyncio.Task[None]] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, delivery: Delivery) -> None:
+        self._deliveries[delivery.platform] = delivery
+
+    async def start(self) -> None:
+        """Resume every undelivered job of the attached platforms."""
+        await self.storage.purge_expired_selfies()
+        for job in await self.storage.undelivered_jobs(list(self._deliveries)):
+            logger.info("resuming job %s (%s)", job.id, job.state)
+            if job.enqueued_at is None and job.state == "queued":
+                await self._enqueue(job)
+            self._follow(job)
+        self._housekeeping = asyncio.create_task(self._purge_periodically())
+
+    async def stop(self) -> None:
+        tasks = [*self._followers.values(), *([self._housekeeping] if self._housekeeping else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._followers.clear()
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait until every followed job has been delivered (console and tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._followers:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if remaining == 0.0:
+                raise TimeoutError("jobs still running")
+            await asyncio.wait(list(self._followers.values()), timeout=remaining)
+
+    async def _purge_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(600)
+            try:
+                await self.storage.purge_expired_selfies()
+            except Exception:
+                logger.exception("purging expired selfies failed")
+
+    # ------------------------------------------------------------------ ordering
+
+    def style_names(self) -> list[str]:
+        return list(self.styles)
+
+    def check_style(self, name: str | None) -> StyleMenuItem:
+        if not name:
+            raise CoreError(ErrorCode.UNKNOWN_STYLE, f"Name a style: {', '.join(self.styles)}.")
+        key = name.strip().lower()
+        if key not in self.styles:
+            raise CoreError(
+                ErrorCode.UNKNOWN_STYLE,
+                f"There is no style called '{name[:40]}'; choose one of: {', '.join(self.styles)}.",
+            )
+        return self.styles[key]
+
+    async def order_profile(self, order: ProfileOrder) -> tuple[Job, bool]:
+        """Validate, check quotas, write the job, post its status and enqueue it.
+
+        Returns ``(job, created)``; for a duplicate delivery of the same
+        platform event the existing job comes back with ``created`` false and
+        nothing is posted or enqueued again.
+        """
+        options = profile_options(order.options)
+        style = self.check_style(options.style)
+        if not order.photo:
+            raise CoreError(ErrorCode.NOT_AN_IMAGE, "Attach a selfie: one clear photo of your face.")
+        return await self._create_job(
+            order.requester, order.event_key, order.chat_id, order.reply_context, style.name,
+            options.prompt, options.mode, options.count, options.seed, order.photo, parent_job_id=None,
+        )  # fmt: skip
+
+    async def reroll(
+        self, requester: Person, job_id: int, event_key: str, chat_id: str, reply_context: dict[str, Any],
+        style: str | None = None,
+    ) -> tuple[Job, bool]:  # fmt: skip
+        """Same selfie, new seed; with ``style``, the same selfie in another style."""
+        parent = await self.storage.job(job_id)
+        if parent is None or parent.platform != requester.platform:
+            raise CoreError(ErrorCode.NOT_FOUND, f"There is no job {job_id}.")
+        owner = await self.storage.user_id(requester.platform, requester.user_id, requester.display_name)
+        if owner != parent.user_id:
+            raise CoreError(ErrorCode.INVALID_REQUEST, "Only the person who sent the selfie can make more from it.")
+        selfie = await self.storage.selfie(parent.id, self._clock())
+        if selfie is None:
+            hours = self.settings.selfie_retention_hours
+            raise CoreError(
+                ErrorCode.NOT_FOUND,
+                f"The selfie of job {job_id} is no longer kept (selfies are deleted {hours:g} h after their job); "
+                "send it again.",
+            )
+        chosen = self.check_style(style).name if style else parent.style
+        return await self._create_job(
+            requester, event_key, chat_id, reply_context, chosen, parent.prompt, parent.mode,
+            parent.picture_count, None, selfie, parent_job_id=parent.id,
+        )  # fmt: skip
+
+    async def _create_job(
+        self, requester: Person, event_key: str, chat_id: str, reply_context: dict[str, Any], style: str,
+        prompt: str, mode: str | None, count: int, seed: int | None, selfie: bytes, parent_job_id: int | None,
+    ) -> tuple[Job, bool]:  # fmt: skip
+        request = GenerateRequest(
+            selfie=selfie, style=style, prompt=prompt, mode=Mode(mode) if mode else None, count=count, seed=seed
+        )
+        try:
+            request.validate()
+        except EngineError as error:
+            raise CoreError(error.code, error.message) from None
+        user_id = await self.storage.user_id(requester.platform, requester.user_id, requester.display_name)
+        existing = await self.storage.job_by_event(requester.platform, event_key)
+        if existing is not None:
+            return existing, False
+        await self._check_quota(user_id, count)
+        job, created = await self.storage.create_job(
+            task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
+            chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed, selfie=selfie,
+            reply_context=reply_context, parent_job_id=parent_job_id,
+        )  # fmt: skip
+        if not created:
+            return job, False
+        delivery = self._deliveries.get(job.platform)
+        if delivery is not None:
+            try:
+                ref = await delivery.post_status(job, await self._status_text(job))
+                if ref:
+                    await self.storage.update_job(job.id, status_message_id=ref)
+                    job = await self._reload(job)
+            except Exception:
+                logger.exception("posting the status of job %s failed; the job goes on", job.id)
+        await self._enqueue(job)
+        self._follow(job)
+        return job, True
+
+    async def _check_quota(self, user_id: int, count: int) -> None:
+        pending = await self.storage.pending_jobs(user_id)
+        if pending >= self.settings.max_pending_jobs:
+            raise CoreError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"You already have {pending} job{'s' if pending != 1 else ''} in progress; wait until they are done.",
+            )
+        now = self._clock()
+        day_start = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        used = await self.storage.pictures_requested_since(user_id, day_start)
+        quota = self.settings.daily_picture_quota
+        if used + count > quota:
+            reset = day_start + timedelta(days=1)
+            minutes = max(1, int((reset - now).total_seconds() // 60))
+            raise CoreError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"You have used {used} of your {quota} pictures for today; the quota resets at 00:00 UTC "
+                f"(in {minutes // 60} h {minutes % 60} min).",
+            )
+
+    async def _enqueue(self, job: Job) -> None:
+        selfie = await self.storage.selfie(job.id)
+        if selfie is None:
+            await self._finish_failed(job, ErrorCode.NOT_FOUND, "The selfie for this job is gone; send it again.")
+            return
+        request = GenerateRequest(
+            selfie=selfie, style=job.style, prompt=job.prompt, mode=Mode(job.mode) if job.mode else None,
+            count=job.picture_count, seed=job.seed, job_id=str(job.id),
+        )  # fmt: skip
+        try:
+            await self.queue.submit(job.task_id, request.to_payload())
+        except Exception:
+            # The broker is down: the job stays queued and unenqueued, and the
+            # follower retries the submission until the job times out.
+            logger.exception("enqueueing job %s failed; will retry", job.id)
+            return
+        await self.storage.update_job(job.id, enqueued_at=timestamp())
+
+    async def _reload(self, job: Job) -> Job:
+        fresh = await self.storage.job(job.id)
+        if fresh is None:
+            raise CoreError(ErrorCode.NOT_FOUND, f"Job {job.id} was deleted.")
+        return fresh
+
+    # ------------------------------------------------------------------ following
+
+    def _follow(self, job: Job) -> None:
+        if job.id in self._followers:
+            return
+        task = asyncio.create_task(self._follow_job(job.id), name=f"follow-job-{job.id}")
+        self._followers[job.id] = task
+        task.add_done_callback(lambda _: self._followers.pop(job.id, None))
+
+    async def _follow_job(self, job_id: int) -> None:
+        try:
+            await self._follow_until_delivered(job_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("following job %s failed; it will be resumed at the next start", job_id)
+
+    async def _follow_until_delivered(self, job_id: int) -> None:
+        job = await self.storage.job(job_id)
+        if job is None:
+            return
+        if job.state in {"done", "failed"}:
+            await self._deliver(job)
+            return
+        delivery = self._deliveries.get(job.platform)
+        last_text, last_edit = "", 0.0
+        created = datetime.fromisoformat(job.created_at)
+        while True:
+            if job.enqueued_at is None:
+                await self._enqueue(job)
+                job = await self._reload(job)
+            try:
+                status = await self.queue.status(job.task_id)
+            except Exception:
+                logger.warning("result backend unreachable for job %s; retrying", job.id, exc_info=True)
+                status = None
+            if status is not None and status.ready:
+                await self._complete(job, status.result if status.state == "SUCCESS" else None)
+                return
+            if (self._clock() - created).total_seconds() > self.settings.job_timeout_seconds:
+                await self._finish_failed(job, ErrorCode.TIMEOUT, "The job took too long; please try again later.")
+                return
+            if status is not None and status.state == "PROGRESS" and job.state != "running":
+                await self.storage.update_job(job.id, state="running")
+            if status is not None and status.state == "PROGRESS":
+                await self.storage.update_job(
+                    job.id, progress_done=status.done_steps, progress_total=status.total_steps
+                )
+            job = await self._reload(job)
+            text = await self._status_text(job)
+            now = time.monotonic()
+            if (
+                delivery is not None
+                and job.status_message_id
+                and text != last_text
+                and now - last_edit >= delivery.status_edit_interval
+            ):
+                try:
+                    await delivery.edit_status(job, job.status_message_id, text)
+                except Exception:
+                    logger.warning("editing the status of job %s failed", job.id, exc_info=True)
+                last_text, last_edit = text, now
+            await asyncio.sleep(self.settings.poll_interval_seconds)
+
+    async def _status_text(self, job: Job) -> str:
+        style = self.styles.get(job.style)
+        label = f"{style.emoji} {style.display_name}" if style else job.style
+        count = f"{job.picture_count} picture{'s' if job.picture_count != 1 else ''}"
+        if job.state == "running" and job.progress_total:
+            percent = int(100 * job.progress_done / job.progress_total)
+            return f"{label}: painting {count}… {percent}%"
+        position = await self.storage.queue_position(job)
+        if position:
+            return f"{label}: {count} queued, {position} job{'s' if position != 1 else ''} ahead"
+        return f"{label}: {count} queued, starting soon"
+
+    async def _complete(self, job: Job, payload: dict[str, Any] | None) -> None:
+        if payload is None:
+            await self._finish_failed(job, ErrorCode.INTERNAL, "Something went wrong on our side; please try again.")
+            return
+        result = GenerateResult.from_payload(payload)
+        if not result.ok:
+            assert result.error_code is not None
+            await self._finish_failed(job, result.error_code, result.error_message)
+            return
+        await self.storage.store_pictures(job.id, [(picture.seed, picture.png) for picture in result.pictures])
+        meta = {
+            "mode": result.mode, "steps": result.steps, "guidance": result.guidance, "scales": result.scales,
+            "timings": result.timings, "model": result.model, "test_sized_model": result.test_sized_model,
+        }  # fmt: skip
+        await self.storage.update_job(
+            job.id, state="done", finished_at=timestamp(), result_meta=meta,
+            progress_done=job.progress_total, error_code=None, error_message=None,
+        )  # fmt: skip
+        await self.storage.release_selfie(job.id, timedelta(hours=self.settings.selfie_retention_hours))
+        await self._deliver(await self._reload(job))
+
+    async def _finish_failed(self, job: Job, code: ErrorCode, message: str) -> None:
+        await self.storage.update_job(
+            job.id, state="failed", error_code=code.value, error_message=message, finished_at=timestamp()
+        )
+        await self.storage.release_selfie(job.id, timedelta(0))
+        await self._deliver(await self._reload(job))
+
+    async def _deliver(self, job: Job) -> None:
+        """Hand the outcome to the adapter once; mark it delivered right after."""
+        if job.delivered_at is not None:
+            return
+        delivery = self._deliveries.get(job.platform)
+        if delivery is None:
+            return
+        if job.state == "failed":
+            code = ErrorCode(job.error_code or ErrorCode.INTERNAL.value)
+            await delivery.post_failure(job, code, job.error_message or "")
+        else:
+            pictures = await self.storage.pictures(job.id)
+            refs = await delivery.post_pictures(job, pictures, self._caption(job))
+            for picture, ref in zip(pictures, refs, strict=False):
+                if ref:
+                    await self.storage.set_picture_message(picture.id, ref)
+        await self.storage.update_job(job.id, delivered_at=timestamp())
+
+    def _caption(self, job: Job) -> str:
+        style = self.styles.get(job.style)
+        label = f"{style.emoji} {style.display_name}" if style else job.style
+        meta = job.result_meta or {}
+        caption = f"{label} · job {job.id} · {meta.get('mode', job.mode or '')}".rstrip(" ·")
+        if meta.get("test_sized_model"):
+            caption += " · test-sized model: these pictures are noise"
+        return caption
+
+    # ------------------------------------------------------------------ feedback
+
+    async def rate(self, rater: Person, picture_id: int, stars: int | None, source: str) -> StoredPicture:
+        if stars is not None and not 1 <= stars <= 5:
+            raise CoreError(ErrorCode.INVALID_REQUEST, f"Ratings go from 1 to 5 ({RATING_SCALE}).")
+        picture = await self.storage.picture(picture_id)
+        if picture is None:
+            raise CoreError(ErrorCode.NOT_FOUND, "That picture no longer exists.")
+        job = await self.storage.job(picture.job_id)
+        if job is None or job.platform != rater.platform:
+            raise CoreError(ErrorCode.NOT_FOUND, "That picture no longer exists.")
+        rater_id = await self.storage.user_id(rater.platform, rater.user_id, rater.display_name)
+        await self.storage.set_rating(picture.id, rater_id, stars, source)
+        return picture
+
+    async def rate_message(self, rater: Person, message_ref: str, stars: int | None, source: str) -> bool:
+        """A reaction on a posted picture; ``False`` when the message is not one of ours."""
+        picture = await self.storage.picture_by_message(rater.platform, message_ref)
+        if picture is None:
+            return False
+        await self.rate(rater, picture.id, stars, source)
+        return True
+
+    async def rate_job_picture(self, rater: Person, job_id: int, position: int, stars: int, source: str) -> None:
+        job = await self.storage.job(job_id)
+        if job is None or job.platform != rater.platform:
+            raise CoreError(ErrorCode.NOT_FOUND, f"There is no job {job_id}.")
+        pictures = {picture.position: picture for picture in await self.storage.pictures(job_id)}
+        if position not in pictures:
+            raise CoreError(ErrorCode.NOT_FOUND, f"Job {job_id} has no picture {position}.")
+        await self.rate(rater, pictures[position].id, stars, source)
+
+    # ------------------------------------------------------------------ information
+
+    def styles_text(self) -> str:
+        return "\n".join(f"{item.emoji} {item.name}: {item.description}" for item in self.styles.values())
+
+    def help_text(self, how_to_order: str) -> str:
+        return (
+            "I turn a selfie into profile pictures in the style you pick.\n"
+            f"{how_to_order}\n"
+            "Styles: " + ", ".join(self.styles) + ".\n"
+            f"Rate the pictures 1-5 ({RATING_SCALE}); /history lists your jobs; /forget deletes everything about you.\n"
+            f"Your selfie is kept only for re-rolls, {self.settings.selfie_retention_hours:g} h at most, then deleted."
+        )
+
+    async def history_text(self, person: Person) -> str:
+        user_id = await self.storage.find_user(person.platform, person.user_id)
+        jobs = await self.storage.recent_jobs(user_id) if user_id is not None else []
+        if not jobs:
+            return "You have no jobs yet."
+        lines = []
+        for job in jobs:
+            outcome = {"done": f"{job.picture_count} pictures", "failed": f"failed ({job.error_code})"}.get(
+                job.state, job.state
+            )
+            lines.append(f"job {job.id}: {job.style}, {outcome}, {job.created_at[:16].replace('T', ' ')} UTC")
+        return "\n".join(lines)
+
+    async def forget(self, person: Person) -> str:
+        """Delete the person, their jobs, selfies, pictures and ratings, and their results in the broker."""
+        user_id = await self.storage.find_user(person.platform, person.user_id)
+        if user_id is None:
+            return "I had nothing stored about you."
+        for job in await self.storage.recent_jobs(user_id, limit=1_000_000):
+            follower = self._followers.get(job.id)
+            if follower is not None:
+                follower.cancel()
+        task_ids = await self.storage.forget_user(user_id)
+        for task_id in task_ids:
+            try:
+                await self.queue.forget(task_id)
+            except Exception:
+                logger.warning("could not remove a result from the result backend", exc_info=True)
+        return "Done: I deleted everything I had about you (jobs, selfies, pictures and ratings)."
+
+
+# --------------------------------------------------------------------------- feedback statistics
+
+#: Two-sided 95 % Student t quantiles for 1-30 degrees of freedom.
+_T95 = [
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+    2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+]  # fmt: skip
+
+
+def mean_interval(scores: list[int]) -> tuple[float | None, float | None, float | None]:
+    """Mean and 95 % t-interval; ``None`` where too few scores make it meaningless."""
+    if not scores:
+        return None, None, None
+    mean = statistics.fmean(scores)
+    if len(scores) < 2:
+        return mean, None, None
+    degrees = len(scores) - 1
+    quantile = _T95[degrees - 1] if degrees <= len(_T95) else 1.96
+    half_width = quantile * statistics.stdev(scores) / math.sqrt(len(scores))
+    return mean, mean - half_width, mean + half_width
+
+
+async def feedback_report(storage: Storage) -> list[dict[str, Any]]:
+    rows = []
+    for figures in sorted(await storage.style_figures(), key=lambda item: item["style"]):
+        scores = figures["scores"]
+        mean, low, high = mean_interval(scores)
+        rows.append(
+            {
+                "style": figures["style"],
+                "jobs": figures["jobs"],
+                "pictures": figures["pictures"],
+                "ratings": len(scores),
+                "mean": mean,
+                "ci95_low": low,
+                "ci95_high": high,
+                "positive_share": (sum(score >= POSITIVE_SCORE for score in scores) / len(scores)) if scores else None,
+            }
+        )
+    return rows

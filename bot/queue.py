@@ -1,0 +1,83 @@
+"""The Celery client side: enqueue by task name, read progress and results.
+
+Only ``engine.contracts`` is imported from the engine: the task is sent by
+its name, so this process never loads torch.  Celery's client calls block,
+so they run in a thread to keep the event loop (and the platform's
+heartbeats) responsive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from celery import Celery
+from celery.result import AsyncResult
+
+from engine.contracts import GENERATE_TASK_NAME, broker_urls
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Where a job stands as the result backend knows it."""
+
+    state: str  # PENDING, STARTED, PROGRESS, SUCCESS, FAILURE, RETRY, REVOKED
+    done_steps: int = 0
+    total_steps: int = 0
+    result: dict[str, Any] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state in {"SUCCESS", "FAILURE", "REVOKED"}
+
+
+class JobQueue(Protocol):
+    async def submit(self, task_id: str, payload: dict[str, Any]) -> None: ...
+
+    async def status(self, task_id: str) -> QueueStatus: ...
+
+    async def forget(self, task_id: str) -> None: ...
+
+
+def make_client(redis_url: str, state_dir: Path) -> Celery:
+    broker, backend = broker_urls(redis_url, state_dir)
+    app = Celery("mmpp-bot", broker=broker, backend=backend)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        result_extended=False,
+    )
+    return app
+
+
+class CeleryJobQueue:
+    def __init__(self, app: Celery, queue: str) -> None:
+        self._app = app
+        self._queue = queue
+
+    async def submit(self, task_id: str, payload: dict[str, Any]) -> None:
+        """Send by name with our own task id, so a re-send after a crash is the same job."""
+        await asyncio.to_thread(
+            self._app.send_task, GENERATE_TASK_NAME, args=[payload], task_id=task_id, queue=self._queue
+        )
+
+    async def status(self, task_id: str) -> QueueStatus:
+        return await asyncio.to_thread(self._status, task_id)
+
+    def _status(self, task_id: str) -> QueueStatus:
+        result = AsyncResult(task_id, app=self._app)
+        state = result.state
+        if state == "PROGRESS" and isinstance(result.info, dict):
+            return QueueStatus(state, int(result.info.get("done", 0)), int(result.info.get("total", 0)))
+        if state == "SUCCESS":
+            value = result.result
+            return QueueStatus(state, result=value if isinstance(value, dict) else None)
+        return QueueStatus(state)
+
+    async def forget(self, task_id: str) -> None:
+        await asyncio.to_thread(AsyncResult(task_id, app=self._app).forget)

@@ -1,0 +1,40 @@
+"""Chat-side configuration from the environment (and ``.env``).
+
+Tokens keep their conventional names (``DISCORD_TOKEN``, ``TELEGRAM_TOKEN``,
+``REDIS_URL``); everything else carries the ``MMPP_`` prefix.  Tokens are
+``SecretStr`` so that printing the settings never shows them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BotSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MMPP_", env_file=".env", extra="ignore")
+
+    discord_token: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("DISCORD_TOKEN"))
+    telegram_token: SecretStr = Field(default=SecretStr(""), validation_alias=AliasChoices("TELEGRAM_TOKEN"))
+    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "MMPP_REDIS_URL"))
+    state_dir: Path = Path("var")
+    queue: str = "mmpp"
+    database: Path = Path("var/mmpp.sqlite3")
+    out: Path = Path("out")
+    #: Hours a selfie is kept after its job for re-roll and "another style";
+    #: 0 deletes it as soon as the job finishes.
+    selfie_retention_hours: float = 24.0
+    daily_picture_quota: int = 40
+    max_pending_jobs: int = 2
+    #: How long the bot waits for a job before telling the user it failed.
+    job_timeout_seconds: float = 900.0
+    #: How often the bot asks the result backend about a running job.
+    poll_interval_seconds: float = 0.5
+    #: Platform API addresses; tests point them at loopback fakes.
+    discord_api_base: str = "https://discord.com/api/v10"
+    telegram_base_url: str = "https://api.telegram.org/bot"
+    telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    #: Discord guild to register commands in at once (global registration takes up to an hour).
+    discord_guild_id: str = ""

@@ -1,0 +1,410 @@
+"""The one place with SQL: the bot's SQLite database through aiosqlite.
+
+WAL lets readers run beside the writer; the busy timeout makes a second
+process wait instead of failing with "database is locked"; every write runs
+in ``BEGIN IMMEDIATE`` under one asyncio lock, so writes in this process never
+interleave and a write in another process waits its turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def timestamp(moment: datetime | None = None) -> str:
+    return (moment or utc_now()).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    task_id: str
+    user_id: int
+    platform: str
+    event_key: str
+    chat_id: str
+    style: str
+    prompt: str
+    mode: str | None
+    picture_count: int
+    seed: int | None
+    parent_job_id: int | None
+    state: str
+    progress_done: int
+    progress_total: int
+    error_code: str | None
+    error_message: str | None
+    reply_context: dict[str, Any]
+    status_message_id: str | None
+    result_meta: dict[str, Any] | None
+    created_at: str
+    enqueued_at: str | None
+    finished_at: str | None
+    delivered_at: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> Job:
+        data = dict(row)
+        data["reply_context"] = json.loads(data["reply_context"] or "{}")
+        data["result_meta"] = json.loads(data["result_meta"]) if data["result_meta"] else None
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class StoredPicture:
+    id: int
+    job_id: int
+    position: int
+    seed: int
+    png: bytes
+    message_ref: str | None
+
+
+class Storage:
+    """Typed queries over the schema in ``migrations/``."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._db = connection
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str, migrations: Path = MIGRATIONS) -> Storage:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(str(path), isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        await connection.execute("PRAGMA busy_timeout = 10000")
+        await connection.execute("PRAGMA journal_mode = WAL")
+        await connection.execute("PRAGMA synchronous = NORMAL")
+        await connection.execute("PRAGMA foreign_keys = ON")
+        storage = cls(connection)
+        await storage.migrate(migrations)
+        return storage
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    # ------------------------------------------------------------------ migrations
+
+    async def migrate(self, folder: Path = MIGRATIONS) -> list[int]:
+        """Apply the numbered migrations not yet applied, each in one transaction."""
+        async with self._write_lock:
+            await self._db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            applied = {row[0] for row in await self._db.execute_fetchall("SELECT version FROM schema_migrations")}
+            done = []
+            for path in sorted(folder.glob("*.sql")):
+                match = MIGRATION_NAME.match(path.name)
+                if not match:
+                    raise RuntimeError(f"{path.name}: migrations are named NNNN_reason.sql")
+                version = int(match.group(1))
+                if version in applied:
+                    continue
+                script = path.read_text(encoding="utf-8")
+                record = f"INSERT INTO schema_migrations VALUES ({version}, '{path.name}', '{timestamp()}');"
+                try:
+                    await self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\n{record}\nCOMMIT;")
+                except sqlite3.Error as error:
+                    if self._db.in_transaction:
+                        await self._db.execute("ROLLBACK")
+                    raise RuntimeError(f"migration {path.name} failed: {error}") from error
+                done.append(version)
+            return done
+
+    async def schema_version(self) -> int:
+        rows = await self._db.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        return int(rows[0][0])
+
+    # ------------------------------------------------------------------ users
+
+    async def user_id(self, platform: str, platform_user_id: str, display_name: str = "") -> int:
+        async with self.write() as db:
+            await db.execute(
+                "INSERT INTO users (platform, platform_user_id, display_name, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (platform, platform_user_id) DO UPDATE SET display_name = "
+                "CASE WHEN excluded.display_name != '' THEN excluded.display_name ELSE users.display_name END",
+                (platform, platform_user_id, display_name, timestamp()),
+            )
+            rows = await db.execute_fetchall(
+                "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
+            )
+        return int(rows[0][0])
+
+    async def find_user(self, platform: str, platform_user_id: str) -> int | None:
+        rows = await self._db.execute_fetchall(
+            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
+        )
+        return int(rows[0][0]) if rows else None
+
+    # ------------------------------------------------------------------ jobs
+
+    async def create_job(
+        self,
+        *,
+        task_id: str,
+        user_id: int,
+        platform: str,
+        event_key: str,
+        chat_id: str,
+        style: str,
+        prompt: str,
+        mode: str | None,
+        picture_count: int,
+        seed: int | None,
+        selfie: bytes,
+        reply_context: dict[str, Any],
+        parent_job_id: int | None = None,
+    ) -> tuple[Job, bool]:
+        """Write the job and its selfie before anything is enqueued.
+
+        Returns ``(job, created)``; ``created`` is false when this platform
+        event already made a job (a duplicate delivery), which is returned.
+        """
+        async with self.write() as db:
+            existing = await db.execute_fetchall(
+                "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
+            )
+            if existing:
+                return Job.from_row(existing[0]), False
+            cursor = await db.execute(
+                "INSERT INTO jobs (task_id, user_id, platform, event_key, chat_id, style, prompt, mode, "
+                "picture_count, seed, parent_job_id, state, reply_context, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                (
+                    task_id, user_id, platform, event_key, chat_id, style, prompt, mode,
+                    picture_count, seed, parent_job_id, json.dumps(reply_context), timestamp(),
+                ),
+            )  # fmt: skip
+            job_id = cursor.lastrowid
+            await db.execute("INSERT INTO selfies (job_id, data) VALUES (?, ?)", (job_id, selfie))
+            rows = await db.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(rows[0]), True
+
+    async def job(self, job_id: int) -> Job | None:
+        rows = await self._db.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(rows[0]) if rows else None
+
+    async def job_by_event(self, platform: str, event_key: str) -> Job | None:
+        rows = await self._db.execute_fetchall(
+            "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
+        )
+        return Job.from_row(rows[0]) if rows else None
+
+    async def update_job(self, job_id: int, **fields: Any) -> None:
+        allowed = {
+            "state", "progress_done", "progress_total", "error_code", "error_message", "status_message_id",
+            "enqueued_at", "finished_at", "delivered_at", "result_meta", "reply_context",
+        }  # fmt: skip
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        values = [
+            json.dumps(value) if key in {"result_meta", "reply_context"} else value for key, value in fields.items()
+        ]
+        assignments = ", ".join(f"{key} = ?" for key in fields)
+        async with self.write() as db:
+            await db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
+
+    async def undelivered_jobs(self, platforms: list[str]) -> list[Job]:
+        marks = ",".join("?" for _ in platforms)
+        rows = await self._db.execute_fetchall(
+            f"SELECT * FROM jobs WHERE delivered_at IS NULL AND platform IN ({marks}) ORDER BY id",
+            platforms,
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def queue_position(self, job: Job) -> int:
+        """Jobs enqueued before this one and not yet finished (any platform)."""
+        rows = await self._db.execute_fetchall(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND id < ?", (job.id,)
+        )
+        return int(rows[0][0])
+
+    async def pending_jobs(self, user_id: int) -> int:
+        rows = await self._db.execute_fetchall(
+            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", (user_id,)
+        )
+        return int(rows[0][0])
+
+    async def pictures_requested_since(self, user_id: int, since: datetime) -> int:
+        rows = await self._db.execute_fetchall(
+            "SELECT COALESCE(SUM(picture_count), 0) FROM jobs WHERE user_id = ? AND created_at >= ? "
+            "AND state != 'failed'",
+            (user_id, timestamp(since)),
+        )
+        return int(rows[0][0])
+
+    async def recent_jobs(self, user_id: int, limit: int = 10) -> list[Job]:
+        rows = await self._db.execute_fetchall(
+            "SELECT * FROM jobs WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
+        )
+        return [Job.from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------ selfies
+
+    async def selfie(self, job_id: int, now: datetime | None = None) -> bytes | None:
+        rows = await self._db.execute_fetchall(
+            "SELECT data FROM selfies WHERE job_id = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (job_id, timestamp(now)),
+        )
+        return bytes(rows[0][0]) if rows else None
+
+    async def release_selfie(self, job_id: int, keep_for: timedelta) -> None:
+        """After the job: delete the selfie, or keep it for re-rolls until a deadline."""
+        async with self.write() as db:
+            if keep_for <= timedelta(0):
+                await db.execute("DELETE FROM selfies WHERE job_id = ?", (job_id,))
+            else:
+                await db.execute(
+                    "UPDATE selfies SET expires_at = ? WHERE job_id = ?", (timestamp(utc_now() + keep_for), job_id)
+                )
+
+    async def purge_expired_selfies(self, now: datetime | None = None) -> int:
+        async with self.write() as db:
+            cursor = await db.execute(
+                "DELETE FROM selfies WHERE expires_at IS NOT NULL AND expires_at <= ?", (timestamp(now),)
+            )
+        return cursor.rowcount
+
+    # ------------------------------------------------------------------ pictures
+
+    async def store_pictures(self, job_id: int, pictures: list[tuple[int, bytes]]) -> list[StoredPicture]:
+        """Store (seed, png) pairs once; a second call (a re-delivered result) returns the first set."""
+        async with self.write() as db:
+            for position, (seed, png) in enumerate(pictures, start=1):
+                await db.execute(
+                    "INSERT OR IGNORE INTO pictures (job_id, position, seed, png) VALUES (?, ?, ?, ?)",
+                    (job_id, position, seed, png),
+                )
+        return await self.pictures(job_id)
+
+    async def pictures(self, job_id: int) -> list[StoredPicture]:
+        rows = await self._db.execute_fetchall("SELECT * FROM pictures WHERE job_id = ? ORDER BY position", (job_id,))
+        return [StoredPicture(**{**dict(row), "png": bytes(row["png"])}) for row in rows]
+
+    async def set_picture_message(self, picture_id: int, message_ref: str) -> None:
+        async with self.write() as db:
+            await db.execute("UPDATE pictures SET message_ref = ? WHERE id = ?", (message_ref, picture_id))
+
+    async def picture_by_message(self, platform: str, message_ref: str) -> StoredPicture | None:
+        rows = await self._db.execute_fetchall(
+            "SELECT pictures.* FROM pictures JOIN jobs ON jobs.id = pictures.job_id "
+            "WHERE jobs.platform = ? AND pictures.message_ref = ?",
+            (platform, message_ref),
+        )
+        return StoredPicture(**{**dict(rows[0]), "png": bytes(rows[0]["png"])}) if rows else None
+
+    async def picture(self, picture_id: int) -> StoredPicture | None:
+        rows = await self._db.execute_fetchall("SELECT * FROM pictures WHERE id = ?", (picture_id,))
+        return StoredPicture(**{**dict(rows[0]), "png": bytes(rows[0]["png"])}) if rows else None
+
+    # ------------------------------------------------------------------ ratings
+
+    async def set_rating(self, picture_id: int, rater_id: int, score: int | None, source: str) -> None:
+        """One rating per (rater, picture): a new score replaces, ``None`` withdraws."""
+        async with self.write() as db:
+            if score is None:
+                await db.execute("DELETE FROM ratings WHERE picture_id = ? AND rater_id = ?", (picture_id, rater_id))
+                return
+            now = timestamp()
+            await db.execute(
+                "INSERT INTO ratings (picture_id, rater_id, score, source, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (picture_id, rater_id) DO UPDATE SET "
+                "score = excluded.score, source = excluded.source, updated_at = excluded.updated_at",
+                (picture_id, rater_id, score, source, now, now),
+            )
+
+    async def rating(self, picture_id: int, rater_id: int) -> int | None:
+        rows = await self._db.execute_fetchall(
+            "SELECT score FROM ratings WHERE picture_id = ? AND rater_id = ?", (picture_id, rater_id)
+        )
+        return int(rows[0][0]) if rows else None
+
+    async def ratings_export(self) -> list[dict[str, Any]]:
+        rows = await self._db.execute_fetchall(
+            "SELECT jobs.style, jobs.mode, jobs.id AS job_id, pictures.position, pictures.seed, "
+            "raters.platform AS rater_platform, ratings.rater_id, ratings.score, ratings.source, ratings.updated_at, "
+            "jobs.result_meta FROM ratings JOIN pictures ON pictures.id = ratings.picture_id "
+            "JOIN jobs ON jobs.id = pictures.job_id JOIN users AS raters ON raters.id = ratings.rater_id "
+            "ORDER BY ratings.updated_at"
+        )
+        return [dict(row) for row in rows]
+
+    async def style_figures(self) -> list[dict[str, Any]]:
+        """Per style: jobs, pictures, and every score (the statistics are computed in the core)."""
+        jobs = await self._db.execute_fetchall(
+            "SELECT style, COUNT(*) AS jobs, SUM(state = 'done') AS done FROM jobs GROUP BY style"
+        )
+        pictures = dict(
+            await self._db.execute_fetchall(
+                "SELECT jobs.style, COUNT(*) FROM pictures JOIN jobs ON jobs.id = pictures.job_id GROUP BY jobs.style"
+            )
+        )
+        scores: dict[str, list[int]] = {}
+        for style, score in await self._db.execute_fetchall(
+            "SELECT jobs.style, ratings.score FROM ratings JOIN pictures ON pictures.id = ratings.picture_id "
+            "JOIN jobs ON jobs.id = pictures.job_id"
+        ):
+            scores.setdefault(style, []).append(int(score))
+        return [
+            {"style": row["style"], "jobs": row["jobs"], "pictures": pictures.get(row["style"], 0),
+             "scores": scores.get(row["style"], [])}
+            for row in jobs
+        ]  # fmt: skip
+
+    # ------------------------------------------------------------------ forgetting
+
+    async def forget_user(self, user_id: int) -> list[str]:
+        """Delete a person and everything about them; return their task ids (to purge the broker)."""
+        async with self.write() as db:
+            task_ids = [
+                row[0] for row in await db.execute_fetchall("SELECT task_id FROM jobs WHERE user_id = ?", (user_id,))
+            ]
+            # Ratings they gave on others' pictures, then their jobs (cascading to
+            # selfies, pictures and the ratings on those), then the person.
+            await db.execute("DELETE FROM ratings WHERE rater_id = ?", (user_id,))
+            await db.execute("DELETE FROM jobs WHERE user_id = ?", (user_id,))
+            await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
+        return task_ids
+
+    async def count(self, table: str, where: str = "1", parameters: tuple[Any, ...] = ()) -> int:
+        """Row counts for tests and reports; ``table`` is one of ours, never user input."""
+        if table not in {"users", "jobs", "selfies", "pictures", "ratings"}:
+            raise ValueError(table)
+        rows = await self._db.execute_fetchall(f"SELECT COUNT(*) FROM {table} WHERE {where}", parameters)
+        return int(rows[0][0])
+
+    async def integrity_check(self) -> str:
+        rows = await self._db.execute_fetchall("PRAGMA integrity_check")
+        return str(rows[0][0])
