@@ -87,6 +87,7 @@ class ConsoleAdapter:
             return
         if command.name == "profile":
             photo_path = command.options.pop("photo", "")
+            self.core.check_profile(command.options)
             if not photo_path:
                 raise CoreError(ErrorCode.NOT_AN_IMAGE, "Give the selfie as photo:PATH.")
             try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from bot.core.commands import profile_options
+from bot.core.commands import ProfileOptions, profile_options
 from bot.core.errors import CoreError
 from bot.queue import JobQueue
 from bot.settings import BotSettings
@@ -154,6 +154,11 @@ class ChatCore:
             )
         return self.styles[key]
 
+    def check_profile(self, options: dict[str, str]) -> tuple[ProfileOptions, StyleMenuItem]:
+        """The checks that need no photo, so adapters can refuse before downloading one."""
+        parsed = profile_options(options)
+        return parsed, self.check_style(parsed.style)
+
     async def order_profile(self, order: ProfileOrder) -> tuple[Job, bool]:
         """Validate, check quotas, write the job, post its status and enqueue it.
 
@@ -161,8 +166,7 @@ class ChatCore:
         platform event the existing job comes back with ``created`` false and
         nothing is posted or enqueued again.
         """
-        options = profile_options(order.options)
-        style = self.check_style(options.style)
+        options, style = self.check_profile(order.options)
         if not order.photo:
             raise CoreError(ErrorCode.NOT_AN_IMAGE, "Attach a selfie: one clear photo of your face.")
         return await self._create_job(

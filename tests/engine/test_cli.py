@@ -126,19 +126,3 @@ def test_unknown_command_and_help() -> None:
     assert_one_line_error(mmpp("paint"), "UNKNOWN_COMMAND")
     helped = mmpp("--help")
     assert helped.returncode == 0 and "generate" in helped.stdout and "worker" in helped.stdout
-
-
-def test_run_sends_a_job_through_the_embedded_broker(cache_dir: Path, tmp_path: Path) -> None:
-    """``make run`` on a fresh machine: no REDIS_URL, no weights, no tokens."""
-    out = tmp_path / "out"
-    result = mmpp(
-        "run",
-        env={"MMPP_STATE_DIR": str(tmp_path / "state"), "MMPP_OUT": str(out), "MMPP_MODEL_PROFILE": "auto"},
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "embedded SQLite broker" in result.stderr
-    assert "tiny test-sized model" in result.stderr
-    paths = [Path(line) for line in result.stdout.split()]
-    assert len(paths) == 2 and all(path.exists() for path in paths)
-    assert (tmp_path / "state" / "broker.sqlite").exists()

@@ -1,0 +1,132 @@
+"""Fixtures for the chat side: a real database and a scripted job queue.
+
+``ScriptedQueue`` stands in for Celery where a test is about the core's
+decisions, not the worker: it plays back the states a real worker reports
+(PENDING, PROGRESS, SUCCESS with a real result payload).  End-to-end tests
+use the real worker on Redis instead.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot.core import ChatCore
+from bot.queue import QueueStatus
+from bot.settings import BotSettings
+from bot.storage import Job, Storage, StoredPicture
+from engine.contracts import EngineError, ErrorCode, GenerateRequest, GenerateResult, Picture
+
+
+def tiny_png(colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class ScriptedQueue:
+    """Answers each job with pictures (or an error) after a few PROGRESS polls."""
+
+    progress_polls: int = 2
+    error: EngineError | None = None
+    submitted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    polls: dict[str, int] = field(default_factory=dict)
+    forgotten: list[str] = field(default_factory=list)
+    fail_submits: int = 0
+
+    async def submit(self, task_id: str, payload: dict[str, Any]) -> None:
+        if self.fail_submits:
+            self.fail_submits -= 1
+            raise ConnectionError("broker down")
+        self.submitted[task_id] = payload
+
+    async def status(self, task_id: str) -> QueueStatus:
+        if task_id not in self.submitted:
+            return QueueStatus("PENDING")
+        count = self.polls[task_id] = self.polls.get(task_id, 0) + 1
+        request = GenerateRequest.from_payload(self.submitted[task_id])
+        if count <= self.progress_polls:
+            return QueueStatus("PROGRESS", count, self.progress_polls + 1)
+        if self.error is not None:
+            return QueueStatus("SUCCESS", result=GenerateResult.failure(self.error).to_payload())
+        seed = request.seed or 0
+        pictures = [Picture(png=tiny_png((index * 40, 0, 0)), seed=seed + index) for index in range(request.count)]
+        return QueueStatus(
+            "SUCCESS",
+            result=GenerateResult(pictures=pictures, style=request.style, mode="fast", steps=4).to_payload(),
+        )
+
+    async def forget(self, task_id: str) -> None:
+        self.forgotten.append(task_id)
+
+
+@dataclass
+class RecordingDelivery:
+    """A Delivery that records what the core asked to post."""
+
+    platform: str = "test"
+    status_edit_interval: float = 0.0
+    statuses: list[tuple[int, str]] = field(default_factory=list)
+    edits: list[tuple[int, str]] = field(default_factory=list)
+    pictures: list[tuple[int, list[StoredPicture], str]] = field(default_factory=list)
+    failures: list[tuple[int, ErrorCode, str]] = field(default_factory=list)
+
+    async def post_status(self, job: Job, text: str) -> str | None:
+        self.statuses.append((job.id, text))
+        return f"status-{job.id}"
+
+    async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
+        self.edits.append((job.id, text))
+
+    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]:
+        self.pictures.append((job.id, pictures, caption))
+        return [f"message-{job.id}-{picture.position}" for picture in pictures]
+
+    async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
+        self.failures.append((job.id, code, text))
+
+
+def bot_settings(tmp_path: Path, **overrides: Any) -> BotSettings:
+    values: dict[str, Any] = {
+        "database": tmp_path / "mmpp.sqlite3",
+        "state_dir": tmp_path / "state",
+        "poll_interval_seconds": 0.01,
+        "out": tmp_path / "out",
+    }
+    values.update(overrides)
+    return BotSettings(_env_file=None, **values)
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    opened = await Storage.open(tmp_path / "mmpp.sqlite3")
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def queue() -> ScriptedQueue:
+    return ScriptedQueue()
+
+
+@pytest.fixture
+def delivery() -> RecordingDelivery:
+    return RecordingDelivery()
+
+
+@pytest.fixture
+async def core(
+    storage: Storage, queue: ScriptedQueue, delivery: RecordingDelivery, tmp_path: Path
+) -> AsyncIterator[ChatCore]:
+    chat_core = ChatCore(storage, queue, bot_settings(tmp_path))
+    chat_core.attach(delivery)
+    await chat_core.start()
+    yield chat_core
+    await chat_core.stop()

@@ -1,0 +1,263 @@
+"""The chat core's decisions, on a real SQLite database and a scripted queue."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.core import ChatCore, CoreError, Person, ProfileOrder
+from bot.core.service import feedback_report, mean_interval
+from bot.storage import Storage
+from engine.contracts import EngineError, ErrorCode, GenerateRequest
+from tests.bot.conftest import RecordingDelivery, ScriptedQueue, bot_settings
+
+ALICE = Person("test", "alice", "Alice")
+BOB = Person("test", "bob", "Bob")
+SELFIE = b"\xff\xd8selfie-bytes"
+
+
+def order(event: str = "event-1", person: Person = ALICE, photo: bytes | None = SELFIE, **options: str) -> ProfileOrder:
+    return ProfileOrder(person, event, "chat-1", {"channel": "chat-1"}, {"style": "anime", **options}, photo)
+
+
+async def test_a_job_is_written_before_it_is_enqueued_and_delivered_once(
+    core: ChatCore, storage: Storage, queue: ScriptedQueue, delivery: RecordingDelivery
+) -> None:
+    seen_at_submit = []
+    original_submit = queue.submit
+
+    async def checking_submit(task_id: str, payload: dict) -> None:
+        job = await storage.job_by_event("test", "event-1")
+        seen_at_submit.append((job is not None, await storage.selfie(job.id) if job else None))
+        await original_submit(task_id, payload)
+
+    queue.submit = checking_submit  # type: ignore[method-assign]
+    job, created = await core.order_profile(order(count="2", seed="11", prompt="a pirate"))
+    assert created and seen_at_submit == [(True, SELFIE)]
+    request = GenerateRequest.from_payload(queue.submitted[job.task_id])
+    assert (request.style, request.count, request.seed, request.prompt, request.selfie) == (
+        "anime",
+        2,
+        11,
+        "a pirate",
+        SELFIE,
+    )
+    await core.wait_idle(timeout=5)
+    final = await storage.job(job.id)
+    assert final.state == "done" and final.delivered_at is not None
+    assert len(delivery.pictures) == 1
+    job_id, pictures, caption = delivery.pictures[0]
+    assert [picture.seed for picture in pictures] == [11, 12] and "job" in caption
+    assert delivery.statuses == [(job.id, "🌸 Anime: 2 pictures queued, starting soon")]
+    assert any("%" in text for _, text in delivery.edits)
+    stored = await storage.pictures(job.id)
+    assert [picture.message_ref for picture in stored] == [f"message-{job.id}-1", f"message-{job.id}-2"]
+
+
+async def test_duplicate_events_make_one_job_and_one_reply(
+    core: ChatCore, queue: ScriptedQueue, delivery: RecordingDelivery
+) -> None:
+    first, created_first = await core.order_profile(order("update-42"))
+    second, created_second = await core.order_profile(order("update-42"))
+    await core.wait_idle(timeout=5)
+    assert created_first and not created_second and first.id == second.id
+    assert len(queue.submitted) == 1 and len(delivery.statuses) == 1 and len(delivery.pictures) == 1
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"style": "building"}, ErrorCode.UNKNOWN_STYLE),
+        ({"style": ""}, ErrorCode.UNKNOWN_STYLE),
+        ({"count": "9"}, ErrorCode.INVALID_REQUEST),
+        ({"count": "two"}, ErrorCode.INVALID_REQUEST),
+        ({"mode": "turbo"}, ErrorCode.INVALID_REQUEST),
+        ({"seed": "-4"}, ErrorCode.INVALID_REQUEST),
+        ({"prompt": "x" * 10_000}, ErrorCode.PROMPT_TOO_LONG),
+    ],
+)
+async def test_bad_orders_are_refused_before_anything_is_stored(
+    core: ChatCore, storage: Storage, queue: ScriptedQueue, changes: dict[str, str], code: ErrorCode
+) -> None:
+    with pytest.raises(CoreError) as raised:
+        await core.order_profile(order(**changes))
+    assert raised.value.code is code and "\n" not in raised.value.message
+    assert await storage.count("jobs") == 0 and not queue.submitted
+
+
+async def test_an_order_without_a_photo_asks_for_one(core: ChatCore) -> None:
+    with pytest.raises(CoreError) as raised:
+        await core.order_profile(order(photo=None))
+    assert raised.value.code is ErrorCode.NOT_AN_IMAGE
+
+
+async def test_worker_errors_reach_the_user_and_the_selfie_is_deleted(
+    core: ChatCore, storage: Storage, queue: ScriptedQueue, delivery: RecordingDelivery
+) -> None:
+    queue.error = EngineError(ErrorCode.NO_FACE, "No face was found in the photo.")
+    job, _ = await core.order_profile(order())
+    await core.wait_idle(timeout=5)
+    assert delivery.failures == [(job.id, ErrorCode.NO_FACE, "No face was found in the photo.")]
+    final = await storage.job(job.id)
+    assert final.state == "failed" and final.error_code == "NO_FACE" and final.delivered_at
+    assert await storage.count("selfies") == 0
+
+
+async def test_selfies_are_kept_for_the_retention_time_only(
+    storage: Storage, queue: ScriptedQueue, tmp_path: Path
+) -> None:
+    for hours, expected in ((24.0, 1), (0.0, 0)):
+        core = ChatCore(storage, queue, bot_settings(tmp_path, selfie_retention_hours=hours))
+        core.attach(RecordingDelivery())
+        job, _ = await core.order_profile(order(f"event-{hours}"))
+        await core.wait_idle(timeout=5)
+        assert await storage.count("selfies", "job_id = ?", (job.id,)) == expected
+    later = datetime.now(UTC) + timedelta(hours=25)
+    assert await storage.purge_expired_selfies(later) == 1
+    assert await storage.count("selfies") == 0
+
+
+async def test_quotas(storage: Storage, queue: ScriptedQueue, tmp_path: Path) -> None:
+    queue.progress_polls = 10_000
+    core = ChatCore(storage, queue, bot_settings(tmp_path, max_pending_jobs=1, daily_picture_quota=3))
+    core.attach(RecordingDelivery())
+    await core.order_profile(order("one", count="2"))
+    with pytest.raises(CoreError) as pending:
+        await core.order_profile(order("two"))
+    assert pending.value.code is ErrorCode.QUOTA_EXCEEDED and "in progress" in pending.value.message
+    with pytest.raises(CoreError) as daily:
+        await core.order_profile(order("three", person=BOB, count="4"))
+    assert daily.value.code is ErrorCode.QUOTA_EXCEEDED and "resets at 00:00 UTC" in daily.value.message
+    await core.stop()
+
+
+async def test_a_restarted_bot_delivers_unfinished_jobs_once(storage: Storage, tmp_path: Path) -> None:
+    queue = ScriptedQueue(progress_polls=10_000)
+    first_delivery = RecordingDelivery()
+    first = ChatCore(storage, queue, bot_settings(tmp_path))
+    first.attach(first_delivery)
+    running, _ = await first.order_profile(order("b", person=BOB))
+    # The bot died between writing a job and enqueueing it: the row exists, the queue never saw it.
+    user_id = await storage.user_id("test", "alice")
+    never_enqueued, _ = await storage.create_job(
+        task_id="task-never-sent", user_id=user_id, platform="test", event_key="a", chat_id="chat-1", style="anime",
+        prompt="", mode=None, picture_count=1, seed=None, selfie=SELFIE, reply_context={},
+    )  # fmt: skip
+    await asyncio.sleep(0.05)
+    await first.stop()  # the bot dies
+    assert never_enqueued.task_id not in queue.submitted and running.task_id in queue.submitted
+
+    queue.progress_polls = 1
+    second_delivery = RecordingDelivery()
+    second = ChatCore(storage, queue, bot_settings(tmp_path))
+    second.attach(second_delivery)
+    await second.start()
+    await second.wait_idle(timeout=5)
+    assert sorted(job_id for job_id, _, _ in second_delivery.pictures) == sorted([never_enqueued.id, running.id])
+    assert first_delivery.pictures == []
+    await second.stop()
+
+    third_delivery = RecordingDelivery()
+    third = ChatCore(storage, queue, bot_settings(tmp_path))
+    third.attach(third_delivery)
+    await third.start()
+    await third.wait_idle(timeout=5)
+    assert third_delivery.pictures == []  # delivered once, not again
+    await third.stop()
+
+
+async def test_a_job_that_never_finishes_times_out(storage: Storage, tmp_path: Path) -> None:
+    queue = ScriptedQueue(progress_polls=10_000)
+    core = ChatCore(storage, queue, bot_settings(tmp_path, job_timeout_seconds=0.1))
+    delivery = RecordingDelivery()
+    core.attach(delivery)
+    job, _ = await core.order_profile(order())
+    await core.wait_idle(timeout=5)
+    assert delivery.failures and delivery.failures[0][1] is ErrorCode.TIMEOUT
+
+
+async def test_reroll_and_other_style_reuse_the_kept_selfie(
+    core: ChatCore, storage: Storage, queue: ScriptedQueue, delivery: RecordingDelivery
+) -> None:
+    job, _ = await core.order_profile(order(seed="5"))
+    await core.wait_idle(timeout=5)
+    again, created = await core.reroll(ALICE, job.id, "click-1", "chat-1", {})
+    restyled, _ = await core.reroll(ALICE, job.id, "click-2", "chat-1", {}, style="watercolor")
+    await core.wait_idle(timeout=5)
+    assert created and again.parent_job_id == job.id and again.seed is None
+    assert GenerateRequest.from_payload(queue.submitted[again.task_id]).selfie == SELFIE
+    assert GenerateRequest.from_payload(queue.submitted[restyled.task_id]).style == "watercolor"
+    with pytest.raises(CoreError) as stranger:
+        await core.reroll(BOB, job.id, "click-3", "chat-1", {})
+    assert stranger.value.code is ErrorCode.INVALID_REQUEST
+    await storage.purge_expired_selfies(datetime.now(UTC) + timedelta(days=2))
+    with pytest.raises(CoreError) as gone:
+        await core.reroll(ALICE, job.id, "click-4", "chat-1", {})
+    assert gone.value.code is ErrorCode.NOT_FOUND and "no longer kept" in gone.value.message
+
+
+async def test_ratings_one_per_rater_and_picture_updated_and_withdrawn(
+    core: ChatCore, storage: Storage, delivery: RecordingDelivery
+) -> None:
+    job, _ = await core.order_profile(order(count="2"))
+    await core.wait_idle(timeout=5)
+    first_ref = f"message-{job.id}-1"
+    assert await core.rate_message(BOB, first_ref, 4, "reaction")
+    assert await core.rate_message(ALICE, first_ref, 5, "reaction")
+    assert await core.rate_message(BOB, first_ref, 2, "reaction")  # a changed reaction
+    picture = (await storage.pictures(job.id))[0]
+    bob = await storage.find_user("test", "bob")
+    assert await storage.rating(picture.id, bob) == 2
+    assert await storage.count("ratings") == 2
+    assert await core.rate_message(BOB, first_ref, None, "reaction")  # removed
+    assert await storage.rating(picture.id, bob) is None
+    assert not await core.rate_message(BOB, "some-other-message", 3, "reaction")
+    with pytest.raises(CoreError):
+        await core.rate(BOB, picture.id, 7, "button")
+
+
+async def test_forget_removes_everything_about_a_person(core: ChatCore, storage: Storage, queue: ScriptedQueue) -> None:
+    job, _ = await core.order_profile(order())
+    other, _ = await core.order_profile(order("bob-event", person=BOB))
+    await core.wait_idle(timeout=5)
+    await core.rate_message(ALICE, f"message-{other.id}-1", 5, "reaction")
+    await core.rate_message(BOB, f"message-{job.id}-1", 3, "reaction")
+    reply = await core.forget(ALICE)
+    assert "deleted" in reply
+    assert await storage.find_user("test", "alice") is None
+    assert await storage.count("jobs", "id = ?", (job.id,)) == 0
+    assert await storage.count("pictures", "job_id = ?", (job.id,)) == 0
+    assert await storage.count("selfies", "job_id = ?", (job.id,)) == 0
+    assert await storage.count("ratings") == 0  # hers, and Bob's on her picture
+    assert queue.forgotten == [job.task_id]
+    assert await storage.count("jobs") == 1  # Bob's stays
+    assert await core.forget(ALICE) == "I had nothing stored about you."
+
+
+async def test_history_lists_the_persons_jobs(core: ChatCore) -> None:
+    assert await core.history_text(ALICE) == "You have no jobs yet."
+    job, _ = await core.order_profile(order())
+    await core.wait_idle(timeout=5)
+    assert f"job {job.id}: anime, 1 pictures" in await core.history_text(ALICE)
+
+
+def test_mean_interval_matches_a_hand_computation() -> None:
+    mean, low, high = mean_interval([4, 5, 3, 4])
+    # mean 4, sd 0.8165, t(3) = 3.182: half width 3.182 * 0.8165 / 2 = 1.299
+    assert mean == 4 and low == pytest.approx(2.701, abs=1e-3) and high == pytest.approx(5.299, abs=1e-3)
+    assert mean_interval([5]) == (5, None, None)
+    assert mean_interval([]) == (None, None, None)
+
+
+async def test_feedback_report_per_style(core: ChatCore, storage: Storage) -> None:
+    job, _ = await core.order_profile(order(count="2"))
+    await core.wait_idle(timeout=5)
+    for rater, stars in ((ALICE, 5), (BOB, 3)):
+        await core.rate_message(rater, f"message-{job.id}-1", stars, "reaction")
+    report = {row["style"]: row for row in await feedback_report(storage)}
+    anime = report["anime"]
+    assert (anime["jobs"], anime["pictures"], anime["ratings"], anime["mean"]) == (1, 2, 2, 4.0)
+    assert anime["positive_share"] == 0.5 and anime["ci95_low"] < 4 < anime["ci95_high"]
