@@ -32,7 +32,7 @@ async def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None
     folder.mkdir()
     (folder / "0001_ok.sql").write_text("-- reason: test\nCREATE TABLE first (x INTEGER);\n")
     (folder / "0002_broken.sql").write_text("-- reason: test\nCREATE TABLE second (x INTEGER);\nNOT SQL AT ALL;\n")
-    with pytest.raises(RuntimeError, match="0002_broken.sql"):
+    with pytest.raises(RuntimeError, match=r"0002_broken\.sql"):
         await Storage.open(tmp_path / "db.sqlite3", migrations=folder)
     storage = Storage.__new__(Storage)
     import aiosqlite

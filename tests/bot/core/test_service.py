@@ -49,7 +49,7 @@ async def test_a_job_is_written_before_it_is_enqueued_and_delivered_once(
     final = await storage.job(job.id)
     assert final.state == "done" and final.delivered_at is not None
     assert len(delivery.pictures) == 1
-    job_id, pictures, caption = delivery.pictures[0]
+    _, pictures, caption = delivery.pictures[0]
     assert [picture.seed for picture in pictures] == [11, 12] and "job" in caption
     assert delivery.statuses == [(job.id, "🌸 Anime: 2 pictures queued, starting soon")]
     assert any("%" in text for _, text in delivery.edits)
@@ -174,7 +174,7 @@ async def test_a_job_that_never_finishes_times_out(storage: Storage, tmp_path: P
     core = ChatCore(storage, queue, bot_settings(tmp_path, job_timeout_seconds=0.1))
     delivery = RecordingDelivery()
     core.attach(delivery)
-    job, _ = await core.order_profile(order())
+    await core.order_profile(order())
     await core.wait_idle(timeout=5)
     assert delivery.failures and delivery.failures[0][1] is ErrorCode.TIMEOUT
 
