@@ -9,9 +9,11 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol
 
 from bot.core import ChatCore
 from bot.queue import CeleryJobQueue, make_client
+from bot.redact import install_secret_filter
 from bot.settings import BotSettings
 from bot.storage import Storage
 
@@ -46,26 +48,51 @@ def stop_worker_process(worker: subprocess.Popen[bytes]) -> None:
         worker.wait()
 
 
+class Adapter(Protocol):
+    """A platform adapter's life: connect, serve until told to stop, disconnect."""
+
+    async def open(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 async def serve(settings: BotSettings, *, with_console: bool | None = None) -> None:
-    """Run every adapter whose token is set; the console when none is."""
+    """Run every adapter whose token is set; the console when none is.
+
+    Adapters connect first and the core resumes unfinished jobs after, so a
+    job finished while the bot was down can be delivered at once.
+    """
     discord_token = settings.discord_token.get_secret_value()
     telegram_token = settings.telegram_token.get_secret_value()
     if with_console is None:
         with_console = not discord_token and not telegram_token
+    install_secret_filter([discord_token, telegram_token])
     async with open_core(settings) as core:
-        runners = []
+        adapters: list[Adapter] = []
         if discord_token:
-            from bot.discord_app import run_discord
+            from bot.discord_app import DiscordAdapter
 
-            runners.append(run_discord(core, settings))
+            adapters.append(DiscordAdapter(core, settings))
         if telegram_token:
-            from bot.telegram_app import run_telegram
+            from bot.telegram_app import TelegramAdapter
 
-            runners.append(run_telegram(core, settings))
+            adapters.append(TelegramAdapter(core, settings))
         if with_console:
-            from bot.console_app import run_console
+            from bot.console_app import ConsoleAdapter
 
-            runners.append(run_console(core, settings.out))
-        if not runners:
+            adapters.append(ConsoleAdapter(core, sys.stdin, sys.stdout, sys.stderr, settings.out))
+        if not adapters:
             raise RuntimeError("nothing to run")
-        await asyncio.gather(*runners)
+        try:
+            for adapter in adapters:
+                await adapter.open()
+            await core.start()
+            await asyncio.gather(*(adapter.run() for adapter in adapters))
+        finally:
+            for adapter in adapters:
+                try:
+                    await adapter.close()
+                except Exception:
+                    logger.exception("closing %s failed", type(adapter).__name__)

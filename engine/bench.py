@@ -65,6 +65,8 @@ SHAPES = ("tiny", "sd15")
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
 SEED = 1234
+#: The bundled selfie (a photo with one clear face), so runs are comparable.
+SAMPLE_SELFIE = Path(__file__).with_name("assets") / "sample_selfie.jpg"
 #: Sizes of the LoRAs in the full shape: what public SD 1.5 LoRAs use.
 PORTRAIT_RANK = 16
 STYLE_RANK = 16
@@ -237,8 +239,6 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     import numpy as np
     import torch
     from PIL import Image
-
-    from engine.cli import SAMPLE_SELFIE
 
     selfie = SAMPLE_SELFIE.read_bytes()
     style_a, style_b = engine.catalogue.names[:2]

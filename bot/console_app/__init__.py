@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import sys
 import uuid
 from pathlib import Path
 from typing import TextIO
@@ -66,6 +65,12 @@ class ConsoleAdapter:
         self.delivery = ConsoleDelivery(out_dir, stdout, stderr)
         core.attach(self.delivery)
 
+    async def open(self) -> None:
+        """Nothing to connect: the terminal is already there."""
+
+    async def close(self) -> None:
+        """Nothing to disconnect."""
+
     def say(self, line: str) -> None:
         print(line, file=self.stdout, flush=True)
 
@@ -110,12 +115,3 @@ class ConsoleAdapter:
             self.say(await self.core.forget(self.person))
         else:  # help, start
             self.say(self.core.help_text(USAGE))
-
-
-async def run_console(core: ChatCore, out_dir: Path, stdin: TextIO = sys.stdin) -> None:
-    adapter = ConsoleAdapter(core, stdin, sys.stdout, sys.stderr, out_dir)
-    await core.start()
-    try:
-        await adapter.run()
-    finally:
-        await core.stop()

@@ -43,6 +43,23 @@ logger = logging.getLogger(__name__)
 RATING_SCALE = "1 = poor, 3 = fine, 5 = love it"
 POSITIVE_SCORE = 4
 
+#: Reactions that count as ratings.  Discord offers the keycaps 1️⃣-5️⃣ under
+#: each picture; Telegram only allows its fixed reaction set, so common ones
+#: are mapped onto the same 1-5 scale.  Any other reaction is not a rating.
+REACTION_SCORES: dict[str, int] = {
+    "1️⃣": 1, "2️⃣": 2, "3️⃣": 3, "4️⃣": 4, "5️⃣": 5,
+    "🔥": 5, "😍": 5, "🤩": 5, "🏆": 5, "💯": 5, "❤": 5, "❤️": 5, "❤‍🔥": 5,
+    "👍": 4, "👏": 4, "👌": 4, "🥰": 4, "🎉": 4,
+    "🤔": 3, "😐": 3, "🤷": 3,
+    "👎": 2, "😢": 2, "🥱": 2,
+    "💩": 1, "🤮": 1, "😡": 1, "🤡": 1,
+}  # fmt: skip
+RATING_KEYCAPS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣"]
+
+
+def score_for_reaction(emoji: str) -> int | None:
+    return REACTION_SCORES.get(emoji)
+
 
 @dataclass(frozen=True)
 class Person:
@@ -431,6 +448,19 @@ class ChatCore:
         if picture is None:
             return False
         await self.rate(rater, picture.id, stars, source)
+        return True
+
+    async def withdraw_reaction(self, rater: Person, message_ref: str, stars: int) -> bool:
+        """A removed reaction withdraws the rating only if it was the one in force.
+
+        Someone who reacted 4️⃣ and then 5️⃣ and removes the 4️⃣ still means 5.
+        """
+        picture = await self.storage.picture_by_message(rater.platform, message_ref)
+        rater_id = await self.storage.find_user(rater.platform, rater.user_id)
+        if picture is None or rater_id is None:
+            return False
+        if await self.storage.rating(picture.id, rater_id) == stars:
+            await self.storage.set_rating(picture.id, rater_id, None, "reaction")
         return True
 
     async def rate_job_picture(self, rater: Person, job_id: int, position: int, stars: int, source: str) -> None:

@@ -1,0 +1,396 @@
+"""The Discord adapter (discord.py): slash commands, buttons and reactions.
+
+Commands only translate: options → :class:`ProfileOrder`, the core's answer
+or :class:`CoreError` → a reply.  Conventions it follows: the interaction is
+deferred at once (Discord allows 3 s), errors are ephemeral, the pictures
+come as follow-ups while the 15-minute interaction token lives and through
+the channel afterwards, attachments are downloaded immediately (their URLs
+expire), and no privileged intent is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import time
+from typing import Any, Literal
+
+import discord
+from discord import app_commands
+
+from bot.core import ChatCore, CoreError, Person, ProfileOrder
+from bot.core.service import RATING_KEYCAPS, RATING_SCALE, score_for_reaction
+from bot.settings import BotSettings
+from bot.storage import Job, StoredPicture
+from engine.contracts import MAX_PICTURES, MAX_UPLOAD_BYTES, ErrorCode
+
+logger = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+#: Interaction tokens last 15 minutes; stop using one a minute before.
+TOKEN_LIFETIME_SECONDS = 14 * 60
+HOW_TO_ORDER = "Use /profile with a style and your selfie as the photo; rate the pictures with the 1️⃣-5️⃣ reactions."
+IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/heic", "image/heif"}
+
+
+def person_of(user: discord.abc.User) -> Person:
+    return Person(PLATFORM, str(user.id), getattr(user, "display_name", "") or user.name)
+
+
+def failure_line(code: ErrorCode, text: str) -> str:
+    return f"⚠️ {text} (`{code.value}`)"
+
+
+def token_alive(context: dict[str, Any]) -> bool:
+    return bool(context.get("token")) and time.time() < float(context.get("token_expires_at", 0))
+
+
+def interaction_context(interaction: discord.Interaction) -> dict[str, Any]:
+    return {
+        "channel_id": interaction.channel_id,
+        "application_id": interaction.application_id,
+        "token": interaction.token,
+        "token_expires_at": time.time() + TOKEN_LIFETIME_SECONDS,
+        "user_id": interaction.user.id,
+    }
+
+
+# --------------------------------------------------------------------------- the core → Discord
+
+
+class DiscordDelivery:
+    platform = PLATFORM
+    #: Discord tolerates about 5 edits per 5 s per message; one a second leaves room.
+    status_edit_interval = 1.0
+
+    def __init__(self, client: MmppClient) -> None:
+        self.client = client
+
+    def _webhook(self, context: dict[str, Any]) -> discord.Webhook:
+        data = {"id": context["application_id"], "type": 3, "token": context["token"]}
+        return discord.Webhook.from_state(data=data, state=self.client._connection)
+
+    async def _channel(self, context: dict[str, Any]) -> discord.abc.Messageable:
+        channel_id = int(context["channel_id"])
+        channel = self.client.get_channel(channel_id)
+        if channel is None:
+            channel = await self.client.fetch_channel(channel_id)
+        return channel  # type: ignore[return-value]
+
+    async def post_status(self, job: Job, text: str) -> str | None:
+        context = job.reply_context
+        if not token_alive(context):
+            return None
+        message = await self._webhook(context).edit_message(int(context["original_message_id"]), content=text)
+        return str(message.id)
+
+    async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
+        if token_alive(job.reply_context):
+            await self._webhook(job.reply_context).edit_message(int(message_ref), content=text)
+
+    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]:
+        context = job.reply_context
+        refs: list[str | None] = []
+        for index, picture in enumerate(pictures):
+            is_last = index == len(pictures) - 1
+            content = caption if index == 0 else None
+            if index == 0 and not token_alive(context):
+                content = f"<@{context.get('user_id')}> {caption}"
+            file = discord.File(io.BytesIO(picture.png), filename=f"mmpp-{job.id}-{picture.position}.png")
+            view = job_view(job.id, self.client.core) if is_last else None
+            message = await self._send(context, content=content, file=file, view=view, nonce=f"{job.id}-{index}")
+            refs.append(str(message.id))
+            for keycap in RATING_KEYCAPS:
+                await message.add_reaction(keycap)
+        if token_alive(context) and job.status_message_id:
+            try:
+                await self._webhook(context).edit_message(
+                    int(job.status_message_id),
+                    content=f"Done: {len(pictures)} pictures below. Rate them: {RATING_SCALE}.",
+                )
+            except discord.HTTPException:
+                logger.info("could not edit the status of job %s", job.id)
+        return refs
+
+    async def _send(
+        self,
+        context: dict[str, Any],
+        *,
+        content: str | None,
+        file: discord.File,
+        view: discord.ui.View | None,
+        nonce: str,
+    ) -> discord.Message:
+        extra: dict[str, Any] = {"view": view} if view is not None else {}
+        if token_alive(context):
+            return await self._webhook(context).send(
+                content=content or discord.utils.MISSING, file=file, wait=True, **extra
+            )
+        channel = await self._channel(context)
+        # The nonce makes a repeated send after a crash a no-op on Discord's side.
+        return await channel.send(content=content, file=file, nonce=nonce, enforce_nonce=True, **extra)
+
+    async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
+        context = job.reply_context
+        if token_alive(context):
+            webhook = self._webhook(context)
+            await webhook.send(content=failure_line(code, text), ephemeral=True, wait=True)
+            if job.status_message_id:
+                try:
+                    await webhook.delete_message(int(job.status_message_id))
+                except discord.HTTPException:
+                    logger.info("could not remove the status of job %s", job.id)
+            return
+        channel = await self._channel(context)
+        await channel.send(content=f"<@{context.get('user_id')}> {failure_line(code, text)}")
+
+
+# --------------------------------------------------------------------------- buttons and menus (survive restarts)
+
+
+def job_view(job_id: int, core: ChatCore) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(RerollButton(job_id))
+    view.add_item(RestyleSelect(job_id, core))
+    return view
+
+
+class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"mmpp:reroll:(?P<job>[0-9]+)"):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Re-roll", emoji="🔁", style=discord.ButtonStyle.secondary, custom_id=f"mmpp:reroll:{job_id}"
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+    ) -> RerollButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        await run_followup_job(interaction, self.job_id, None)
+
+
+class RestyleSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"mmpp:restyle:(?P<job>[0-9]+)"):
+    def __init__(self, job_id: int, core: ChatCore | None = None) -> None:
+        options = [
+            discord.SelectOption(label=item.display_name, value=item.name, emoji=item.emoji or None)
+            for item in (core.styles.values() if core else [])
+        ][:25]
+        select: discord.ui.Select = discord.ui.Select(
+            placeholder="🎨 Another style", custom_id=f"mmpp:restyle:{job_id}",
+            options=options or [discord.SelectOption(label="anime", value="anime")],
+        )  # fmt: skip
+        super().__init__(select)
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Select, match: re.Match[str], /
+    ) -> RestyleSelect:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        values = (interaction.data or {}).get("values") or []
+        await run_followup_job(interaction, self.job_id, str(values[0]) if values else None)
+
+
+async def run_followup_job(interaction: discord.Interaction, job_id: int, style: str | None) -> None:
+    client: MmppClient = interaction.client  # type: ignore[assignment]
+    await interaction.response.defer(thinking=True)
+    original = await interaction.original_response()
+    context = {**interaction_context(interaction), "original_message_id": original.id}
+    try:
+        await client.core.reroll(
+            person_of(interaction.user), job_id, f"interaction:{interaction.id}", str(interaction.channel_id), context,
+            style=style,
+        )  # fmt: skip
+    except CoreError as error:
+        await replace_with_ephemeral_error(interaction, error)
+
+
+async def replace_with_ephemeral_error(interaction: discord.Interaction, error: CoreError) -> None:
+    """After a public defer, an error should still be private: drop the public reply, send an ephemeral one."""
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        logger.info("could not delete the deferred response")
+    await interaction.followup.send(failure_line(error.code, error.message), ephemeral=True)
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class MmppClient(discord.Client):
+    def __init__(self, core: ChatCore, settings: BotSettings) -> None:
+        # Default intents: guilds and reactions; no privileged message content.
+        intents = discord.Intents.default()
+        intents.message_content = False
+        super().__init__(intents=intents)
+        self.core = core
+        self.settings = settings
+        self.tree = app_commands.CommandTree(self)
+        self.tree.on_error = self.on_tree_error  # type: ignore[method-assign]
+        self.ready = asyncio.Event()
+        register_commands(self)
+
+    async def setup_hook(self) -> None:
+        self.add_dynamic_items(RerollButton, RestyleSelect)
+        if self.settings.discord_guild_id:
+            guild = discord.Object(id=int(self.settings.discord_guild_id))
+            self.tree.copy_global_to(guild=guild)
+            await self.tree.sync(guild=guild)
+        else:
+            await self.tree.sync()
+
+    async def on_ready(self) -> None:
+        self.ready.set()
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        if self.user is not None and payload.user_id == self.user.id:
+            return
+        stars = score_for_reaction(str(payload.emoji))
+        if stars is None:
+            return
+        await self.core.rate_message(
+            Person(PLATFORM, str(payload.user_id), payload.member.display_name if payload.member else ""),
+            str(payload.message_id), stars, "reaction",
+        )  # fmt: skip
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        stars = score_for_reaction(str(payload.emoji))
+        if stars is None or (self.user is not None and payload.user_id == self.user.id):
+            return
+        await self.core.withdraw_reaction(Person(PLATFORM, str(payload.user_id)), str(payload.message_id), stars)
+
+    async def on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        original = getattr(error, "original", error)
+        if isinstance(original, CoreError):
+            text = failure_line(original.code, original.message)
+        else:
+            logger.error("command failed: %s", type(original).__name__, exc_info=original)
+            text = failure_line(ErrorCode.INTERNAL, "Something went wrong on our side; please try again.")
+        try:
+            if interaction.response.is_done():
+                await interaction.followup.send(text, ephemeral=True)
+            else:
+                await interaction.response.send_message(text, ephemeral=True)
+        except discord.HTTPException:
+            logger.warning("could not send the error reply")
+
+
+def register_commands(client: MmppClient) -> None:
+    core = client.core
+    style_choices = [
+        app_commands.Choice(name=f"{item.emoji} {item.display_name}", value=item.name) for item in core.styles.values()
+    ][:25]
+
+    @client.tree.command(name="profile", description="Turn your selfie into profile pictures")
+    @app_commands.describe(
+        style="the style of the pictures",
+        photo="a clear selfie: one face, JPEG, PNG or WebP",
+        prompt="who or what you are in the picture (optional)",
+        count="how many pictures, 1-4",
+        mode="fast (a few seconds) or quality (slower, finer)",
+    )
+    @app_commands.choices(style=style_choices)
+    async def profile(
+        interaction: discord.Interaction,
+        style: app_commands.Choice[str],
+        photo: discord.Attachment,
+        prompt: str | None = None,
+        count: app_commands.Range[int, 1, MAX_PICTURES] = 1,
+        mode: Literal["fast", "quality"] | None = None,
+    ) -> None:
+        options = {"style": style.value, "prompt": prompt or "", "count": str(count)}
+        if mode:
+            options["mode"] = mode
+        try:
+            core.check_profile(options)
+            if photo.size > MAX_UPLOAD_BYTES:
+                raise CoreError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
+            if photo.content_type and photo.content_type.split(";")[0] not in IMAGE_TYPES:
+                raise CoreError(ErrorCode.NOT_AN_IMAGE, "Attach a photo: JPEG, PNG or WebP.")
+        except CoreError as error:
+            await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            data = await photo.read()
+        except discord.HTTPException:
+            await replace_with_ephemeral_error(
+                interaction, CoreError(ErrorCode.NOT_AN_IMAGE, "I could not download the photo; please try again.")
+            )
+            return
+        original = await interaction.original_response()
+        context = {**interaction_context(interaction), "original_message_id": original.id}
+        order = ProfileOrder(
+            person_of(interaction.user),
+            f"interaction:{interaction.id}",
+            str(interaction.channel_id),
+            context,
+            options,
+            data,
+        )
+        try:
+            await core.order_profile(order)
+        except CoreError as error:
+            await replace_with_ephemeral_error(interaction, error)
+
+    @client.tree.command(name="styles", description="List the styles")
+    async def styles(interaction: discord.Interaction) -> None:
+        embed = discord.Embed(title="Styles", colour=discord.Colour.blurple())
+        for item in core.styles.values():
+            embed.add_field(
+                name=f"{item.emoji} {item.display_name} (`{item.name}`)", value=item.description, inline=False
+            )
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    @client.tree.command(name="history", description="Your recent jobs")
+    async def history(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(await core.history_text(person_of(interaction.user)), ephemeral=True)
+
+    @client.tree.command(name="forget", description="Delete everything this bot stored about you")
+    async def forget(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await interaction.followup.send(await core.forget(person_of(interaction.user)), ephemeral=True)
+
+    @client.tree.command(name="help", description="How to use this bot")
+    async def help_command(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(core.help_text(HOW_TO_ORDER), ephemeral=True)
+
+
+class DiscordAdapter:
+    def __init__(self, core: ChatCore, settings: BotSettings, token: str | None = None) -> None:
+        self.settings = settings
+        self.token = token or settings.discord_token.get_secret_value()
+        discord.http.Route.BASE = settings.discord_api_base
+        self.client = MmppClient(core, settings)
+        self.delivery = DiscordDelivery(self.client)
+        core.attach(self.delivery)
+        self._runner: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        """Log in and wait for READY, so resumed jobs can be delivered at once."""
+        await self.client.login(self.token)
+        self._runner = asyncio.create_task(self.client.connect(reconnect=True))
+        ready = asyncio.create_task(self.client.ready.wait())
+        done, _ = await asyncio.wait({ready, self._runner}, return_when=asyncio.FIRST_COMPLETED)
+        if self._runner in done:
+            ready.cancel()
+            self._runner.result()
+
+    async def run(self) -> None:
+        if self._runner is not None:
+            await self._runner
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
