@@ -80,6 +80,8 @@ IP_ADAPTER_FILE = "ip-adapter-plus-face_sd15.safetensors"
 RATIO_TARGET = 1.05
 SWITCH_SHARE_TARGET = 0.02
 LORA_EXTRA_TARGET = 0.10
+#: Above this share of the machine used by other processes, the table warns.
+BUSY_WARNING = 0.05
 STAGES = ("face", "adapters", "prompt", "denoise", "vae_decode", "encode", "total")
 
 
@@ -251,34 +253,40 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     face_crop = engine.face_analyzer.prepare_selfie(selfie).crop
     conditioning = engine.encode_prompt(plan_a.prompt, plan_a.negative_prompt)
 
-    def run_engine() -> tuple[float, Any]:
-        mark = time.perf_counter()
+    def run_engine() -> tuple[float, float, Any]:
+        wall, cpu = time.perf_counter(), time.process_time()
         result = engine.generate(request_a)
-        return time.perf_counter() - mark, result
+        return time.perf_counter() - wall, time.process_time() - cpu, result
 
-    def run_baseline() -> tuple[float, Any]:
+    def run_baseline() -> tuple[float, float, Any]:
         # The state the engine call just set (adapters, IP-Adapter scale,
         # scheduler type) stays on the pipeline; this is the bare call.
         arguments = engine.pipeline_arguments(plan_a, conditioning, face_crop, plan_a.seeds[0])
-        mark = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         output = engine.pipeline(**arguments)
-        return time.perf_counter() - mark, output.images[0]
+        return time.perf_counter() - wall, time.process_time() - cpu, output.images[0]
 
     _say(f"warm-up: one engine picture and one diffusers call ({width}x{height}, {plan_a.steps} steps)", started)
     run_engine()
     run_baseline()
     engine_runs: list[float] = []
     baseline_runs: list[float] = []
+    engine_cpu: list[float] = []
+    baseline_cpu: list[float] = []
     stage_runs: dict[str, list[float]] = {stage: [] for stage in STAGES}
     last_result = baseline_image = None
+    machine_before = _machine_busy()
     for index in range(repeats):
-        seconds, last_result = run_engine()
+        seconds, cpu_seconds, last_result = run_engine()
         engine_runs.append(seconds)
+        engine_cpu.append(cpu_seconds)
         for stage in STAGES:
             stage_runs[stage].append(float(last_result.timings.get(stage, 0.0)))
-        seconds, baseline_image = run_baseline()
+        seconds, cpu_seconds, baseline_image = run_baseline()
         baseline_runs.append(seconds)
+        baseline_cpu.append(cpu_seconds)
         _say(f"pair {index + 1}/{repeats}: engine {engine_runs[-1]:.3f}s, diffusers {baseline_runs[-1]:.3f}s", started)
+    other_load = _other_processes_share(machine_before, _machine_busy())
     assert last_result is not None and baseline_image is not None
     engine_pixels = np.asarray(Image.open(io.BytesIO(last_result.pictures[0].png)).convert("RGB"), dtype=np.int16)
     baseline_pixels = np.asarray(baseline_image.convert("RGB"), dtype=np.int16)
@@ -343,6 +351,12 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
             "ratio": ratio,
             "engine_runs": engine_runs,
             "baseline_runs": baseline_runs,
+            # CPU seconds of this process (all threads): less sensitive than
+            # wall time to other processes on a shared machine.
+            "engine_cpu_seconds": statistics.median(engine_cpu),
+            "baseline_cpu_seconds": statistics.median(baseline_cpu),
+            "cpu_ratio": statistics.median(engine_cpu) / statistics.median(baseline_cpu),
+            "other_processes_cpu_share": other_load,
             "same_pixels": same_pixels,
             "max_pixel_difference": int(np.abs(engine_pixels - baseline_pixels).max())
             if engine_pixels.shape == baseline_pixels.shape
@@ -486,6 +500,27 @@ def _peak_rss_bytes() -> int:
 # --------------------------------------------------------------------------- the machine
 
 
+def _machine_busy() -> tuple[float, float, float] | None:
+    """(wall time, busy CPU seconds of the whole machine, CPU seconds of this process), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(value) for value in fields[:8]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return time.perf_counter(), (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time()
+
+
+def _other_processes_share(
+    before: tuple[float, float, float] | None, after: tuple[float, float, float] | None
+) -> float | None:
+    """How much of the machine other processes used meanwhile (0-1): timings taken alongside them are noisy."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    return max(0.0, others / ((after[0] - before[0]) * (os.cpu_count() or 1)))
+
+
 def _machine(engine: Any) -> dict[str, Any]:
     import diffusers
     import peft
@@ -547,6 +582,7 @@ def render_table(report: dict[str, Any]) -> str:
         ("seconds per picture, engine (median)", _duration(picture["engine_seconds"]), "", ""),
         ("seconds per picture, diffusers call (median)", _duration(picture["baseline_seconds"]), "", ""),
         ("engine / diffusers", f"{picture['ratio']:.3f}", *verdict("engine_vs_diffusers_ratio", "≤ 1.05")),
+        ("engine / diffusers, CPU seconds", f"{picture['cpu_ratio']:.3f}", "", ""),
         ("same pixels, engine and diffusers", "yes" if picture["same_pixels"] else "NO", "", ""),
         (f"style switch (median of {len(switch['runs'])})", _duration(switch["seconds"]), "", ""),
         (
@@ -599,6 +635,12 @@ def render_table(report: dict[str, Any]) -> str:
         f"{name:<{width}}  {value:>{value_width}}  {limit:<7} {result}".rstrip() for name, value, limit, result in rows
     ]
     lines += ["", "all targets met" if report["passed"] else "some targets missed: see the result column"]
+    busy = picture.get("other_processes_cpu_share")
+    if busy is not None:
+        lines.append(
+            f"other processes used {busy * 100:.0f} % of the machine while the pictures ran"
+            + ("; the times are noisy, compare the CPU-seconds ratio" if busy > BUSY_WARNING else "")
+        )
     return "\n".join(lines)
 
 

@@ -7,12 +7,17 @@ it to ``var/cache`` so reruns skip the build) or to a session temp folder.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SELFIE = REPO / "engine" / "assets" / "sample_selfie.jpg"
+REDIS_URL = os.environ.get("MMPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +31,54 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def selfie_bytes() -> bytes:
     return SAMPLE_SELFIE.read_bytes()
+
+
+def redis_available() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_worker(queue: str, cache_dir: Path, **env: str) -> subprocess.Popen[bytes]:
+    """A real Celery worker process (prefork, one child) on the test Redis, tiny profile."""
+    environment = {
+        **os.environ,
+        "REDIS_URL": REDIS_URL,
+        "MMPP_QUEUE": queue,
+        "MMPP_MODEL_PROFILE": "tiny",
+        "MMPP_CACHE_DIR": str(cache_dir),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    command = [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "prefork", "--concurrency", "1"]
+    return subprocess.Popen(command, env=environment, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    worker.terminate()
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_worker(cache_dir: Path) -> Iterator[str]:
+    """One tiny-profile worker for the whole session; yields its queue name."""
+    if not redis_available():
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}; `make test` starts one (Makefile target redis)")
+    from engine.models import build_tiny_profile
+    from engine.styles import load_catalogue
+
+    build_tiny_profile(cache_dir / "tiny", "sd15", load_catalogue().names)  # built once, before the worker races
+    queue = f"mmpp-test-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(queue, cache_dir)
+    yield queue
+    alive = worker.poll() is None
+    stop_worker(worker)
+    assert alive, "the worker died during the tests"

@@ -40,7 +40,8 @@ def person_of(user: discord.abc.User) -> Person:
 
 
 def failure_line(code: ErrorCode, text: str) -> str:
-    return f"⚠️ {text} (`{code.value}`)"
+    """One line, whatever the message held: the code last, where people quote it from."""
+    return f"⚠️ {' '.join(text.split())} (`{code.value}`)"
 
 
 def token_alive(context: dict[str, Any]) -> bool:

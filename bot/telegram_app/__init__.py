@@ -169,7 +169,8 @@ class TelegramDelivery:
 
 
 def failure_text(code: ErrorCode, text: str) -> str:
-    return f"⚠️ {text} ({code.value})"
+    """One line, whatever the message held: the code last, where people quote it from."""
+    return f"⚠️ {' '.join(text.split())} ({code.value})"
 
 
 def rating_keyboard(job: Job, pictures: list[StoredPicture]) -> InlineKeyboardMarkup:
@@ -388,6 +389,8 @@ class TelegramAdapter:
     """Connects, publishes the command list, polls for updates."""
 
     def __init__(self, core: ChatCore, settings: BotSettings, token: str | None = None) -> None:
+        # httpx logs every request URL at INFO, and Bot API URLs contain the token.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.core = core
         self.application = build_application(core, settings, token)
         self.delivery = TelegramDelivery(self.application)

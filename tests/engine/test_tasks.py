@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
-import subprocess
-import sys
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +14,8 @@ from PIL import Image
 
 from engine import tasks
 from engine.contracts import GENERATE_TASK_NAME, ErrorCode, GenerateRequest, GenerateResult, Mode
+from tests.conftest import REDIS_URL, redis_available, start_worker, stop_worker
 
-REDIS_URL = os.environ.get("MMPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -107,51 +103,9 @@ def test_run_job_reports_model_unavailable_and_retries_the_load_next_time(
 # ---------------------------------------------------------------- a real worker on Redis
 
 
-def redis_available() -> bool:
-    import redis
-
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-def start_worker(queue: str, cache_dir: Path, **env: str) -> subprocess.Popen[bytes]:
-    environment = {
-        **os.environ,
-        "REDIS_URL": REDIS_URL,
-        "MMPP_QUEUE": queue,
-        "MMPP_MODEL_PROFILE": "tiny",
-        "MMPP_CACHE_DIR": str(cache_dir),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        **env,
-    }
-    command = [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "prefork", "--concurrency", "1"]
-    return subprocess.Popen(command, env=environment, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    worker.terminate()
-    try:
-        worker.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
-
-
-@pytest.fixture(scope="module")
-def worker_queue(cache_dir: Path, catalogue) -> Iterator[str]:
-    if not redis_available():
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}; `make test` starts one (see Makefile target redis)")
-    from engine.models import build_tiny_profile
-
-    build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names)  # so the worker never races to build it
-    queue = f"mmpp-test-{uuid.uuid4().hex[:8]}"
-    worker = start_worker(queue, cache_dir)
-    yield queue
-    assert worker.poll() is None, "the worker died during the tests"
-    stop_worker(worker)
+@pytest.fixture
+def worker_queue(redis_worker: str) -> str:
+    return redis_worker
 
 
 def client(queue: str):

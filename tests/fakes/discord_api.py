@@ -398,7 +398,14 @@ class GatewayConnection:
     session_id: str | None = None
     resumed: bool = False
     closed_at: float | None = None
-    close_code: int | None = None
+    close_code: int | None = None  # the code the fake closed with, else the client's
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with a gateway close code, remembering it (the client echoes its own code back)."""
+        if self.close_code is None:
+            self.close_code = code
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await self.ws.close(code=code, message=reason.encode())
 
 
 @dataclass
@@ -618,7 +625,10 @@ class FakeDiscord:
                 await asyncio.wait_for(changed.wait(), min(remaining, 0.05))  # also polls state kept by the bot
 
     async def wait_for(self, predicate: Callable[[RecordedRequest], bool], timeout: float = 5.0) -> RecordedRequest:
-        """The first recorded (and answered) request matching ``predicate``, waiting for it if needed."""
+        """The first recorded (and answered) request matching ``predicate``, waiting for it if needed.
+
+        Earlier requests count too; to wait for a new one, put a condition on ``r.time`` or on the count.
+        """
 
         def check() -> RecordedRequest | None:
             return next((r for r in self.requests if r.status is not None and predicate(r)), None)
@@ -824,7 +834,10 @@ class FakeDiscord:
         self._notify()
         if status == 204 or body is None:
             return web.Response(status=status if status != 200 else 204, headers=all_headers)
-        return web.json_response(body, status=status, headers=all_headers)
+        # Exactly "application/json": discord.py's json_or_text compares the whole header, so the
+        # "; charset=utf-8" aiohttp's json_response adds would hand the bot a str instead of a dict.
+        all_headers["Content-Type"] = "application/json"
+        return web.Response(body=json.dumps(body).encode(), status=status, headers=all_headers)
 
     async def _api(self, request: web.Request) -> web.StreamResponse:
         path = request.path[len(API_PREFIX) :] or "/"
@@ -862,7 +875,13 @@ class FakeDiscord:
         if fault is not None and fault.when == "before":
             rec.fault = fault
             return self._respond(rec, *fault.reply())
-        status, body = await route.handler(rec, **params)
+        try:
+            status, body = await route.handler(rec, **params)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # A body the handler could not read is what Discord calls an invalid form body; logged so that a
+            # bug in the fake itself does not hide behind the 400.
+            _log.exception("fake Discord could not handle %s %s", rec.method, rec.path)
+            status, body = _error(400, "Invalid Form Body", 50035)
         if fault is not None:
             rec.fault = fault
             return self._respond(rec, *fault.reply())
@@ -1070,8 +1089,12 @@ class FakeDiscord:
         return member
 
     def guild_payload(self) -> dict[str, Any]:
-        """The GUILD_CREATE object: what discord.py's ``Guild._from_data`` and ``parse_guild_create`` read."""
-        members = [self.member_payload(u) for u in self.users.values()]
+        """The GUILD_CREATE object: what discord.py's ``Guild._from_data`` and ``parse_guild_create`` read.
+
+        Like Discord without the presence intent, ``members`` holds only the bot itself while ``member_count``
+        counts everyone: a client with the members intent then chunks (op 8 → GUILD_MEMBERS_CHUNK).
+        """
+        members = [self.member_payload(self.bot_user)]
         return {
             "id": str(self.guild_id),
             "name": self.guild_name,
@@ -1117,7 +1140,7 @@ class FakeDiscord:
             "large": False,
             "unavailable": False,
             "lazy": True,
-            "member_count": len(members),
+            "member_count": len(self.users),
             "members": members,
             "channels": [self.channel_payload(with_guild_id=False)],
             "threads": [],
@@ -1545,7 +1568,7 @@ class FakeDiscord:
                     try:
                         frame = json.loads(msg.data)
                     except ValueError:
-                        await ws.close(code=4002, message=b"Error while decoding payload.")
+                        await conn.close(4002, "Error while decoding payload.")
                         break
                     self.gateway_received.append(
                         GatewayFrame(frame.get("op"), frame.get("d"), self._loop_time(), conn.index)
@@ -1553,7 +1576,7 @@ class FakeDiscord:
                     self._notify()
                     await self._on_client_frame(conn, frame)
                 elif msg.type == aiohttp.WSMsgType.BINARY:
-                    await ws.close(code=4002, message=b"Error while decoding payload.")
+                    await conn.close(4002, "Error while decoding payload.")
                     break
                 else:
                     break
@@ -1561,7 +1584,8 @@ class FakeDiscord:
             pass
         finally:
             conn.closed_at = self._loop_time()
-            conn.close_code = ws.close_code
+            if conn.close_code is None:
+                conn.close_code = ws.close_code
             session = self._sessions.get(conn.session_id or "")
             if session is not None and session.conn is conn:
                 session.conn = None
@@ -1582,7 +1606,7 @@ class FakeDiscord:
         elif op == 6:  # RESUME
             await self._resume(conn, d or {})
         elif conn.session_id is None:
-            await conn.ws.close(code=4003, message=b"Not authenticated.")
+            await conn.close(4003, "Not authenticated.")
         elif op == 3:  # PRESENCE_UPDATE
             self.presence_updates.append(d)
         elif op == 8:  # REQUEST_GUILD_MEMBERS
@@ -1590,31 +1614,35 @@ class FakeDiscord:
         elif op in (4, 31):  # voice state, request soundboard sounds: accepted, not modelled
             pass
         else:
-            await conn.ws.close(code=4001, message=b"Unknown opcode.")
+            await conn.close(4001, "Unknown opcode.")
 
     async def _identify(self, conn: GatewayConnection, d: dict[str, Any]) -> None:
         self.identifies.append(d)
         self._notify()
         if conn.session_id is not None:
-            await conn.ws.close(code=4005, message=b"Already authenticated.")
+            await conn.close(4005, "Already authenticated.")
             return
         if d.get("token") != self.token:
-            await conn.ws.close(code=4004, message=b"Authentication failed.")
+            await conn.close(4004, "Authentication failed.")
             return
         intents = d.get("intents")
         if not isinstance(intents, int) or intents < 0:
-            await conn.ws.close(code=4013, message=b"Invalid intent(s).")
+            await conn.close(4013, "Invalid intent(s).")
             return
         if intents & PRIVILEGED_INTENTS & ~self.allowed_privileged_intents:
-            await conn.ws.close(code=4014, message=b"Disallowed intent(s).")
+            await conn.close(4014, "Disallowed intent(s).")
             return
         session = _Session(id=secrets.token_hex(16), intents=intents, conn=conn)
         self._sessions[session.id] = session
         self._session = session
         conn.session_id = session.id
+        ready: dict[str, Any] = {}
+        if d.get("shard") is not None:
+            ready["shard"] = d["shard"]  # AutoShardedClient's parse_ready reads it
         await self.dispatch(
             "READY",
             {
+                **ready,
                 "v": API_VERSION,
                 "user": self._bot_user_payload(),
                 "user_settings": {},
@@ -1647,7 +1675,7 @@ class FakeDiscord:
             conn.session_id = session.id
             conn.resumed = True
             if old is not None and old is not conn and not old.ws.closed:
-                self._spawn(old.ws.close(code=4000, message=b"Session resumed elsewhere."))
+                self._spawn(old.close(4000, "Session resumed elsewhere."))
             seq = d.get("seq") or 0
             for frame in session.frames:
                 if frame["s"] > seq:
@@ -1664,6 +1692,11 @@ class FakeDiscord:
         if wanted:
             ids = {str(w) for w in (wanted if isinstance(wanted, list) else [wanted])}
             members = [m for m in members if m["user"]["id"] in ids]
+        elif d.get("query"):
+            prefix = str(d["query"]).lower()
+            members = [m for m in members if m["user"]["username"].lower().startswith(prefix)]
+        if d.get("limit"):
+            members = members[: int(d["limit"])]
         chunk = {
             "guild_id": str(self.guild_id),
             "members": members,
@@ -1711,11 +1744,12 @@ class FakeDiscord:
             raise RuntimeError("no live gateway connection to kill")
         session.conn = None
         if code is None:
+            conn.close_code = 1006  # what the client sees: abnormal closure, no close frame
             transport = conn.request.transport
             if transport is not None:
                 transport.abort()  # type: ignore[attr-defined]
         else:
-            self._spawn(conn.ws.close(code=code, message=b"Connection killed by test"))
+            self._spawn(conn.close(code, "Connection killed by test"))
 
     async def request_reconnect(self) -> None:
         """Send op 7 RECONNECT, as Discord does before moving a session; the client should RESUME."""

@@ -110,6 +110,8 @@ CHAT_ACTIONS = frozenset(
     }
 )  # fmt: skip
 
+CLIENT_CLOSED = 499
+"""``Call.status`` of a request whose client disconnected before the answer (nginx's code for it)."""
 CONFLICT = "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
 QUERY_TOO_OLD = "Bad Request: query is too old and response timeout expired or query ID is invalid"
 NOT_MODIFIED = (
@@ -201,7 +203,8 @@ class Call:
     file downloads are recorded as ``"downloadFile"`` and unknown methods under their raw name.
     ``params`` holds typed values (numbers, dicts and lists decoded from form fields); ``files``
     the uploaded parts by field name. ``path`` is the raw URL path, which contains the bot token.
-    ``status`` stays 0 while the request is still being answered (a long poll).
+    ``status`` stays 0 while the request is still being answered (a long poll) and becomes 499
+    (:data:`CLIENT_CLOSED`) when the client hung up first (a cancelled poll, a client-side timeout).
     """
 
     method: str
@@ -803,6 +806,10 @@ class FakeTelegram:
             if call not in self._calls:
                 self._record(call)
             return self._finish(call, error)
+        except asyncio.CancelledError:
+            call.status = CLIENT_CLOSED  # the client hung up (a cancelled long poll, a client-side timeout)
+            self._bump()
+            raise
         return self._finish(call, result)
 
     async def _handle_download(self, request: web.Request) -> web.StreamResponse:
@@ -814,7 +821,11 @@ class FakeTelegram:
         fault = self._pop_fault("downloadFile")
         if fault is not None:
             if fault.delay:
-                await asyncio.sleep(fault.delay)
+                try:
+                    await asyncio.sleep(fault.delay)
+                except asyncio.CancelledError:
+                    call.status = CLIENT_CLOSED
+                    raise
             if fault.status is not None:
                 return self._finish(call, _fault_error(fault), html=fault.html)
         stored = self._paths.get(file_path)

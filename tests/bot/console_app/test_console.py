@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.engine.test_tasks import REDIS_URL
+from tests.conftest import REDIS_URL
 
 REPO = Path(__file__).resolve().parents[3]
 SAMPLE = REPO / "engine" / "assets" / "sample_selfie.jpg"

@@ -1,0 +1,337 @@
+"""Telegram end to end: the real python-telegram-bot against the loopback Bot API,
+the real core and database, and a real Celery worker on Redis (tiny profile)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.core import ChatCore
+from bot.queue import CeleryJobQueue, make_client
+from bot.settings import BotSettings
+from bot.storage import Storage
+from bot.telegram_app import ALLOWED_UPDATES, COMMANDS, TelegramAdapter, TelegramDelivery
+from engine.contracts import ErrorCode
+from tests.conftest import REDIS_URL, REPO, SAMPLE_SELFIE
+from tests.fakes.telegram_api import FakeTelegram, FakeUser
+
+TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz"
+ALICE = FakeUser(1001, "Alice", username="alice")
+BOB = FakeUser(1002, "Bob", username="bob")
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def settings_for(fake: FakeTelegram, tmp_path: Path, queue: str, **overrides: object) -> BotSettings:
+    values: dict[str, object] = {
+        "redis_url": REDIS_URL,
+        "queue": queue,
+        "database": tmp_path / "mmpp.sqlite3",
+        "state_dir": tmp_path / "state",
+        "telegram_base_url": fake.base_url,
+        "telegram_base_file_url": fake.base_file_url,
+        "poll_interval_seconds": 0.1,
+    }
+    values.update(overrides)
+    return BotSettings(_env_file=None, **values)
+
+
+@dataclass
+class RunningBot:
+    fake: FakeTelegram
+    core: ChatCore
+    storage: Storage
+    adapter: TelegramAdapter
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeTelegram]:
+    async with FakeTelegram(token=TOKEN, bot_username="MmppTestBot") as server:
+        yield server
+
+
+@pytest.fixture
+async def running(fake: FakeTelegram, tmp_path: Path, redis_worker: str) -> AsyncIterator[RunningBot]:
+    settings = settings_for(fake, tmp_path, redis_worker)
+    storage = await Storage.open(settings.database)
+    core = ChatCore(
+        storage, CeleryJobQueue(make_client(settings.redis_url, settings.state_dir), settings.queue), settings
+    )
+    adapter = TelegramAdapter(core, settings, TOKEN)
+    await adapter.open()
+    await core.start()
+    await fake.wait_polling()
+    yield RunningBot(fake, core, storage, adapter)
+    await core.stop()
+    await adapter.close()
+    await storage.close()
+
+
+async def test_start_publishes_commands_and_asks_for_reactions(running: RunningBot) -> None:
+    fake = running.fake
+    commands = fake.calls("setMyCommands")[-1].params["commands"]
+    assert [command["command"] for command in commands] == [name for name, _ in COMMANDS]
+    assert set(ALLOWED_UPDATES) <= set(fake.allowed_updates)
+    await fake.send_message(None, ALICE, "/start")
+    reply = await fake.wait_for(lambda call: call.method == "sendMessage" and "selfie" in call.params.get("text", ""))
+    assert "anime" in reply.params["text"]
+
+
+async def test_photo_with_caption_to_pictures_to_ratings(running: RunningBot) -> None:
+    fake, storage = running.fake, running.storage
+    group = fake.group(bot_is_admin=True)  # reactions reach bots that administer the group
+    await fake.send_photo(group, ALICE, SAMPLE_SELFIE.read_bytes(), caption="pixel-art")  # not for us in a group
+    await fake.send_photo(group, ALICE, SAMPLE_SELFIE.read_bytes(), caption="/profile@MmppTestBot pixel-art")
+    sent = await fake.wait_for("sendPhoto", timeout=120)
+    assert sent.ok and "Pixel art" in sent.params["caption"] and "noise" in sent.params["caption"]
+    assert Image.open(io.BytesIO(next(iter(sent.files.values())).data)).format == "PNG"
+    status = fake.calls("sendMessage")[0]
+    assert "queued" in status.params["text"]
+    await running.core.wait_idle(timeout=30)
+    job = (await storage.recent_jobs(1))[0]
+    assert job.state == "done" and job.delivered_at
+
+    message = sent.result
+    picture = (await storage.pictures(job.id))[0]
+    await fake.press_button(message, BOB, f"r:{picture.id}:4")
+    await fake.wait_for("answerCallbackQuery")
+    bob = await storage.find_user("telegram", str(BOB.id))
+    assert await storage.rating(picture.id, bob) == 4
+
+    await fake.react(group, message["message_id"], BOB, old=[], new=["🔥"])
+    await wait_until(lambda: storage.rating(picture.id, bob), 5)
+    await fake.react(group, message["message_id"], BOB, old=["🔥"], new=["👎"])
+    await wait_until(lambda: storage.rating(picture.id, bob), 2)
+    await fake.react(group, message["message_id"], BOB, old=["👎"], new=[])
+    await wait_until(lambda: storage.rating(picture.id, bob), None)
+    assert await storage.count("jobs") == 1
+
+
+async def wait_until(read: object, expected: object, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    value = None
+    while asyncio.get_running_loop().time() < deadline:
+        value = await read()  # type: ignore[operator]
+        if value == expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {expected!r}, last saw {value!r}")
+
+
+async def test_several_pictures_come_as_a_media_group_with_a_rating_keyboard(running: RunningBot) -> None:
+    fake = running.fake
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="/profile anime count:2")
+    group = await fake.wait_for("sendMediaGroup", timeout=120)
+    assert len(group.result) == 2
+    keyboard = await fake.wait_for(lambda call: call.method == "sendMessage" and "Rate them" in call.params["text"])
+    rows = keyboard.params["reply_markup"]["inline_keyboard"]
+    assert len(rows) == 3 and rows[-1][0]["callback_data"].startswith("rr:")
+
+
+async def test_a_photo_without_a_style_gets_a_style_keyboard(running: RunningBot) -> None:
+    fake = running.fake
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes())
+    question = await fake.wait_for(lambda call: call.method == "sendMessage" and call.params["text"] == "Which style?")
+    buttons = [button["callback_data"] for row in question.params["reply_markup"]["inline_keyboard"] for button in row]
+    watercolor = next(data for data in buttons if data.endswith(":watercolor"))
+    await fake.press_button(question.result, ALICE, watercolor)
+    sent = await fake.wait_for("sendPhoto", timeout=120)
+    assert "Watercolor" in sent.params["caption"]
+
+
+async def test_a_photo_sent_as_a_document_is_accepted(running: RunningBot) -> None:
+    fake = running.fake
+    await fake.send_document(None, ALICE, SAMPLE_SELFIE.read_bytes(), "me.jpg", "image/jpeg", caption="comic")
+    sent = await fake.wait_for("sendPhoto", timeout=120)
+    assert "Comic" in sent.params["caption"]
+
+
+async def test_duplicate_updates_make_one_job_and_one_reply(running: RunningBot) -> None:
+    fake, storage = running.fake, running.storage
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+    fake.duplicate_last_update()
+    await fake.wait_for("sendPhoto", timeout=120)
+    await running.core.wait_idle(timeout=60)
+    await asyncio.sleep(0.5)
+    assert await storage.count("jobs") == 1
+    assert len(fake.calls("sendPhoto")) == 1
+
+
+async def test_reroll_reuses_the_selfie(running: RunningBot) -> None:
+    fake, storage = running.fake, running.storage
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+    first = await fake.wait_for("sendPhoto", timeout=120)
+    job = (await storage.recent_jobs(1))[0]
+    await fake.press_button(first.result, ALICE, f"rr:{job.id}")
+    await fake.wait_for(lambda call: call.method == "sendPhoto" and call is not first, timeout=120)
+    jobs = await storage.recent_jobs(1)
+    assert len(jobs) == 2 and jobs[0].parent_job_id == job.id
+
+
+@pytest.mark.parametrize(
+    ("caption", "photo", "code"),
+    [
+        ("building", "selfie", ErrorCode.UNKNOWN_STYLE),
+        ("anime count:9", "selfie", ErrorCode.INVALID_REQUEST),
+        ("anime " + "x" * 600, "selfie", ErrorCode.PROMPT_TOO_LONG),
+        ("anime", "wall", ErrorCode.NO_FACE),
+        ("anime", "tiny", ErrorCode.IMAGE_TOO_SMALL),
+        ("anime", "two-faces", ErrorCode.MULTIPLE_FACES),
+        ("/dance", "selfie", ErrorCode.UNKNOWN_COMMAND),
+    ],
+)
+async def test_errors_reach_the_user_as_one_line(
+    running: RunningBot, caption: str, photo: str, code: ErrorCode
+) -> None:
+    fake = running.fake
+    selfie = Image.open(SAMPLE_SELFIE)
+    images = {
+        "selfie": SAMPLE_SELFIE.read_bytes(),
+        "wall": png(Image.new("RGB", (300, 300), (100, 140, 180))),
+        "tiny": png(Image.new("RGB", (16, 16), (100, 140, 180))),
+        "two-faces": png(side_by_side(selfie)),
+    }
+    await fake.send_photo(None, ALICE, images[photo], caption=caption)
+    reply = await fake.wait_for(
+        lambda call: call.method == "sendMessage" and f"({code.value})" in call.params.get("text", ""), timeout=120
+    )
+    assert "\n" not in reply.params["text"] and "Traceback" not in reply.params["text"]
+
+
+def side_by_side(face: Image.Image) -> Image.Image:
+    both = Image.new("RGB", (face.width * 2, face.height))
+    both.paste(face, (0, 0))
+    both.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (face.width, 0))
+    return both
+
+
+async def test_a_text_file_sent_as_an_image_document_is_refused(running: RunningBot) -> None:
+    fake = running.fake
+    await fake.send_document(None, ALICE, b"just some text", "notes.jpg", "image/jpeg", caption="anime")
+    reply = await fake.wait_for(
+        lambda call: call.method == "sendMessage" and "(NOT_AN_IMAGE)" in call.params.get("text", ""), timeout=120
+    )
+    assert "\n" not in reply.params["text"]
+
+
+async def test_quota_is_explained(fake: FakeTelegram, tmp_path: Path, redis_worker: str) -> None:
+    settings = settings_for(fake, tmp_path, redis_worker, daily_picture_quota=1)
+    storage = await Storage.open(settings.database)
+    core = ChatCore(
+        storage, CeleryJobQueue(make_client(settings.redis_url, settings.state_dir), settings.queue), settings
+    )
+    adapter = TelegramAdapter(core, settings, TOKEN)
+    await adapter.open()
+    await core.start()
+    try:
+        await fake.wait_polling()
+        await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+        await fake.wait_for("sendPhoto", timeout=120)
+        await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+        reply = await fake.wait_for(
+            lambda call: call.method == "sendMessage" and "(QUOTA_EXCEEDED)" in call.params.get("text", "")
+        )
+        assert "resets" in reply.params["text"]
+    finally:
+        await core.stop()
+        await adapter.close()
+        await storage.close()
+
+
+@pytest.mark.parametrize("code", list(ErrorCode))
+async def test_every_error_code_is_delivered_as_one_line(fake: FakeTelegram, tmp_path: Path, code: ErrorCode) -> None:
+    """Whatever the worker or the core answers, the person gets one line with the code."""
+    from telegram.ext import ApplicationBuilder
+
+    application = ApplicationBuilder().token(TOKEN).base_url(fake.base_url).base_file_url(fake.base_file_url).build()
+    chat = fake.private_chat(ALICE)
+    async with application:
+        delivery = TelegramDelivery(application)
+        await delivery.post_failure(_job_stub(chat_id=chat.id), code, "A problem\nwith two lines.")
+    sent = fake.calls("sendMessage")[-1].params["text"]
+    assert sent == f"⚠️ A problem with two lines. ({code.value})"
+
+
+def _job_stub(chat_id: int):
+    from bot.storage import Job
+
+    return Job(
+        id=1, task_id="t", user_id=1, platform="telegram", event_key="e", chat_id=str(chat_id), style="anime",
+        prompt="", mode=None, picture_count=1, seed=None, parent_job_id=None, state="failed", progress_done=0,
+        progress_total=0, error_code=None, error_message=None, reply_context={"chat_id": chat_id}, status_message_id=None,
+        result_meta=None, created_at="", enqueued_at=None, finished_at=None, delivered_at=None,
+    )  # fmt: skip
+
+
+async def test_a_killed_bot_delivers_the_reply_once_after_restart(
+    fake: FakeTelegram, tmp_path: Path, redis_worker: str, cache_dir: Path
+) -> None:
+    """The bot process is SIGKILLed mid-job; a new process delivers the result exactly once."""
+    environment = {
+        **os.environ,
+        "TELEGRAM_TOKEN": TOKEN,
+        "REDIS_URL": REDIS_URL,
+        "MMPP_QUEUE": redis_worker,
+        "MMPP_DATABASE": str(tmp_path / "mmpp.sqlite3"),
+        "MMPP_STATE_DIR": str(tmp_path / "state"),
+        "MMPP_TELEGRAM_BASE_URL": fake.base_url,
+        "MMPP_TELEGRAM_BASE_FILE_URL": fake.base_file_url,
+        "MMPP_POLL_INTERVAL_SECONDS": "0.1",
+    }
+    command = [sys.executable, "-m", "mmpp.cli", "run", "--no-worker"]
+    bot = subprocess.Popen(command, env=environment, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        await fake.wait_polling(timeout=60)
+        await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="headshot mode:quality count:4")
+        await fake.wait_for(
+            lambda call: call.method == "sendMessage" and "queued" in call.params.get("text", ""), timeout=60
+        )
+        bot.send_signal(signal.SIGKILL)
+        bot.wait(timeout=10)
+        assert not fake.calls("sendMediaGroup")
+        bot = subprocess.Popen(command, env=environment, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        await fake.wait_for("sendMediaGroup", timeout=180)
+        await asyncio.sleep(2)
+        assert len(fake.calls("sendMediaGroup")) == 1
+    finally:
+        bot.terminate()
+        try:
+            _, errors = bot.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            bot.kill()
+            _, errors = bot.communicate()
+    assert TOKEN.encode() not in errors
+
+
+async def test_the_token_never_reaches_the_logs(running: RunningBot, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    fake = running.fake
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+    await fake.wait_for("sendPhoto", timeout=120)
+    fake.fail_next("sendMessage", status=502, html=True)
+    await fake.send_message(None, ALICE, "/styles")
+    await asyncio.sleep(1.0)
+    from bot.redact import SecretFilter
+
+    redactor = SecretFilter([TOKEN])
+    for record in caplog.records:
+        redactor.filter(record)
+        assert TOKEN not in record.getMessage() and TOKEN not in (record.exc_text or "")
+    assert uuid  # keep the import for unique names in parametrised runs

@@ -1,0 +1,404 @@
+"""The Discord fake, driven by the real discord.py client with a tiny bot defined here.
+
+These tests pin both sides: that discord.py 2.7 accepts what the fake sends (READY, GUILD_CREATE, interactions,
+reaction events, 429s, RESUME) and that the fake records what the bot did in the shapes later adapter tests
+assert on. The bot here is deliberately minimal; the product's bot has its own tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+
+import aiohttp
+import discord
+import pytest
+from discord import app_commands
+from discord.ext import commands
+
+from tests.fakes.discord_api import (
+    INTENT_GUILD_MEMBERS,
+    INTENT_GUILD_MESSAGE_REACTIONS,
+    INTENT_MESSAGE_CONTENT,
+    FakeDiscord,
+    running_client,
+)
+
+STYLES = ["anime", "oil painting", "pixel art"]
+
+
+class RateView(discord.ui.View):
+    """Rating controls like the product's: a button and a style select."""
+
+    def __init__(self, bot: TinyBot) -> None:
+        super().__init__(timeout=60)
+        self.bot = bot
+
+    @discord.ui.button(label="Like", emoji="👍", custom_id="rate:up", style=discord.ButtonStyle.success)
+    async def up(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.bot.clicks.append((interaction.user.id, button.custom_id))
+        await interaction.response.send_message("thanks", ephemeral=True)
+
+    @discord.ui.select(
+        custom_id="style",
+        options=[discord.SelectOption(label=s.title(), value=s) for s in STYLES],
+    )
+    async def style(self, interaction: discord.Interaction, select: discord.ui.Select) -> None:
+        self.bot.selections.append(list(select.values))
+        await interaction.response.edit_message(content=f"style {select.values[0]}")
+
+
+class TinyBot(commands.Bot):
+    """A commands.Bot with an app-command tree, recording what reached it."""
+
+    def __init__(self, fake: FakeDiscord, intents: discord.Intents | None = None) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents or discord.Intents.default(),
+            guild_ready_timeout=0.05,
+            help_command=None,
+        )
+        self.fake = fake
+        self.clicks: list[tuple[int, str | None]] = []
+        self.selections: list[list[str]] = []
+        self.raw_reactions: list[tuple[str, discord.RawReactionActionEvent]] = []
+        self.resumed_count = 0
+        self.errors: list[BaseException] = []
+        self.downloads: list[bytes] = []
+
+    async def setup_hook(self) -> None:
+        guild = discord.Object(id=self.fake.guild_id)
+
+        @self.tree.command(name="echo", description="Send the attached file back")
+        @app_commands.describe(file="The file to echo", note="A note to add")
+        async def echo(interaction: discord.Interaction, file: discord.Attachment, note: str = "") -> None:
+            await interaction.response.defer()
+            data = await file.read()
+            self.downloads.append(data)
+            await interaction.followup.send(
+                content=f"echo {note}".strip(),
+                file=discord.File(io.BytesIO(data), filename=file.filename),
+                view=RateView(self),
+                wait=True,
+            )
+
+        @self.tree.command(name="style", description="Pick a style")
+        @app_commands.describe(name="Style name")
+        async def style(interaction: discord.Interaction, name: str) -> None:
+            await interaction.response.send_message(f"style {name}", ephemeral=True)
+
+        @style.autocomplete("name")
+        async def style_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            return [app_commands.Choice(name=s, value=s) for s in STYLES if current in s]
+
+        @self.tree.command(name="ping", description="Guild-only ping", guild=guild)
+        async def ping(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("pong")
+
+        @self.tree.command(name="slow", description="Answers too late", guild=guild)
+        async def slow(interaction: discord.Interaction) -> None:
+            await asyncio.sleep(0.3)
+            await interaction.response.send_message("late")
+
+        @self.tree.error
+        async def on_tree_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+            self.errors.append(getattr(error, "original", error))
+
+        await self.tree.sync()
+        await self.tree.sync(guild=guild)
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """No pause: discord.py sleeps 5 s before every IDENTIFY but the first (Discord's identify limit)."""
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        self.raw_reactions.append(("add", payload))
+
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        self.raw_reactions.append(("remove", payload))
+
+    async def on_resumed(self) -> None:
+        self.resumed_count += 1
+
+
+@pytest.fixture
+async def fake():
+    async with FakeDiscord() as server:
+        yield server
+
+
+@pytest.fixture
+async def bot(fake: FakeDiscord):
+    tiny = TinyBot(fake)
+    async with running_client(tiny, fake):
+        yield tiny
+
+
+async def _echo(fake: FakeDiscord, payload: bytes, note: str = "hi"):
+    it = await fake.send_slash_command(
+        "echo", {"note": note}, attachments={"file": ("selfie.png", payload, "image/png")}
+    )
+    message = await fake.wait_for_followup(it)
+    return it, message
+
+
+async def test_login_ready_and_command_registration(fake: FakeDiscord, bot: TinyBot) -> None:
+    assert bot.user is not None and bot.user.id == fake.application_id
+    assert bot.application_id == fake.application_id
+    guild = bot.get_guild(fake.guild_id)
+    assert guild is not None and guild.name == fake.guild_name
+    channel = bot.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel) and channel.guild == guild
+    assert guild.me is not None and channel.permissions_for(guild.me).attach_files
+
+    echo = fake.command("echo")
+    assert echo is not None
+    assert {o["name"]: o["type"] for o in echo["options"]} == {"file": 11, "note": 3}
+    assert fake.command("style")["options"][0]["autocomplete"] is True
+    assert [c["name"] for c in fake.guild_commands[fake.guild_id]] == ["ping", "slow"]
+
+    login = await fake.wait_for(lambda r: r.path == "/users/@me")
+    assert login.headers["Authorization"] == f"Bot {fake.token}"
+    # A plain Client connects to DEFAULT_GATEWAY (patched), asking for zlib-stream; the fake sends text frames.
+    assert fake.connections[0].query == {"v": "10", "encoding": "json", "compress": "zlib-stream"}
+
+
+async def test_identify_does_not_request_message_content(fake: FakeDiscord, bot: TinyBot) -> None:
+    assert fake.intents == discord.Intents.default().value
+    assert not fake.intents & INTENT_MESSAGE_CONTENT
+    assert fake.intents & INTENT_GUILD_MESSAGE_REACTIONS
+    assert fake.identifies[0]["properties"]["browser"] == "discord.py"
+
+
+async def test_privileged_intent_is_refused_like_discord(fake: FakeDiscord) -> None:
+    greedy = TinyBot(fake, intents=discord.Intents.default() | discord.Intents(message_content=True))
+    with pytest.raises(discord.PrivilegedIntentsRequired):
+        async with running_client(greedy, fake, timeout=3):
+            pass
+    assert fake.connections[-1].close_code == 4014
+
+
+async def test_slash_command_defers_downloads_and_follows_up_with_file(fake: FakeDiscord, bot: TinyBot) -> None:
+    payload = os.urandom(50_000)
+    it, message = await _echo(fake, payload)
+
+    callback = it.callback
+    assert callback is not None and callback.type == 5 and not callback.ephemeral
+    assert callback.elapsed < fake.ack_deadline
+    download = await fake.wait_for(lambda r: r.is_cdn)
+    callback_request = await fake.wait_for(lambda r: r.path.endswith("/callback"))
+    assert callback_request.time <= download.time  # deferred first, then downloaded
+    assert bot.downloads == [payload]
+
+    # The first follow-up after a deferral fills the "thinking" message.
+    assert int(message["id"]) == it.original_message_id
+    assert message["content"] == "echo hi" and message["flags"] == 0
+    assert [f.data for f in fake.message_files(message)] == [payload]
+    assert fake.message_files(message)[0].filename == "selfie.png"
+    followup = await fake.wait_for(lambda r: r.method == "POST" and r.path.startswith("/webhooks/"))
+    assert followup.files[0].field == "files[0]" and followup.json["attachments"][0]["id"] == 0
+    custom_ids = [c.get("custom_id") for row in message["components"] for c in row["components"]]
+    assert custom_ids == ["rate:up", "style"]
+
+
+async def test_button_click_and_select_reach_the_view(fake: FakeDiscord, bot: TinyBot) -> None:
+    _, message = await _echo(fake, b"png bytes")
+    bob = fake.add_user("bob")
+
+    click = await fake.click_button(int(message["id"]), "rate:up", user=bob)
+    callback = await fake.wait_for_callback(click)
+    assert callback.type == 4 and callback.ephemeral and callback.data["content"] == "thanks"
+    assert bot.clicks == [(bob.id, "rate:up")]
+
+    choice = await fake.choose_select(int(message["id"]), "style", ["oil painting"])
+    callback = await fake.wait_for_callback(choice)
+    assert callback.type == 7
+    assert bot.selections == [["oil painting"]]
+    assert fake.messages[int(message["id"])]["content"] == "style oil painting"
+
+    with pytest.raises(ValueError, match="no component"):
+        await fake.click_button(int(message["id"]), "rate:down")
+
+
+async def test_autocomplete_and_ephemeral_reply(fake: FakeDiscord, bot: TinyBot) -> None:
+    ac = await fake.send_autocomplete("style", {"name": "an"}, focused="name")
+    callback = await fake.wait_for_callback(ac)
+    assert callback.type == 8
+    assert callback.data["choices"] == [{"name": "anime", "value": "anime"}]
+
+    it = await fake.send_slash_command("style", {"name": "anime"})
+    callback = await fake.wait_for_callback(it)
+    assert callback.type == 4 and callback.ephemeral
+    assert fake.messages[it.original_message_id]["flags"] & 64
+
+
+async def test_reactions_reach_raw_events_and_bot_reacts(fake: FakeDiscord, bot: TinyBot) -> None:
+    channel = bot.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    sent = await channel.send("rate me")
+    await sent.add_reaction("⭐")
+    assert fake.bot_reactions == [(sent.id, "⭐")]
+
+    user = fake.default_user
+    assert await fake.add_reaction(sent.id, "👍", user.id)
+    assert await fake.remove_reaction(sent.id, "👍", user.id)
+    await fake.wait_until(lambda: len(bot.raw_reactions) == 2, 3, "two reaction events")
+    (kind_add, add), (kind_remove, remove) = bot.raw_reactions
+    assert (kind_add, kind_remove) == ("add", "remove")
+    assert add.message_id == sent.id and add.user_id == user.id and add.guild_id == fake.guild_id
+    assert str(add.emoji) == "👍" and add.member is not None and add.member.name == "alice"
+    assert remove.member is None and remove.event_type == "REACTION_REMOVE"
+
+
+async def test_rate_limited_followup_is_retried_once(fake: FakeDiscord, bot: TinyBot) -> None:
+    fault = fake.fail_next("POST", r"^/webhooks/\d+/[^/]+$", status=429, retry_after=0.2)
+    it, _ = await _echo(fake, b"abc")
+
+    posts = [r for r in fake.requests if r.method == "POST" and r.path.startswith("/webhooks/")]
+    assert [r.status for r in posts] == [429, 200]
+    assert posts[1].time - posts[0].time >= 0.2
+    assert fault.hits == 1
+    assert len(it.followup_ids) == 1
+    assert len(fake.channel_messages()) == 1
+
+
+async def test_lost_response_retry_with_nonce_creates_one_message(fake: FakeDiscord, bot: TinyBot) -> None:
+    channel = bot.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    fake.fail_next("POST", r"^/channels/\d+/messages$", status=500, when="after")
+    sent = await channel.send("hello", nonce=12345)  # discord.py retries a 500 after 1 s
+
+    posts = [r for r in fake.requests if r.method == "POST" and r.path.endswith("/messages")]
+    assert [r.status for r in posts] == [500, 200]
+    assert [m["content"] for m in fake.channel_messages()] == ["hello"]
+    assert sent.id == int(fake.channel_messages()[0]["id"])
+
+
+@pytest.mark.parametrize("code", [4000, None], ids=["close-frame", "tcp-abort"])
+async def test_dropped_gateway_is_resumed_and_events_replayed(
+    fake: FakeDiscord, bot: TinyBot, code: int | None
+) -> None:
+    session_id = await fake.wait_for_session()
+    fake.kill_connection(code)
+    # Dispatched while the connection is down: kept and replayed after RESUME.
+    await fake.add_reaction(123456789, "🔥", fake.default_user.id)
+
+    await fake.wait_until(lambda: bot.raw_reactions, 5, "the replayed reaction")
+    assert fake.resumes and fake.resumes[-1]["session_id"] == session_id
+    assert len(fake.identifies) == 1 and fake.connections[-1].resumed
+    await fake.wait_until(lambda: bot.resumed_count, 3, "on_resumed")
+
+    it = await fake.send_slash_command("ping")
+    callback = await fake.wait_for_callback(it)
+    assert callback.type == 4 and callback.data["content"] == "pong"
+
+
+async def test_late_acknowledgement_is_refused(bot: TinyBot, fake: FakeDiscord) -> None:
+    fake.ack_deadline = 0.1
+    it = await fake.send_slash_command("slow")
+    callback = await fake.wait_for_callback(it)
+    assert callback.status == 404 and callback.elapsed > 0.1
+    await fake.wait_until(lambda: bot.errors, 3, "the bot's error handler")
+    assert isinstance(bot.errors[0], discord.NotFound) and bot.errors[0].code == 10062
+
+
+async def test_upload_limit_and_expired_attachment_urls() -> None:
+    async with FakeDiscord(upload_limit=1_000, attachment_ttl=-5) as fake:
+        tiny = TinyBot(fake)
+        async with running_client(tiny, fake):
+            it = await fake.send_slash_command("echo", attachments={"file": ("big.bin", b"x" * 2_000, None)})
+            await fake.wait_until(lambda: tiny.errors, 3, "the failed download")
+            assert isinstance(tiny.errors[0], discord.NotFound)  # the CDN link had expired
+            assert it.followup_ids == []
+
+        attachment = fake.store_attachment(fake.channel_id, "a.txt", b"hello")
+        async with aiohttp.ClientSession() as session, session.get(attachment["url"]) as resp:
+            assert resp.status == 404
+
+    async with FakeDiscord(upload_limit=1_000) as fake:
+        tiny = TinyBot(fake)
+        async with running_client(tiny, fake):
+            await fake.send_slash_command("echo", attachments={"file": ("big.bin", b"x" * 2_000, None)})
+            await fake.wait_until(lambda: tiny.errors, 3, "the refused upload")
+            assert isinstance(tiny.errors[0], discord.HTTPException) and tiny.errors[0].status == 413
+
+
+async def test_patch_client_restores_discord_addresses() -> None:
+    before = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with FakeDiscord() as fake:
+        assert fake.api_base == discord.http.Route.BASE
+        assert str(discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY) == fake.gateway_url
+    assert before == (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+
+
+class EditingBot(TinyBot):
+    """Exercises the other reply paths: original response edits, more follow-ups, files on the callback."""
+
+    async def setup_hook(self) -> None:
+        @self.tree.command(name="multi", description="Defer privately, then edit and follow up")
+        async def multi(interaction: discord.Interaction) -> None:
+            await interaction.response.defer(ephemeral=True, thinking=True)
+            original = await interaction.original_response()
+            self.log.append(("loading", original.flags.loading))
+            await interaction.edit_original_response(content="edited")
+            second = await interaction.followup.send("second", wait=True)
+            third = await interaction.followup.send("third", file=discord.File(io.BytesIO(b"3"), "3.txt"), wait=True)
+            await third.edit(content="third, edited")
+            self.log.append(("done", second.id))
+
+        @self.tree.command(name="reply", description="Reply with a file in the callback itself")
+        async def reply(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("here", file=discord.File(io.BytesIO(b"RR"), "r.txt"))
+            message = await interaction.original_response()
+            fetched = await interaction.channel.fetch_message(message.id)
+            self.log.append(("fetched", fetched.content, fetched.attachments[0].filename))
+
+        await self.tree.sync()
+
+    @property
+    def log(self) -> list[tuple]:
+        return self.__dict__.setdefault("_log", [])
+
+
+async def test_original_response_edits_and_more_followups(fake: FakeDiscord) -> None:
+    editing = EditingBot(fake)
+    async with running_client(editing, fake):
+        it = await fake.send_slash_command("multi")
+        await fake.wait_until(lambda: any(entry[0] == "done" for entry in editing.log), 5, "the command to finish")
+        assert editing.log[0] == ("loading", True)
+        original = fake.messages[it.original_message_id]
+        assert original["content"] == "edited" and original["flags"] == 64  # ephemeral kept from the defer
+        # The original was filled by the edit, so both follow-ups are new, public messages.
+        assert [(m["content"], m["flags"]) for m in fake.followups(it)] == [("second", 0), ("third, edited", 0)]
+        assert [f.data for f in fake.message_files(fake.followups(it)[1])] == [b"3"]
+
+        it = await fake.send_slash_command("reply")
+        await fake.wait_until(lambda: editing.log[-1][0] == "fetched", 5, "the fetched reply")
+        assert editing.log[-1] == ("fetched", "here", "r.txt")
+        assert it.callback is not None and it.callback.files[0].data == b"RR"
+
+
+async def test_reconnect_opcode_and_invalid_session(fake: FakeDiscord, bot: TinyBot) -> None:
+    await fake.request_reconnect()  # op 7: the client closes and RESUMEs
+    await fake.wait_until(lambda: fake.resumes, 5, "a RESUME")
+    assert len(fake.identifies) == 1
+
+    await fake.invalidate_session(resumable=False)  # op 9 false: the client must IDENTIFY again
+    await fake.wait_until(lambda: len(fake.identifies) == 2, 10, "a second IDENTIFY")
+    it = await fake.send_slash_command("ping")
+    assert (await fake.wait_for_callback(it)).data["content"] == "pong"
+
+
+async def test_auto_sharded_bot_uses_gateway_bot_and_chunks_members() -> None:
+    async with FakeDiscord(allowed_privileged_intents=INTENT_GUILD_MEMBERS) as fake:
+        sharded = commands.AutoShardedBot(
+            command_prefix=commands.when_mentioned,
+            intents=discord.Intents.default() | discord.Intents(members=True),
+            guild_ready_timeout=0.05,
+        )
+        async with running_client(sharded, fake):
+            assert any(r.path == "/gateway/bot" for r in fake.requests)
+            assert fake.identifies[0]["shard"] == [0, 1]
+            assert any(frame.op == 8 for frame in fake.gateway_received)  # REQUEST_GUILD_MEMBERS
+            guild = sharded.get_guild(fake.guild_id)
+            assert guild is not None and guild.get_member(fake.default_user.id) is not None
