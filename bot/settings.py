@@ -36,5 +36,9 @@ class BotSettings(BaseSettings):
     discord_api_base: str = "https://discord.com/api/v10"
     telegram_base_url: str = "https://api.telegram.org/bot"
     telegram_base_file_url: str = "https://api.telegram.org/file/bot"
+    #: Gateway address; empty means discord.py's default (tests point it at a loopback fake).
+    discord_gateway_url: str = ""
+    #: Seconds discord.py waits after the last guild arrives before it reports ready.
+    discord_guild_ready_timeout: float = 2.0
     #: Discord guild to register commands in at once (global registration takes up to an hour).
     discord_guild_id: str = ""

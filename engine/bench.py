@@ -46,9 +46,11 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import warnings
@@ -211,10 +213,19 @@ def _workspace(shape: str) -> Iterator[Path | None]:
         yield None
         return
     folder = Path(tempfile.mkdtemp(prefix="mmpp-bench-sd15-"))
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    # A plain SIGTERM (``timeout``, a job runner) would skip the clean-up
+    # below and leave gigabytes behind; turned into SystemExit it does not.
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
     try:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _load_engine(shape: str, settings: Any, catalogue: Any, workspace: Path | None, started: float) -> Any:
@@ -227,7 +238,9 @@ def _load_engine(shape: str, settings: Any, catalogue: Any, workspace: Path | No
         assert workspace is not None
         _say("building full-size SD 1.5 components (random weights) in a child process", started)
         context = multiprocessing.get_context("spawn")
-        child = context.Process(target=build_full_sd15, args=(str(workspace), catalogue.names, settings.dtype))
+        child = context.Process(
+            target=build_full_sd15, args=(str(workspace), catalogue.names, settings.dtype), daemon=True
+        )
         child.start()
         child.join()
         if child.exitcode != 0:

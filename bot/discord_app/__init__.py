@@ -130,8 +130,8 @@ class DiscordDelivery:
                 content=content or discord.utils.MISSING, file=file, wait=True, **extra
             )
         channel = await self._channel(context)
-        # The nonce makes a repeated send after a crash a no-op on Discord's side.
-        return await channel.send(content=content, file=file, nonce=nonce, enforce_nonce=True, **extra)
+        # discord.py sends the nonce with enforce_nonce: a repeated send after a crash is a no-op on Discord.
+        return await channel.send(content=content, file=file, nonce=nonce, **extra)
 
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
         context = job.reply_context
@@ -232,7 +232,7 @@ class MmppClient(discord.Client):
         # Default intents: guilds and reactions; no privileged message content.
         intents = discord.Intents.default()
         intents.message_content = False
-        super().__init__(intents=intents)
+        super().__init__(intents=intents, guild_ready_timeout=settings.discord_guild_ready_timeout)
         self.core = core
         self.settings = settings
         self.tree = app_commands.CommandTree(self)
@@ -273,6 +273,8 @@ class MmppClient(discord.Client):
         original = getattr(error, "original", error)
         if isinstance(original, CoreError):
             text = failure_line(original.code, original.message)
+        elif isinstance(error, app_commands.TransformerError):
+            text = failure_line(ErrorCode.INVALID_REQUEST, f"I could not read the value {str(error.value)[:40]!r}.")
         else:
             logger.error("command failed: %s", type(original).__name__, exc_info=original)
             text = failure_line(ErrorCode.INTERNAL, "Something went wrong on our side; please try again.")
@@ -287,9 +289,6 @@ class MmppClient(discord.Client):
 
 def register_commands(client: MmppClient) -> None:
     core = client.core
-    style_choices = [
-        app_commands.Choice(name=f"{item.emoji} {item.display_name}", value=item.name) for item in core.styles.values()
-    ][:25]
 
     @client.tree.command(name="profile", description="Turn your selfie into profile pictures")
     @app_commands.describe(
@@ -299,16 +298,15 @@ def register_commands(client: MmppClient) -> None:
         count="how many pictures, 1-4",
         mode="fast (a few seconds) or quality (slower, finer)",
     )
-    @app_commands.choices(style=style_choices)
     async def profile(
         interaction: discord.Interaction,
-        style: app_commands.Choice[str],
+        style: str,
         photo: discord.Attachment,
         prompt: str | None = None,
         count: app_commands.Range[int, 1, MAX_PICTURES] = 1,
         mode: Literal["fast", "quality"] | None = None,
     ) -> None:
-        options = {"style": style.value, "prompt": prompt or "", "count": str(count)}
+        options = {"style": style, "prompt": prompt or "", "count": str(count)}
         if mode:
             options["mode"] = mode
         try:
@@ -343,6 +341,17 @@ def register_commands(client: MmppClient) -> None:
         except CoreError as error:
             await replace_with_ephemeral_error(interaction, error)
 
+    @profile.autocomplete("style")
+    async def style_autocomplete(interaction: discord.Interaction, typed: str) -> list[app_commands.Choice[str]]:
+        # Autocomplete rather than fixed choices: the catalogue can change without
+        # waiting up to an hour for Discord to pick up re-registered commands.
+        typed = typed.lower().strip()
+        return [
+            app_commands.Choice(name=f"{item.emoji} {item.display_name}", value=item.name)
+            for item in core.styles.values()
+            if typed in item.name or typed in item.display_name.lower()
+        ][:25]
+
     @client.tree.command(name="styles", description="List the styles")
     async def styles(interaction: discord.Interaction) -> None:
         embed = discord.Embed(title="Styles", colour=discord.Colour.blurple())
@@ -371,6 +380,10 @@ class DiscordAdapter:
         self.settings = settings
         self.token = token or settings.discord_token.get_secret_value()
         discord.http.Route.BASE = settings.discord_api_base
+        if settings.discord_gateway_url:
+            import yarl
+
+            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
         self.client = MmppClient(core, settings)
         self.delivery = DiscordDelivery(self.client)
         core.attach(self.delivery)

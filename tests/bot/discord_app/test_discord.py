@@ -1,0 +1,257 @@
+"""Discord end to end: the real discord.py against the loopback gateway and REST API,
+the real core and database, and a real Celery worker on Redis (tiny profile)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import discord
+import pytest
+from PIL import Image
+
+import bot.discord_app as discord_app
+from bot.core import ChatCore
+from bot.queue import CeleryJobQueue, make_client
+from bot.settings import BotSettings
+from bot.storage import Storage
+from engine.contracts import ErrorCode
+from tests.conftest import REDIS_URL, SAMPLE_SELFIE
+from tests.fakes.discord_api import FakeDiscord
+
+MESSAGE_CONTENT_INTENT = 1 << 15
+KEYCAPS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣"]
+
+
+@dataclass
+class RunningBot:
+    fake: FakeDiscord
+    core: ChatCore
+    storage: Storage
+    adapter: discord_app.DiscordAdapter
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeDiscord]:
+    async with FakeDiscord() as server:
+        yield server
+
+
+async def start_bot(fake: FakeDiscord, tmp_path: Path, queue: str, **overrides: object) -> RunningBot:
+    values: dict[str, object] = {
+        "redis_url": REDIS_URL,
+        "queue": queue,
+        "database": tmp_path / "mmpp.sqlite3",
+        "state_dir": tmp_path / "state",
+        "discord_api_base": fake.api_base,
+        "discord_gateway_url": fake.gateway_url,
+        "discord_guild_ready_timeout": 0.05,
+        "poll_interval_seconds": 0.1,
+    }
+    values.update(overrides)
+    settings = BotSettings(_env_file=None, **values)
+    storage = await Storage.open(settings.database)
+    queue_client = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir), settings.queue)
+    core = ChatCore(storage, queue_client, settings)
+    adapter = discord_app.DiscordAdapter(core, settings, fake.token)
+    await asyncio.wait_for(adapter.open(), 30)
+    await core.start()
+    return RunningBot(fake, core, storage, adapter)
+
+
+async def stop_bot(running: RunningBot) -> None:
+    await running.core.stop()
+    await running.adapter.close()
+    await running.storage.close()
+
+
+@pytest.fixture
+async def running(fake: FakeDiscord, tmp_path: Path, redis_worker: str) -> AsyncIterator[RunningBot]:
+    bot = await start_bot(fake, tmp_path, redis_worker)
+    yield bot
+    await stop_bot(bot)
+
+
+def selfie_attachment() -> dict[str, tuple[str, bytes, str]]:
+    return {"photo": ("selfie.jpg", SAMPLE_SELFIE.read_bytes(), "image/jpeg")}
+
+
+def picture_messages(fake: FakeDiscord) -> list[dict]:
+    return [
+        message
+        for message in fake.messages.values()
+        if any(attachment["filename"].startswith("mmpp-") for attachment in message.get("attachments", []))
+    ]
+
+
+async def test_commands_are_registered_without_privileged_intents(running: RunningBot) -> None:
+    fake = running.fake
+    assert not fake.intents & MESSAGE_CONTENT_INTENT
+    profile = fake.command("profile")
+    assert profile is not None
+    options = {option["name"]: option for option in profile["options"]}
+    assert options["style"]["autocomplete"] and options["style"]["required"]
+    assert options["photo"]["type"] == 11 and options["photo"]["required"]
+    assert (options["count"]["min_value"], options["count"]["max_value"]) == (1, 4)
+    assert {choice["value"] for choice in options["mode"]["choices"]} == {"fast", "quality"}
+    for name in ("styles", "history", "forget", "help"):
+        assert fake.command(name) is not None
+    typed = await fake.send_autocomplete("profile", {"style": "pix"}, "style")
+    suggestions = (await fake.wait_for_callback(typed)).data["choices"]
+    assert [choice["value"] for choice in suggestions] == ["pixel-art"]
+
+
+async def test_profile_is_deferred_at_once_and_the_pictures_arrive_with_rating_reactions(running: RunningBot) -> None:
+    fake, storage = running.fake, running.storage
+    interaction = await fake.send_slash_command(
+        "profile", {"style": "anime", "count": 2}, attachments=selfie_attachment()
+    )
+    callback = await fake.wait_for_callback(interaction)
+    assert callback.type == 5 and callback.elapsed < 3.0 and not callback.ephemeral
+    await fake.wait_until(lambda: len(picture_messages(fake)) == 2 or None, timeout=120)
+    await running.core.wait_idle(timeout=30)
+    pictures = picture_messages(fake)
+    files = [fake.message_files(message)[0] for message in pictures]
+    assert all(Image.open(io.BytesIO(file.data)).format == "PNG" for file in files)
+    assert "Anime" in pictures[0]["content"] and "noise" in pictures[0]["content"]
+    for message in pictures:
+        assert {emoji for message_id, emoji in fake.bot_reactions if message_id == int(message["id"])} == set(KEYCAPS)
+    components = pictures[-1]["components"]
+    custom_ids = {item["custom_id"] for row in components for item in row["components"]}
+    job = (await storage.recent_jobs(1))[0]
+    assert {f"mmpp:reroll:{job.id}", f"mmpp:restyle:{job.id}"} <= custom_ids
+
+    rater = fake.add_user("carol")
+    first = int(pictures[0]["id"])
+    picture = (await storage.pictures(job.id))[0]
+    await fake.add_reaction(first, "4️⃣", rater)
+    carol = await wait_for_user(storage, str(rater.id))
+    await wait_until(lambda: storage.rating(picture.id, carol), 4)
+    await fake.add_reaction(first, "5️⃣", rater)
+    await wait_until(lambda: storage.rating(picture.id, carol), 5)
+    await fake.remove_reaction(first, "4️⃣", rater)  # not the rating in force: it stays 5
+    await asyncio.sleep(0.3)
+    assert await storage.rating(picture.id, carol) == 5
+    await fake.remove_reaction(first, "5️⃣", rater)
+    await wait_until(lambda: storage.rating(picture.id, carol), None)
+
+
+async def wait_for_user(storage: Storage, user_id: str) -> int:
+    for _ in range(200):
+        found = await storage.find_user("discord", user_id)
+        if found is not None:
+            return found
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"user {user_id} never stored")
+
+
+async def wait_until(read: object, expected: object, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    value = None
+    while loop.time() < deadline:
+        value = await read()  # type: ignore[operator]
+        if value == expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"expected {expected!r}, last saw {value!r}")
+
+
+async def test_reroll_button_and_another_style_menu(running: RunningBot) -> None:
+    fake, storage = running.fake, running.storage
+    await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+    await fake.wait_until(lambda: picture_messages(fake) or None, timeout=120)
+    await running.core.wait_idle(timeout=30)
+    job = (await storage.recent_jobs(1))[0]
+    message_id = int(picture_messages(fake)[-1]["id"])
+    click = await fake.click_button(message_id, f"mmpp:reroll:{job.id}")
+    assert (await fake.wait_for_callback(click)).type == 5
+    await fake.wait_until(lambda: len(picture_messages(fake)) == 2 or None, timeout=120)
+    await running.core.wait_idle(timeout=30)
+    choose = await fake.choose_select(message_id, f"mmpp:restyle:{job.id}", ["watercolor"])
+    await fake.wait_for_callback(choose)
+    await fake.wait_until(lambda: len(picture_messages(fake)) == 3 or None, timeout=120)
+    await running.core.wait_idle(timeout=30)
+    jobs = await storage.recent_jobs(1)
+    assert [item.style for item in jobs] == ["watercolor", "anime", "anime"]
+    assert jobs[0].parent_job_id == jobs[1].parent_job_id == job.id
+
+
+async def test_errors_are_ephemeral_one_liners(running: RunningBot) -> None:
+    fake = running.fake
+    unknown = await fake.send_slash_command("profile", {"style": "building"}, attachments=selfie_attachment())
+    callback = await fake.wait_for_callback(unknown)
+    assert callback.type == 4 and callback.ephemeral and "`UNKNOWN_STYLE`" in callback.data["content"]
+    text = await fake.send_slash_command(
+        "profile", {"style": "anime"}, attachments={"photo": ("notes.txt", b"hello", "text/plain")}
+    )
+    assert "`NOT_AN_IMAGE`" in (await fake.wait_for_callback(text)).data["content"]
+
+    wall = io.BytesIO()
+    Image.new("RGB", (300, 300), (80, 120, 160)).save(wall, "PNG")
+    no_face = await fake.send_slash_command(
+        "profile", {"style": "anime"}, attachments={"photo": ("wall.png", wall.getvalue(), "image/png")}
+    )
+    assert (await fake.wait_for_callback(no_face)).type == 5
+    message = await fake.wait_for_message(lambda item: "`NO_FACE`" in item.get("content", ""), timeout=120)
+    assert message["flags"] & 64 and "\n" not in message["content"]
+
+
+async def test_the_same_interaction_twice_makes_one_job(running: RunningBot) -> None:
+    fake, storage = running.fake, running.storage
+    interaction = await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+    await fake.wait_for_callback(interaction)
+    await fake.dispatch("INTERACTION_CREATE", interaction.payload)
+    await fake.wait_until(lambda: picture_messages(fake) or None, timeout=120)
+    await running.core.wait_idle(timeout=30)
+    await asyncio.sleep(0.5)
+    assert await storage.count("jobs") == 1 and len(picture_messages(fake)) == 1
+
+
+async def test_after_the_token_expires_pictures_go_through_the_channel(
+    fake: FakeDiscord, tmp_path: Path, redis_worker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_app, "TOKEN_LIFETIME_SECONDS", -1)
+    running = await start_bot(fake, tmp_path, redis_worker)
+    try:
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+        await fake.wait_until(lambda: picture_messages(fake) or None, timeout=120)
+        await running.core.wait_idle(timeout=30)
+        posted = [request for request in fake.requests if request.method == "POST" and "/channels/" in request.path]
+        assert posted and posted[0].json.get("nonce") and posted[0].json.get("enforce_nonce")
+        assert picture_messages(fake)[0]["content"].startswith(f"<@{fake.default_user.id}>")
+    finally:
+        await stop_bot(running)
+
+
+async def test_a_rate_limited_follow_up_is_retried_once(running: RunningBot) -> None:
+    fake = running.fake
+    fake.fail_next("POST", r"^/webhooks/\d+/[^/]+$", status=429, retry_after=0.3)
+    await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+    await fake.wait_until(lambda: picture_messages(fake) or None, timeout=120)
+    await running.core.wait_idle(timeout=30)
+    statuses = [
+        request.status
+        for request in fake.requests
+        if request.method == "POST" and request.path.startswith("/webhooks/")
+    ]
+    assert 429 in statuses and len(picture_messages(fake)) == 1
+
+
+async def test_styles_history_forget_and_help(running: RunningBot) -> None:
+    fake = running.fake
+    styles = await fake.send_slash_command("styles")
+    embed = (await fake.wait_for_callback(styles)).data["embeds"][0]
+    assert len(embed["fields"]) >= 10
+    history = await fake.send_slash_command("history")
+    assert "no jobs" in (await fake.wait_for_callback(history)).data["content"]
+    help_reply = await fake.send_slash_command("help")
+    assert "/profile" in (await fake.wait_for_callback(help_reply)).data["content"]
+    forget = await fake.send_slash_command("forget")
+    await fake.wait_for_callback(forget)
+    message = await fake.wait_for_message(lambda item: "nothing stored" in item.get("content", ""))
+    assert message["flags"] & 64
+    assert ErrorCode.NO_FACE and discord.__version__
