@@ -273,8 +273,8 @@ def _job_stub(chat_id: int):
     return Job(
         id=1, task_id="t", user_id=1, platform="telegram", event_key="e", chat_id=str(chat_id), style="anime",
         prompt="", mode=None, picture_count=1, seed=None, parent_job_id=None, state="failed", progress_done=0,
-        progress_total=0, error_code=None, error_message=None, reply_context={"chat_id": chat_id}, status_message_id=None,
-        result_meta=None, created_at="", enqueued_at=None, finished_at=None, delivered_at=None,
+        progress_total=0, error_code=None, error_message=None, reply_context={"chat_id": chat_id},
+        status_message_id=None, result_meta=None, created_at="", enqueued_at=None, finished_at=None, delivered_at=None,
     )  # fmt: skip
 
 
