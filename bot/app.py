@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 async def open_core(settings: BotSettings) -> AsyncIterator[ChatCore]:
     """The core over the real database and broker; migrations are applied on open."""
     storage = await Storage.open(settings.database)
-    queue = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir), settings.queue)
+    queue = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir))
     core = ChatCore(storage, queue, settings)
     try:
         yield core

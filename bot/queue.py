@@ -34,7 +34,7 @@ class QueueStatus:
 
 
 class JobQueue(Protocol):
-    async def submit(self, task_id: str, payload: dict[str, Any]) -> None: ...
+    async def submit(self, task_id: str, payload: dict[str, Any], queue: str) -> None: ...
 
     async def status(self, task_id: str) -> QueueStatus: ...
 
@@ -56,15 +56,12 @@ def make_client(redis_url: str, state_dir: Path) -> Celery:
 
 
 class CeleryJobQueue:
-    def __init__(self, app: Celery, queue: str) -> None:
+    def __init__(self, app: Celery) -> None:
         self._app = app
-        self._queue = queue
 
-    async def submit(self, task_id: str, payload: dict[str, Any]) -> None:
+    async def submit(self, task_id: str, payload: dict[str, Any], queue: str) -> None:
         """Send by name with our own task id, so a re-send after a crash is the same job."""
-        await asyncio.to_thread(
-            self._app.send_task, GENERATE_TASK_NAME, args=[payload], task_id=task_id, queue=self._queue
-        )
+        await asyncio.to_thread(self._app.send_task, GENERATE_TASK_NAME, args=[payload], task_id=task_id, queue=queue)
 
     async def status(self, task_id: str) -> QueueStatus:
         return await asyncio.to_thread(self._status, task_id)

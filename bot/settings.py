@@ -28,6 +28,20 @@ class BotSettings(BaseSettings):
     selfie_retention_hours: float = 24.0
     daily_picture_quota: int = 40
     max_pending_jobs: int = 2
+    #: Pictures per day for one Telegram chat or one Discord server, all members together.
+    chat_daily_picture_quota: int = 400
+    #: People exempt from quotas, as "platform:user_id" separated by commas (e.g. "discord:1234,telegram:99").
+    admins: str = ""
+    #: People who may not use the bot at all, same form.
+    denied_users: str = ""
+    #: Words or phrases refused in prompts (case-insensitive, whole words), separated by commas.
+    prompt_deny_list: str = ""
+    #: A file with one more refused word or phrase per line.
+    prompt_deny_file: Path | None = None
+    #: Port for /metrics (Prometheus) and /healthz; 0 turns the endpoint off.
+    metrics_port: int = 0
+    #: "text" for people, "json" for log collectors.
+    log_format: str = "text"
     #: How long the bot waits for a job before telling the user it failed.
     job_timeout_seconds: float = 900.0
     #: How often the bot asks the result backend about a running job.

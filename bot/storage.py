@@ -257,6 +257,27 @@ class Storage:
         )
         return int(rows[0][0])
 
+    async def pictures_requested_in_chat_since(self, platform: str, chat_id: str, since: datetime) -> int:
+        rows = await self._db.execute_fetchall(
+            "SELECT COALESCE(SUM(picture_count), 0) FROM jobs WHERE platform = ? AND chat_id = ? AND created_at >= ? "
+            "AND state != 'failed'",
+            (platform, chat_id, timestamp(since)),
+        )
+        return int(rows[0][0])
+
+    async def take_privacy_notice(self, user_id: int) -> bool:
+        """True exactly once per person: the first time, the notice is due."""
+        async with self.write() as db:
+            cursor = await db.execute(
+                "UPDATE users SET privacy_notice_at = ? WHERE id = ? AND privacy_notice_at IS NULL",
+                (timestamp(), user_id),
+            )
+        return cursor.rowcount == 1
+
+    async def job_counts_by_state(self) -> dict[str, int]:
+        rows = await self._db.execute_fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        return {str(state): int(count) for state, count in rows}
+
     async def pictures_requested_since(self, user_id: int, since: datetime) -> int:
         rows = await self._db.execute_fetchall(
             "SELECT COALESCE(SUM(picture_count), 0) FROM jobs WHERE user_id = ? AND created_at >= ? "

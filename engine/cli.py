@@ -64,7 +64,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.description = "Run a Celery worker that serves engine.generate."
         parser.add_argument("--concurrency", type=int, default=1, help="worker processes (one per GPU)")
         parser.add_argument("--pool", choices=["prefork", "solo", "threads"], default="prefork")
-        parser.add_argument("--queues", default=None, help="comma-separated queues (default: MMPP_QUEUE)")
+        parser.add_argument(
+            "--queues",
+            default=None,
+            help="comma-separated queues (default: MMPP_QUEUE and its .fast and .quality queues); "
+            "e.g. --queues mmpp.quality for a GPU that only serves quality jobs",
+        )
         parser.add_argument("--loglevel", default="INFO")
     elif command == "styles":
         parser.description = "List the style catalogue."
@@ -169,7 +174,8 @@ def _worker(arguments: argparse.Namespace) -> int:
     from engine.celery_app import app
     from engine.settings import EngineSettings
 
-    queues = arguments.queues or EngineSettings().queue
+    base = EngineSettings().queue
+    queues = arguments.queues or f"{base},{base}.fast,{base}.quality"
     app.worker_main(
         [
             "worker",

@@ -19,6 +19,14 @@ from typing import Any
 #: The Celery task name the bot sends by name; renaming it breaks deployed bots.
 GENERATE_TASK_NAME = "engine.generate"
 
+
+def queue_for(base: str, mode: str | None) -> str:
+    """The queue a job goes to: fast and quality jobs have their own, so GPUs can be split between them.
+
+    A worker consumes ``base``, ``base.fast`` and ``base.quality`` unless told otherwise.
+    """
+    return f"{base}.{mode}" if mode in {"fast", "quality"} else base
+
 #: Bumped whenever a field changes meaning, so an old worker can refuse a new
 #: payload loudly instead of misreading it.
 CONTRACT_VERSION = 1
@@ -60,9 +68,12 @@ class ErrorCode(enum.StrEnum):
     TIMEOUT = "TIMEOUT"
     INTERNAL = "INTERNAL"
     # Raised by the chat side only; listed here so every code lives in one enum.
+    OUTPUT_BLOCKED = "OUTPUT_BLOCKED"
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
     NOT_FOUND = "NOT_FOUND"
+    PROMPT_BLOCKED = "PROMPT_BLOCKED"
+    NOT_ALLOWED = "NOT_ALLOWED"
 
 
 class EngineError(Exception):
@@ -201,6 +212,8 @@ class GenerateResult:
     timings: dict[str, float] = field(default_factory=dict)
     model: str = ""
     test_sized_model: bool = False
+    #: "passed", "off" or "unavailable": whether the NSFW check looked at the pictures.
+    safety_check: str = "off"
     error_code: ErrorCode | None = None
     error_message: str = ""
     job_id: str = ""
@@ -243,6 +256,7 @@ class GenerateResult:
             timings=dict(payload.get("timings", {})),
             model=payload.get("model", ""),
             test_sized_model=bool(payload.get("test_sized_model", False)),
+            safety_check=str(payload.get("safety_check", "off")),
             error_code=ErrorCode(code) if code else None,
             error_message=payload.get("error_message", ""),
             job_id=payload.get("job_id", ""),

@@ -52,6 +52,9 @@ class ConsoleDelivery:
         print(f"job {job.id}: {caption}", file=self.stderr, flush=True)
         return [f"{job.id}:{picture.position}" for picture in pictures]
 
+    async def post_notice(self, job: Job, text: str) -> None:
+        print(text, file=self.stderr, flush=True)
+
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
         print(f"error[{code.value}]: job {job.id}: {text}", file=self.stdout, flush=True)
 

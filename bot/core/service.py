@@ -34,6 +34,7 @@ from engine.contracts import (
     GenerateResult,
     Mode,
     StyleMenuItem,
+    queue_for,
     read_style_menu,
 )
 
@@ -82,6 +83,74 @@ class ProfileOrder:
     photo: bytes | None = None
 
 
+def parse_people(text: str) -> set[tuple[str, str]]:
+    """``"discord:1,telegram:2"`` → ``{("discord", "1"), ("telegram", "2")}``."""
+    people = set()
+    for item in text.split(","):
+        platform, _, user_id = item.strip().partition(":")
+        if platform and user_id:
+            people.add((platform.strip().lower(), user_id.strip()))
+    return people
+
+
+class PromptFilter:
+    """Refuses prompts containing configured words or phrases (whole words, any case).
+
+    Whole words, so that a deny-listed "ass" does not refuse "glasses"; the
+    prompt is normalised (case, accents folded, punctuation as spaces, spelled
+    out letters joined) so that "N.U.D.E" is caught along with the plain word.
+    """
+
+    def __init__(self, phrases: list[str]) -> None:
+        import re
+
+        cleaned = sorted({" ".join(self.normalise(phrase).split()) for phrase in phrases if phrase.strip()})
+        cleaned = [phrase for phrase in cleaned if phrase]
+        self._pattern = (
+            re.compile(r"(?<![\w])(" + "|".join(re.escape(phrase) for phrase in cleaned) + r")(?![\w])")
+            if cleaned
+            else None
+        )
+
+    @staticmethod
+    def normalise(text: str) -> str:
+        import unicodedata
+
+        folded = unicodedata.normalize("NFKD", text.casefold())
+        letters = "".join(character for character in folded if not unicodedata.combining(character))
+        return " ".join("".join(ch if ch.isalnum() else " " for ch in letters).split())
+
+    def blocked(self, prompt: str) -> str | None:
+        if self._pattern is None or not prompt:
+            return None
+        normalised = self.normalise(prompt)
+        match = self._pattern.search(normalised) or self._pattern.search(self._join_spelled_out(normalised))
+        return match.group(1) if match else None
+
+    @staticmethod
+    def _join_spelled_out(text: str) -> str:
+        """``"a portrait n u d e"`` → ``"a portrait nude"``: runs of single letters become one word."""
+        words: list[str] = []
+        run: list[str] = []
+        for token in [*text.split(), ""]:
+            if len(token) == 1:
+                run.append(token)
+                continue
+            if run:
+                words.append("".join(run) if len(run) > 1 else run[0])
+                run = []
+            if token:
+                words.append(token)
+        return " ".join(words)
+
+    @classmethod
+    def from_settings(cls, settings: BotSettings) -> PromptFilter:
+        phrases = [item for item in settings.prompt_deny_list.split(",")]
+        if settings.prompt_deny_file is not None:
+            phrases += settings.prompt_deny_file.read_text(encoding="utf-8").splitlines()
+        return cls(phrases)
+
+
 class Delivery(Protocol):
     """What an adapter implements so the core can talk on its platform."""
 
@@ -96,6 +165,8 @@ class Delivery(Protocol):
     async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]: ...
 
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None: ...
+
+    async def post_notice(self, job: Job, text: str) -> None: ...
 
 
 class ChatCore:
@@ -113,6 +184,9 @@ class ChatCore:
         self.styles = {item.name: item for item in (styles if styles is not None else read_style_menu())}
         self._clock = clock
         self._deliveries: dict[str, Delivery] = {}
+        self.admins = parse_people(settings.admins)
+        self.denied = parse_people(settings.denied_users)
+        self.prompt_filter = PromptFilter.from_settings(settings)
         self._followers: dict[int, asyncio.Task[None]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -223,15 +297,22 @@ class ChatCore:
         request = GenerateRequest(
             selfie=selfie, style=style, prompt=prompt, mode=Mode(mode) if mode else None, count=count, seed=seed
         )
+        if (requester.platform, requester.user_id) in self.denied:
+            raise CoreError(ErrorCode.NOT_ALLOWED, "You are not allowed to use this bot here.")
         try:
             request.validate()
         except EngineError as error:
             raise CoreError(error.code, error.message) from None
+        blocked = self.prompt_filter.blocked(prompt)
+        if blocked:
+            raise CoreError(ErrorCode.PROMPT_BLOCKED, f"The prompt contains '{blocked}', which is not allowed here.")
         user_id = await self.storage.user_id(requester.platform, requester.user_id, requester.display_name)
         existing = await self.storage.job_by_event(requester.platform, event_key)
         if existing is not None:
             return existing, False
-        await self._check_quota(user_id, count)
+        if (requester.platform, requester.user_id) not in self.admins:
+            await self._check_quota(user_id, count)
+            await self._check_chat_quota(requester.platform, chat_id, count)
         job, created = await self.storage.create_job(
             task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
             chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed, selfie=selfie,
@@ -240,6 +321,11 @@ class ChatCore:
         if not created:
             return job, False
         delivery = self._deliveries.get(job.platform)
+        if delivery is not None and await self.storage.take_privacy_notice(user_id):
+            try:
+                await delivery.post_notice(job, self.privacy_notice())
+            except Exception:
+                logger.exception("posting the privacy notice of job %s failed", job.id)
         if delivery is not None:
             try:
                 ref = await delivery.post_status(job, await self._status_text(job))
@@ -272,6 +358,28 @@ class ChatCore:
                 f"(in {minutes // 60} h {minutes % 60} min).",
             )
 
+    async def _check_chat_quota(self, platform: str, chat_id: str, count: int) -> None:
+        now = self._clock()
+        day_start = datetime(now.year, now.month, now.day, tzinfo=UTC)
+        used = await self.storage.pictures_requested_in_chat_since(platform, chat_id, day_start)
+        quota = self.settings.chat_daily_picture_quota
+        if used + count > quota:
+            minutes = max(1, int((day_start + timedelta(days=1) - now).total_seconds() // 60))
+            raise CoreError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"This chat has used its {quota} pictures for today; the quota resets at 00:00 UTC "
+                f"(in {minutes // 60} h {minutes % 60} min).",
+            )
+
+    def privacy_notice(self) -> str:
+        hours = self.settings.selfie_retention_hours
+        kept = f"then for {hours:g} h so you can re-roll, then it is deleted" if hours > 0 else "then it is deleted"
+        return (
+            "Privacy: your selfie is biometric data. I keep it only while your pictures are made, "
+            f"{kept}. I store the pictures, your ratings and your job list to improve the styles; "
+            "/forget deletes all of it at any time."
+        )
+
     async def _enqueue(self, job: Job) -> None:
         selfie = await self.storage.selfie(job.id)
         if selfie is None:
@@ -281,8 +389,10 @@ class ChatCore:
             selfie=selfie, style=job.style, prompt=job.prompt, mode=Mode(job.mode) if job.mode else None,
             count=job.picture_count, seed=job.seed, job_id=str(job.id),
         )  # fmt: skip
+        style = self.styles.get(job.style)
+        mode = job.mode or (style.mode if style else None)
         try:
-            await self.queue.submit(job.task_id, request.to_payload())
+            await self.queue.submit(job.task_id, request.to_payload(), queue_for(self.settings.queue, mode))
         except Exception:
             # The broker is down: the job stays queued and unenqueued, and the
             # follower retries the submission until the job times out.

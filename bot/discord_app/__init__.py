@@ -133,6 +133,11 @@ class DiscordDelivery:
         # discord.py sends the nonce with enforce_nonce: a repeated send after a crash is a no-op on Discord.
         return await channel.send(content=content, file=file, nonce=nonce, **extra)
 
+    async def post_notice(self, job: Job, text: str) -> None:
+        """Only the person sees it: an ephemeral follow-up while the interaction lives."""
+        if token_alive(job.reply_context):
+            await self._webhook(job.reply_context).send(content=text, ephemeral=True, wait=True)
+
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
         context = job.reply_context
         if token_alive(context):
@@ -208,7 +213,8 @@ async def run_followup_job(interaction: discord.Interaction, job_id: int, style:
     context = {**interaction_context(interaction), "original_message_id": original.id}
     try:
         await client.core.reroll(
-            person_of(interaction.user), job_id, f"interaction:{interaction.id}", str(interaction.channel_id), context,
+            person_of(interaction.user), job_id, f"interaction:{interaction.id}",
+            str(interaction.guild_id or interaction.channel_id), context,
             style=style,
         )  # fmt: skip
     except CoreError as error:
@@ -328,10 +334,11 @@ def register_commands(client: MmppClient) -> None:
             return
         original = await interaction.original_response()
         context = {**interaction_context(interaction), "original_message_id": original.id}
+        # The chat for quotas is the whole server (or the DM channel).
         order = ProfileOrder(
             person_of(interaction.user),
             f"interaction:{interaction.id}",
-            str(interaction.channel_id),
+            str(interaction.guild_id or interaction.channel_id),
             context,
             options,
             data,

@@ -161,6 +161,9 @@ class TelegramDelivery:
                 logger.info("could not delete the status message of job %s", job.id)
         return refs
 
+    async def post_notice(self, job: Job, text: str) -> None:
+        await with_retries(self.bot.send_message, chat_id=job.reply_context["chat_id"], text=text)
+
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
         await with_retries(
             self.bot.send_message, chat_id=job.reply_context["chat_id"], text=failure_text(code, text),

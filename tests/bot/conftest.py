@@ -37,15 +37,17 @@ class ScriptedQueue:
     progress_polls: int = 2
     error: EngineError | None = None
     submitted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    queues: dict[str, str] = field(default_factory=dict)
     polls: dict[str, int] = field(default_factory=dict)
     forgotten: list[str] = field(default_factory=list)
     fail_submits: int = 0
 
-    async def submit(self, task_id: str, payload: dict[str, Any]) -> None:
+    async def submit(self, task_id: str, payload: dict[str, Any], queue: str) -> None:
         if self.fail_submits:
             self.fail_submits -= 1
             raise ConnectionError("broker down")
         self.submitted[task_id] = payload
+        self.queues[task_id] = queue
 
     async def status(self, task_id: str) -> QueueStatus:
         if task_id not in self.submitted:
@@ -77,6 +79,10 @@ class RecordingDelivery:
     edits: list[tuple[int, str]] = field(default_factory=list)
     pictures: list[tuple[int, list[StoredPicture], str]] = field(default_factory=list)
     failures: list[tuple[int, ErrorCode, str]] = field(default_factory=list)
+    notices: list[tuple[int, str]] = field(default_factory=list)
+
+    async def post_notice(self, job: Job, text: str) -> None:
+        self.notices.append((job.id, text))
 
     async def post_status(self, job: Job, text: str) -> str | None:
         self.statuses.append((job.id, text))

@@ -29,15 +29,16 @@ async def test_a_job_is_written_before_it_is_enqueued_and_delivered_once(
     seen_at_submit = []
     original_submit = queue.submit
 
-    async def checking_submit(task_id: str, payload: dict) -> None:
+    async def checking_submit(task_id: str, payload: dict, queue_name: str) -> None:
         job = await storage.job_by_event("test", "event-1")
         seen_at_submit.append((job is not None, await storage.selfie(job.id) if job else None))
-        await original_submit(task_id, payload)
+        await original_submit(task_id, payload, queue_name)
 
     queue.submit = checking_submit  # type: ignore[method-assign]
     job, created = await core.order_profile(order(count="2", seed="11", prompt="a pirate"))
     assert created and seen_at_submit == [(True, SELFIE)]
     request = GenerateRequest.from_payload(queue.submitted[job.task_id])
+    assert queue.queues[job.task_id] == "mmpp.fast"  # anime's default mode picks the fast queue
     assert (request.style, request.count, request.seed, request.prompt, request.selfie) == (
         "anime",
         2,
@@ -261,3 +262,66 @@ async def test_feedback_report_per_style(core: ChatCore, storage: Storage) -> No
     anime = report["anime"]
     assert (anime["jobs"], anime["pictures"], anime["ratings"], anime["mean"]) == (1, 2, 2, 4.0)
     assert anime["positive_share"] == 0.5 and anime["ci95_low"] < 4 < anime["ci95_high"]
+
+
+async def test_the_privacy_notice_is_shown_once_per_person(core: ChatCore, delivery: RecordingDelivery) -> None:
+    first, _ = await core.order_profile(order("n1"))
+    await core.order_profile(order("n2", person=BOB))
+    await core.wait_idle(timeout=5)
+    await core.order_profile(order("n3"))
+    await core.wait_idle(timeout=5)
+    assert [job_id for job_id, _ in delivery.notices] == [first.id, first.id + 1]
+    text = delivery.notices[0][1]
+    assert "24 h" in text and "/forget" in text and "selfie" in text
+
+
+async def test_denied_people_admins_and_chat_quotas(storage: Storage, queue: ScriptedQueue, tmp_path: Path) -> None:
+    queue.progress_polls = 0
+    settings = bot_settings(
+        tmp_path, denied_users="test:mallory", admins="test:alice", daily_picture_quota=1, chat_daily_picture_quota=3
+    )
+    core = ChatCore(storage, queue, settings)
+    core.attach(RecordingDelivery())
+    with pytest.raises(CoreError) as denied:
+        await core.order_profile(order("m", person=Person("test", "mallory")))
+    assert denied.value.code is ErrorCode.NOT_ALLOWED
+    for index in range(2):  # the admin is over her personal quota of 1 and still served
+        await core.order_profile(order(f"a{index}"))
+        await core.wait_idle(timeout=5)
+    await core.order_profile(order("b1", person=BOB))
+    await core.wait_idle(timeout=5)
+    carol = Person("test", "carol")
+    with pytest.raises(CoreError) as chat_full:  # 3 pictures used in chat-1 today
+        await core.order_profile(order("c1", person=carol))
+    assert chat_full.value.code is ErrorCode.QUOTA_EXCEEDED and "This chat" in chat_full.value.message
+    other_chat = ProfileOrder(carol, "c2", "chat-2", {}, {"style": "anime"}, SELFIE)
+    assert (await core.order_profile(other_chat))[1]
+    await core.stop()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "blocked"),
+    [
+        ("a portrait in a NUDE style", "nude"),
+        ("a portrait, n.u.d.e", "nude"),
+        ("a portrait with Gore everywhere", "gore"),
+        ("a portrait in a nudé mood", "nude"),
+        ("a pirate with glasses", None),
+        ("a hat full of gorey details", None),
+        ("a photo of donald trump smiling", "donald trump"),
+    ],
+)
+async def test_the_prompt_deny_list(
+    storage: Storage, queue: ScriptedQueue, tmp_path: Path, prompt: str, blocked: str | None
+) -> None:
+    deny_file = tmp_path / "deny.txt"
+    deny_file.write_text("Donald  Trump\n\n")
+    core = ChatCore(storage, queue, bot_settings(tmp_path, prompt_deny_list="nude, gore", prompt_deny_file=deny_file))
+    core.attach(RecordingDelivery())
+    if blocked is None:
+        assert (await core.order_profile(order(prompt=prompt)))[1]
+    else:
+        with pytest.raises(CoreError) as raised:
+            await core.order_profile(order(prompt=prompt))
+        assert raised.value.code is ErrorCode.PROMPT_BLOCKED and blocked in raised.value.message
+    await core.stop()

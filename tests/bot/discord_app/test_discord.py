@@ -54,7 +54,7 @@ async def start_bot(fake: FakeDiscord, tmp_path: Path, queue: str, **overrides: 
     values.update(overrides)
     settings = BotSettings(_env_file=None, **values)
     storage = await Storage.open(settings.database)
-    queue_client = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir), settings.queue)
+    queue_client = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir))
     core = ChatCore(storage, queue_client, settings)
     adapter = discord_app.DiscordAdapter(core, settings, fake.token)
     await asyncio.wait_for(adapter.open(), 30)

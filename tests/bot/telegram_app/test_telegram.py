@@ -69,9 +69,7 @@ async def fake() -> AsyncIterator[FakeTelegram]:
 async def running(fake: FakeTelegram, tmp_path: Path, redis_worker: str) -> AsyncIterator[RunningBot]:
     settings = settings_for(fake, tmp_path, redis_worker)
     storage = await Storage.open(settings.database)
-    core = ChatCore(
-        storage, CeleryJobQueue(make_client(settings.redis_url, settings.state_dir), settings.queue), settings
-    )
+    core = ChatCore(storage, CeleryJobQueue(make_client(settings.redis_url, settings.state_dir)), settings)
     adapter = TelegramAdapter(core, settings, TOKEN)
     await adapter.open()
     await core.start()
@@ -232,9 +230,7 @@ async def test_a_text_file_sent_as_an_image_document_is_refused(running: Running
 async def test_quota_is_explained(fake: FakeTelegram, tmp_path: Path, redis_worker: str) -> None:
     settings = settings_for(fake, tmp_path, redis_worker, daily_picture_quota=1)
     storage = await Storage.open(settings.database)
-    core = ChatCore(
-        storage, CeleryJobQueue(make_client(settings.redis_url, settings.state_dir), settings.queue), settings
-    )
+    core = ChatCore(storage, CeleryJobQueue(make_client(settings.redis_url, settings.state_dir)), settings)
     adapter = TelegramAdapter(core, settings, TOKEN)
     await adapter.open()
     await core.start()
