@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Protocol
 
+from bot import metrics
 from bot.core import ChatCore
+from bot.metrics import MetricsServer
 from bot.queue import CeleryJobQueue, make_client
 from bot.redact import install_secret_filter
 from bot.settings import BotSettings
@@ -51,11 +53,37 @@ def stop_worker_process(worker: subprocess.Popen[bytes]) -> None:
 class Adapter(Protocol):
     """A platform adapter's life: connect, serve until told to stop, disconnect."""
 
+    def healthy(self) -> bool: ...
+
     async def open(self) -> None: ...
 
     async def run(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def metrics_server(settings: BotSettings, core: ChatCore, adapters: list[Adapter]) -> MetricsServer:
+    queue = core.queue
+    queues = [settings.queue, f"{settings.queue}.fast", f"{settings.queue}.quality"]
+
+    async def database_ok() -> bool:
+        return await core.storage.schema_version() > 0
+
+    async def broker_ok() -> bool:
+        return await queue.ping() if isinstance(queue, CeleryJobQueue) else True
+
+    async def adapters_ok() -> bool:
+        return all(adapter.healthy() for adapter in adapters)
+
+    async def refresh() -> None:
+        for state, count in (await core.storage.job_counts_by_state()).items():
+            metrics.JOBS_BY_STATE.labels(state).set(count)
+        if isinstance(queue, CeleryJobQueue):
+            for name, depth in (await queue.depths(queues)).items():
+                metrics.QUEUE_DEPTH.labels(name).set(depth)
+
+    checks = {"database": database_ok, "broker": broker_ok, "adapters": adapters_ok}
+    return MetricsServer(settings.metrics_port, checks, refresh)
 
 
 async def serve(settings: BotSettings, *, with_console: bool | None = None) -> None:
@@ -85,12 +113,18 @@ async def serve(settings: BotSettings, *, with_console: bool | None = None) -> N
             adapters.append(ConsoleAdapter(core, sys.stdin, sys.stdout, sys.stderr, settings.out))
         if not adapters:
             raise RuntimeError("nothing to run")
+        server = None
         try:
             for adapter in adapters:
                 await adapter.open()
             await core.start()
+            if settings.metrics_port:
+                server = metrics_server(settings, core, adapters)
+                await server.start()
             await asyncio.gather(*(adapter.run() for adapter in adapters))
         finally:
+            if server is not None:
+                await server.stop()
             for adapter in adapters:
                 try:
                     await adapter.close()

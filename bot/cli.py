@@ -9,13 +9,13 @@ import argparse
 import asyncio
 import csv
 import json
-import logging
 import sys
 from typing import NoReturn
 
 from bot.core import CoreError, Person
 from bot.settings import BotSettings
 from engine.contracts import ErrorCode
+from mmpp.logs import configure_logging
 
 EXIT_BAD_INPUT = 2
 
@@ -50,12 +50,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 def main(command: str, argv: list[str]) -> int:
     arguments = build_parser(command).parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if arguments.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     settings = BotSettings()
+    configure_logging(arguments.verbose, settings.log_format)
     try:
         return asyncio.run(_dispatch(command, arguments, settings))
     except CoreError as error:

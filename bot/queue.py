@@ -78,3 +78,30 @@ class CeleryJobQueue:
 
     async def forget(self, task_id: str) -> None:
         await asyncio.to_thread(AsyncResult(task_id, app=self._app).forget)
+
+    async def ping(self) -> bool:
+        """Whether the broker accepts a connection (for /healthz)."""
+
+        def connect() -> bool:
+            with self._app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=3)
+            return True
+
+        return await asyncio.to_thread(connect)
+
+    async def depths(self, queues: list[str]) -> dict[str, int]:
+        """Messages waiting per queue; only Redis exposes this cheaply."""
+        url = self._app.conf.broker_url or ""
+        if not url.startswith(("redis://", "rediss://")):
+            return {}
+
+        def read() -> dict[str, int]:
+            import redis
+
+            client = redis.Redis.from_url(url, socket_timeout=3)
+            try:
+                return {queue: int(client.llen(queue)) for queue in queues}
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(read)

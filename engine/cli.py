@@ -82,11 +82,14 @@ def main(command: str, argv: list[str]) -> int:
 
         return bench_main(argv)
     arguments = build_parser(command).parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if arguments.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    from engine.settings import EngineSettings
+    from mmpp.logs import configure_logging
+
+    configure_logging(arguments.verbose or command == "worker", EngineSettings().log_format)
+    if command in {"generate", "worker"}:
+        from engine.hub import prefer_offline_when_unreachable
+
+        prefer_offline_when_unreachable()
     try:
         if command == "generate":
             return _generate(arguments)

@@ -31,6 +31,7 @@ from PIL import Image
 from engine import faces
 from engine.contracts import EngineError, ErrorCode, GenerateRequest, GenerateResult, Mode, Picture
 from engine.models import ModelSources, WeightSource, detect_family, model_unavailable, resolve_sources
+from engine.safety import SafetyFilter
 from engine.settings import EngineSettings
 from engine.styles import GUIDANCE_BOUNDS, STEP_BOUNDS, Catalogue, Style, load_catalogue
 
@@ -163,6 +164,7 @@ class Engine:
         self._lora_enabled = True
         self._compel = self._build_compel()
         self.load_timings: dict[str, float] = {}
+        self.safety = SafetyFilter("off")
 
     # ------------------------------------------------------------------ construction
 
@@ -208,6 +210,7 @@ class Engine:
         pipeline.to(device)
         base_seconds = time.perf_counter() - started
         engine = cls(pipeline, family, sources, catalogue, use_hotswap=settings.compile, resolution=settings.resolution)
+        engine.safety = SafetyFilter.load(settings.safety_checker, settings.safety_checker_model, device, dtype)
         engine.load_adapters()
         if settings.compile:
             engine.compile()
@@ -493,6 +496,7 @@ class Engine:
             conditioning = self.encode_prompt(plan.prompt, plan.negative_prompt)
             timings["prompt"] = time.perf_counter() - mark
             pictures: list[Picture] = []
+            withheld = 0
             total_steps = plan.steps * len(plan.seeds)
             for index, seed in enumerate(plan.seeds):
                 images, stage_times = self._denoise_and_decode(
@@ -501,8 +505,23 @@ class Engine:
                 for stage, seconds in stage_times.items():
                     timings[stage] = timings.get(stage, 0.0) + seconds
                 mark = time.perf_counter()
+                flagged = self.safety.flagged(images[:1])[0]
+                timings["safety"] = timings.get("safety", 0.0) + time.perf_counter() - mark
+                if flagged:
+                    withheld += 1
+                    continue
+                mark = time.perf_counter()
                 pictures.append(Picture(png=encode_png(images[0]), seed=seed))
                 timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - mark
+        if not pictures:
+            raise EngineError(
+                ErrorCode.OUTPUT_BLOCKED,
+                "The safety filter withheld the pictures; try another style or prompt.",
+            )
+        if withheld:
+            logger.info(
+                "job %s: the safety filter withheld %d of %d pictures", request.job_id, withheld, len(plan.seeds)
+            )
         timings["total"] = time.perf_counter() - started
         return GenerateResult(
             pictures=pictures,
@@ -514,6 +533,7 @@ class Engine:
             timings={stage: round(seconds, 4) for stage, seconds in timings.items()},
             model=self.sources.label or self.sources.base,
             test_sized_model=self.sources.test_sized,
+            safety_check=self.safety.status,
             job_id=request.job_id,
         )
 

@@ -47,6 +47,13 @@ class EngineSettings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     #: Off by default: compiling takes minutes and only pays off on GPUs.
     compile: bool = False
+    #: NSFW check on the pictures: auto (when its weights load), off, or required (refuse jobs without it).
+    safety_checker: Literal["auto", "off", "required"] = "auto"
+    safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"
+    #: Port for the worker's /metrics (Prometheus) and /healthz; 0 turns it off.
+    metrics_port: int = 0
+    #: "text" for people, "json" for log collectors.
+    log_format: str = "text"
     #: Longest side of the generated pictures; 0 means the model's native size.
     resolution: int = 0
     redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "MMPP_REDIS_URL"))

@@ -16,6 +16,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
+from engine import metrics
 from engine.celery_app import app
 from engine.contracts import GENERATE_TASK_NAME, EngineError, ErrorCode, GenerateRequest, GenerateResult
 
@@ -39,14 +40,30 @@ def get_engine() -> Any:
     global _engine
     with _engine_lock:
         if _engine is None:
+            from engine.hub import prefer_offline_when_unreachable
+
+            prefer_offline_when_unreachable()
             from engine.pipeline import Engine
 
-            _engine = Engine.from_settings()
+            try:
+                _engine = Engine.from_settings()
+            except EngineError as error:
+                metrics.health.update(engine="failed", last_error=error.code.value)
+                raise
+            metrics.health.update(engine="ready", last_error=None)
         return _engine
 
 
 @worker_process_init.connect
 def _warm_up(**_: Any) -> None:
+    from engine.settings import EngineSettings
+
+    port = EngineSettings().metrics_port
+    if port:
+        try:
+            metrics.serve_metrics(port)
+        except OSError as error:
+            logger.error("metrics port %d unavailable: %s", port, error.strerror)
     if os.environ.get("MMPP_LAZY_ENGINE") == "1":
         return
     try:
@@ -89,6 +106,12 @@ def run_job(payload: Any, job_id: str, report_progress: Any = None) -> dict[str,
 
 @app.task(name=GENERATE_TASK_NAME, bind=True)
 def generate(self: Any, payload: Any) -> dict[str, Any]:
+    result = _generate(self, payload)
+    metrics.record_result(result)
+    return result
+
+
+def _generate(self: Any, payload: Any) -> dict[str, Any]:
     last_report = [0.0]
 
     def report_progress(done: int, total: int) -> None:

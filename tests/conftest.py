@@ -18,6 +18,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SELFIE = REPO / "engine" / "assets" / "sample_selfie.jpg"
 REDIS_URL = os.environ.get("MMPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+# Tests never download: without this every Hub lookup retries for ~25 s before failing.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

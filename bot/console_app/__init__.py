@@ -68,6 +68,9 @@ class ConsoleAdapter:
         self.delivery = ConsoleDelivery(out_dir, stdout, stderr)
         core.attach(self.delivery)
 
+    def healthy(self) -> bool:
+        return True
+
     async def open(self) -> None:
         """Nothing to connect: the terminal is already there."""
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from bot import metrics
 from bot.core.commands import ProfileOptions, profile_options
 from bot.core.errors import CoreError
 from bot.queue import JobQueue
@@ -320,6 +321,7 @@ class ChatCore:
         )  # fmt: skip
         if not created:
             return job, False
+        metrics.JOBS_CREATED.labels(job.platform).inc()
         delivery = self._deliveries.get(job.platform)
         if delivery is not None and await self.storage.take_privacy_notice(user_id):
             try:
@@ -527,6 +529,9 @@ class ChatCore:
                 if ref:
                     await self.storage.set_picture_message(picture.id, ref)
         await self.storage.update_job(job.id, delivered_at=timestamp())
+        metrics.JOBS_FINISHED.labels(job.state, job.error_code or "").inc()
+        waited = (self._clock() - datetime.fromisoformat(job.created_at)).total_seconds()
+        metrics.DELIVERY_SECONDS.observe(max(0.0, waited))
 
     def _caption(self, job: Job) -> str:
         style = self.styles.get(job.style)
@@ -550,6 +555,7 @@ class ChatCore:
             raise CoreError(ErrorCode.NOT_FOUND, "That picture no longer exists.")
         rater_id = await self.storage.user_id(rater.platform, rater.user_id, rater.display_name)
         await self.storage.set_rating(picture.id, rater_id, stars, source)
+        metrics.RATINGS.labels(source).inc()
         return picture
 
     async def rate_message(self, rater: Person, message_ref: str, stars: int | None, source: str) -> bool:

@@ -406,6 +406,9 @@ class DiscordAdapter:
             ready.cancel()
             self._runner.result()
 
+    def healthy(self) -> bool:
+        return self.client.is_ready() and not self.client.is_closed()
+
     async def run(self) -> None:
         if self._runner is not None:
             await self._runner

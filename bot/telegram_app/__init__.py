@@ -407,6 +407,10 @@ class TelegramAdapter:
         assert self.application.updater is not None
         await self.application.updater.start_polling(allowed_updates=ALLOWED_UPDATES, poll_interval=0.0, timeout=10)
 
+    def healthy(self) -> bool:
+        updater = self.application.updater
+        return self.application.running and updater is not None and updater.running
+
     async def run(self) -> None:
         await self._stopped.wait()
 
