@@ -1,0 +1,45 @@
+"""Every setting is documented in .env.example, and the deployment files parse."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from bot.settings import BotSettings
+from engine.settings import EngineSettings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def documented() -> set[str]:
+    text = (REPO / ".env.example").read_text(encoding="utf-8")
+    return set(re.findall(r"^([A-Z][A-Z0-9_]*)=", text, flags=re.MULTILINE))
+
+
+def variable_names(settings_class: type) -> set[str]:
+    names = set()
+    for name, field in settings_class.model_fields.items():
+        alias = field.validation_alias
+        choices = getattr(alias, "choices", None)
+        names.add(str(choices[0]) if choices else f"MMPP_{name.upper()}")
+    return names
+
+
+def test_every_setting_is_in_env_example() -> None:
+    missing = (variable_names(EngineSettings) | variable_names(BotSettings)) - documented()
+    assert not missing, f"document these in .env.example: {sorted(missing)}"
+
+
+def test_docker_compose_has_the_services_and_gpu_reservation() -> None:
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "worker", "discord-bot", "telegram-bot", "flower"} <= set(services)
+    assert "--appendonly" in services["redis"]["command"] and "noeviction" in services["redis"]["command"]
+    devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert services["flower"]["profiles"] == ["monitoring"]
+    for bot in ("discord-bot", "telegram-bot"):
+        assert services[bot]["build"]["dockerfile"] == "docker/bot.Dockerfile"
+    assert "torch" not in (REPO / "requirements-bot.txt").read_text().replace("no torch", "")
