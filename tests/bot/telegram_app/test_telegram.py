@@ -331,3 +331,25 @@ async def test_the_token_never_reaches_the_logs(running: RunningBot, caplog: pyt
         redactor.filter(record)
         assert TOKEN not in record.getMessage() and TOKEN not in (record.exc_text or "")
     assert uuid  # keep the import for unique names in parametrised runs
+
+
+async def test_a_50_mb_photo_is_refused_without_downloading_it(running: RunningBot) -> None:
+    fake = running.fake
+    huge = b"\xff\xd8\xff\xe0" + bytes(50 * 2**20)
+    await fake.send_document(None, ALICE, huge, "huge.jpg", "image/jpeg", caption="anime")
+    reply = await fake.wait_for(
+        lambda call: call.method == "sendMessage" and "(IMAGE_TOO_LARGE)" in call.params.get("text", ""), timeout=30
+    )
+    assert "\n" not in reply.params["text"]
+    assert not fake.calls("getFile") and not fake.calls("downloadFile")
+
+
+async def test_captions_in_other_scripts_and_control_characters(running: RunningBot) -> None:
+    fake = running.fake
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="アニメ")
+    await fake.wait_for(lambda call: call.method == "sendMessage" and "(UNKNOWN_STYLE)" in call.params.get("text", ""))
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime пират\x00\x1b[31m в шляпе")
+    sent = await fake.wait_for("sendPhoto", timeout=120)
+    assert sent.ok
+    job = (await running.storage.recent_jobs(1))[0]
+    assert job.prompt == "пират [31m в шляпе"
