@@ -121,7 +121,7 @@ async def _feedback(settings: BotSettings, arguments: argparse.Namespace) -> int
     print(f"{'style':<16}{'jobs':>6}{'pictures':>10}{'ratings':>9}{'mean':>7}  {'95% interval':<14}{'positive':>9}")
     for row in report:
         mean = f"{row['mean']:.2f}" if row["mean"] is not None else "-"
-        interval = f"{row['ci95_low']:.2f}-{row['ci95_high']:.2f}" if row["ci95_low"] is not None else "-"
+        interval = f"[{row['ci95_low']:.2f},{row['ci95_high']:.2f}]" if row["ci95_low"] is not None else "-"
         positive = f"{row['positive_share']:.0%}" if row["positive_share"] is not None else "-"
         print(
             f"{row['style']:<16}{row['jobs']:>6}{row['pictures']:>10}{row['ratings']:>9}{mean:>7}  "
