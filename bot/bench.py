@@ -31,9 +31,11 @@ The figures:
   deferral), timed by the fake from the dispatch of INTERACTION_CREATE to the
   callback's arrival, exactly the interval Discord's 3 s rule applies to; on
   Telegram the first message the bot sends in reply to the photo (the status
-  line), timed from the moment the update was queued for ``getUpdates``;
+  line), timed from the moment the photo's update was queued for
+  ``getUpdates`` to the moment that message reached the fake;
 * rating writes per second: rows in the ``ratings`` table at the end,
-  divided by the load phase's duration, next to the reactions sent;
+  divided by the time from the first command until the table stopped
+  changing, next to the reactions sent;
 * errors: refused or late acknowledgements, error replies, people who never
   got their pictures, exceptions, and ERROR lines the bot logged;
 * lost and duplicated jobs (every command must have exactly one job row),
@@ -54,27 +56,43 @@ them); outside a checkout it stops with a one-line error saying so.  Nothing
 here imports torch, diffusers or the engine beyond ``engine.contracts``.
 
 One process, one event loop: the fake and the simulated people run beside
-the bot, as the tests do, so their CPU time is billed to the same loop.  The
+the bot, as the tests do, so their CPU time is billed to the same loop; the
+figures are therefore on the pessimistic side.  The people do not poll on
+their own: one watcher task reads the fake's records for all of them.  The
 report says how much of the machine other processes took meanwhile, since
-these machines are shared.
+these machines are shared.  Exit status: 0 when every target is met, 1 when
+one is missed, 2 for bad options or a missing checkout.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import importlib.util
+import json
 import logging
+import math
+import os
+import platform as host
+import random
+import re
 import struct
 import sys
+import tempfile
+import time
 import zlib
 from collections import Counter
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 from bot.queue import QueueStatus
+from bot.settings import BotSettings
 from engine.contracts import ErrorCode, GenerateResult, Picture
 
 logger = logging.getLogger(__name__)
@@ -141,7 +159,7 @@ class InstantWorkerQueue:
         self.jobs: dict[str, tuple[int, str, int]] = {}
         self.submissions: Counter[str] = Counter()
 
-    async def submit(self, task_id: str, payload: dict[str, Any]) -> None:
+    async def submit(self, task_id: str, payload: dict[str, Any], queue: str = "") -> None:
         self.submissions[task_id] += 1
         count = int(payload.get("count") or 1)
         self.jobs[task_id] = (count, str(payload.get("style") or ""), int(payload.get("seed") or 0))
@@ -237,3 +255,774 @@ def sample_selfie() -> bytes:
     return resources.files("engine").joinpath("assets", "sample_selfie.jpg").read_bytes()
 
 
+# --------------------------------------------------------------------------- the platforms
+
+
+PICTURE_FILE = re.compile(r"^mmpp-(\d+)-\d+\.png$")
+CAPTION_JOB = re.compile(r"\bjob (\d+)\b")
+
+
+class Platform:
+    """What the load loop needs from one platform: the fake, the bot on it, a person's actions, the replies."""
+
+    name = ""
+    #: How the first reply is called in the report.
+    first_reply_label = ""
+    reactions: dict[str, int] = {}  # noqa: RUF012 - read-only, per platform
+
+    async def open_fake(self) -> dict[str, Any]:
+        """Start the fake; return the settings that point the bot at it."""
+        raise NotImplementedError
+
+    async def open_bot(self, core: Any, settings: BotSettings) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    def new_person(self, index: int) -> tuple[Any, str]:
+        """A platform user for person ``index``, and their platform user id."""
+        raise NotImplementedError
+
+    async def order(self, person: Any, cycle: Cycle, selfie: bytes) -> None:
+        """Send ``/profile`` with the selfie; fill ``cycle.sent_at`` and ``cycle.handle``."""
+        raise NotImplementedError
+
+    def refresh(self) -> None:
+        """Called once per watcher tick, before :meth:`check` runs for every open cycle."""
+
+    def check(self, cycle: Cycle) -> None:
+        """Read this cycle's replies off the fake; ``cycle.finish()`` once its picture (or an error) is there."""
+        raise NotImplementedError
+
+    async def react(self, person: Any, cycle: Cycle) -> None:
+        raise NotImplementedError
+
+    def event_key(self, cycle: Cycle) -> str | None:
+        """The key the adapter files the job under (``None``: the bot never received the command)."""
+        return cycle.event_key or None
+
+    def deliveries(self) -> Counter[int]:
+        """Picture messages the bot posted, per job id, as the platform saw them."""
+        raise NotImplementedError
+
+
+class DiscordPlatform(Platform):
+    """discord.py's client via :class:`~bot.discord_app.DiscordAdapter` against the loopback Discord fake."""
+
+    name = "discord"
+    first_reply_label = "first reply (deferral)"
+    reactions = DISCORD_REACTIONS
+
+    def __init__(self) -> None:
+        self.fakes = load_fake("discord_api")
+        self.fake: Any = None
+        self.adapter: Any = None
+
+    async def open_fake(self) -> dict[str, Any]:
+        self.fake = self.fakes.FakeDiscord()
+        await self.fake.start()
+        return {
+            "discord_api_base": self.fake.api_base,
+            "discord_gateway_url": self.fake.gateway_url,
+            "discord_guild_ready_timeout": 0.05,
+        }
+
+    async def open_bot(self, core: Any, settings: BotSettings) -> None:
+        from bot.discord_app import DiscordAdapter
+
+        self.adapter = DiscordAdapter(core, settings, self.fake.token)
+        await asyncio.wait_for(self.adapter.open(), 30)
+
+    async def close(self) -> None:
+        if self.adapter is not None:
+            await self.adapter.close()
+        if self.fake is not None:
+            await self.fake.stop()
+
+    def new_person(self, index: int) -> tuple[Any, str]:
+        user = self.fake.add_user(f"person{index}")
+        return user, str(user.id)
+
+    async def order(self, person: Any, cycle: Cycle, selfie: bytes) -> None:
+        interaction = await self.fake.send_slash_command(
+            "profile", {"style": STYLE}, user=person, attachments={"photo": ("selfie.jpg", selfie, "image/jpeg")}
+        )
+        cycle.handle = interaction
+        cycle.sent_at = interaction.dispatched_at  # the running loop's clock, which is time.monotonic()
+        cycle.event_key = f"interaction:{interaction.id}"
+
+    def check(self, cycle: Cycle) -> None:
+        interaction = cycle.handle
+        if cycle.first_reply_seconds is None and interaction.callbacks:
+            callback = interaction.callbacks[0]
+            cycle.first_reply_seconds = callback.elapsed  # the fake's own figure: dispatch → callback
+            if not callback.accepted:
+                cycle.finish(f"interaction callback refused with {callback.status}")
+                return
+            if callback.type != 5:  # anything but a deferral answers /profile with an error
+                cycle.finish("error reply: " + str(callback.data.get("content", ""))[:80])
+                return
+        for message_id in interaction.followup_ids:
+            message = self.fake.messages.get(message_id)
+            if message is None:
+                continue
+            if message.get("flags", 0) & 64 and "⚠️" in (message.get("content") or ""):
+                cycle.finish("error reply: " + message["content"][:80])
+                return
+            if not any(PICTURE_FILE.match(item.get("filename", "")) for item in message.get("attachments", [])):
+                continue
+            # A person clicks the keycap the bot put under the picture: wait until that one is there.
+            if any(
+                item.get("me") and item["emoji"].get("name") == cycle.reaction for item in message.get("reactions", [])
+            ):
+                cycle.picture_ref = str(message_id)
+                cycle.pictures_seconds = time.monotonic() - cycle.sent_at
+                cycle.finish()
+                return
+
+    async def react(self, person: Any, cycle: Cycle) -> None:
+        assert cycle.picture_ref is not None and cycle.reaction is not None
+        await self.fake.add_reaction(int(cycle.picture_ref), cycle.reaction, person)
+
+    def deliveries(self) -> Counter[int]:
+        counts: Counter[int] = Counter()
+        for message in self.fake.messages.values():
+            for item in message.get("attachments", []):
+                match = PICTURE_FILE.match(item.get("filename", ""))
+                if match:
+                    counts[int(match.group(1))] += 1
+        return counts
+
+
+class TelegramPlatform(Platform):
+    """python-telegram-bot via :class:`~bot.telegram_app.TelegramAdapter` against the loopback Bot API fake.
+
+    Telegram has no deferral: the first reply is the status line the bot
+    sends in reply to the photo, timed from the moment the photo's update was
+    queued for ``getUpdates`` to the moment that ``sendMessage`` reached the
+    fake.
+    """
+
+    name = "telegram"
+    first_reply_label = "first reply (status message)"
+    reactions = TELEGRAM_REACTIONS
+
+    def __init__(self) -> None:
+        self.fakes = load_fake("telegram_api")
+        self.fake: Any = None
+        self.adapter: Any = None
+        self._seen = 0
+        self._open_calls: list[Any] = []
+        #: (chat id, the person's message id) → the bot's replies to it, in arrival order.
+        self._replies: dict[tuple[int, int], list[Any]] = {}
+        #: (chat id, the person's message id) → the update id the bot received it under.
+        self._update_ids: dict[tuple[int, int], int] = {}
+
+    async def open_fake(self) -> dict[str, Any]:
+        self.fake = self.fakes.FakeTelegram(token=TELEGRAM_TOKEN, bot_username="MmppBenchBot")
+        await self.fake.__aenter__()
+        return {"telegram_base_url": self.fake.base_url, "telegram_base_file_url": self.fake.base_file_url}
+
+    async def open_bot(self, core: Any, settings: BotSettings) -> None:
+        from bot.telegram_app import TelegramAdapter
+
+        self.adapter = TelegramAdapter(core, settings, TELEGRAM_TOKEN)
+        await asyncio.wait_for(self.adapter.open(), 30)
+        await self.fake.wait_polling(timeout=30)
+
+    async def close(self) -> None:
+        if self.adapter is not None:
+            await self.adapter.close()
+        if self.fake is not None:
+            await self.fake.__aexit__(None, None, None)
+
+    def new_person(self, index: int) -> tuple[Any, str]:
+        user = self.fakes.FakeUser(5_000_000 + index, f"Person{index}", username=f"person{index}")
+        return user, str(user.id)
+
+    async def order(self, person: Any, cycle: Cycle, selfie: bytes) -> None:
+        message = await self.fake.send_photo(None, person, selfie, caption=f"/profile {STYLE}")
+        # Taken when the fake hands the message back, just after it queued the update: before the call
+        # would bill the fake's thumbnailing of the photo to the bot.
+        cycle.sent_at = time.monotonic()
+        cycle.handle = (int(message["chat"]["id"]), int(message["message_id"]))
+
+    def refresh(self) -> None:
+        """Read the calls that arrived since the last tick (the fake's list only grows)."""
+        calls = self.fake.calls()
+        self._open_calls.extend(calls[self._seen :])
+        self._seen = len(calls)
+        still_open = []
+        for call in self._open_calls:
+            if not call.done:
+                still_open.append(call)
+            elif call.ok and call.method == "getUpdates":
+                for update in call.result or []:
+                    body = update.get("message")
+                    if body:
+                        self._update_ids[(int(body["chat"]["id"]), int(body["message_id"]))] = int(update["update_id"])
+            elif call.ok and call.method in {"sendMessage", "sendPhoto"}:
+                result = call.result or {}
+                reply = result.get("reply_to_message")
+                if reply:
+                    self._replies.setdefault((int(result["chat"]["id"]), int(reply["message_id"])), []).append(call)
+        self._open_calls = still_open
+
+    def check(self, cycle: Cycle) -> None:
+        replies = self._replies.get(cycle.handle)
+        if not replies:
+            return
+        if cycle.first_reply_seconds is None:
+            cycle.first_reply_seconds = replies[0].at - cycle.sent_at
+        for call in replies:
+            if call.method == "sendMessage" and (call.params.get("text") or "").startswith("⚠️"):
+                cycle.finish("error reply: " + call.params["text"][:80])
+                return
+            if call.method == "sendPhoto":
+                cycle.picture_ref = f"{cycle.handle[0]}:{call.result['message_id']}"
+                cycle.pictures_seconds = call.at - cycle.sent_at
+                cycle.finish()
+                return
+
+    async def react(self, person: Any, cycle: Cycle) -> None:
+        assert cycle.picture_ref is not None and cycle.reaction is not None
+        chat_id, message_id = cycle.picture_ref.split(":")
+        await self.fake.react(int(chat_id), int(message_id), person, old=[], new=[cycle.reaction])
+
+    def event_key(self, cycle: Cycle) -> str | None:
+        update_id = self._update_ids.get(cycle.handle) if cycle.handle else None
+        return f"update:{update_id}" if update_id is not None else None
+
+    def deliveries(self) -> Counter[int]:
+        counts: Counter[int] = Counter()
+        for call in self.fake.calls("sendPhoto"):
+            match = CAPTION_JOB.search(call.params.get("caption") or "") if call.ok else None
+            if match:
+                counts[int(match.group(1))] += 1
+        return counts
+
+
+def make_platform(name: str) -> Platform:
+    if name == "discord":
+        return DiscordPlatform()
+    if name == "telegram":
+        return TelegramPlatform()
+    raise BenchError(
+        ErrorCode.INVALID_REQUEST, f"unknown platform {name[:20]!r}; choose one of: {', '.join(PLATFORMS)}"
+    )
+
+
+# --------------------------------------------------------------------------- the load
+
+
+@dataclass(frozen=True)
+class Options:
+    users: int = 200
+    seconds: float = 20.0
+    platform: str = "discord"
+    think: float = 0.0
+    seed: int = 0
+
+
+@dataclass
+class LoadOutcome:
+    """What the load phase produced, before it is checked against the database."""
+
+    cycles: list[Cycle]
+    reactions_sent: int
+    exceptions: list[str]
+    started_at: float
+    load_ended_at: float
+    drained_at: float
+    ratings_settled_at: float
+    drain_error: str | None
+    cpu_seconds: float
+    machine_busy_seconds: float | None
+
+
+def _machine_busy_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine so far (all cores; idle, iowait and steal excluded), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(value) for value in fields[:7])
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+async def _watch(platform: Platform, active: list[Cycle], stop: asyncio.Event) -> None:
+    """One task reads the fake for every open cycle: 200 tasks polling on their own would cost more than the bot."""
+    while not stop.is_set():
+        platform.refresh()
+        if active:
+            for cycle in list(active):
+                try:
+                    platform.check(cycle)
+                except Exception as error:  # noqa: BLE001 - one unreadable reply must not stop every person
+                    cycle.finish(f"could not read the reply: {type(error).__name__}: {error}"[:200])
+            active[:] = [cycle for cycle in active if cycle.done is not None and not cycle.done.done()]
+        await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+
+
+async def drive(platform: Platform, core: Any, storage: Any, options: Options, selfie: bytes) -> LoadOutcome:
+    """Run the people against the bot for ``options.seconds``, then let the bot finish what is in flight."""
+    loop = asyncio.get_running_loop()
+    cycles: list[Cycle] = []
+    active: list[Cycle] = []
+    exceptions: list[str] = []
+    reactions = [0]
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(_watch(platform, active, stop), name="bench-watcher")
+    ramp = min(1.0, options.seconds / 10)
+    people = [platform.new_person(index) for index in range(options.users)]
+    busy_before, cpu_before = _machine_busy_seconds(), time.process_time()
+    started_at = loop.time()
+    deadline = started_at + options.seconds
+
+    async def person(index: int) -> None:
+        user, user_id = people[index]
+        rng = random.Random(f"{options.seed}:{index}")
+        await asyncio.sleep(ramp * index / options.users)
+        while loop.time() < deadline:
+            cycle = Cycle(index, user_id)
+            cycle.reaction = rng.choice(list(platform.reactions))
+            cycle.stars = platform.reactions[cycle.reaction]
+            cycle.done = loop.create_future()
+            cycles.append(cycle)
+            await platform.order(user, cycle, selfie)
+            active.append(cycle)
+            try:
+                await asyncio.wait_for(cycle.done, CYCLE_TIMEOUT_SECONDS)
+            except TimeoutError:
+                cycle.finish(f"no pictures within {CYCLE_TIMEOUT_SECONDS:g} s")
+            if cycle.error is not None:
+                return  # this person gives up; the error is counted
+            await platform.react(user, cycle)
+            reactions[0] += 1
+            if options.think:
+                await asyncio.sleep(rng.uniform(0, 2 * options.think))
+
+    try:
+        results = await asyncio.gather(*(person(index) for index in range(options.users)), return_exceptions=True)
+        exceptions = [f"{type(result).__name__}: {result}"[:200] for result in results if isinstance(result, Exception)]
+        load_ended_at = loop.time()
+        drain_error = None
+        try:
+            await core.wait_idle(timeout=DRAIN_TIMEOUT_SECONDS)
+        except TimeoutError:
+            drain_error = f"jobs still in flight {DRAIN_TIMEOUT_SECONDS:g} s after the load"
+        drained_at = loop.time()
+        ratings_settled_at = await _ratings_settled(storage, reactions[0], loop)
+    finally:
+        stop.set()
+        await watcher
+    busy_after = _machine_busy_seconds()
+    return LoadOutcome(
+        cycles=cycles, reactions_sent=reactions[0], exceptions=exceptions, started_at=started_at,
+        load_ended_at=load_ended_at, drained_at=drained_at, ratings_settled_at=ratings_settled_at,
+        drain_error=drain_error, cpu_seconds=time.process_time() - cpu_before,
+        machine_busy_seconds=None if busy_before is None or busy_after is None else busy_after - busy_before,
+    )  # fmt: skip
+
+
+async def _ratings_settled(storage: Any, expected: int, loop: asyncio.AbstractEventLoop) -> float:
+    """When the ratings table stopped changing (the last reactions are still on their way when the load ends)."""
+    deadline = loop.time() + 10.0
+    last, last_change = -1, loop.time()
+    while loop.time() < deadline:
+        rows = await storage.count("ratings")
+        if rows != last:
+            last, last_change = rows, loop.time()
+        if rows >= expected or loop.time() - last_change > 1.0:
+            return last_change
+        await asyncio.sleep(0.02)
+    return last_change
+
+
+# --------------------------------------------------------------------------- checking against the database
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank percentile (``share`` in 0-1): a value that was really measured, no interpolation."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(share * len(ordered) - 1e-9)))
+    return ordered[rank - 1]
+
+
+async def verify(platform: Platform, storage: Any, queue: InstantWorkerQueue, outcome: LoadOutcome) -> dict[str, Any]:
+    """Every command must have exactly one job, every job one delivery per picture, every reaction its rating."""
+    jobs: dict[int, Any] = {}
+    lost_jobs = 0
+    for cycle in outcome.cycles:
+        key = platform.event_key(cycle)
+        job = await storage.job_by_event(platform.name, key) if key else None
+        if job is None:
+            lost_jobs += 1
+        else:
+            jobs[job.id] = job
+    job_rows = await storage.count("jobs")
+    undelivered = sum(1 for job in jobs.values() if job.state != "done" or job.delivered_at is None)
+
+    posted = platform.deliveries()
+    expected = {job.id: job.picture_count for job in jobs.values()}
+    lost_deliveries = sum(max(0, count - posted.get(job_id, 0)) for job_id, count in expected.items())
+    duplicated_deliveries = sum(max(0, count - expected.get(job_id, 0)) for job_id, count in posted.items())
+
+    matched = wrong = early = 0
+    for cycle in outcome.cycles:
+        if cycle.error is not None or cycle.picture_ref is None:
+            continue
+        picture = await storage.picture_by_message(platform.name, cycle.picture_ref)
+        rater = await storage.find_user(platform.name, cycle.platform_user_id)
+        score = await storage.rating(picture.id, rater) if picture is not None and rater is not None else None
+        if score == cycle.stars:
+            matched += 1
+        elif score is not None:
+            wrong += 1
+        elif picture is not None:
+            # The database knows this message now, yet the reaction left no row: it came before the bot had
+            # recorded which message holds the picture, and the core dropped it as "not one of ours".
+            early += 1
+    rating_rows = await storage.count("ratings")
+    return {
+        "jobs": {
+            "commands": len(outcome.cycles),
+            "rows": job_rows,
+            "lost": lost_jobs,
+            "duplicated": job_rows - len(jobs),
+            "enqueued_more_than_once": sum(1 for count in queue.submissions.values() if count > 1),
+            "undelivered": undelivered,
+        },
+        "deliveries": {
+            "expected": sum(expected.values()),
+            "posted": sum(posted.values()),
+            "lost": lost_deliveries,
+            "duplicated": duplicated_deliveries,
+        },
+        "ratings": {
+            "reactions": outcome.reactions_sent,
+            "rows": rating_rows,
+            "lost": outcome.reactions_sent - matched - wrong,
+            "lost_although_the_message_is_recorded": early,
+            "wrong_score": wrong,
+            "duplicated": max(0, rating_rows - matched - wrong),
+        },
+    }
+
+
+# --------------------------------------------------------------------------- the whole run
+
+
+def machine() -> dict[str, Any]:
+    cpu = host.processor() or host.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "os": host.platform(terse=True),
+        "python": host.python_version(),
+    }
+
+
+@contextlib.asynccontextmanager
+async def counting_errors() -> AsyncIterator[ErrorCounter]:
+    counter = ErrorCounter()
+    root = logging.getLogger()
+    root.addHandler(counter)
+    try:
+        yield counter
+    finally:
+        root.removeHandler(counter)
+
+
+async def run(options: Options, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Start the bot on the chosen platform's fake, drive the load, check the database; return the report."""
+    from bot.core import ChatCore
+    from bot.storage import Storage
+
+    say = progress or (lambda message: None)
+    platform_ = make_platform(options.platform)
+    selfie = sample_selfie()
+    queue = InstantWorkerQueue()
+    with tempfile.TemporaryDirectory(prefix="mmpp-bench-bots-") as folder:
+        workdir = Path(folder)
+        storage = await Storage.open(workdir / "bench.sqlite3")
+        core = None
+        try:
+            async with counting_errors() as errors:
+                values = await platform_.open_fake()
+                settings = BotSettings(
+                    _env_file=None,  # type: ignore[call-arg]
+                    database=workdir / "bench.sqlite3", state_dir=workdir / "state", out=workdir / "out",
+                    # High enough that the load is never refused: quotas are not what is measured.
+                    daily_picture_quota=1_000_000_000, chat_daily_picture_quota=1_000_000_000,
+                    max_pending_jobs=1_000_000, poll_interval_seconds=0.05, metrics_port=0,
+                    **values,
+                )  # fmt: skip
+                core = ChatCore(storage, queue, settings)
+                await platform_.open_bot(core, settings)
+                await core.start()
+                say(f"{options.platform} bot up; {options.users} people for {options.seconds:g} s")
+                outcome = await drive(platform_, core, storage, options, selfie)
+                say(f"load done: {len(outcome.cycles)} commands, {outcome.reactions_sent} reactions; checking")
+                checked = await verify(platform_, storage, queue, outcome)
+                logged_errors, first_logged = errors.count, errors.first
+        finally:
+            if core is not None:
+                await core.stop()
+            await platform_.close()
+            await storage.close()
+    return report(options, platform_, outcome, checked, logged_errors, first_logged)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+def report(
+    options: Options, platform_: Platform, outcome: LoadOutcome, checked: dict[str, Any], logged_errors: int,
+    first_logged: str | None,
+) -> dict[str, Any]:  # fmt: skip
+    cycles = outcome.cycles
+    first = [cycle.first_reply_seconds for cycle in cycles if cycle.first_reply_seconds is not None]
+    pictures = [cycle.pictures_seconds for cycle in cycles if cycle.pictures_seconds is not None]
+    error_texts = [cycle.error for cycle in cycles if cycle.error]
+    error_texts += outcome.exceptions + ([outcome.drain_error] if outcome.drain_error else [])
+    errors = {
+        "total": len(error_texts) + logged_errors,
+        "replies_and_timeouts": sum(1 for cycle in cycles if cycle.error),
+        "exceptions": len(outcome.exceptions),
+        "drain": 1 if outcome.drain_error else 0,
+        "logged_by_the_bot": logged_errors,
+        "first": (error_texts[0] if error_texts else first_logged),
+    }
+    load_seconds = outcome.load_ended_at - outcome.started_at
+    rating_window = max(outcome.ratings_settled_at, outcome.load_ended_at) - outcome.started_at
+    wall = outcome.ratings_settled_at - outcome.started_at
+    cores = os.cpu_count() or 1
+    others = None
+    if outcome.machine_busy_seconds is not None and wall > 0:
+        others = min(1.0, max(0.0, (outcome.machine_busy_seconds - outcome.cpu_seconds) / (wall * cores)))
+    p99 = percentile(first, 0.99)
+    jobs, deliveries, ratings = checked["jobs"], checked["deliveries"], checked["ratings"]
+    exact = (
+        jobs["lost"] == jobs["duplicated"] == jobs["enqueued_more_than_once"] == jobs["undelivered"] == 0
+        and deliveries["lost"] == deliveries["duplicated"] == 0
+        and ratings["lost"] == ratings["duplicated"] == ratings["wrong_score"] == 0
+    )
+    targets = {
+        "first_reply_p99": {
+            "limit_ms": TARGET_FIRST_REPLY_P99_SECONDS * 1000,
+            "value_ms": _ms(p99),
+            "pass": p99 is not None and p99 <= TARGET_FIRST_REPLY_P99_SECONDS,
+        },
+        "nothing_lost_or_duplicated": {"pass": exact},
+        "no_errors": {"pass": errors["total"] == 0},
+    }
+    return {
+        "benchmark": "bots",
+        "platform": options.platform,
+        "users": options.users,
+        "seconds": options.seconds,
+        "think_seconds": options.think,
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "worker": "InstantWorkerQueue (benchmark stand-in: every job succeeds at once with one tiny PNG)",
+        "load_seconds": round(load_seconds, 3),
+        "drain_seconds": round(outcome.drained_at - outcome.load_ended_at, 3),
+        "first_reply_label": platform_.first_reply_label,
+        "first_reply_ms": {
+            "count": len(first),
+            "p50": _ms(percentile(first, 0.50)),
+            "p90": _ms(percentile(first, 0.90)),
+            "p99": _ms(p99),
+            "max": _ms(max(first) if first else None),
+        },
+        "pictures_ms": {
+            "count": len(pictures),
+            "p50": _ms(percentile(pictures, 0.50)),
+            "p99": _ms(percentile(pictures, 0.99)),
+        },
+        "commands_per_second": round(len(cycles) / load_seconds, 2) if load_seconds > 0 else None,
+        "rating_writes_per_second": round(ratings["rows"] / rating_window, 2) if rating_window > 0 else None,
+        "jobs": jobs,
+        "deliveries": deliveries,
+        "ratings": ratings,
+        "errors": errors,
+        "cpu": {
+            "this_process_cores": round(outcome.cpu_seconds / wall, 2) if wall > 0 else None,
+            "other_processes_share": None if others is None else round(others, 3),
+        },
+        "targets": targets,
+        "pass": all(target["pass"] for target in targets.values()),
+    }
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _value(number: float | None, unit: str = "", digits: int = 1) -> str:
+    return "-" if number is None else f"{number:.{digits}f}{unit}"
+
+
+def render_table(result: dict[str, Any]) -> str:
+    machine_, first, pictures = result["machine"], result["first_reply_ms"], result["pictures_ms"]
+    jobs, deliveries, ratings, errors = result["jobs"], result["deliveries"], result["ratings"], result["errors"]
+    targets = result["targets"]
+
+    def verdict(name: str) -> str:
+        return "PASS" if targets[name]["pass"] else "FAIL"
+
+    think = f"think 0-{2 * result['think_seconds']:g} s" if result["think_seconds"] else "back to back"
+    others = result["cpu"]["other_processes_share"]
+    others_text = _value(None if others is None else others * 100, " %", 0)
+    lines = [
+        f"mmpp bench bots: {result['platform']}, {result['users']} people for {result['seconds']:g} s ({think})",
+        f"bot      real {result['platform']} adapter and client, real ChatCore + SQLite, loopback platform fake;",
+        "         the worker is InstantWorkerQueue (harness stand-in, no GPU: see mmpp bench engine)",
+        f"machine  {machine_['cpu']}, {machine_['cores']} cores ({machine_['usable_cores']} usable); "
+        f"{machine_['os']}; Python {machine_['python']}",
+        f"date     {result['date']}",
+        f"load     {result['load_seconds']:.1f} s; this process used "
+        f"{_value(result['cpu']['this_process_cores'], '', 2)} cores; other processes {others_text} of the machine",
+        "",
+        f"{'figure':<40}{'value':>16}  {'target':<12}{'result':<6}",
+        f"{'commands sent (/s)':<40}{len_and_rate(jobs['commands'], result['commands_per_second']):>16}",
+        f"{result['first_reply_label'] + ' p50':<40}{_value(first['p50'], ' ms'):>16}",
+        f"{result['first_reply_label'] + ' p99':<40}{_value(first['p99'], ' ms'):>16}  {'<= 250 ms':<12}"
+        f"{verdict('first_reply_p99')}",
+        f"{result['first_reply_label'] + ' max':<40}{_value(first['max'], ' ms'):>16}",
+        f"{'picture with rating controls p50 / p99':<40}"
+        f"{_value(pictures['p50'], '', 0) + ' / ' + _value(pictures['p99'], ' ms', 0):>16}",
+        f"{'jobs created / commands':<40}{str(jobs['rows']) + ' / ' + str(jobs['commands']):>16}",
+        f"{'jobs lost / duplicated':<40}{pair(jobs['lost'], jobs['duplicated']):>16}  {'0 / 0':<12}",
+        f"{'jobs enqueued twice / not delivered':<40}{pair(jobs['enqueued_more_than_once'], jobs['undelivered']):>16}"
+        f"  {'0 / 0':<12}",
+        f"{'picture messages / pictures':<40}{pair(deliveries['posted'], deliveries['expected']):>16}",
+        f"{'deliveries lost / duplicated':<40}{pair(deliveries['lost'], deliveries['duplicated']):>16}  {'0 / 0':<12}",
+        f"{'rating rows / reactions sent':<40}{pair(ratings['rows'], ratings['reactions']):>16}",
+        f"{'ratings lost / duplicated':<40}{pair(ratings['lost'], ratings['duplicated']):>16}  {'0 / 0':<12}",
+        f"{'rating writes per second':<40}{_value(result['rating_writes_per_second'], '', 2):>16}",
+        f"{'lost, duplicated or wrong, all told':<40}{'':>16}  {'none':<12}{verdict('nothing_lost_or_duplicated')}",
+        f"{'errors':<40}{errors['total']:>16}  {'0':<12}{verdict('no_errors')}",
+        f"{'overall':<40}{'':>16}  {'':<12}{'PASS' if result['pass'] else 'FAIL'}",
+    ]
+    if errors["first"]:
+        lines.append(f"first error: {errors['first']}")
+    if ratings["lost_although_the_message_is_recorded"]:
+        lines.append(
+            f"lost ratings: {ratings['lost_although_the_message_is_recorded']} of the {ratings['lost']} lost reactions "
+            "were on picture messages the database knows now: they arrived before the bot had recorded the "
+            "message, so the core took them for reactions to some other message."
+        )
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def pair(first: int, second: int) -> str:
+    return f"{first} / {second}"
+
+
+def len_and_rate(count: int, rate: float | None) -> str:
+    return f"{count} ({_value(rate)})"
+
+
+# --------------------------------------------------------------------------- command line
+
+
+class _RefusedError(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: {self.prog}: {message}", file=sys.stderr)
+        raise _RefusedError(EXIT_BAD_INPUT)
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        if message:
+            print(message, file=sys.stderr, end="")
+        raise _RefusedError(status)
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="mmpp bench bots",
+        description=(
+            "Drive the loopback Discord or Telegram fake with many simultaneous people against the real adapter, "
+            "core and SQLite database (the GPU worker is stood in for); print the time to the first reply, rating "
+            "writes per second, errors, and lost or duplicated jobs, deliveries and ratings. Exit status 1 when a "
+            "target is missed."
+        ),
+    )
+    parser.add_argument("--users", type=_positive(int), default=200, help="simultaneous people (default 200)")
+    parser.add_argument("--seconds", type=_positive(float), default=20.0, help="length of the load (default 20)")
+    parser.add_argument("--platform", choices=PLATFORMS, default="discord", help="which adapter (default discord)")
+    parser.add_argument(
+        "--think", type=float, default=0.0,
+        help="mean pause in seconds between a person's rating and their next command (uniform 0-2x; default 0)",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the people's choices")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mmpp bench bots [options]`` (``argv`` starts with ``bots``); returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "bots":
+        if argv and argv[0] in {"-h", "--help"}:
+            print("usage: mmpp bench bots [options]; mmpp bench bots --help for the options")
+            return 0
+        what = f"'{argv[0][:40]}' is not a benchmark here" if argv else "no benchmark named"
+        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: mmpp bench: {what}; this one is: bots.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        arguments = build_parser().parse_args(argv[1:])
+    except _RefusedError as refusal:
+        return refusal.status
+    if arguments.think < 0:
+        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: mmpp bench bots: --think must be 0 or more.", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logging.basicConfig(
+        level=logging.INFO if arguments.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request URLs hold the Telegram token
+    options = Options(arguments.users, arguments.seconds, arguments.platform, arguments.think, arguments.seed)
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[bench {time.monotonic() - started:5.1f}s] {message}", file=sys.stderr, flush=True)
+
+    try:
+        result = asyncio.run(run(options, progress=say))
+    except BenchError as error:
+        print(error.as_line(), file=sys.stderr)
+        return EXIT_BAD_INPUT if error.code is not ErrorCode.INTERNAL else EXIT_INTERNAL
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result, indent=2) if arguments.json else render_table(result))
+    return 0 if result["pass"] else EXIT_TARGET_MISSED

@@ -8,7 +8,9 @@ ENGINE_COMMANDS = {
     "generate": "write profile pictures for a photo, in this process",
     "styles": "list the style catalogue",
     "worker": "run a Celery generation worker",
-    "bench": "measure the engine (mmpp bench engine --help)",
+    "bench": "measure the engine or the chat side (mmpp bench engine --help, mmpp bench bots --help)",
+    "eval": "score a parameter sweep or the bot's ratings into a report (mmpp eval --help)",
+    "train": "train a portrait or style LoRA on a folder of pictures (mmpp train --help)",
 }
 BOT_COMMANDS = {
     "run": "start a worker and the adapters whose tokens are set (the console when none is)",
@@ -32,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "bench" and rest[:1] == ["bots"]:
+        # The first argument picks the side: the chat-side load test lives in bot/ (no torch there).
+        from bot.bench import main as bots_bench_main
+
+        return bots_bench_main(rest)
     if command in ENGINE_COMMANDS:
         from engine.cli import main as engine_main
 

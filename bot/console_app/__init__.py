@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bot.core import ChatCore, CoreError, Person, ProfileOrder, parse_console_line
+from bot.core.service import PostedCallback
 from bot.storage import Job, StoredPicture
 from engine.contracts import ErrorCode
 
@@ -41,16 +42,18 @@ class ConsoleDelivery:
     async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
         print(f"job {job.id}: {text}", file=self.stderr, flush=True)
 
-    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]:
+    async def post_pictures(
+        self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
+    ) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for picture in pictures:
             path = self.out_dir / f"job-{job.id}-{picture.position}.png"
             path.write_bytes(picture.png)
             paths.append(str(path))
+            await on_posted(picture, f"{job.id}:{picture.position}")
         print(f"job {job.id}: {' '.join(paths)}", file=self.stdout, flush=True)
         print(f"job {job.id}: {caption}", file=self.stderr, flush=True)
-        return [f"{job.id}:{picture.position}" for picture in pictures]
 
     async def post_notice(self, job: Job, text: str) -> None:
         print(text, file=self.stderr, flush=True)

@@ -17,7 +17,7 @@ import math
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -57,6 +57,8 @@ REACTION_SCORES: dict[str, int] = {
     "💩": 1, "🤮": 1, "😡": 1, "🤡": 1,
 }  # fmt: skip
 RATING_KEYCAPS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣"]
+#: How many times a reaction on a not-yet-known message looks again (about 1.5 s in all).
+REACTION_WAIT_ATTEMPTS = 5
 
 
 def score_for_reaction(emoji: str) -> int | None:
@@ -152,6 +154,9 @@ class PromptFilter:
         return cls(phrases)
 
 
+PostedCallback = Callable[[StoredPicture, str], Awaitable[None]]
+
+
 class Delivery(Protocol):
     """What an adapter implements so the core can talk on its platform."""
 
@@ -163,7 +168,15 @@ class Delivery(Protocol):
 
     async def edit_status(self, job: Job, message_ref: str, text: str) -> None: ...
 
-    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]: ...
+    async def post_pictures(
+        self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
+    ) -> None:
+        """Post the pictures; call ``on_posted(picture, message_ref)`` as soon as each exists.
+
+        Right away, before adding rating controls: people react within
+        milliseconds, and a reaction on a message the core does not know yet
+        would be lost.
+        """
 
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None: ...
 
@@ -323,11 +336,6 @@ class ChatCore:
             return job, False
         metrics.JOBS_CREATED.labels(job.platform).inc()
         delivery = self._deliveries.get(job.platform)
-        if delivery is not None and await self.storage.take_privacy_notice(user_id):
-            try:
-                await delivery.post_notice(job, self.privacy_notice())
-            except Exception:
-                logger.exception("posting the privacy notice of job %s failed", job.id)
         if delivery is not None:
             try:
                 ref = await delivery.post_status(job, await self._status_text(job))
@@ -336,6 +344,13 @@ class ChatCore:
                     job = await self._reload(job)
             except Exception:
                 logger.exception("posting the status of job %s failed; the job goes on", job.id)
+        # After the status: on Discord the first follow-up fills the public
+        # "thinking" message, and the notice must stay private.
+        if delivery is not None and await self.storage.take_privacy_notice(user_id):
+            try:
+                await delivery.post_notice(job, self.privacy_notice())
+            except Exception:
+                logger.exception("posting the privacy notice of job %s failed", job.id)
         await self._enqueue(job)
         self._follow(job)
         return job, True
@@ -524,10 +539,11 @@ class ChatCore:
             await delivery.post_failure(job, code, job.error_message or "")
         else:
             pictures = await self.storage.pictures(job.id)
-            refs = await delivery.post_pictures(job, pictures, self._caption(job))
-            for picture, ref in zip(pictures, refs, strict=False):
-                if ref:
-                    await self.storage.set_picture_message(picture.id, ref)
+
+            async def remember(picture: StoredPicture, ref: str) -> None:
+                await self.storage.set_picture_message(picture.id, ref)
+
+            await delivery.post_pictures(job, pictures, self._caption(job), remember)
         await self.storage.update_job(job.id, delivered_at=timestamp())
         metrics.JOBS_FINISHED.labels(job.state, job.error_code or "").inc()
         waited = (self._clock() - datetime.fromisoformat(job.created_at)).total_seconds()
@@ -560,18 +576,31 @@ class ChatCore:
 
     async def rate_message(self, rater: Person, message_ref: str, stars: int | None, source: str) -> bool:
         """A reaction on a posted picture; ``False`` when the message is not one of ours."""
-        picture = await self.storage.picture_by_message(rater.platform, message_ref)
+        picture = await self._picture_for_message(rater.platform, message_ref)
         if picture is None:
             return False
         await self.rate(rater, picture.id, stars, source)
         return True
+
+    async def _picture_for_message(self, platform: str, message_ref: str) -> StoredPicture | None:
+        """The picture posted as this message, waiting a moment for one being posted right now.
+
+        A reaction can overtake the adapter's report that the message exists;
+        a short wait keeps that rating instead of dropping it.
+        """
+        for attempt in range(REACTION_WAIT_ATTEMPTS):
+            picture = await self.storage.picture_by_message(platform, message_ref)
+            if picture is not None or not self._followers:
+                return picture
+            await asyncio.sleep(0.1 * (attempt + 1))
+        return None
 
     async def withdraw_reaction(self, rater: Person, message_ref: str, stars: int) -> bool:
         """A removed reaction withdraws the rating only if it was the one in force.
 
         Someone who reacted 4️⃣ and then 5️⃣ and removes the 4️⃣ still means 5.
         """
-        picture = await self.storage.picture_by_message(rater.platform, message_ref)
+        picture = await self._picture_for_message(rater.platform, message_ref)
         rater_id = await self.storage.find_user(rater.platform, rater.user_id)
         if picture is None or rater_id is None:
             return False

@@ -21,7 +21,7 @@ import discord
 from discord import app_commands
 
 from bot.core import ChatCore, CoreError, Person, ProfileOrder
-from bot.core.service import RATING_KEYCAPS, RATING_SCALE, score_for_reaction
+from bot.core.service import RATING_KEYCAPS, RATING_SCALE, PostedCallback, score_for_reaction
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
 from engine.contracts import MAX_PICTURES, MAX_UPLOAD_BYTES, ErrorCode
@@ -91,9 +91,10 @@ class DiscordDelivery:
         if token_alive(job.reply_context):
             await self._webhook(job.reply_context).edit_message(int(message_ref), content=text)
 
-    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]:
+    async def post_pictures(
+        self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
+    ) -> None:
         context = job.reply_context
-        refs: list[str | None] = []
         for index, picture in enumerate(pictures):
             is_last = index == len(pictures) - 1
             content = caption if index == 0 else None
@@ -102,7 +103,7 @@ class DiscordDelivery:
             file = discord.File(io.BytesIO(picture.png), filename=f"mmpp-{job.id}-{picture.position}.png")
             view = job_view(job.id, self.client.core) if is_last else None
             message = await self._send(context, content=content, file=file, view=view, nonce=f"{job.id}-{index}")
-            refs.append(str(message.id))
+            await on_posted(picture, str(message.id))
             for keycap in RATING_KEYCAPS:
                 await message.add_reaction(keycap)
         if token_alive(context) and job.status_message_id:
@@ -113,7 +114,6 @@ class DiscordDelivery:
                 )
             except discord.HTTPException:
                 logger.info("could not edit the status of job %s", job.id)
-        return refs
 
     async def _send(
         self,

@@ -41,7 +41,7 @@ from telegram.ext import (
 )
 
 from bot.core import ChatCore, CoreError, Person, ProfileOrder, parse_caption
-from bot.core.service import score_for_reaction
+from bot.core.service import PostedCallback, score_for_reaction
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
 from engine.contracts import MAX_UPLOAD_BYTES, ErrorCode
@@ -130,7 +130,9 @@ class TelegramDelivery:
             if "not modified" not in str(error).lower():
                 raise
 
-    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]:
+    async def post_pictures(
+        self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
+    ) -> None:
         chat_id = job.reply_context["chat_id"]
         reply_to = job.reply_context.get("message_id")
         if len(pictures) == 1:
@@ -139,7 +141,7 @@ class TelegramDelivery:
                 reply_markup=rating_keyboard(job, pictures), reply_to_message_id=reply_to,
                 allow_sending_without_reply=True,
             )  # fmt: skip
-            refs: list[str | None] = [message_ref(chat_id, message.message_id)]
+            await on_posted(pictures[0], message_ref(chat_id, message.message_id))
         else:
             media = [
                 InputMediaPhoto(picture.png, caption=caption if index == 0 else None)
@@ -149,7 +151,8 @@ class TelegramDelivery:
                 self.bot.send_media_group, chat_id=chat_id, media=media, reply_to_message_id=reply_to,
                 allow_sending_without_reply=True,
             )  # fmt: skip
-            refs = [message_ref(chat_id, message.message_id) for message in messages]
+            for picture, message in zip(pictures, messages, strict=False):
+                await on_posted(picture, message_ref(chat_id, message.message_id))
             await with_retries(
                 self.bot.send_message, chat_id=chat_id, text="Rate them (1 = poor, 5 = love it):",
                 reply_markup=rating_keyboard(job, pictures),
@@ -159,7 +162,6 @@ class TelegramDelivery:
                 await self.bot.delete_message(chat_id=chat_id, message_id=int(job.status_message_id))
             except (BadRequest, Forbidden, NetworkError):
                 logger.info("could not delete the status message of job %s", job.id)
-        return refs
 
     async def post_notice(self, job: Job, text: str) -> None:
         await with_retries(self.bot.send_message, chat_id=job.reply_context["chat_id"], text=text)

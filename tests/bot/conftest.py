@@ -91,9 +91,10 @@ class RecordingDelivery:
     async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
         self.edits.append((job.id, text))
 
-    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str) -> list[str | None]:
+    async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str, on_posted) -> None:
         self.pictures.append((job.id, pictures, caption))
-        return [f"message-{job.id}-{picture.position}" for picture in pictures]
+        for picture in pictures:
+            await on_posted(picture, f"message-{job.id}-{picture.position}")
 
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
         self.failures.append((job.id, code, text))

@@ -32,7 +32,7 @@ async def seed(database: Path) -> None:
         task_id="task-1", user_id=owner, platform="telegram", event_key="u1", chat_id="c", style="anime", prompt="",
         mode="fast", picture_count=2, seed=1, selfie=b"x", reply_context={},
     )  # fmt: skip
-    first, second = await storage.store_pictures(job.id, [(1, b"png1"), (2, b"png2")])
+    first, _ = await storage.store_pictures(job.id, [(1, b"png1"), (2, b"png2")])
     await storage.update_job(job.id, state="done")
     for index, score in enumerate([5, 4, 2]):
         rater = await storage.user_id("telegram", f"r{index}")

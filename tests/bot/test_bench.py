@@ -1,0 +1,114 @@
+"""``mmpp bench bots``: the load harness runs end to end and its figures add up.
+
+No timing thresholds here: the machine is shared and the figures are the
+benchmark's to report.  What is checked is that every figure is there and
+consistent with the others (jobs == commands, one delivery per picture, no
+duplicates, positive latencies), on both platforms, through the real
+``main`` with ``--json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+import bot.bench as bench
+from engine.contracts import ErrorCode, GenerateResult
+from mmpp.cli import main as mmpp_main
+
+RUNS = {
+    "discord": ["bots", "--users", "10", "--seconds", "5", "--json"],
+    "telegram": ["bots", "--platform", "telegram", "--users", "5", "--seconds", "3", "--json"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(RUNS))
+def result(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """One run per platform, shared by the tests below (each takes a few seconds)."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        status = bench.main(RUNS[request.param])
+    report = json.loads(output.getvalue())
+    assert status == (0 if report["pass"] else bench.EXIT_TARGET_MISSED)
+    return report
+
+
+def test_the_report_names_the_run_and_the_machine(result: dict[str, Any]) -> None:
+    assert result["benchmark"] == "bots" and result["platform"] in bench.PLATFORMS
+    assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
+    assert result["date"][:4].isdigit()
+    assert "InstantWorkerQueue" in result["worker"]
+    assert set(result["targets"]) == {"first_reply_p99", "nothing_lost_or_duplicated", "no_errors"}
+    assert result["pass"] == all(target["pass"] for target in result["targets"].values())
+
+
+def test_every_command_made_exactly_one_job_and_one_delivery(result: dict[str, Any]) -> None:
+    jobs, deliveries = result["jobs"], result["deliveries"]
+    assert jobs["commands"] > 0
+    assert jobs["rows"] == jobs["commands"]
+    assert jobs["lost"] == jobs["duplicated"] == jobs["enqueued_more_than_once"] == jobs["undelivered"] == 0
+    assert deliveries["posted"] == deliveries["expected"] == jobs["commands"]
+    assert deliveries["lost"] == deliveries["duplicated"] == 0
+    assert result["errors"]["total"] == 0, result["errors"]["first"]
+
+
+def test_latencies_are_measured_for_every_command(result: dict[str, Any]) -> None:
+    first, pictures = result["first_reply_ms"], result["pictures_ms"]
+    assert first["count"] == pictures["count"] == result["jobs"]["commands"]
+    assert 0 < first["p50"] <= first["p90"] <= first["p99"] <= first["max"]
+    assert 0 < pictures["p50"] <= pictures["p99"]
+    assert result["first_reply_ms"]["p99"] == result["targets"]["first_reply_p99"]["value_ms"]
+    assert result["commands_per_second"] > 0 and result["rating_writes_per_second"] >= 0
+
+
+def test_ratings_are_counted_without_duplicates(result: dict[str, Any]) -> None:
+    ratings = result["ratings"]
+    assert ratings["reactions"] == result["jobs"]["commands"]  # everyone who got a picture rated it
+    assert ratings["duplicated"] == ratings["wrong_score"] == 0
+    assert ratings["rows"] + ratings["lost"] == ratings["reactions"]
+
+
+def test_every_reaction_becomes_a_rating(result: dict[str, Any]) -> None:
+    ratings = result["ratings"]
+    assert ratings["rows"] == ratings["reactions"] and ratings["lost"] == 0
+
+
+def test_the_instant_worker_answers_a_valid_result_with_pngs() -> None:
+    async def ask() -> GenerateResult:
+        queue = bench.InstantWorkerQueue()
+        assert (await queue.status("unknown")).state == "PENDING"
+        await queue.submit("task", {"count": 3, "style": "anime", "seed": 7}, "mmpp")
+        status = await queue.status("task")
+        assert status.ready and status.state == "SUCCESS" and status.result is not None
+        return GenerateResult.from_payload(status.result)
+
+    result = asyncio.run(ask())
+    assert result.ok and [picture.seed for picture in result.pictures] == [7, 8, 9]
+    assert Image.open(io.BytesIO(result.pictures[0].png)).format == "PNG"
+    assert base64.b64decode(base64.b64encode(bench.tiny_png())) == result.pictures[0].png
+
+
+def test_mmpp_bench_bots_is_routed_to_the_bot_side(capsys: pytest.CaptureFixture[str]) -> None:
+    assert mmpp_main(["bench", "bots", "--help"]) == 0
+    assert "--users" in capsys.readouterr().out
+    assert mmpp_main(["bench", "bots", "--users", "0"]) == bench.EXIT_BAD_INPUT
+    assert "error[INVALID_REQUEST]" in capsys.readouterr().err
+    assert bench.main(["engine"]) == bench.EXIT_BAD_INPUT
+
+
+def test_outside_a_checkout_the_fakes_are_missing_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(bench, "CHECKOUT", tmp_path)
+    monkeypatch.delitem(sys.modules, "_mmpp_bench_fakes_telegram_api", raising=False)
+    with pytest.raises(bench.BenchError) as refused:
+        bench.load_fake("telegram_api")
+    assert refused.value.code is ErrorCode.NOT_FOUND
+    assert "checkout" in refused.value.as_line() and "\n" not in refused.value.as_line()
