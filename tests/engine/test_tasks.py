@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import io
-import struct
 import time
 import uuid
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,37 +13,12 @@ from PIL import Image
 from engine import tasks
 from engine.contracts import GENERATE_TASK_NAME, ErrorCode, GenerateRequest, GenerateResult, Mode
 from tests.conftest import REDIS_URL, redis_available, start_worker, stop_worker
+from tests.images import decompression_bomb, encoded, two_faces
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def decompression_bomb() -> bytes:
-    """A valid-looking 30000x30000 PNG header with almost no data: a few hundred bytes."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-        + chunk(b"IEND", b"")
-    )
-
-
-def two_faces(selfie: bytes) -> bytes:
-    face = Image.open(io.BytesIO(selfie)).convert("RGB")
-    both = Image.new("RGB", (face.width * 2, face.height))
-    both.paste(face, (0, 0))
-    both.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (face.width, 0))
-    return png_bytes(both)
+png_bytes = encoded
 
 
 def payload(selfie: bytes, **fields: object) -> dict[str, object]:

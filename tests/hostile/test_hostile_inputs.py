@@ -7,10 +7,8 @@ time, the worker's memory stays bounded, and both keep serving afterwards.
 from __future__ import annotations
 
 import io
-import struct
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,28 +27,10 @@ from engine.contracts import (
     Mode,
 )
 from tests.conftest import REDIS_URL, SAMPLE_SELFIE, redis_available, start_worker, stop_worker
+from tests.images import decompression_bomb, encoded, two_faces
 
 SECONDS_PER_INPUT = 90
 WORKER_MEMORY_LIMIT_BYTES = 3 * 2**30
-
-
-def encoded(image: Image.Image, kind: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, kind, **options)
-    return buffer.getvalue()
-
-
-def bomb() -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 4096))
-        + chunk(b"IEND", b"")
-    )
 
 
 def selfie() -> Image.Image:
@@ -77,26 +57,18 @@ def animated_gif() -> bytes:
     return buffer.getvalue()
 
 
-def two_faces() -> bytes:
-    face = selfie()
-    both = Image.new("RGB", (face.width * 2, face.height))
-    both.paste(face, (0, 0))
-    both.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (face.width, 0))
-    return encoded(both, "PNG")
-
-
 JPEG = SAMPLE_SELFIE.read_bytes()
 CASES: dict[str, tuple[bytes, dict[str, object], ErrorCode | None]] = {
     "truncated jpeg": (JPEG[: len(JPEG) // 2], {}, ErrorCode.NOT_AN_IMAGE),
     "corrupt png": (encoded(selfie(), "PNG")[:200] + b"\x00garbage" * 50, {}, ErrorCode.NOT_AN_IMAGE),
     "text named .jpg": (b"Dear diary, today I sent a text file as a photo.", {}, ErrorCode.NOT_AN_IMAGE),
-    "decompression bomb": (bomb(), {}, ErrorCode.IMAGE_TOO_LARGE),
+    "decompression bomb": (decompression_bomb(), {}, ErrorCode.IMAGE_TOO_LARGE),
     "animated gif": (animated_gif(), {}, ErrorCode.NOT_AN_IMAGE),
     "16x16": (encoded(Image.new("RGB", (16, 16), "white"), "PNG"), {}, ErrorCode.IMAGE_TOO_SMALL),
     "cmyk jpeg": (encoded(selfie().convert("CMYK"), "JPEG"), {}, None),
     "16-bit png": (sixteen_bit(), {}, None),
     "exif rotated": (rotated_with_exif(), {}, None),
-    "several faces": (two_faces(), {}, ErrorCode.MULTIPLE_FACES),
+    "several faces": (two_faces(SAMPLE_SELFIE.read_bytes()), {}, ErrorCode.MULTIPLE_FACES),
     "control characters": (JPEG, {"prompt": "a pirate\x00\x07\x1b[31m with a hat\r\n"}, None),
     "10 000 characters": (JPEG, {"prompt": "x" * 10_000}, ErrorCode.PROMPT_TOO_LONG),
     "unknown style": (JPEG, {"style": "building"}, ErrorCode.UNKNOWN_STYLE),

@@ -25,6 +25,7 @@ from bot.telegram_app import ALLOWED_UPDATES, COMMANDS, TelegramAdapter, Telegra
 from engine.contracts import ErrorCode
 from tests.conftest import REDIS_URL, REPO, SAMPLE_SELFIE
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
+from tests.images import side_by_side
 
 TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz"
 ALICE = FakeUser(1001, "Alice", username="alice")
@@ -209,13 +210,6 @@ async def test_errors_reach_the_user_as_one_line(
         lambda call: call.method == "sendMessage" and f"({code.value})" in call.params.get("text", ""), timeout=120
     )
     assert "\n" not in reply.params["text"] and "Traceback" not in reply.params["text"]
-
-
-def side_by_side(face: Image.Image) -> Image.Image:
-    both = Image.new("RGB", (face.width * 2, face.height))
-    both.paste(face, (0, 0))
-    both.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (face.width, 0))
-    return both
 
 
 async def test_a_text_file_sent_as_an_image_document_is_refused(running: RunningBot) -> None:
