@@ -1,4 +1,4 @@
-"""Engine subcommands of ``mmpp``: generate, styles, worker, bench.
+"""Engine subcommands of ``mmpp``: generate, styles, worker, bench, eval.
 
 Every failure a user can cause ends as one line ``error[CODE]: message`` on
 stderr and exit status 2; a failure of ours as ``error[INTERNAL]`` and exit
@@ -73,6 +73,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--loglevel", default="INFO")
     elif command == "styles":
         parser.description = "List the style catalogue."
+    elif command == "train":
+        from engine.train.cli import add_arguments
+
+        add_arguments(parser)
     return parser
 
 
@@ -81,12 +85,16 @@ def main(command: str, argv: list[str]) -> int:
         from engine.bench import main as bench_main
 
         return bench_main(argv)
+    if command == "eval":
+        from engine.evaluate.cli import main as eval_main
+
+        return eval_main(argv)
     arguments = build_parser(command).parse_args(argv)
     from engine.settings import EngineSettings
     from mmpp.logs import configure_logging
 
     configure_logging(arguments.verbose or command == "worker", EngineSettings().log_format)
-    if command in {"generate", "worker"}:
+    if command in {"generate", "worker", "train"}:
         from engine.hub import prefer_offline_when_unreachable
 
         prefer_offline_when_unreachable()
@@ -97,6 +105,10 @@ def main(command: str, argv: list[str]) -> int:
             return _styles()
         if command == "worker":
             return _worker(arguments)
+        if command == "train":
+            from engine.train.cli import run as train_run
+
+            return train_run(arguments)
     except EngineError as error:
         print(error.as_line(), file=sys.stderr)
         return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT

@@ -1,0 +1,550 @@
+"""Parameter sweeps: every combination of styles, scales, modes and seeds, for every selfie.
+
+Why one :class:`~engine.pipeline.Engine` for the whole sweep: switching style
+or scale only changes adapter weights (``set_adapters``), so a sweep costs
+one model load plus the pictures, exactly as in the worker; the scales go in
+through :class:`~engine.pipeline.ScaleOverrides`, the same door tests use.
+
+Each picture is scored as soon as it is made (identity, CLIP, Inception
+features), so a large sweep never holds all its pictures in memory; only
+thumbnails are written to disk.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import math
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from engine.contracts import MAX_PICTURES, MIN_PICTURES, EngineError, ErrorCode, GenerateRequest, Mode
+from engine.evaluate.metrics import (
+    ClipScorer,
+    IdentityScorer,
+    MetricUnavailableError,
+    fid_from_features,
+    kernel_inception_distance,
+)
+from engine.faces import SAME_PERSON_DISTANCE, decode_image
+from engine.styles import SCALE_BOUNDS, STEP_BOUNDS, Catalogue
+
+if TYPE_CHECKING:
+    from engine.evaluate.inception import InceptionFeatures
+    from engine.pipeline import Engine
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+THUMBNAIL_SIDE = 256
+#: The sweep file's keys; anything else is a typo and is refused by name.
+SWEEP_FIELDS = (
+    "styles", "style_scale", "portrait_scale", "ip_adapter_scale", "modes", "seeds", "steps", "count", "prompt",
+)  # fmt: skip
+TINY_LABEL = "test-sized model: pictures are noise, figures are meaningless"
+
+
+def _bad(path: Path, name: str, problem: str) -> EngineError:
+    return EngineError(ErrorCode.INVALID_REQUEST, f"sweep file {path}: field '{name}' {problem}")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A parsed sweep file.  ``None`` in a scale or mode list means "the style's own value"."""
+
+    styles: list[str]
+    style_scales: list[float | None]
+    portrait_scales: list[float | None]
+    ip_adapter_scales: list[float | None]
+    modes: list[Mode | None]
+    seeds: list[int]
+    steps: dict[Mode, int] = field(default_factory=dict)
+    count: int = 1
+    prompt: str = ""
+
+    def combinations(self) -> list[tuple[str, float | None, float | None, float | None, Mode | None, int]]:
+        """styles x style scale x portrait scale x IP-Adapter scale x mode x seed, in that order."""
+        return list(
+            itertools.product(
+                self.styles, self.style_scales, self.portrait_scales, self.ip_adapter_scales, self.modes, self.seeds
+            )
+        )
+
+
+def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
+    """Read and check a sweep file, naming the field at fault in a one-line error.
+
+    Everything is checked before any model loads, so a typo costs
+    milliseconds, not a model load.  Keys::
+
+        styles = ["anime", "watercolor"]      # required
+        style_scale = [0.5, 1.0]              # optional lists; omitted = each style's own value
+        portrait_scale = [0.4]
+        ip_adapter_scale = [0.6]
+        modes = ["fast"]                      # omitted = each style's default mode
+        seeds = [1, 2]                        # default [0]
+        steps = 4                             # or {fast = 4, quality = 20}; omitted = style default
+        count = 1                             # pictures per seed (1-4; seeds seed, seed+1, ...)
+        prompt = ""                           # the subject, as a user would type it
+    """
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EngineError(ErrorCode.INVALID_REQUEST, f"sweep file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise EngineError(
+            ErrorCode.INVALID_REQUEST, f"sweep file {path} cannot be read ({type(error).__name__})"
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise EngineError(ErrorCode.INVALID_REQUEST, f"sweep file {path} is not valid TOML: {error}") from None
+    for key in document:
+        if key not in SWEEP_FIELDS:
+            raise _bad(path, key, f"is not a sweep field; use: {', '.join(SWEEP_FIELDS)}")
+
+    styles = document.get("styles")
+    if not isinstance(styles, list) or not styles or not all(isinstance(item, str) for item in styles):
+        raise _bad(path, "styles", "must be a non-empty list of style names")
+    for name in styles:
+        if name not in catalogue:
+            raise _bad(path, "styles", f"names '{name}', which is not in the catalogue ({', '.join(catalogue.names)})")
+    styles = [catalogue.get(name).name for name in styles]
+
+    def scales(name: str) -> list[float | None]:
+        if name not in document:
+            return [None]
+        values = document[name]
+        low, high = SCALE_BOUNDS[name]
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        ):
+            raise _bad(path, name, f"must be a non-empty list of numbers between {low:g} and {high:g}")
+        for value in values:
+            if not (math.isfinite(value) and low <= value <= high):
+                raise _bad(path, name, f"has {value!r}; values must lie between {low:g} and {high:g}")
+        return [float(value) for value in values]
+
+    modes: list[Mode | None] = [None]
+    if "modes" in document:
+        values = document["modes"]
+        if not isinstance(values, list) or not values:
+            raise _bad(path, "modes", "must be a non-empty list of 'fast' and/or 'quality'")
+        try:
+            modes = [Mode(value) for value in values]
+        except ValueError:
+            raise _bad(path, "modes", f"has {values!r}; use 'fast' and/or 'quality'") from None
+
+    seeds = document.get("seeds", [0])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32 for seed in seeds)
+    ):
+        raise _bad(path, "seeds", "must be a non-empty list of integers from 0 to 4294967295")
+
+    steps: dict[Mode, int] = {}
+    if "steps" in document:
+        value = document["steps"]
+        if isinstance(value, int) and not isinstance(value, bool):
+            # One number for every mode the sweep runs (a style's default mode where none is named).
+            used = {mode or catalogue.get(name).mode for mode in modes for name in styles}
+            steps = dict.fromkeys(sorted(used), value)
+        elif isinstance(value, dict):
+            for key, number in value.items():
+                try:
+                    steps[Mode(key)] = number
+                except ValueError:
+                    raise _bad(path, "steps", f"has a table key '{key}'; use 'fast' and 'quality'") from None
+        else:
+            raise _bad(path, "steps", "must be an integer or a table {fast = N, quality = N}")
+        for mode, number in steps.items():
+            low, high = STEP_BOUNDS[mode]
+            if not isinstance(number, int) or isinstance(number, bool) or not low <= number <= high:
+                raise _bad(path, "steps", f"has {number!r} for {mode.value} mode, which takes {low} to {high} steps")
+
+    count = document.get("count", 1)
+    if not isinstance(count, int) or isinstance(count, bool) or not MIN_PICTURES <= count <= MAX_PICTURES:
+        raise _bad(path, "count", f"must be an integer from {MIN_PICTURES} to {MAX_PICTURES}")
+    prompt = document.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise _bad(path, "prompt", "must be a string")
+    return SweepConfig(
+        styles=styles,
+        style_scales=scales("style_scale"),
+        portrait_scales=scales("portrait_scale"),
+        ip_adapter_scales=scales("ip_adapter_scale"),
+        modes=modes,
+        seeds=[int(seed) for seed in seeds],
+        steps=steps,
+        count=count,
+        prompt=prompt,
+    )
+
+
+def list_images(folder: Path, what: str) -> list[Path]:
+    """The picture files directly in ``folder``, sorted; a one-line error if there are none."""
+    if not folder.is_dir():
+        raise EngineError(ErrorCode.INVALID_REQUEST, f"the {what} folder {folder} does not exist or is not a folder")
+    files = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise EngineError(
+            ErrorCode.INVALID_REQUEST, f"the {what} folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files"
+        )
+    return files
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Scorers:
+    """The metric models the sweep could load, and the reasons for those it could not."""
+
+    identity: IdentityScorer
+    clip: ClipScorer | None = None
+    clip_reason: str = ""
+    inception: InceptionFeatures | None = None
+    inception_reason: str = ""
+
+
+@dataclass
+class Selfie:
+    index: int
+    path: Path
+    image: Image.Image
+    data: bytes
+    embedding: np.ndarray | None = None
+    problem: str = ""
+    thumbnail: str | None = None
+
+
+def _thumbnail(image: Image.Image, path: Path) -> None:
+    thumb = image.convert("RGB")
+    thumb.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.LANCZOS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    thumb.save(path, format="PNG")
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return sum(present) / len(present) if present else None
+
+
+def config_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Pictures with equal key were made the same way (seed aside)."""
+    return (row["style"], row["mode"], row["style_scale"], row["portrait_scale"], row["ip_adapter_scale"], row["steps"])
+
+
+def run_sweep(
+    engine: Engine,
+    selfie_files: list[Path],
+    config: SweepConfig,
+    out_dir: Path,
+    scorers: Scorers,
+    reference_files: list[Path] | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Generate and score every picture; return everything the report shows (JSON-ready).
+
+    A combination the engine refuses (say, fast mode on a worker without
+    the LCM-LoRA) becomes a failure entry and the sweep goes on; a selfie
+    without a usable face is skipped with its reason.
+    """
+    images_dir = out_dir / "images"
+    selfies: list[Selfie] = []
+    for index, path in enumerate(selfie_files):
+        data = path.read_bytes()
+        try:
+            image = decode_image(data)
+        except EngineError as error:
+            selfies.append(Selfie(index, path, Image.new("RGB", (1, 1)), data, problem=error.as_line()))
+            continue
+        selfie = Selfie(index, path, image, data)
+        try:
+            selfie.embedding = scorers.identity.reference(image)
+        except EngineError as error:
+            selfie.problem = error.as_line()
+        selfie.thumbnail = f"images/selfie-{index:03d}.png"
+        _thumbnail(image, out_dir / selfie.thumbnail)
+        selfies.append(selfie)
+    usable = [selfie for selfie in selfies if not selfie.problem]
+    if not usable:
+        raise EngineError(
+            ErrorCode.NO_FACE,
+            "no selfie in the folder can be used: " + "; ".join(f"{s.path.name}: {s.problem}" for s in selfies),
+        )
+
+    combinations = config.combinations()
+    total = len(usable) * len(combinations) * config.count
+    pictures: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    features: list[np.ndarray] = []
+    started = time.perf_counter()
+    test_sized = bool(engine.sources.test_sized)
+    from engine.pipeline import ScaleOverrides
+
+    for selfie in usable:
+        for style, style_scale, portrait_scale, ip_scale, mode, seed in combinations:
+            request = GenerateRequest(
+                selfie=selfie.data,
+                style=style,
+                prompt=config.prompt,
+                mode=mode,
+                count=config.count,
+                seed=seed,
+                steps=config.steps.get(mode or engine.catalogue.get(style).mode),
+            )
+            overrides = ScaleOverrides(
+                style_scale=style_scale, portrait_scale=portrait_scale, ip_adapter_scale=ip_scale
+            )
+            wanted = {
+                "selfie": selfie.path.name, "style": style, "mode": mode.value if mode else "(style default)",
+                "style_scale": style_scale, "portrait_scale": portrait_scale, "ip_adapter_scale": ip_scale,
+                "seed": seed,
+            }  # fmt: skip
+            try:
+                result = engine.generate(request, overrides=overrides)
+            except EngineError as error:
+                failures.append({**wanted, "error": error.as_line()})
+                logger.info("sweep: %s failed: %s", wanted, error.as_line())
+                continue
+            test_sized = test_sized or result.test_sized_model
+            per_picture = result.timings.get("total", 0.0) / max(1, len(result.pictures))
+            prompt = engine.catalogue.get(style).render_prompt(config.prompt)
+            images = [Image.open(io.BytesIO(picture.png)).convert("RGB") for picture in result.pictures]
+            clip_scores: list[float | None] = [None] * len(images)
+            if scorers.clip is not None:
+                clip_scores = list(scorers.clip.score(images, [prompt] * len(images)))
+            if scorers.inception is not None and reference_files:
+                features.append(scorers.inception.features(images))
+            for picture, image, clip_score in zip(result.pictures, images, clip_scores, strict=True):
+                assert selfie.embedding is not None
+                identity = scorers.identity.score(selfie.embedding, image)
+                picture_id = f"p{len(pictures) + 1:05d}"
+                _thumbnail(image, images_dir / f"{picture_id}.png")
+                pictures.append(
+                    {
+                        "picture_id": picture_id,
+                        "selfie": selfie.path.name,
+                        "selfie_index": selfie.index,
+                        "style": result.style,
+                        "mode": result.mode,
+                        "style_scale": result.scales.get("style_lora"),
+                        "portrait_scale": result.scales.get("portrait_lora"),
+                        "ip_adapter_scale": result.scales.get("ip_adapter"),
+                        "steps": result.steps,
+                        "guidance": result.guidance,
+                        "seed": picture.seed,
+                        "width": image.width,
+                        "height": image.height,
+                        "face_found": identity.face_found,
+                        "faces": identity.faces,
+                        "identity_distance": _round(identity.distance),
+                        "same_person": identity.same_person,
+                        "clip_score": _round(clip_score),
+                        "seconds_per_picture": _round(per_picture),
+                        "denoise_seconds": _round(result.timings.get("denoise", 0.0) / max(1, len(images))),
+                        "vae_decode_seconds": _round(result.timings.get("vae_decode", 0.0) / max(1, len(images))),
+                        "image": f"images/{picture_id}.png",
+                    }
+                )
+            if on_progress is not None:
+                on_progress(f"{len(pictures)}/{total} pictures ({time.perf_counter() - started:.0f} s)")
+
+    configurations = summarise(pictures)
+    distribution = _distribution(pictures, features, configurations, scorers, reference_files)
+    return {
+        "kind": "mmpp-eval-sweep",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "model": engine.sources.label or engine.sources.base,
+        "test_sized_model": test_sized,
+        "test_sized_note": TINY_LABEL if test_sized else "",
+        "sweep": {
+            "styles": config.styles,
+            "style_scale": config.style_scales,
+            "portrait_scale": config.portrait_scales,
+            "ip_adapter_scale": config.ip_adapter_scales,
+            "modes": [mode.value if mode else None for mode in config.modes],
+            "seeds": config.seeds,
+            "steps": {mode.value: steps for mode, steps in config.steps.items()},
+            "count": config.count,
+            "prompt": config.prompt,
+        },
+        "selfies": [
+            {"index": s.index, "file": s.path.name, "image": s.thumbnail, "problem": s.problem} for s in selfies
+        ],
+        "metrics": metric_descriptions(scorers, reference_files),
+        "configurations": configurations,
+        "overall": distribution["overall"],
+        "pictures": pictures,
+        "failures": failures,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def summarise(pictures: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per configuration: counts and mean figures over its pictures.
+
+    ``same_person_rate`` counts a picture without a face as *not* the same
+    person, so a style that destroys faces cannot score well by having few
+    measurable pictures; ``mean_identity_distance`` covers only pictures with
+    a face, hence the face rate beside it.
+    """
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for row in pictures:
+        groups.setdefault(config_key(row), []).append(row)
+    rows = []
+    for number, (key, members) in enumerate(groups.items(), start=1):
+        style, mode, style_scale, portrait_scale, ip_scale, steps = key
+        config_id = f"c{number:03d}"
+        for member in members:
+            member["config_id"] = config_id
+        count = len(members)
+        rows.append(
+            {
+                "config_id": config_id,
+                "style": style,
+                "mode": mode,
+                "style_scale": style_scale,
+                "portrait_scale": portrait_scale,
+                "ip_adapter_scale": ip_scale,
+                "steps": steps,
+                "pictures": count,
+                "face_rate": _round(sum(m["face_found"] for m in members) / count),
+                "mean_identity_distance": _round(_mean(m["identity_distance"] for m in members)),
+                "same_person_rate": _round(sum(m["same_person"] for m in members) / count),
+                "mean_clip_score": _round(_mean(m["clip_score"] for m in members)),
+                "seconds_per_picture": _round(_mean(m["seconds_per_picture"] for m in members)),
+                "fid": None,
+                "kid_mean": None,
+                "kid_std": None,
+            }
+        )
+    return rows
+
+
+def _distribution(
+    pictures: list[dict[str, Any]],
+    features: list[np.ndarray],
+    configurations: list[dict[str, Any]],
+    scorers: Scorers,
+    reference_files: list[Path] | None,
+) -> dict[str, Any]:
+    """FID and KID against the reference set, per configuration and over all pictures."""
+    overall: dict[str, Any] = {
+        "pictures": len(pictures),
+        "face_rate": _round(sum(p["face_found"] for p in pictures) / len(pictures)) if pictures else None,
+        "same_person_rate": _round(sum(p["same_person"] for p in pictures) / len(pictures)) if pictures else None,
+        "mean_identity_distance": _round(_mean(p["identity_distance"] for p in pictures)),
+        "mean_clip_score": _round(_mean(p["clip_score"] for p in pictures)),
+        "seconds_per_picture": _round(_mean(p["seconds_per_picture"] for p in pictures)),
+        "fid": None,
+        "kid_mean": None,
+        "kid_std": None,
+        "reference_images": len(reference_files or []),
+    }
+    if scorers.inception is None or not reference_files or not features:
+        return {"overall": overall}
+    reference = scorers.inception.features([decode_reference(path) for path in reference_files])
+    generated = np.concatenate(features)
+    for row, fid, kid in _fid_kid_rows(pictures, generated, reference, configurations):
+        row.update(fid=fid, kid_mean=kid[0] if kid else None, kid_std=kid[1] if kid else None)
+    fid, kid = _fid_kid(generated, reference)
+    overall.update(fid=fid, kid_mean=kid[0] if kid else None, kid_std=kid[1] if kid else None)
+    return {"overall": overall}
+
+
+def _fid_kid_rows(
+    pictures: list[dict[str, Any]], generated: np.ndarray, reference: np.ndarray, configurations: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], float | None, tuple[float, float] | None]]:
+    by_config: dict[str, list[int]] = {}
+    for index, row in enumerate(pictures):
+        by_config.setdefault(row["config_id"], []).append(index)
+    results = []
+    for row in configurations:
+        fid, kid = _fid_kid(generated[by_config.get(row["config_id"], [])], reference)
+        results.append((row, fid, kid))
+    return results
+
+
+def _fid_kid(generated: np.ndarray, reference: np.ndarray) -> tuple[float | None, tuple[float, float] | None]:
+    if generated.shape[0] < 2 or reference.shape[0] < 2:
+        return None, None
+    try:
+        fid = _round(fid_from_features(generated, reference), 3)
+    except ValueError as error:
+        logger.warning("FID not computed: %s", error)
+        fid = None
+    kid = kernel_inception_distance(generated, reference)
+    return fid, (round(kid.mean, 6), round(kid.std, 6))
+
+
+def decode_reference(path: Path) -> Image.Image:
+    """A reference image, decoded with the same limits as uploads."""
+    try:
+        return decode_image(path.read_bytes())
+    except EngineError as error:
+        raise EngineError(error.code, f"reference image {path.name}: {error.message}") from None
+
+
+def metric_descriptions(scorers: Scorers, reference_files: list[Path] | None) -> dict[str, dict[str, Any]]:
+    """What each metric is, and whether it was computed; the page lists the missing ones."""
+    if scorers.inception is not None and reference_files:
+        distribution = {"available": True, "detail": f"{scorers.inception.label}; {len(reference_files)} reference "
+                        "images; FID on 2048-d pool features, KID = polynomial-kernel MMD² (degree 3, unbiased, "
+                        "100 subsets)"}  # fmt: skip
+    elif not reference_files:
+        distribution = {"available": False, "detail": "FID/KID not computed: no --reference folder of real images"}
+    else:
+        distribution = {"available": False, "detail": f"FID/KID not computed: {scorers.inception_reason}"}
+    return {
+        "identity": {
+            "available": True,
+            "detail": "dlib 128-d face embedding (face_recognition_models): face_found = a face is detected; "
+            f"identity_distance = Euclidean distance to the selfie's embedding (lower is closer); same_person = "
+            f"distance < {SAME_PERSON_DISTANCE} (dlib's threshold), false when no face is found",
+        },
+        "clip": (
+            {"available": True, "detail": f"CLIP score = 100 x max(0, cosine(image, prompt)) with {scorers.clip.label}"}
+            if scorers.clip is not None
+            else {"available": False, "detail": f"CLIP score not available: {scorers.clip_reason}"}
+        ),
+        "fid_kid": distribution,
+        "speed": {
+            "available": True,
+            "detail": "seconds per picture = the engine's total job time (face crop, prompt, denoising, VAE decode) "
+            "divided by the pictures in the job",
+        },
+    }
+
+
+def build_scorers(analyzer: Any, *, want_distribution: bool) -> Scorers:
+    """Load what metric models exist here; record the reason for each that does not."""
+    from engine.evaluate.metrics import load_clip_scorer
+
+    scorers = Scorers(identity=IdentityScorer(analyzer))
+    try:
+        scorers.clip = load_clip_scorer()
+    except MetricUnavailableError as error:
+        scorers.clip_reason = error.reason
+    if want_distribution:
+        from engine.evaluate.inception import load_inception
+
+        try:
+            scorers.inception = load_inception()
+        except MetricUnavailableError as error:
+            scorers.inception_reason = error.reason
+    return scorers
