@@ -347,3 +347,29 @@ async def test_captions_in_other_scripts_and_control_characters(running: Running
     assert sent.ok
     job = (await running.storage.recent_jobs(1))[0]
     assert job.prompt == "пират [31m в шляпе"
+
+
+async def test_profile_without_a_photo_asks_for_one(running: RunningBot) -> None:
+    fake = running.fake
+    await fake.send_message(None, ALICE, "/profile anime")
+    reply = await fake.wait_for(lambda call: call.method == "sendMessage" and "Send a selfie" in call.params["text"])
+    assert "/profile" in reply.params["text"]
+
+
+async def test_forget_removes_rows_selfies_pictures_and_broker_results(running: RunningBot) -> None:
+    import redis
+
+    fake, storage = running.fake, running.storage
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+    await fake.wait_for("sendPhoto", timeout=120)
+    await running.core.wait_idle(timeout=30)
+    job = (await storage.recent_jobs(1))[0]
+    broker = redis.Redis.from_url(REDIS_URL)
+    result_key = f"celery-task-meta-{job.task_id}"
+    assert broker.exists(result_key)
+    assert await storage.count("selfies") == 1  # kept for re-rolls
+    await fake.send_message(None, ALICE, "/forget")
+    await fake.wait_for(lambda call: call.method == "sendMessage" and "deleted everything" in call.params["text"])
+    assert not broker.exists(result_key)
+    for table in ("users", "jobs", "selfies", "pictures", "ratings"):
+        assert await storage.count(table) == 0, table
