@@ -84,6 +84,8 @@ SWITCH_SHARE_TARGET = 0.02
 LORA_EXTRA_TARGET = 0.10
 #: Above this share of the machine used by other processes, the table warns.
 BUSY_WARNING = 0.05
+#: The stages of ``GenerateResult.timings`` always reported, in this order;
+#: any other stage the engine times (``safety``) is reported after them.
 STAGES = ("face", "adapters", "prompt", "denoise", "vae_decode", "encode", "total")
 
 
@@ -199,7 +201,10 @@ def bench_engine(*, shape: str, mode: Mode, repeats: int, dtype: str, steps: int
     catalogue = load_catalogue()
     if len(catalogue) < 2:
         raise EngineError(ErrorCode.INVALID_REQUEST, "The style-switch figure needs at least two styles.")
-    settings = EngineSettings(dtype=dtype, compile=False, resolution=0)  # type: ignore[arg-type]
+    # The NSFW check stays off: its weights are a download (the probe alone
+    # costs a network timeout offline), and the plain diffusers call it is
+    # compared with runs without a safety checker too.
+    settings = EngineSettings(dtype=dtype, compile=False, resolution=0, safety_checker="off")  # type: ignore[arg-type]
     with _workspace(shape) as workspace:
         engine = _load_engine(shape, settings, catalogue, workspace, started)
         _say(f"engine loaded in {engine.load_timings.get('total', 0.0):.1f}s; measuring", started)
@@ -286,15 +291,16 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     baseline_runs: list[float] = []
     engine_cpu: list[float] = []
     baseline_cpu: list[float] = []
-    stage_runs: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    stage_runs: dict[str, list[float]] = {}
     last_result = baseline_image = None
     machine_before = _machine_busy()
     for index in range(repeats):
         seconds, cpu_seconds, last_result = run_engine()
         engine_runs.append(seconds)
         engine_cpu.append(cpu_seconds)
-        for stage in STAGES:
-            stage_runs[stage].append(float(last_result.timings.get(stage, 0.0)))
+        stages = [*STAGES[:-1], *sorted(set(last_result.timings) - set(STAGES)), STAGES[-1]]
+        for stage in stages:
+            stage_runs.setdefault(stage, []).append(float(last_result.timings.get(stage, 0.0)))
         seconds, cpu_seconds, baseline_image = run_baseline()
         baseline_runs.append(seconds)
         baseline_cpu.append(cpu_seconds)
@@ -357,6 +363,7 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
             "active_adapters": dict(plan_a.adapters),
             "ip_adapter_scale": plan_a.ip_adapter_scale,
             "load_seconds": round(engine.load_timings.get("total", 0.0), 3),
+            "nsfw_check": getattr(getattr(engine, "safety", None), "status", "none"),
         },
         "picture": {
             "engine_seconds": engine_seconds,
@@ -366,6 +373,8 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
             "baseline_runs": baseline_runs,
             # CPU seconds of this process (all threads): less sensitive than
             # wall time to other processes on a shared machine.
+            "engine_cpu_runs": engine_cpu,
+            "baseline_cpu_runs": baseline_cpu,
             "engine_cpu_seconds": statistics.median(engine_cpu),
             "baseline_cpu_seconds": statistics.median(baseline_cpu),
             "cpu_ratio": statistics.median(engine_cpu) / statistics.median(baseline_cpu),

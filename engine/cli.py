@@ -1,4 +1,4 @@
-"""Engine subcommands of ``mmpp``: generate, styles, worker, bench, eval.
+"""Engine subcommands of ``mmpp``: generate, styles, worker, train, eval, bench engine.
 
 Every failure a user can cause ends as one line ``error[CODE]: message`` on
 stderr and exit status 2; a failure of ours as ``error[INTERNAL]`` and exit

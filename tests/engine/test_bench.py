@@ -54,8 +54,9 @@ def test_style_switch_and_its_share_of_a_picture(report: dict) -> None:
 
 def test_stage_timings(report: dict) -> None:
     stages = report["stages"]
-    assert set(stages) == {"face", "adapters", "prompt", "denoise", "vae_decode", "encode", "total"}
-    assert all(positive(seconds) for seconds in stages.values())
+    assert set(bench.STAGES) <= set(stages)
+    assert all(positive(stages[stage]) for stage in bench.STAGES)
+    assert all(seconds >= 0 for seconds in stages.values())  # e.g. "safety", ~0 s when the check is off
     parts = sum(seconds for stage, seconds in stages.items() if stage != "total")
     assert parts <= stages["total"] * 1.01 + 1e-3
 
