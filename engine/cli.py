@@ -142,13 +142,13 @@ def _generate(arguments: argparse.Namespace) -> int:
         guidance=arguments.guidance,
     )
     request.validate()
-    from engine.faces import decode_image
+    from engine.faces import default_analyzer
     from engine.styles import load_catalogue
 
     # Refuse a bad photo or style before spending seconds on loading a model.
     catalogue = load_catalogue()
     catalogue.get(request.style)
-    decode_image(request.selfie)
+    default_analyzer().prepare_selfie(request.selfie)  # the engine reuses this analyzer
     from engine.pipeline import Engine
 
     engine = Engine.from_settings(profile=arguments.profile, catalogue=catalogue)

@@ -207,30 +207,31 @@ def test_a_pipeline_carrying_a_lora_is_refused(tiny_sd15: ModelSources) -> None:
 
 
 def sdxl_with_distinct_encoder_widths() -> Any:
-    """The tiny SDXL, but with its two text encoders of different widths, as in the real model.
+    """The tiny SDXL: its two text encoders differ in width (32 and 64), as in the real model (768 and 1280).
 
-    diffusers tells the two SDXL encoders apart in a single file by width
-    (768 against 1280 in the real model).  The tiny profile makes both 32 wide,
-    so ``from_single_file`` would load CLIP-L's weights into both; here the
-    second is 64 wide and the UNet's cross-attention takes the 96-wide concatenation.
+    diffusers tells the two SDXL encoders apart in a single file by width, so
+    the tiny profile keeps them different on purpose.
     """
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        return build_tiny_pipeline("sdxl")
+
+
+def sdxl_with_equal_encoder_widths() -> Any:
+    """A variant whose second encoder is as narrow as the first: ambiguous in a single file."""
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    with torch.random.fork_rng():
-        torch.manual_seed(3)
-        tiny = build_tiny_pipeline("sdxl")
-        wide = tiny.text_encoder_2.config.to_dict()
-        wide.update(hidden_size=64, num_attention_heads=4)
-        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**wide))
-        unet = UNet2DConditionModel.from_config(tiny.unet.config, cross_attention_dim=96)
+    tiny = sdxl_with_distinct_encoder_widths()
+    narrow = tiny.text_encoder_2.config.to_dict()
+    narrow.update(hidden_size=tiny.text_encoder.config.hidden_size)
     return StableDiffusionXLPipeline(
         vae=tiny.vae,
         text_encoder=tiny.text_encoder,
-        text_encoder_2=text_encoder_2,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**narrow)),
         tokenizer=tiny.tokenizer,
         tokenizer_2=tiny.tokenizer_2,
-        unet=unet,
+        unet=UNet2DConditionModel.from_config(tiny.unet.config, cross_attention_dim=64),
         scheduler=tiny.scheduler,
     )
 
@@ -262,9 +263,7 @@ def test_sdxl_round_trip(tmp_path: Path, offline: None) -> None:
 
 
 def test_sdxl_encoders_of_equal_width_are_flagged(tmp_path: Path) -> None:
-    with torch.random.fork_rng():
-        torch.manual_seed(3)
-        tiny = build_tiny_pipeline("sdxl")
+    tiny = sdxl_with_equal_encoder_widths()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         save_as_single_file(tiny, tmp_path / "ambiguous.safetensors")
