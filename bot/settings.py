@@ -43,7 +43,7 @@ class BotSettings(BaseSettings):
     #: "text" for people, "json" for log collectors.
     log_format: str = "text"
     #: How long the bot waits for a job before telling the user it failed.
-    job_timeout_seconds: float = 900.0
+    job_timeout_seconds: float = 1800.0
     #: How often the bot asks the result backend about a running job.
     poll_interval_seconds: float = 0.5
     #: Platform API addresses; tests point them at loopback fakes.

@@ -32,7 +32,14 @@ def make_celery(settings: EngineSettings | None = None) -> Celery:
         )
     broker, backend = broker_urls(settings.redis_url, settings.state_dir)
     app = Celery("mmpp", broker=broker, backend=backend, include=["engine.tasks"])
-    transport_options = {"visibility_timeout": settings.broker_visibility_timeout} if settings.redis_url else {}
+    transport_options: dict[str, object] = {}
+    if settings.redis_url:
+        # Look for jobs of dead workers every 10 s rather than kombu's default 100 s sweep.
+        transport_options = {
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        }
     app.conf.update(
         task_serializer="json",
         result_serializer="json",
@@ -47,7 +54,16 @@ def make_celery(settings: EngineSettings | None = None) -> Celery:
         task_default_queue=settings.queue,
         task_routes={GENERATE_TASK_NAME: {"queue": settings.queue}},
         broker_transport_options=transport_options,
-        result_backend_transport_options=transport_options,
+        result_backend_transport_options={"visibility_timeout": settings.broker_visibility_timeout}
+        if settings.redis_url
+        else {},
+        # A Redis restart mid-job must not turn finished pictures into an error:
+        # retry every result-backend operation, not only the final SET.
+        result_backend_always_retry=True,
+        result_backend_max_retries=20,
+        # A replacement pool process loads the model before it reports ready;
+        # Celery's 4 s default would kill every replacement in turn.
+        worker_proc_alive_timeout=settings.worker_proc_alive_timeout,
         result_expires=24 * 3600,
         result_extended=False,
         broker_connection_retry_on_startup=True,

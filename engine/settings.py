@@ -63,4 +63,8 @@ class EngineSettings(BaseSettings):
     state_dir: Path = Path("var")
     task_soft_time_limit: int = 540
     task_hard_time_limit: int = 600
-    broker_visibility_timeout: int = 3600
+    #: Seconds before Redis hands an unacknowledged job (its worker died) to another worker;
+    #: just above the hard limit, so a dead worker's job comes back within the bot's patience.
+    broker_visibility_timeout: int = 660
+    #: Seconds a new pool process may take to report ready; it loads the model first.
+    worker_proc_alive_timeout: float = 300.0

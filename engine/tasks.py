@@ -119,6 +119,10 @@ def _generate(self: Any, payload: Any) -> dict[str, Any]:
         if done < total and now - last_report[0] < PROGRESS_INTERVAL_SECONDS:
             return
         last_report[0] = now
-        self.update_state(state="PROGRESS", meta={"done": done, "total": total})
+        try:
+            self.update_state(state="PROGRESS", meta={"done": done, "total": total})
+        except Exception:
+            # Progress is best effort: a broker hiccup must not fail the pictures.
+            logger.warning("progress report failed", exc_info=True)
 
     return run_job(payload, self.request.id or "", report_progress)

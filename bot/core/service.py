@@ -56,6 +56,9 @@ REACTION_SCORES: dict[str, int] = {
     "💩": 1, "🤮": 1, "😡": 1, "🤡": 1,
 }  # fmt: skip
 RATING_KEYCAPS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣"]
+#: Pauses between attempts to deliver a finished job while the platform fails.
+DELIVERY_RETRY_FIRST_SECONDS = 2.0
+DELIVERY_RETRY_MAX_SECONDS = 300.0
 #: How many times a reaction on a not-yet-known message looks again (about 1.5 s in all).
 REACTION_WAIT_ATTEMPTS = 5
 
@@ -432,12 +435,22 @@ class ChatCore:
         task.add_done_callback(lambda _: self._followers.pop(job.id, None))
 
     async def _follow_job(self, job_id: int) -> None:
-        try:
-            await self._follow_until_delivered(job_id)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            logger.exception("following job %s failed; it will be resumed at the next start", job_id)
+        """Follow until delivered, retrying with a growing pause while the platform or broker fails.
+
+        Safe to repeat: a delivered job is never delivered again, and Discord's
+        channel sends carry a nonce.
+        """
+        pause = DELIVERY_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self._follow_until_delivered(job_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("following job %s failed; trying again in %.0f s", job_id, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, DELIVERY_RETRY_MAX_SECONDS)
 
     async def _follow_until_delivered(self, job_id: int) -> None:
         job = await self.storage.job(job_id)

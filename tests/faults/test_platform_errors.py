@@ -1,0 +1,182 @@
+"""The chat platform answers 429 or 5xx: the send is retried after the delay, nothing is lost, nothing doubled.
+
+The real python-telegram-bot and discord.py talk to the loopback fakes, which inject the errors on the wire;
+the job queue is scripted (the worker is not what these tests are about).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bot.discord_app as discord_app
+from bot.core import ChatCore
+from bot.settings import BotSettings
+from bot.storage import Storage
+from tests.bot.conftest import ScriptedQueue
+from tests.conftest import SAMPLE_SELFIE
+from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.telegram_api import FakeTelegram
+from tests.faults.conftest import ALICE, replies_in, telegram_bot, wait_until
+
+CHANNEL_MESSAGES = re.compile(r"^/channels/\d+/messages$")
+
+
+def photos_sent_to(fake: FakeTelegram, chat_id: int) -> int:
+    return sum("photo" in message for message in fake.bot_messages(chat_id))
+
+
+# ---------------------------------------------------------------------------------------------- Telegram
+
+
+@pytest.mark.parametrize(
+    ("method", "caption", "pictures"), [("sendPhoto", "anime", 1), ("sendMediaGroup", "anime count:2", 2)]
+)
+async def test_telegram_429_is_waited_out_and_the_pictures_arrive_once(
+    fake_telegram: FakeTelegram, tmp_path: Path, method: str, caption: str, pictures: int
+) -> None:
+    fake = fake_telegram
+    fake.fail_next(method, status=429, retry_after=1)
+    async with telegram_bot(fake, tmp_path, job_queue=ScriptedQueue()) as bot:
+        await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption=caption)
+        await wait_until(lambda: replies_in(fake, ALICE.id), 30, "a reply")
+        await bot.core.wait_idle(timeout=10)
+        await asyncio.sleep(0.5)
+        calls = fake.calls(method)
+        assert [call.status for call in calls] == [429, 200]
+        assert calls[1].at - calls[0].at >= 1.0, "retried before retry_after had passed"
+        assert replies_in(fake, ALICE.id) == ["pictures"]
+        assert photos_sent_to(fake, ALICE.id) == pictures
+        job = await bot.storage.job(1)
+        assert job is not None and job.delivered_at
+        assert await bot.storage.count("pictures", "message_ref IS NOT NULL") == pictures
+
+
+@pytest.mark.parametrize(
+    ("status", "html"), [(502, False), (502, True), (500, False), (503, False)], ids=["502", "502-nginx", "500", "503"]
+)
+async def test_telegram_5xx_is_retried_and_the_picture_arrives_once(
+    fake_telegram: FakeTelegram, tmp_path: Path, status: int, html: bool
+) -> None:
+    """One 5xx (JSON, or the HTML page Telegram's front end sometimes sends) before the photo is stored."""
+    fake = fake_telegram
+    fake.fail_next("sendPhoto", status=status, html=html)
+    async with telegram_bot(fake, tmp_path, job_queue=ScriptedQueue()) as bot:
+        await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+        await wait_until(lambda: replies_in(fake, ALICE.id), 30, "a reply")
+        await bot.core.wait_idle(timeout=10)
+        await asyncio.sleep(0.5)
+        assert [call.status for call in fake.calls("sendPhoto")] == [status, 200]
+        assert replies_in(fake, ALICE.id) == ["pictures"] and photos_sent_to(fake, ALICE.id) == 1
+        job = await bot.storage.job(1)
+        assert job is not None and job.delivered_at
+
+
+async def test_telegram_5xx_outage_longer_than_the_send_retries_still_delivers(
+    fake_telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    """Telegram answers 502 for ~5 s (six sends in a row): once it is back, the picture must still arrive, once."""
+    fake = fake_telegram
+    fake.fail_next("sendPhoto", status=502, times=6)
+    async with telegram_bot(fake, tmp_path, job_queue=ScriptedQueue()):
+        await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+        await wait_until(lambda: len(fake.calls("sendPhoto")) >= 4, 30, "the send attempts")
+        with contextlib.suppress(AssertionError):
+            await wait_until(lambda: replies_in(fake, ALICE.id), 10, "a reply after the outage")
+        assert replies_in(fake, ALICE.id) == ["pictures"] and photos_sent_to(fake, ALICE.id) == 1
+
+
+# ---------------------------------------------------------------------------------------------- Discord
+
+
+@contextlib.asynccontextmanager
+async def discord_bot(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator[tuple[ChatCore, Storage]]:
+    settings = BotSettings(
+        _env_file=None, database=tmp_path / "mmpp.sqlite3", state_dir=tmp_path / "state",
+        discord_api_base=fake.api_base, discord_gateway_url=fake.gateway_url, discord_guild_ready_timeout=0.05,
+        poll_interval_seconds=0.05,
+    )  # fmt: skip
+    storage = await Storage.open(settings.database)
+    core = ChatCore(storage, ScriptedQueue(), settings)
+    adapter = discord_app.DiscordAdapter(core, settings, fake.token)
+    try:
+        await asyncio.wait_for(adapter.open(), 30)
+        await core.start()
+        yield core, storage
+    finally:
+        await core.stop()
+        await adapter.close()
+        await storage.close()
+
+
+def picture_messages(fake: FakeDiscord) -> list[dict[str, Any]]:
+    return [
+        message
+        for message in fake.messages.values()
+        if any(attachment["filename"].startswith("mmpp-") for attachment in message.get("attachments", []))
+    ]
+
+
+def channel_posts(fake: FakeDiscord) -> list[Any]:
+    return [request for request in fake.requests if request.method == "POST" and CHANNEL_MESSAGES.match(request.path)]
+
+
+@pytest.fixture
+def expired_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every interaction token counts as expired, so pictures go through POST /channels/{id}/messages."""
+    monkeypatch.setattr(discord_app, "TOKEN_LIFETIME_SECONDS", -1)
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_discord_lost_answer_on_a_channel_message_is_retried_without_a_duplicate(
+    tmp_path: Path, expired_tokens: None, status: int
+) -> None:
+    """Discord stores the message but the answer is a 5xx: discord.py sends again with the same nonce
+    (enforce_nonce), and Discord answers with the message it already has, so the channel shows one picture."""
+    async with FakeDiscord() as fake, discord_bot(fake, tmp_path) as (core, storage):
+        fake.fail_next("POST", CHANNEL_MESSAGES.pattern, status=status, when="after")
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments={
+            "photo": ("selfie.jpg", SAMPLE_SELFIE.read_bytes(), "image/jpeg")
+        })  # fmt: skip
+        await fake.wait_until(lambda: picture_messages(fake) or None, timeout=30)
+        await core.wait_idle(timeout=30)
+        await asyncio.sleep(0.5)
+        posts = channel_posts(fake)
+        assert [post.status for post in posts] == [status, 200]
+        assert posts[0].json["nonce"] == posts[1].json["nonce"] and posts[0].json.get("enforce_nonce")
+        assert posts[1].time - posts[0].time >= 1.0, "discord.py waits 1 s before retrying a 5xx"
+        assert len(picture_messages(fake)) == 1
+
+        async def delivered() -> bool:
+            job = await storage.job(1)
+            return job is not None and job.delivered_at is not None
+
+        await wait_until(delivered, 10, "the job marked delivered")
+        assert len(picture_messages(fake)) == 1
+        picture = (await storage.pictures(1))[0]
+        assert picture.message_ref == picture_messages(fake)[0]["id"]
+
+
+async def test_discord_503_on_a_channel_message_still_delivers_once(tmp_path: Path, expired_tokens: None) -> None:
+    async with FakeDiscord() as fake, discord_bot(fake, tmp_path) as (_, storage):
+        fake.fail_next("POST", CHANNEL_MESSAGES.pattern, status=503)
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments={
+            "photo": ("selfie.jpg", SAMPLE_SELFIE.read_bytes(), "image/jpeg")
+        })  # fmt: skip
+        await wait_until(lambda: channel_posts(fake), 30, "the first send")
+        with contextlib.suppress(AssertionError):
+            await wait_until(lambda: picture_messages(fake), 10, "the picture after the 503")
+        assert len(picture_messages(fake)) == 1
+
+        async def delivered() -> bool:
+            job = await storage.job(1)
+            return job is not None and job.delivered_at is not None
+
+        await wait_until(delivered, 10, "the job marked delivered")
+        assert len(picture_messages(fake)) == 1
