@@ -39,6 +39,9 @@ def test_picture_times_and_their_ratio(report: dict) -> None:
     assert len(picture["engine_runs"]) == len(picture["baseline_runs"]) == report["settings"]["repeats"] == 1
     assert picture["ratio"] == pytest.approx(picture["engine_seconds"] / picture["baseline_seconds"])
     assert picture["best_ratio"] == pytest.approx(min(picture["engine_runs"]) / min(picture["baseline_runs"]))
+    own = sum(seconds for stage, seconds in report["stages"].items() if stage not in bench.PIPELINE_STAGES)
+    assert positive(picture["own_stages_seconds"]) and picture["own_stages_seconds"] == pytest.approx(own)
+    assert picture["own_stages_share"] == pytest.approx(own / picture["engine_seconds"])
     assert positive(picture["engine_cpu_seconds"]) and positive(picture["baseline_cpu_seconds"])
     assert picture["cpu_ratio"] == pytest.approx(picture["engine_cpu_seconds"] / picture["baseline_cpu_seconds"])
     assert picture["other_processes_cpu_share"] is None or 0 <= picture["other_processes_cpu_share"] <= 1
