@@ -150,11 +150,12 @@ def main(argv: list[str]) -> int:
     """``mmpp bench TARGET [options]``; returns the exit status."""
     if not argv or argv[0] not in TARGETS:
         if argv and argv[0] in {"-h", "--help"}:
-            print(f"usage: mmpp bench {{{','.join(TARGETS)}}} [options]; mmpp bench engine --help for the options")
+            print("usage: mmpp bench engine [options] | mmpp bench bots [options]; add --help for the options")
             return 0
         what = f"'{argv[0][:40]}' is not a benchmark" if argv else "no benchmark named"
         print(
-            f"error[{ErrorCode.INVALID_REQUEST.value}]: mmpp bench: {what}; choose one of: {', '.join(TARGETS)}.",
+            f"error[{ErrorCode.INVALID_REQUEST.value}]: mmpp bench: {what}; choose one of: {', '.join(TARGETS)}"
+            " (or bots, for the chat side).",
             file=sys.stderr,
         )
         return EXIT_BAD_INPUT
