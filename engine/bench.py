@@ -922,19 +922,11 @@ def _write_ip_adapter_weights(
                 f"{prefix}.1.3.weight": rand(hidden, hidden * ffn_ratio),
             }
         )
-    key_id = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            block_channels = unet.config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            block_channels = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
-        else:
-            block_channels = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+    from engine.models import ip_adapter_attention_slots
+
+    for key_id, block_channels in ip_adapter_attention_slots(unet):
         tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = rand(block_channels, cross_attention_dim)
         tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = rand(block_channels, cross_attention_dim)
-        key_id += 2
     folder.mkdir(parents=True, exist_ok=True)
     save_file({key: value.to(dtype).contiguous() for key, value in tensors.items()}, folder / IP_ADAPTER_FILE)
 

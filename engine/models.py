@@ -19,7 +19,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -469,6 +469,29 @@ def _write_tiny_lora(pipeline, folder: Path, file_name: str, *, seed: int, rank:
     unet.delete_adapters(adapter_name)
 
 
+def ip_adapter_attention_slots(unet: Any) -> list[tuple[int, int]]:
+    """``(key id, block channels)`` for each cross-attention processor, in the original file's numbering.
+
+    The original IP-Adapter files number their ``to_k_ip``/``to_v_ip`` pairs
+    1, 3, 5, ... in ``unet.attn_processors`` order, skipping self-attention;
+    diffusers reads them back the same way.
+    """
+    slots = []
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            block_channels = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            block_channels = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            block_channels = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        slots.append((key_id, block_channels))
+        key_id += 2
+    return slots
+
+
 def _write_tiny_ip_adapter(folder: Path, unet) -> None:  # noqa: ANN001
     """An IP-Adapter *Plus Face* file and its CLIP image encoder, tiny.
 
@@ -526,19 +549,9 @@ def _write_tiny_ip_adapter(folder: Path, unet) -> None:  # noqa: ANN001
                 f"{prefix}.1.3.weight": torch.randn(hidden, hidden * 4) * 0.1,
             }
         )
-    key_id = 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            block_channels = unet.config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            block_channels = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
-        else:
-            block_channels = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+    for key_id, block_channels in ip_adapter_attention_slots(unet):
         tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(block_channels, cross_attention_dim) * 0.3
         tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(block_channels, cross_attention_dim) * 0.3
-        key_id += 2
     save_file(
         {key: value.contiguous() for key, value in tensors.items()}, folder / "ip-adapter-plus-face_tiny.safetensors"
     )
