@@ -1,6 +1,6 @@
 """Chat-side subcommands of ``mmpp``: run, chat, migrate, feedback, forget.
 
-Errors end as one line ``error[CODE]: message`` and exit status 2.
+Errors end as one line ``error[CODE]: message`` with the exit codes of ``mmpp.commandline``.
 """
 
 from __future__ import annotations
@@ -9,22 +9,15 @@ import argparse
 import asyncio
 import csv
 import json
+import logging
 import sys
-from typing import NoReturn
 
-from bot.core import CoreError, Person
+from bot.core import Person
 from bot.settings import BotSettings
-from engine.contracts import ErrorCode
+from mmpp.commandline import OneLineParser, run_reporting_errors
 from mmpp.logs import configure_logging
 
-EXIT_BAD_INPUT = 2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: {self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
-
+logger = logging.getLogger(__name__)
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     parser = OneLineParser(prog=f"mmpp {command}")
@@ -52,13 +45,7 @@ def main(command: str, argv: list[str]) -> int:
     arguments = build_parser(command).parse_args(argv)
     settings = BotSettings()
     configure_logging(arguments.verbose, settings.log_format)
-    try:
-        return asyncio.run(_dispatch(command, arguments, settings))
-    except CoreError as error:
-        print(error.as_line(), file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
+    return run_reporting_errors(lambda: asyncio.run(_dispatch(command, arguments, settings)), logger)
 
 
 async def _dispatch(command: str, arguments: argparse.Namespace, settings: BotSettings) -> int:

@@ -1,7 +1,7 @@
 """The Celery client side: enqueue by task name, read progress and results.
 
-Only ``engine.contracts`` is imported from the engine: the task is sent by
-its name, so this process never loads torch.  Celery's client calls block,
+Nothing of the engine is imported, only the kernel's contract: the task is
+sent by its name, so this process never loads torch.  Celery's client calls block,
 so they run in a thread to keep the event loop (and the platform's
 heartbeats) responsive.
 """
@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from celery import Celery
 from celery.result import AsyncResult
 
-from engine.contracts import GENERATE_TASK_NAME, broker_urls
+from mmpp.contract import CELERY_WIRE_SETTINGS, GENERATE_TASK_NAME, broker_urls
 
 
 @dataclass(frozen=True)
@@ -44,14 +44,7 @@ class JobQueue(Protocol):
 def make_client(redis_url: str, state_dir: Path) -> Celery:
     broker, backend = broker_urls(redis_url, state_dir)
     app = Celery("mmpp-bot", broker=broker, backend=backend)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        broker_connection_retry_on_startup=True,
-        result_extended=False,
-    )
+    app.conf.update(CELERY_WIRE_SETTINGS)
     return app
 
 

@@ -23,6 +23,8 @@ class BotSettings(BaseSettings):
     queue: str = "mmpp"
     database: Path = Path("var/mmpp.sqlite3")
     out: Path = Path("out")
+    #: Another style catalogue instead of the shipped one; bot and worker must read the same file.
+    styles_file: Path | None = None
     #: Hours a selfie is kept after its job for re-roll and "another style";
     #: 0 deletes it as soon as the job finishes.
     selfie_retention_hours: float = 24.0

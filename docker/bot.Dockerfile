@@ -8,7 +8,6 @@ COPY requirements.lock requirements-bot.txt ./
 RUN pip install -r requirements-bot.txt
 COPY pyproject.toml README.md ./
 COPY bot bot
-COPY engine engine
 COPY mmpp mmpp
 COPY migrations migrations
 RUN pip install --no-deps . && useradd --uid 1000 mmpp && mkdir -p /data && chown mmpp /data

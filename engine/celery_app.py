@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from engine.contracts import GENERATE_TASK_NAME, broker_urls
 from engine.settings import EngineSettings
+from mmpp.contract import CELERY_WIRE_SETTINGS, GENERATE_TASK_NAME, broker_urls
 
 
 def make_celery(settings: EngineSettings | None = None) -> Celery:
@@ -40,11 +40,8 @@ def make_celery(settings: EngineSettings | None = None) -> Celery:
             "unacked_restore_interval": 10,
             "unacked_restore_throttle": 1,
         }
+    app.conf.update(CELERY_WIRE_SETTINGS)
     app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -65,8 +62,6 @@ def make_celery(settings: EngineSettings | None = None) -> Celery:
         # Celery's 4 s default would kill every replacement in turn.
         worker_proc_alive_timeout=settings.worker_proc_alive_timeout,
         result_expires=24 * 3600,
-        result_extended=False,
-        broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,

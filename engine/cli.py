@@ -2,7 +2,8 @@
 
 Every failure a user can cause ends as one line ``error[CODE]: message`` on
 stderr and exit status 2; a failure of ours as ``error[INTERNAL]`` and exit
-status 1.  Never a traceback: the log (``-v``) has those.
+status 1 (``mmpp.commandline`` holds the table).  Never a traceback: the log
+(``-v``) has those.
 """
 
 from __future__ import annotations
@@ -11,38 +12,13 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
 
-from engine.contracts import MAX_PICTURES, MIN_PICTURES, EngineError, ErrorCode, GenerateRequest, GenerateResult, Mode
+from engine.options import add_weights_argument, picture_count
+from mmpp.commandline import OneLineParser, run_reporting_errors
+from mmpp.contract import GenerateRequest, GenerateResult, Mode
+from mmpp.errors import ErrorCode, MmppError
 
 TINY_NOTE = "note: these pictures come from the tiny test-sized model (random weights); they are noise, not art."
-EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 1
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad options in the project's one-line form."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: {self.prog}: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT)
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if not MIN_PICTURES <= value <= MAX_PICTURES:
-        raise argparse.ArgumentTypeError(f"count must be {MIN_PICTURES} to {MAX_PICTURES}")
-    return value
-
-
-def _profile_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--profile",
-        choices=["auto", "default", "tiny", "tiny-sdxl"],
-        default=None,
-        help="weights to use: default = real weights (MMPP_BASE_MODEL); tiny = test-sized random model; "
-        "auto = real if available, else tiny (default: MMPP_MODEL_PROFILE or auto)",
-    )
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -54,12 +30,12 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--style", required=True, help="a style name from 'mmpp styles'")
         parser.add_argument("--prompt", default="", help="who or what is in the picture (default: 'a person')")
         parser.add_argument("--mode", choices=[mode.value for mode in Mode], default=None)
-        parser.add_argument("--count", type=_count, default=1, help="pictures to make, 1-4")
+        parser.add_argument("--count", type=picture_count, default=1, help="pictures to make, 1-4")
         parser.add_argument("--seed", type=int, default=None, help="seed of the first picture (others +1, +2, ...)")
         parser.add_argument("--steps", type=int, default=None, help="override the style's denoising steps")
         parser.add_argument("--guidance", type=float, default=None, help="override the style's guidance scale")
         parser.add_argument("--out", required=True, type=Path, help="folder for the pictures")
-        _profile_argument(parser)
+        add_weights_argument(parser)
     elif command == "worker":
         parser.description = "Run a Celery worker that serves engine.generate."
         parser.add_argument("--concurrency", type=int, default=1, help="worker processes (one per GPU)")
@@ -81,10 +57,6 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(command: str, argv: list[str]) -> int:
-    if command == "bench":
-        from engine.bench import main as bench_main
-
-        return bench_main(argv)
     if command == "eval":
         from engine.evaluate.cli import main as eval_main
 
@@ -98,36 +70,21 @@ def main(command: str, argv: list[str]) -> int:
         from engine.hub import prefer_offline_when_unreachable
 
         prefer_offline_when_unreachable()
-    try:
-        if command == "generate":
-            return _generate(arguments)
-        if command == "styles":
-            return _styles()
-        if command == "worker":
-            return _worker(arguments)
-        if command == "train":
-            from engine.train.cli import run as train_run
+    runners = {"generate": _generate, "styles": lambda _: _styles(), "worker": _worker, "train": _train}
+    return run_reporting_errors(lambda: runners[command](arguments), logging.getLogger(__name__))
 
-            return train_run(arguments)
-    except EngineError as error:
-        print(error.as_line(), file=sys.stderr)
-        return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:
-        # The exception text may hold paths or URLs with secrets: log it, don't print it.
-        logging.getLogger(__name__).info("unexpected failure", exc_info=True)
-        name = type(error).__name__
-        print(f"error[{ErrorCode.INTERNAL.value}]: unexpected {name}; run with -v for details.", file=sys.stderr)
-        return EXIT_INTERNAL
-    raise AssertionError(command)
+
+def _train(arguments: argparse.Namespace) -> int:
+    from engine.train.cli import run as train_run
+
+    return train_run(arguments)
 
 
 def _read_photo(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:
-        raise EngineError(ErrorCode.NOT_AN_IMAGE, f"Cannot read the photo {path}: {error.strerror}.") from None
+        raise MmppError(ErrorCode.NOT_AN_IMAGE, f"Cannot read the photo {path}: {error.strerror}.") from None
 
 
 def _generate(arguments: argparse.Namespace) -> int:
@@ -143,7 +100,7 @@ def _generate(arguments: argparse.Namespace) -> int:
     )
     request.validate()
     from engine.faces import default_analyzer
-    from engine.styles import load_catalogue
+    from mmpp.catalogue import load_catalogue
 
     # Refuse a bad photo or style before spending seconds on loading a model.
     catalogue = load_catalogue()
@@ -151,7 +108,7 @@ def _generate(arguments: argparse.Namespace) -> int:
     default_analyzer().prepare_selfie(request.selfie)  # the engine reuses this analyzer
     from engine.pipeline import Engine
 
-    engine = Engine.from_settings(profile=arguments.profile, catalogue=catalogue)
+    engine = Engine.from_settings(weights=arguments.weights, catalogue=catalogue)
     result = engine.generate(request)
     for path in write_pictures(result, arguments.out):
         print(path)
@@ -171,7 +128,7 @@ def write_pictures(result: GenerateResult, folder: Path, prefix: str = "") -> li
 
 
 def _styles() -> int:
-    from engine.styles import load_catalogue
+    from mmpp.catalogue import load_catalogue
 
     catalogue = load_catalogue()
     width = max(len(style.name) for style in catalogue)

@@ -1,7 +1,7 @@
 """Selfie intake: safe decoding, face detection, alignment, crop and identity embedding.
 
 Everything a worker does with the uploaded photo before diffusion happens here, so that the
-pipeline receives one upright, square, 8-bit RGB face crop or a stable :class:`EngineError`.
+pipeline receives one upright, square, 8-bit RGB face crop or a stable :class:`MmppError`.
 The photo arrives from strangers on the internet; decoding is therefore defensive (byte and
 pixel limits checked before any pixel is decoded, a short list of still formats, truncation
 caught).  Face work uses dlib's HOG detector, 5-point landmarks and 128-d ResNet embedding
@@ -21,13 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from engine.contracts import (
-    MAX_IMAGE_PIXELS,
-    MAX_UPLOAD_BYTES,
-    MIN_IMAGE_SIDE,
-    EngineError,
-    ErrorCode,
-)
+from mmpp.contract import MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, MIN_IMAGE_SIDE
+from mmpp.errors import ErrorCode, MmppError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -83,9 +78,9 @@ DETECTION_SIDE = 800
 _MODELS_HINT = "install them with: pip install dlib-bin face_recognition_models 'setuptools<81'"
 
 
-def _not_an_image(detail: str = "") -> EngineError:
+def _not_an_image(detail: str = "") -> MmppError:
     prefix = f"{detail} " if detail else "The file is not a photo we can read. "
-    return EngineError(ErrorCode.NOT_AN_IMAGE, f"{prefix}Send a still {_ACCEPTED_TEXT} photo.")
+    return MmppError(ErrorCode.NOT_AN_IMAGE, f"{prefix}Send a still {_ACCEPTED_TEXT} photo.")
 
 
 def _sniff(data: bytes) -> str | None:
@@ -125,7 +120,7 @@ def decode_image(data: bytes) -> Image.Image:
     if not data:
         raise _not_an_image("The upload is empty.")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise EngineError(
+        raise MmppError(
             ErrorCode.IMAGE_TOO_LARGE,
             f"The photo is {len(data) / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB.",
         )
@@ -150,9 +145,9 @@ def decode_image(data: bytes) -> Image.Image:
     return fresh
 
 
-def _too_many_pixels(size: tuple[int, int]) -> EngineError:
+def _too_many_pixels(size: tuple[int, int]) -> MmppError:
     width, height = size
-    return EngineError(
+    return MmppError(
         ErrorCode.IMAGE_TOO_LARGE,
         f"The photo is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.",
     )
@@ -163,7 +158,7 @@ def _open_checked(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise EngineError(
+        raise MmppError(
             ErrorCode.IMAGE_TOO_LARGE,
             f"The photo has too many pixels; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.",
         ) from None
@@ -183,7 +178,7 @@ def _open_checked(data: bytes) -> Image.Image:
     if width * height > MAX_IMAGE_PIXELS:
         raise _too_many_pixels(image.size)
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise EngineError(
+        raise MmppError(
             ErrorCode.IMAGE_TOO_SMALL,
             f"The photo is {width}x{height} pixels; each side needs at least {MIN_IMAGE_SIDE}.",
         )
@@ -341,7 +336,7 @@ class FaceAnalyzer:
         try:
             import dlib
         except ImportError:
-            raise EngineError(ErrorCode.MODEL_UNAVAILABLE, f"The face models need dlib; {_MODELS_HINT}.") from None
+            raise MmppError(ErrorCode.MODEL_UNAVAILABLE, f"The face models need dlib; {_MODELS_HINT}.") from None
         predictor_path, recognizer_path = self._predictor_path, self._recognizer_path
         if predictor_path is None or recognizer_path is None:
             try:
@@ -350,7 +345,7 @@ class FaceAnalyzer:
                     warnings.filterwarnings("ignore", message=".*pkg_resources.*")
                     import face_recognition_models
             except ImportError:
-                raise EngineError(
+                raise MmppError(
                     ErrorCode.MODEL_UNAVAILABLE, f"The face model files are missing; {_MODELS_HINT}."
                 ) from None
             predictor_path = predictor_path or face_recognition_models.pose_predictor_five_point_model_location()
@@ -363,7 +358,7 @@ class FaceAnalyzer:
                 dlib=dlib,
             )
         except (RuntimeError, OSError):
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.MODEL_UNAVAILABLE, f"The face model files could not be loaded; {_MODELS_HINT}."
             ) from None
 
@@ -413,13 +408,13 @@ class FaceAnalyzer:
         Kept separate from :meth:`pick_face` so the rule can be tested without a detector.
         """
         if not boxes:
-            raise EngineError(ErrorCode.NO_FACE, "No face was found in the photo; send a clear, front-facing selfie.")
+            raise MmppError(ErrorCode.NO_FACE, "No face was found in the photo; send a clear, front-facing selfie.")
         confident = [box for box in boxes if box.score >= CONFIDENT_FACE_SCORE]
         pool = confident or list(boxes)
         main = max(pool, key=lambda box: (box.area, box.score))
         rivals = [box for box in confident if box is not main and box.area >= SIMILAR_FACE_AREA_RATIO * main.area]
         if rivals:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.MULTIPLE_FACES,
                 f"The photo shows {len(rivals) + 1} faces of similar size; send a selfie with only your face.",
             )

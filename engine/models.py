@@ -1,10 +1,10 @@
-"""Where weights come from: real sources, and the tiny test-sized profile.
+"""Where weights come from: real sources, and the tiny test-sized weights.
 
 Real weights come as a Hugging Face Hub id, a local diffusers folder or a
 single-file ``.safetensors`` checkpoint.  This machine (and CI) cannot download
-them, so the *tiny* profile builds small random components with the real
-architectures, writes them in the real on-disk formats, and hands back
-sources that go through exactly the same loading code.  Its pictures are
+them, so the *tiny* weights are small random components with the real
+architectures, written in the real on-disk formats and handed back as
+sources that go through exactly the same loading code.  Their pictures are
 noise; everything that shows them says so.
 """
 
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import torch
 
-from engine.contracts import EngineError, ErrorCode
+from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class IPAdapterSource:
 
 @dataclass
 class ModelSources:
-    """Everything the pipeline loads, resolved for one profile."""
+    """Everything the pipeline loads, resolved for one choice of weights."""
 
     base: str
     family: Family | None = None
@@ -92,7 +92,7 @@ class ModelSources:
     portrait_lora: WeightSource | None = None
     lcm_lora: WeightSource | None = None
     ip_adapter: IPAdapterSource | None = None
-    #: Per-style LoRA sources that replace the catalogue's (the tiny profile
+    #: Per-style LoRA sources that replace the catalogue's (the tiny weights
     #: substitutes its own random LoRAs for the real ones).
     style_loras: dict[str, WeightSource] = field(default_factory=dict)
     test_sized: bool = False
@@ -115,13 +115,13 @@ def detect_family(base: str, *, local_files_only: bool = False) -> Family:
     if path.is_dir():
         index = path / "model_index.json"
         if not index.exists():
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.MODEL_UNAVAILABLE,
                 f"The folder {path} has no model_index.json, so it is not a diffusers model folder.",
             )
         return _family_of_index(json.loads(index.read_text()))
     if base.endswith((".safetensors", ".ckpt")):
-        raise EngineError(ErrorCode.MODEL_UNAVAILABLE, f"The checkpoint file {base} does not exist.")
+        raise MmppError(ErrorCode.MODEL_UNAVAILABLE, f"The checkpoint file {base} does not exist.")
     try:
         from huggingface_hub import hf_hub_download
 
@@ -140,7 +140,7 @@ def _family_of_index(index: dict[str, object]) -> Family:
 
 def _family_of_single_file(path: Path) -> Family:
     if path.suffix != ".safetensors":
-        raise EngineError(
+        raise MmppError(
             ErrorCode.MODEL_UNAVAILABLE,
             f"{path.name}: only .safetensors single-file checkpoints are loaded (pickled .ckpt files can run code).",
         )
@@ -152,27 +152,27 @@ def _family_of_single_file(path: Path) -> Family:
         return "sdxl"
     if any(key.startswith("model.diffusion_model.") for key in keys):
         return "sd15"
-    raise EngineError(
+    raise MmppError(
         ErrorCode.MODEL_UNAVAILABLE, f"{path.name} is not a Stable Diffusion checkpoint (no UNet tensors found)."
     )
 
 
-def model_unavailable(what: str, error: BaseException | None = None) -> EngineError:
+def model_unavailable(what: str, error: BaseException | None = None) -> MmppError:
     """The one message for weights that cannot be had, with the ways out."""
     reason = f" ({type(error).__name__})" if error is not None else ""
-    return EngineError(
+    return MmppError(
         ErrorCode.MODEL_UNAVAILABLE,
         f"The model '{what}' is not on this machine and cannot be downloaded{reason}; download it on a connected "
         f"machine (hf download {what}) into the Hugging Face cache, or point MMPP_BASE_MODEL at a local "
-        "diffusers folder or .safetensors file, or use the tiny test profile (--profile tiny).",
+        "diffusers folder or .safetensors file, or use the tiny test-sized weights (--weights tiny).",
     )
 
 
-# --------------------------------------------------------------------------- profiles
+# --------------------------------------------------------------------------- choosing the weights
 
 
-def resolve_sources(profile: str, settings: object, style_names: list[str]) -> ModelSources:
-    """Turn a profile name and the settings into concrete sources.
+def resolve_sources(weights: str, settings: object, style_names: list[str]) -> ModelSources:
+    """Turn a weights choice (``default``, ``tiny``, ``tiny-sdxl``) and the settings into concrete sources.
 
     ``auto`` is resolved by the caller (it needs a load attempt to decide);
     here it behaves like ``default``.
@@ -180,9 +180,9 @@ def resolve_sources(profile: str, settings: object, style_names: list[str]) -> M
     from engine.settings import EngineSettings
 
     assert isinstance(settings, EngineSettings)
-    if profile in {"tiny", "tiny-sdxl"}:
-        family: Family = "sdxl" if profile == "tiny-sdxl" else "sd15"
-        return build_tiny_profile(settings.cache_dir / "tiny", family, style_names)
+    if weights in {"tiny", "tiny-sdxl"}:
+        family: Family = "sdxl" if weights == "tiny-sdxl" else "sd15"
+        return build_tiny_weights(settings.cache_dir / "tiny", family, style_names)
     family = detect_family(settings.base_model)
     lcm = settings.lcm_lora_sdxl if family == "sdxl" else settings.lcm_lora_sd15
     ip_adapter = settings.ip_adapter_sdxl if family == "sdxl" else settings.ip_adapter_sd15
@@ -199,10 +199,10 @@ def resolve_sources(profile: str, settings: object, style_names: list[str]) -> M
     )
 
 
-# --------------------------------------------------------------------------- the tiny profile
+# --------------------------------------------------------------------------- the tiny weights
 
 
-def build_tiny_profile(cache_root: Path, family: Family, style_names: list[str]) -> ModelSources:
+def build_tiny_weights(cache_root: Path, family: Family, style_names: list[str]) -> ModelSources:
     """Build (once) and return the tiny random model for ``family``.
 
     Built deterministically from a fixed seed and cached by a content key, so
@@ -329,7 +329,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _tiny_corpus() -> str:
     """Text the tiny tokenizer learns its merges from: the style catalogue."""
-    from engine.contracts import default_catalogue_path
+    from mmpp.catalogue import default_catalogue_path
 
     return default_catalogue_path().read_text(encoding="utf-8") + " a person portrait photo face"
 

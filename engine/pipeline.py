@@ -29,11 +29,12 @@ import torch
 from PIL import Image
 
 from engine import faces
-from engine.contracts import EngineError, ErrorCode, GenerateRequest, GenerateResult, Mode, Picture
 from engine.models import ModelSources, WeightSource, detect_family, model_unavailable, resolve_sources
 from engine.safety import SafetyFilter
 from engine.settings import EngineSettings
-from engine.styles import GUIDANCE_BOUNDS, STEP_BOUNDS, Catalogue, Style, load_catalogue
+from mmpp.catalogue import GUIDANCE_BOUNDS, STEP_BOUNDS, Catalogue, Style, load_catalogue
+from mmpp.contract import GenerateRequest, GenerateResult, Mode, Picture
+from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def load_base_pipeline(sources: ModelSources, dtype: torch.dtype):  # noqa: ANN2
             # Single-file loading still takes the older ``torch_dtype`` name.
             return pipeline_class.from_single_file(str(base), torch_dtype=dtype, **options), family
         return pipeline_class.from_pretrained(sources.base, dtype=dtype, **options), family
-    except EngineError:
+    except MmppError:
         raise
     except Exception as error:
         logger.exception("loading the base model %s failed", sources.base)
@@ -173,22 +174,22 @@ class Engine:
         cls,
         settings: EngineSettings | None = None,
         *,
-        profile: str | None = None,
+        weights: str | None = None,
         catalogue: Catalogue | None = None,
     ) -> Engine:
         """Build the engine the environment asks for.
 
         ``auto`` tries the real weights first and falls back to the tiny
-        profile, logging plainly that the pictures will be noise, so that
+        test-sized weights, logging plainly that the pictures will be noise, so that
         ``make run`` works on a fresh machine without a download.
         """
         settings = settings or EngineSettings()
         catalogue = catalogue or load_catalogue(settings.styles_file)
-        profile = profile or settings.model_profile
-        if profile == "auto":
+        weights = weights or settings.weights
+        if weights == "auto":
             try:
                 return cls.from_sources(resolve_sources("default", settings, catalogue.names), catalogue, settings)
-            except EngineError as error:
+            except MmppError as error:
                 if error.code is not ErrorCode.MODEL_UNAVAILABLE:
                     raise
                 logger.warning(
@@ -196,8 +197,8 @@ class Engine:
                     "its pictures are random noise, useful only to try the plumbing.",
                     error.message,
                 )
-                profile = "tiny"
-        return cls.from_sources(resolve_sources(profile, settings, catalogue.names), catalogue, settings)
+                weights = "tiny"
+        return cls.from_sources(resolve_sources(weights, settings, catalogue.names), catalogue, settings)
 
     @classmethod
     def from_sources(cls, sources: ModelSources, catalogue: Catalogue, settings: EngineSettings) -> Engine:
@@ -362,14 +363,14 @@ class Engine:
         request.validate()
         style = self.catalogue.get(request.style)
         if style.name in self.unavailable_styles:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.MODEL_UNAVAILABLE,
                 f"The style '{style.name}' is unavailable on this worker: its LoRA "
                 f"{self.unavailable_styles[style.name]} could not be loaded.",
             )
         mode = request.mode or style.mode
         if mode is Mode.FAST and not self.has_lcm:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.MODEL_UNAVAILABLE,
                 "Fast mode needs the LCM-LoRA, which this worker could not load; ask for mode quality.",
             )
@@ -377,10 +378,10 @@ class Engine:
         guidance = request.guidance if request.guidance is not None else style.default_guidance(mode)
         low, high = STEP_BOUNDS[mode]
         if not low <= steps <= high:
-            raise EngineError(ErrorCode.INVALID_REQUEST, f"{mode.value} mode takes {low} to {high} steps, not {steps}.")
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{mode.value} mode takes {low} to {high} steps, not {steps}.")
         low_guidance, high_guidance = GUIDANCE_BOUNDS[mode]
         if not low_guidance <= guidance <= high_guidance:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.INVALID_REQUEST,
                 f"{mode.value} mode takes guidance {low_guidance:g} to {high_guidance:g}, not {guidance:g}.",
             )
@@ -449,7 +450,7 @@ class Engine:
             with torch.no_grad():
                 conditioning = self._compel(prompt, negative_prompt=negative_prompt or "")
         except Exception as error:  # noqa: BLE001 - the prompt parser raises its own types
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.INVALID_REQUEST, f"The prompt's weighting syntax could not be read ({type(error).__name__})."
             ) from None
         arguments = {"prompt_embeds": conditioning.embeds, "negative_prompt_embeds": conditioning.negative_embeds}
@@ -474,7 +475,7 @@ class Engine:
         overrides: ScaleOverrides | None = None,
         deadline: float | None = None,
     ) -> GenerateResult:
-        """Run one job; raise :class:`EngineError` for anything a user can fix.
+        """Run one job; raise :class:`MmppError` for anything a user can fix.
 
         ``deadline`` is a ``time.monotonic()`` value; past it the denoising
         loop stops with ``TIMEOUT`` between two steps.
@@ -514,7 +515,7 @@ class Engine:
                 pictures.append(Picture(png=encode_png(images[0]), seed=seed))
                 timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - mark
         if not pictures:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.OUTPUT_BLOCKED,
                 "The safety filter withheld the pictures; try another style or prompt.",
             )
@@ -572,7 +573,7 @@ class Engine:
         def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             denoise_end[0] = time.perf_counter()
             if deadline is not None and time.monotonic() > deadline:
-                raise EngineError(ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode.")
+                raise MmppError(ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode.")
             if on_progress is not None:
                 on_progress(index * plan.steps + step + 1, total_steps)
             return callback_kwargs

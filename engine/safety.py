@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.contracts import EngineError, ErrorCode
+from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class SafetyFilter:
             return [False] * len(images)
         if self.checker is None:
             if self.mode == "required":
-                raise EngineError(ErrorCode.MODEL_UNAVAILABLE, f"The NSFW check is required but {self.reason}.")
+                raise MmppError(ErrorCode.MODEL_UNAVAILABLE, f"The NSFW check is required but {self.reason}.")
             return [False] * len(images)
         parameter = next(self.checker.parameters())
         clip_input = self.processor(images=images, return_tensors="pt").pixel_values.to(

@@ -26,7 +26,10 @@ class EngineSettings(BaseSettings):
 
     #: ``auto`` tries the real weights and falls back to the tiny test-sized
     #: model, saying so; ``default`` insists on the real weights.
-    model_profile: Literal["auto", "default", "tiny", "tiny-sdxl"] = "auto"
+    #: (``MMPP_MODEL_PROFILE`` is the old name, read for one more release.)
+    weights: Literal["auto", "default", "tiny", "tiny-sdxl"] = Field(
+        default="auto", validation_alias=AliasChoices("MMPP_WEIGHTS", "MMPP_MODEL_PROFILE")
+    )
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     #: Diffusers-format folder or Hub id whose configs describe a single-file
     #: checkpoint; needed offline because single files carry no configs.

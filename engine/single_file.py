@@ -5,7 +5,7 @@ folder *or* a single ``.safetensors`` file in the layout of the original
 Stable Diffusion code (the one A1111, ComfyUI and most model sites use).
 That last path goes through diffusers' ``from_single_file`` and its key
 conversion, which no test could reach without downloading a multi-gigabyte
-checkpoint.  Writing the tiny profile's random components in that layout lets
+checkpoint.  Writing the tiny weights' random components in that layout lets
 the tests load them back through exactly the production code; the same
 function also lets a user export a diffusers model (a merged or fine-tuned
 one, say) for tools that only read single files.

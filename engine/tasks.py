@@ -18,7 +18,8 @@ from celery.signals import worker_process_init
 
 from engine import metrics
 from engine.celery_app import app
-from engine.contracts import GENERATE_TASK_NAME, EngineError, ErrorCode, GenerateRequest, GenerateResult
+from mmpp.contract import GENERATE_TASK_NAME, GenerateRequest, GenerateResult
+from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def get_engine() -> Any:
 
             try:
                 _engine = Engine.from_settings()
-            except EngineError as error:
+            except MmppError as error:
                 metrics.health.update(engine="failed", last_error=error.code.value)
                 raise
             metrics.health.update(engine="ready", last_error=None)
@@ -68,7 +69,7 @@ def _warm_up(**_: Any) -> None:
         return
     try:
         get_engine()
-    except EngineError as error:
+    except MmppError as error:
         logger.error("engine not ready yet: %s", error.as_line())
 
 
@@ -89,18 +90,18 @@ def run_job(payload: Any, job_id: str, report_progress: Any = None) -> dict[str,
         )
         result.job_id = job_id
         return result.to_payload()
-    except EngineError as error:
+    except MmppError as error:
         logger.info("job %s refused: %s", job_id, error.code.value)
         return GenerateResult.failure(error, job_id).to_payload()
     except SoftTimeLimitExceeded:
         logger.warning("job %s hit the soft time limit", job_id)
-        error = EngineError(
+        error = MmppError(
             ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode or fewer pictures."
         )
         return GenerateResult.failure(error, job_id).to_payload()
     except Exception:
         logger.exception("job %s failed unexpectedly", job_id)
-        error = EngineError(ErrorCode.INTERNAL, "Something went wrong on our side; please try again.")
+        error = MmppError(ErrorCode.INTERNAL, "Something went wrong on our side; please try again.")
         return GenerateResult.failure(error, job_id).to_payload()
 
 

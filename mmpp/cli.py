@@ -34,11 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "bench" and rest[:1] == ["bots"]:
-        # The first argument picks the side: the chat-side load test lives in bot/ (no torch there).
-        from bot.bench import main as bots_bench_main
+    if command == "bench":
+        # Benchmarks are tools of the checkout, not of the installed product (see bench/__init__.py).
+        from bench.cli import main as bench_main
 
-        return bots_bench_main(rest)
+        return bench_main(rest)
     if command in ENGINE_COMMANDS:
         from engine.cli import main as engine_main
 

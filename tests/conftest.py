@@ -45,12 +45,12 @@ def redis_available() -> bool:
 
 
 def start_worker(queue: str, cache_dir: Path, **env: str) -> subprocess.Popen[bytes]:
-    """A real Celery worker process (prefork, one child) on the test Redis, tiny profile."""
+    """A real Celery worker process (prefork, one child) on the test Redis, tiny weights."""
     environment = {
         **os.environ,
         "REDIS_URL": REDIS_URL,
         "MMPP_QUEUE": queue,
-        "MMPP_MODEL_PROFILE": "tiny",
+        "MMPP_WEIGHTS": "tiny",
         "MMPP_CACHE_DIR": str(cache_dir),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
@@ -74,10 +74,10 @@ def redis_worker(cache_dir: Path) -> Iterator[str]:
     """One tiny-profile worker for the whole session; yields its queue name."""
     if not redis_available():
         pytest.fail(f"Redis is not reachable at {REDIS_URL}; `make test` starts one (Makefile target redis)")
-    from engine.models import build_tiny_profile
-    from engine.styles import load_catalogue
+    from engine.models import build_tiny_weights
+    from mmpp.catalogue import load_catalogue
 
-    build_tiny_profile(cache_dir / "tiny", "sd15", load_catalogue().names)  # built once, before the worker races
+    build_tiny_weights(cache_dir / "tiny", "sd15", load_catalogue().names)  # built once, before the worker races
     queue = f"mmpp-test-{uuid.uuid4().hex[:8]}"
     worker = start_worker(queue, cache_dir)
     yield queue

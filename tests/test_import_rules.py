@@ -1,9 +1,11 @@
 """DESIGN.md's rule between the parts, checked in fresh interpreters.
 
-``bot`` must never pull in torch, diffusers or the engine (other than the
-torch-free contracts); ``engine`` must never pull in discord, telegram or
-``bot``.  Every module of each package is imported, so a new module that
-breaks the rule fails here.
+``bot`` must never pull in torch, diffusers or anything of ``engine``;
+``engine`` must never pull in discord, telegram or ``bot``; the kernel both
+share (``mmpp`` without its dispatcher) pulls in neither side nor anything
+heavy; and the shipped packages never reach the benchmarks or the tests.
+Every module of each package is imported, so a new module that breaks the
+rule fails here.
 """
 
 from __future__ import annotations
@@ -43,11 +45,23 @@ def top_level(modules: set[str]) -> set[str]:
 def test_bot_never_imports_torch_diffusers_or_the_engine() -> None:
     loaded = loaded_after_importing(modules_of("bot"))
     assert not top_level(loaded) & {"torch", "diffusers", "transformers", "peft", "compel"}
-    engine_modules = {name for name in loaded if name == "engine" or name.startswith("engine.")}
-    assert engine_modules <= {"engine", "engine.contracts"}
+    assert not top_level(loaded) & {"engine", "bench", "tests"}
 
 
 def test_engine_never_imports_discord_telegram_or_the_bot() -> None:
     loaded = loaded_after_importing(modules_of("engine"))
     assert "torch" in top_level(loaded), "the check must really import the engine's modules"
-    assert not top_level(loaded) & {"discord", "telegram", "bot"}
+    assert not top_level(loaded) & {"discord", "telegram", "bot", "bench", "tests"}
+
+
+#: The dispatcher is the one module of ``mmpp`` that knows both sides (lazily, per subcommand).
+DISPATCHER = "mmpp.cli"
+
+
+def test_the_kernel_imports_neither_side_nor_anything_heavy() -> None:
+    kernel = [name for name in modules_of("mmpp") if name != DISPATCHER]
+    assert "mmpp.errors" in kernel and "mmpp.contract" in kernel and "mmpp.catalogue" in kernel
+    loaded = loaded_after_importing(kernel)
+    assert not top_level(loaded) & {
+        "bot", "engine", "bench", "tests", "torch", "diffusers", "transformers", "discord", "telegram", "celery",
+    }  # fmt: skip

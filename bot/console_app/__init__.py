@@ -14,10 +14,10 @@ import uuid
 from pathlib import Path
 from typing import TextIO
 
-from bot.core import ChatCore, CoreError, Person, ProfileOrder, parse_console_line
+from bot.core import ChatCore, Person, ProfileOrder, parse_console_line
 from bot.core.service import PostedCallback
 from bot.storage import Job, StoredPicture
-from engine.contracts import ErrorCode
+from mmpp.errors import ErrorCode, MmppError
 
 PLATFORM = "console"
 USAGE = (
@@ -91,7 +91,7 @@ class ConsoleAdapter:
                 break
             try:
                 await self.handle(line)
-            except CoreError as error:
+            except MmppError as error:
                 self.say(error.as_line())
         await self.core.wait_idle()
 
@@ -103,16 +103,16 @@ class ConsoleAdapter:
             photo_path = command.options.pop("photo", "")
             self.core.check_profile(command.options)
             if not photo_path:
-                raise CoreError(ErrorCode.NOT_AN_IMAGE, "Give the selfie as photo:PATH.")
+                raise MmppError(ErrorCode.NOT_AN_IMAGE, "Give the selfie as photo:PATH.")
             try:
                 photo = Path(photo_path).expanduser().read_bytes()
             except OSError as error:
-                raise CoreError(ErrorCode.NOT_AN_IMAGE, f"Cannot read {photo_path}: {error.strerror}.") from None
+                raise MmppError(ErrorCode.NOT_AN_IMAGE, f"Cannot read {photo_path}: {error.strerror}.") from None
             order = ProfileOrder(self.person, f"line-{uuid.uuid4()}", "console", {}, command.options, photo)
             await self.core.order_profile(order)
         elif command.name == "rate":
             if len(command.arguments) != 3 or not all(part.isdigit() for part in command.arguments):
-                raise CoreError(ErrorCode.INVALID_REQUEST, "Use /rate JOB PICTURE STARS, e.g. /rate 3 1 5.")
+                raise MmppError(ErrorCode.INVALID_REQUEST, "Use /rate JOB PICTURE STARS, e.g. /rate 3 1 5.")
             job_id, position, stars = (int(part) for part in command.arguments)
             await self.core.rate_job_picture(self.person, job_id, position, stars, "console")
             self.say(f"rated job {job_id} picture {position}: {stars} stars")

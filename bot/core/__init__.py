@@ -5,12 +5,11 @@ implement :class:`Delivery` to put the core's replies on their platform.
 """
 
 from bot.core.commands import CommandError, ParsedCommand, parse_caption, parse_console_line
-from bot.core.service import ChatCore, CoreError, Delivery, Person, ProfileOrder
+from bot.core.service import ChatCore, Delivery, Person, ProfileOrder
 
 __all__ = [
     "ChatCore",
     "CommandError",
-    "CoreError",
     "Delivery",
     "ParsedCommand",
     "Person",

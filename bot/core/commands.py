@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from bot.core.errors import CoreError
-from engine.contracts import MAX_PICTURES, MAX_SEED, MIN_PICTURES, ErrorCode, Mode
+from mmpp.contract import MAX_PICTURES, MAX_SEED, MIN_PICTURES, Mode
+from mmpp.errors import ErrorCode, MmppError
 
 COMMANDS = ("profile", "styles", "history", "rate", "forget", "help", "start")
 OPTION_KEYS = ("style", "photo", "prompt", "count", "mode", "seed")
@@ -20,7 +20,7 @@ _OPTION_SPLIT = re.compile(r"(?:^|\s+)(" + "|".join(OPTION_KEYS) + r"):", re.IGN
 #: Longest command line we read; anything longer is refused, not truncated.
 MAX_LINE_CHARACTERS = 4000
 
-CommandError = CoreError
+CommandError = MmppError
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def split_options(text: str) -> tuple[tuple[str, ...], dict[str, str]]:
     for key, value in zip(parts[1::2], parts[2::2], strict=True):
         key = key.lower()
         if key in options:
-            raise CoreError(ErrorCode.INVALID_REQUEST, f"The option {key}: is given twice.")
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"The option {key}: is given twice.")
         options[key] = value.strip()
     return positional, options
 
@@ -57,13 +57,13 @@ def parse_console_line(line: str) -> ParsedCommand | None:
     if not line:
         return None
     if len(line) > MAX_LINE_CHARACTERS:
-        raise CoreError(ErrorCode.PROMPT_TOO_LONG, f"The line is longer than {MAX_LINE_CHARACTERS} characters.")
+        raise MmppError(ErrorCode.PROMPT_TOO_LONG, f"The line is longer than {MAX_LINE_CHARACTERS} characters.")
     if not line.startswith("/"):
-        raise CoreError(ErrorCode.UNKNOWN_COMMAND, "Commands start with '/'; try /help.")
+        raise MmppError(ErrorCode.UNKNOWN_COMMAND, "Commands start with '/'; try /help.")
     head, _, rest = line[1:].partition(" ")
     name = head.lower()
     if name not in COMMANDS:
-        raise CoreError(ErrorCode.UNKNOWN_COMMAND, f"There is no command /{head[:30]}; try /help.")
+        raise MmppError(ErrorCode.UNKNOWN_COMMAND, f"There is no command /{head[:30]}; try /help.")
     positional, options = split_options(rest)
     return ParsedCommand(name, options, positional)
 
@@ -77,7 +77,7 @@ def parse_caption(text: str | None, bot_username: str = "") -> ParsedCommand | N
     """
     text = _strip_controls(text or "").strip()
     if len(text) > MAX_LINE_CHARACTERS:
-        raise CoreError(ErrorCode.PROMPT_TOO_LONG, f"The text is longer than {MAX_LINE_CHARACTERS} characters.")
+        raise MmppError(ErrorCode.PROMPT_TOO_LONG, f"The text is longer than {MAX_LINE_CHARACTERS} characters.")
     if not text:
         return ParsedCommand("profile")
     if text.startswith("/"):
@@ -87,7 +87,7 @@ def parse_caption(text: str | None, bot_username: str = "") -> ParsedCommand | N
             return None
         name = name.lower()
         if name not in COMMANDS:
-            raise CoreError(ErrorCode.UNKNOWN_COMMAND, f"There is no command /{name[:30]}; try /help.")
+            raise MmppError(ErrorCode.UNKNOWN_COMMAND, f"There is no command /{name[:30]}; try /help.")
         if name != "profile":
             positional, options = split_options(rest)
             return ParsedCommand(name, options, positional)
@@ -117,24 +117,24 @@ def profile_options(options: dict[str, str]) -> ProfileOptions:
     try:
         count = int(count_text)
     except ValueError:
-        raise CoreError(
+        raise MmppError(
             ErrorCode.INVALID_REQUEST, f"count must be a number from {MIN_PICTURES} to {MAX_PICTURES}."
         ) from None
     if not MIN_PICTURES <= count <= MAX_PICTURES:
-        raise CoreError(ErrorCode.INVALID_REQUEST, f"count must be a number from {MIN_PICTURES} to {MAX_PICTURES}.")
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"count must be a number from {MIN_PICTURES} to {MAX_PICTURES}.")
     mode = options.get("mode") or None
     if mode is not None:
         mode = mode.lower()
         if mode not in {item.value for item in Mode}:
-            raise CoreError(ErrorCode.INVALID_REQUEST, "mode must be fast or quality.")
+            raise MmppError(ErrorCode.INVALID_REQUEST, "mode must be fast or quality.")
     seed_text = options.get("seed")
     seed = None
     if seed_text:
         try:
             seed = int(seed_text)
         except ValueError:
-            raise CoreError(ErrorCode.INVALID_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}.") from None
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}.") from None
         if not 0 <= seed <= MAX_SEED:
-            raise CoreError(ErrorCode.INVALID_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}.")
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"seed must be a whole number from 0 to {MAX_SEED}.")
     style = (options.get("style") or "").strip().lower() or None
     return ProfileOptions(style=style, prompt=options.get("prompt", "").strip(), count=count, mode=mode, seed=seed)

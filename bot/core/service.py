@@ -22,20 +22,12 @@ from typing import Any, Protocol
 
 from bot import metrics
 from bot.core.commands import ProfileOptions, profile_options
-from bot.core.errors import CoreError
 from bot.queue import JobQueue
 from bot.settings import BotSettings
 from bot.storage import Job, Storage, StoredPicture, timestamp, utc_now
-from engine.contracts import (
-    EngineError,
-    ErrorCode,
-    GenerateRequest,
-    GenerateResult,
-    Mode,
-    StyleMenuItem,
-    queue_for,
-    read_style_menu,
-)
+from mmpp.catalogue import Catalogue, Style, load_catalogue
+from mmpp.contract import GenerateRequest, GenerateResult, Mode, queue_for
+from mmpp.errors import ErrorCode, MmppError
 from mmpp.stats import mean_interval
 
 logger = logging.getLogger(__name__)
@@ -191,13 +183,16 @@ class ChatCore:
         storage: Storage,
         queue: JobQueue,
         settings: BotSettings,
-        styles: list[StyleMenuItem] | None = None,
+        catalogue: Catalogue | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.storage = storage
         self.queue = queue
         self.settings = settings
-        self.styles = {item.name: item for item in (styles if styles is not None else read_style_menu())}
+        # The same catalogue, read by the same code, as the worker's: a style the
+        # menu offers is a style the worker knows, and UNKNOWN_STYLE needs no round trip.
+        self.catalogue = catalogue if catalogue is not None else load_catalogue(settings.styles_file)
+        self.styles = {style.name: style for style in self.catalogue}
         self._clock = clock
         self._deliveries: dict[str, Delivery] = {}
         self.admins = parse_people(settings.admins)
@@ -250,18 +245,12 @@ class ChatCore:
     def style_names(self) -> list[str]:
         return list(self.styles)
 
-    def check_style(self, name: str | None) -> StyleMenuItem:
+    def check_style(self, name: str | None) -> Style:
         if not name:
-            raise CoreError(ErrorCode.UNKNOWN_STYLE, f"Name a style: {', '.join(self.styles)}.")
-        key = name.strip().lower()
-        if key not in self.styles:
-            raise CoreError(
-                ErrorCode.UNKNOWN_STYLE,
-                f"There is no style called '{name[:40]}'; choose one of: {', '.join(self.styles)}.",
-            )
-        return self.styles[key]
+            raise MmppError(ErrorCode.UNKNOWN_STYLE, f"Name a style: {', '.join(self.styles)}.")
+        return self.catalogue.get(name)
 
-    def check_profile(self, options: dict[str, str]) -> tuple[ProfileOptions, StyleMenuItem]:
+    def check_profile(self, options: dict[str, str]) -> tuple[ProfileOptions, Style]:
         """The checks that need no photo, so adapters can refuse before downloading one."""
         parsed = profile_options(options)
         return parsed, self.check_style(parsed.style)
@@ -275,7 +264,7 @@ class ChatCore:
         """
         options, style = self.check_profile(order.options)
         if not order.photo:
-            raise CoreError(ErrorCode.NOT_AN_IMAGE, "Attach a selfie: one clear photo of your face.")
+            raise MmppError(ErrorCode.NOT_AN_IMAGE, "Attach a selfie: one clear photo of your face.")
         return await self._create_job(
             order.requester, order.event_key, order.chat_id, order.reply_context, style.name,
             options.prompt, options.mode, options.count, options.seed, order.photo, parent_job_id=None,
@@ -288,14 +277,14 @@ class ChatCore:
         """Same selfie, new seed; with ``style``, the same selfie in another style."""
         parent = await self.storage.job(job_id)
         if parent is None or parent.platform != requester.platform:
-            raise CoreError(ErrorCode.NOT_FOUND, f"There is no job {job_id}.")
+            raise MmppError(ErrorCode.NOT_FOUND, f"There is no job {job_id}.")
         owner = await self.storage.user_id(requester.platform, requester.user_id, requester.display_name)
         if owner != parent.user_id:
-            raise CoreError(ErrorCode.INVALID_REQUEST, "Only the person who sent the selfie can make more from it.")
+            raise MmppError(ErrorCode.INVALID_REQUEST, "Only the person who sent the selfie can make more from it.")
         selfie = await self.storage.selfie(parent.id, self._clock())
         if selfie is None:
             hours = self.settings.selfie_retention_hours
-            raise CoreError(
+            raise MmppError(
                 ErrorCode.NOT_FOUND,
                 f"The selfie of job {job_id} is no longer kept (selfies are deleted {hours:g} h after their job); "
                 "send it again.",
@@ -314,14 +303,14 @@ class ChatCore:
             selfie=selfie, style=style, prompt=prompt, mode=Mode(mode) if mode else None, count=count, seed=seed
         )
         if (requester.platform, requester.user_id) in self.denied:
-            raise CoreError(ErrorCode.NOT_ALLOWED, "You are not allowed to use this bot here.")
+            raise MmppError(ErrorCode.NOT_ALLOWED, "You are not allowed to use this bot here.")
         try:
             request.validate()
-        except EngineError as error:
-            raise CoreError(error.code, error.message) from None
+        except MmppError as error:
+            raise MmppError(error.code, error.message) from None
         blocked = self.prompt_filter.blocked(prompt)
         if blocked:
-            raise CoreError(ErrorCode.PROMPT_BLOCKED, f"The prompt contains '{blocked}', which is not allowed here.")
+            raise MmppError(ErrorCode.PROMPT_BLOCKED, f"The prompt contains '{blocked}', which is not allowed here.")
         user_id = await self.storage.user_id(requester.platform, requester.user_id, requester.display_name)
         existing = await self.storage.job_by_event(requester.platform, event_key)
         if existing is not None:
@@ -360,7 +349,7 @@ class ChatCore:
     async def _check_quota(self, user_id: int, count: int) -> None:
         pending = await self.storage.pending_jobs(user_id)
         if pending >= self.settings.max_pending_jobs:
-            raise CoreError(
+            raise MmppError(
                 ErrorCode.QUOTA_EXCEEDED,
                 f"You already have {pending} job{'s' if pending != 1 else ''} in progress; wait until they are done.",
             )
@@ -371,7 +360,7 @@ class ChatCore:
         if used + count > quota:
             reset = day_start + timedelta(days=1)
             minutes = max(1, int((reset - now).total_seconds() // 60))
-            raise CoreError(
+            raise MmppError(
                 ErrorCode.QUOTA_EXCEEDED,
                 f"You have used {used} of your {quota} pictures for today; the quota resets at 00:00 UTC "
                 f"(in {minutes // 60} h {minutes % 60} min).",
@@ -384,7 +373,7 @@ class ChatCore:
         quota = self.settings.chat_daily_picture_quota
         if used + count > quota:
             minutes = max(1, int((day_start + timedelta(days=1) - now).total_seconds() // 60))
-            raise CoreError(
+            raise MmppError(
                 ErrorCode.QUOTA_EXCEEDED,
                 f"This chat has used its {quota} pictures for today; the quota resets at 00:00 UTC "
                 f"(in {minutes // 60} h {minutes % 60} min).",
@@ -422,7 +411,7 @@ class ChatCore:
     async def _reload(self, job: Job) -> Job:
         fresh = await self.storage.job(job.id)
         if fresh is None:
-            raise CoreError(ErrorCode.NOT_FOUND, f"Job {job.id} was deleted.")
+            raise MmppError(ErrorCode.NOT_FOUND, f"Job {job.id} was deleted.")
         return fresh
 
     # ------------------------------------------------------------------ following
@@ -574,13 +563,13 @@ class ChatCore:
 
     async def rate(self, rater: Person, picture_id: int, stars: int | None, source: str) -> StoredPicture:
         if stars is not None and not 1 <= stars <= 5:
-            raise CoreError(ErrorCode.INVALID_REQUEST, f"Ratings go from 1 to 5 ({RATING_SCALE}).")
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"Ratings go from 1 to 5 ({RATING_SCALE}).")
         picture = await self.storage.picture(picture_id)
         if picture is None:
-            raise CoreError(ErrorCode.NOT_FOUND, "That picture no longer exists.")
+            raise MmppError(ErrorCode.NOT_FOUND, "That picture no longer exists.")
         job = await self.storage.job(picture.job_id)
         if job is None or job.platform != rater.platform:
-            raise CoreError(ErrorCode.NOT_FOUND, "That picture no longer exists.")
+            raise MmppError(ErrorCode.NOT_FOUND, "That picture no longer exists.")
         rater_id = await self.storage.user_id(rater.platform, rater.user_id, rater.display_name)
         await self.storage.set_rating(picture.id, rater_id, stars, source)
         metrics.RATINGS.labels(source).inc()
@@ -623,10 +612,10 @@ class ChatCore:
     async def rate_job_picture(self, rater: Person, job_id: int, position: int, stars: int, source: str) -> None:
         job = await self.storage.job(job_id)
         if job is None or job.platform != rater.platform:
-            raise CoreError(ErrorCode.NOT_FOUND, f"There is no job {job_id}.")
+            raise MmppError(ErrorCode.NOT_FOUND, f"There is no job {job_id}.")
         pictures = {picture.position: picture for picture in await self.storage.pictures(job_id)}
         if position not in pictures:
-            raise CoreError(ErrorCode.NOT_FOUND, f"Job {job_id} has no picture {position}.")
+            raise MmppError(ErrorCode.NOT_FOUND, f"Job {job_id} has no picture {position}.")
         await self.rate(rater, pictures[position].id, stars, source)
 
     # ------------------------------------------------------------------ information

@@ -1,7 +1,7 @@
 """The Discord adapter (discord.py): slash commands, buttons and reactions.
 
 Commands only translate: options → :class:`ProfileOrder`, the core's answer
-or :class:`CoreError` → a reply.  Conventions it follows: the interaction is
+or :class:`MmppError` → a reply.  Conventions it follows: the interaction is
 deferred at once (Discord allows 3 s), errors are ephemeral, the pictures
 come as follow-ups while the 15-minute interaction token lives and through
 the channel afterwards, attachments are downloaded immediately (their URLs
@@ -20,11 +20,12 @@ from typing import Any, Literal
 import discord
 from discord import app_commands
 
-from bot.core import ChatCore, CoreError, Person, ProfileOrder
+from bot.core import ChatCore, Person, ProfileOrder
 from bot.core.service import RATING_KEYCAPS, RATING_SCALE, PostedCallback, score_for_reaction
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
-from engine.contracts import MAX_PICTURES, MAX_UPLOAD_BYTES, ErrorCode
+from mmpp.contract import MAX_PICTURES, MAX_UPLOAD_BYTES
+from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
@@ -217,11 +218,11 @@ async def run_followup_job(interaction: discord.Interaction, job_id: int, style:
             str(interaction.guild_id or interaction.channel_id), context,
             style=style,
         )  # fmt: skip
-    except CoreError as error:
+    except MmppError as error:
         await replace_with_ephemeral_error(interaction, error)
 
 
-async def replace_with_ephemeral_error(interaction: discord.Interaction, error: CoreError) -> None:
+async def replace_with_ephemeral_error(interaction: discord.Interaction, error: MmppError) -> None:
     """After a public defer, an error should still be private: drop the public reply, send an ephemeral one."""
     try:
         await interaction.delete_original_response()
@@ -277,7 +278,7 @@ class MmppClient(discord.Client):
 
     async def on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = getattr(error, "original", error)
-        if isinstance(original, CoreError):
+        if isinstance(original, MmppError):
             text = failure_line(original.code, original.message)
         elif isinstance(error, app_commands.TransformerError):
             text = failure_line(ErrorCode.INVALID_REQUEST, f"I could not read the value {str(error.value)[:40]!r}.")
@@ -318,10 +319,10 @@ def register_commands(client: MmppClient) -> None:
         try:
             core.check_profile(options)
             if photo.size > MAX_UPLOAD_BYTES:
-                raise CoreError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
+                raise MmppError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
             if photo.content_type and photo.content_type.split(";")[0] not in IMAGE_TYPES:
-                raise CoreError(ErrorCode.NOT_AN_IMAGE, "Attach a photo: JPEG, PNG or WebP.")
-        except CoreError as error:
+                raise MmppError(ErrorCode.NOT_AN_IMAGE, "Attach a photo: JPEG, PNG or WebP.")
+        except MmppError as error:
             await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
@@ -329,7 +330,7 @@ def register_commands(client: MmppClient) -> None:
             data = await photo.read()
         except discord.HTTPException:
             await replace_with_ephemeral_error(
-                interaction, CoreError(ErrorCode.NOT_AN_IMAGE, "I could not download the photo; please try again.")
+                interaction, MmppError(ErrorCode.NOT_AN_IMAGE, "I could not download the photo; please try again.")
             )
             return
         original = await interaction.original_response()
@@ -345,7 +346,7 @@ def register_commands(client: MmppClient) -> None:
         )
         try:
             await core.order_profile(order)
-        except CoreError as error:
+        except MmppError as error:
             await replace_with_ephemeral_error(interaction, error)
 
     @profile.autocomplete("style")

@@ -2,7 +2,7 @@
 
 Handlers are plain ``async def handler(update, context)`` functions that
 translate an update into one core call and the core's answer (or
-:class:`CoreError`) into one reply; every decision lives in the core.  The
+:class:`MmppError`) into one reply; every decision lives in the core.  The
 core reaches Telegram through :class:`TelegramDelivery`.
 
 The bot token is part of every Bot API and file URL, so nothing here logs
@@ -40,11 +40,12 @@ from telegram.ext import (
     filters,
 )
 
-from bot.core import ChatCore, CoreError, Person, ProfileOrder, parse_caption
+from bot.core import ChatCore, Person, ProfileOrder, parse_caption
 from bot.core.service import PostedCallback, score_for_reaction
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
-from engine.contracts import MAX_UPLOAD_BYTES, ErrorCode
+from mmpp.contract import MAX_UPLOAD_BYTES
+from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
@@ -233,14 +234,14 @@ def _largest_photo(message: Message) -> tuple[str, int | None] | None:
 
 async def _download(context: ContextTypes.DEFAULT_TYPE, file_id: str, size: int | None) -> bytes:
     if size is not None and size > MAX_UPLOAD_BYTES:
-        raise CoreError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
+        raise MmppError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
     try:
         telegram_file = await with_retries(context.bot.get_file, file_id)
         return bytes(await telegram_file.download_as_bytearray())
     except BadRequest as error:
         if "too big" in str(error).lower():
-            raise CoreError(ErrorCode.IMAGE_TOO_LARGE, "The photo is too large for Telegram bots (20 MB).") from None
-        raise CoreError(ErrorCode.NOT_AN_IMAGE, "I could not download that photo; please send it again.") from None
+            raise MmppError(ErrorCode.IMAGE_TOO_LARGE, "The photo is too large for Telegram bots (20 MB).") from None
+        raise MmppError(ErrorCode.NOT_AN_IMAGE, "I could not download that photo; please send it again.") from None
 
 
 async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -313,7 +314,7 @@ async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             photo = context.application.bot_data.get("pending_photos", {}).pop(token, None)
             options = dict(context.application.bot_data.get("pending_options", {}).pop(token, {}))
             if photo is None:
-                raise CoreError(ErrorCode.NOT_FOUND, "That photo is no longer waiting; please send it again.")
+                raise MmppError(ErrorCode.NOT_FOUND, "That photo is no longer waiting; please send it again.")
             options["style"] = style
             core.check_profile(options)
             data = await _download(context, *photo)
@@ -325,7 +326,7 @@ async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
             await query.answer(f"{style}: on it")
         else:
             await query.answer()
-    except CoreError as error:
+    except MmppError as error:
         await query.answer(f"{error.message} ({error.code.value})"[:200], show_alert=True)
     except ValueError:
         await query.answer("That button is not valid anymore.", show_alert=True)
@@ -346,7 +347,7 @@ async def on_reaction(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Every failure ends as one line to the person; the exception is logged, the bot goes on."""
     error = context.error
-    if isinstance(error, CoreError):
+    if isinstance(error, MmppError):
         text = failure_text(error.code, error.message)
     else:
         # Exception texts from the HTTP layer can hold the token-bearing URL.

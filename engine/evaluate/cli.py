@@ -13,14 +13,13 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.contracts import EngineError, ErrorCode
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 1
+from engine.options import add_weights_argument
+from mmpp.commandline import EXIT_BAD_INPUT, EXIT_OK, OneLineParser, run_reporting_errors
+from mmpp.errors import ErrorCode, MmppError
 
 USAGE_EXAMPLES = """\
 examples:
-  mmpp eval --selfies selfies/ --config sweep.toml --report out/ [--reference real/] [--profile tiny]
+  mmpp eval --selfies selfies/ --config sweep.toml --report out/ [--reference real/] [--weights tiny]
   mmpp eval --feedback var/mmpp.sqlite3 [--report out/]
 
 sweep.toml:
@@ -42,8 +41,6 @@ environment:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from engine.cli import OneLineParser, _profile_argument
-
     parser = OneLineParser(
         prog="mmpp eval",
         description="Generate a parameter sweep and score it (identity, CLIP, FID/KID, speed), "
@@ -59,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", type=Path, metavar="DIR", help="folder of real images for FID/KID")
     parser.add_argument("--feedback", type=Path, metavar="DB", help="the bot's SQLite database: report its ratings")
     parser.add_argument("--report", type=Path, metavar="OUT_DIR", help="folder for index.html, results.*, feedback.*")
-    _profile_argument(parser)
+    add_weights_argument(parser)
     return parser
 
 
@@ -85,27 +82,20 @@ def main(argv: list[str]) -> int:
     from mmpp.logs import configure_logging
 
     configure_logging(arguments.verbose, EngineSettings().log_format)
-    try:
+
+    def body() -> int:
         if arguments.selfies is not None:
             _sweep(arguments)
         if arguments.feedback is not None:
             _feedback(arguments)
-    except EngineError as error:
-        print(error.as_line(), file=sys.stderr)
-        return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:
-        # The exception text may hold paths or URLs with secrets: log it, don't print it.
-        logging.getLogger(__name__).info("unexpected failure", exc_info=True)
-        print(f"error[INTERNAL]: unexpected {type(error).__name__}; run with -v for details.", file=sys.stderr)
-        return EXIT_INTERNAL
-    return 0
+        return EXIT_OK
+
+    return run_reporting_errors(body, logging.getLogger(__name__))
 
 
 def _sweep(arguments: argparse.Namespace) -> None:
     from engine.evaluate.sweep import list_images, load_sweep
-    from engine.styles import load_catalogue
+    from mmpp.catalogue import load_catalogue
 
     # Everything the user typed is checked before a model loads.
     catalogue = load_catalogue()
@@ -113,7 +103,7 @@ def _sweep(arguments: argparse.Namespace) -> None:
     config = load_sweep(arguments.config, catalogue)
     reference = list_images(arguments.reference, "reference") if arguments.reference is not None else None
     if arguments.report.exists() and not arguments.report.is_dir():
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"the report folder {arguments.report} is a file")
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"the report folder {arguments.report} is a file")
 
     from engine.hub import prefer_offline_when_unreachable
 
@@ -124,7 +114,7 @@ def _sweep(arguments: argparse.Namespace) -> None:
     from engine.evaluate.sweep import TINY_LABEL, build_scorers, run_sweep
     from engine.pipeline import Engine
 
-    engine = Engine.from_settings(profile=arguments.profile, catalogue=catalogue)
+    engine = Engine.from_settings(weights=arguments.weights, catalogue=catalogue)
     scorers = build_scorers(engine.face_analyzer, want_distribution=reference is not None)
     total = len(selfies) * len(config.combinations()) * config.count
     print(f"sweep: {total} pictures ({len(selfies)} selfies x {len(config.combinations())} combinations "

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.contracts import EngineError, ErrorCode
+from mmpp.errors import ErrorCode, MmppError
 from mmpp.stats import mean_interval
 
 #: A rating of 4 or 5 counts as positive (the bot's POSITIVE_SCORE).
@@ -44,16 +44,16 @@ CSV_FIELDS = (
 
 def _open_read_only(path: Path) -> sqlite3.Connection:
     if not path.is_file():
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"the feedback database {path} does not exist")
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"the feedback database {path} does not exist")
     try:
         connection = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as error:
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
     missing = {"jobs", "pictures", "ratings"} - tables
     if missing:
         connection.close()
-        raise EngineError(
+        raise MmppError(
             ErrorCode.INVALID_REQUEST,
             f"{path} is not the bot's database: it has no {', '.join(sorted(missing))} table (run 'mmpp migrate')",
         )
@@ -95,7 +95,7 @@ def read_feedback(path: Path) -> dict[str, Any]:
             "ORDER BY jobs.style, jobs.id, pictures.id"
         ).fetchall()
     except sqlite3.DatabaseError as error:
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"{path}: the ratings cannot be read ({error})") from None
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"{path}: the ratings cannot be read ({error})") from None
     finally:
         connection.close()
 

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.contracts import EngineError
 from engine.faces import SAME_PERSON_DISTANCE
+from mmpp.errors import MmppError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -218,7 +218,7 @@ class IdentityScorer:
         self.analyzer = analyzer
 
     def reference(self, image: Image.Image, face: DetectedFace | None = None) -> np.ndarray:
-        """The selfie's embedding (raises ``EngineError`` NO_FACE / MULTIPLE_FACES like the engine)."""
+        """The selfie's embedding (raises ``MmppError`` NO_FACE / MULTIPLE_FACES like the engine)."""
         return self.analyzer.embedding(image, face)
 
     def score(self, reference: np.ndarray, picture: Image.Image, face: DetectedFace | None = None) -> IdentityScore:
@@ -233,7 +233,7 @@ class IdentityScorer:
                 return IdentityScore(face_found=False, faces=0, distance=None, same_person=False)
             try:
                 box = self.analyzer.choose(boxes)
-            except EngineError:
+            except MmppError:
                 box = boxes[0]
             face = self.analyzer.landmarks(picture, box)
             count = len(boxes)

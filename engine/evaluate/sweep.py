@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from engine.contracts import MAX_PICTURES, MIN_PICTURES, EngineError, ErrorCode, GenerateRequest, Mode
 from engine.evaluate.metrics import (
     ClipScorer,
     IdentityScorer,
@@ -35,7 +34,9 @@ from engine.evaluate.metrics import (
     kernel_inception_distance,
 )
 from engine.faces import SAME_PERSON_DISTANCE, decode_image
-from engine.styles import SCALE_BOUNDS, STEP_BOUNDS, Catalogue
+from mmpp.catalogue import SCALE_BOUNDS, STEP_BOUNDS, Catalogue
+from mmpp.contract import MAX_PICTURES, MIN_PICTURES, GenerateRequest, Mode
+from mmpp.errors import ErrorCode, MmppError
 
 if TYPE_CHECKING:
     from engine.evaluate.inception import InceptionFeatures
@@ -52,8 +53,8 @@ SWEEP_FIELDS = (
 TINY_LABEL = "test-sized model: pictures are noise, figures are meaningless"
 
 
-def _bad(path: Path, name: str, problem: str) -> EngineError:
-    return EngineError(ErrorCode.INVALID_REQUEST, f"sweep file {path}: field '{name}' {problem}")
+def _bad(path: Path, name: str, problem: str) -> MmppError:
+    return MmppError(ErrorCode.INVALID_REQUEST, f"sweep file {path}: field '{name}' {problem}")
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,13 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"sweep file {path} does not exist") from None
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"sweep file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise EngineError(
+        raise MmppError(
             ErrorCode.INVALID_REQUEST, f"sweep file {path} cannot be read ({type(error).__name__})"
         ) from None
     except tomllib.TOMLDecodeError as error:
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"sweep file {path} is not valid TOML: {error}") from None
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"sweep file {path} is not valid TOML: {error}") from None
     for key in document:
         if key not in SWEEP_FIELDS:
             raise _bad(path, key, f"is not a sweep field; use: {', '.join(SWEEP_FIELDS)}")
@@ -193,10 +194,10 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
 def list_images(folder: Path, what: str) -> list[Path]:
     """The picture files directly in ``folder``, sorted; a one-line error if there are none."""
     if not folder.is_dir():
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"the {what} folder {folder} does not exist or is not a folder")
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"the {what} folder {folder} does not exist or is not a folder")
     files = sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise EngineError(
+        raise MmppError(
             ErrorCode.INVALID_REQUEST, f"the {what} folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} files"
         )
     return files
@@ -269,20 +270,20 @@ def run_sweep(
         data = path.read_bytes()
         try:
             image = decode_image(data)
-        except EngineError as error:
+        except MmppError as error:
             selfies.append(Selfie(index, path, Image.new("RGB", (1, 1)), data, problem=error.as_line()))
             continue
         selfie = Selfie(index, path, image, data)
         try:
             selfie.embedding = scorers.identity.reference(image)
-        except EngineError as error:
+        except MmppError as error:
             selfie.problem = error.as_line()
         selfie.thumbnail = f"images/selfie-{index:03d}.png"
         _thumbnail(image, out_dir / selfie.thumbnail)
         selfies.append(selfie)
     usable = [selfie for selfie in selfies if not selfie.problem]
     if not usable:
-        raise EngineError(
+        raise MmppError(
             ErrorCode.NO_FACE,
             "no selfie in the folder can be used: " + "; ".join(f"{s.path.name}: {s.problem}" for s in selfies),
         )
@@ -317,7 +318,7 @@ def run_sweep(
             }  # fmt: skip
             try:
                 result = engine.generate(request, overrides=overrides)
-            except EngineError as error:
+            except MmppError as error:
                 failures.append({**wanted, "error": error.as_line()})
                 logger.info("sweep: %s failed: %s", wanted, error.as_line())
                 continue
@@ -496,8 +497,8 @@ def decode_reference(path: Path) -> Image.Image:
     """A reference image, decoded with the same limits as uploads."""
     try:
         return decode_image(path.read_bytes())
-    except EngineError as error:
-        raise EngineError(error.code, f"reference image {path.name}: {error.message}") from None
+    except MmppError as error:
+        raise MmppError(error.code, f"reference image {path.name}: {error.message}") from None
 
 
 def metric_descriptions(scorers: Scorers, reference_files: list[Path] | None) -> dict[str, dict[str, Any]]:

@@ -74,7 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="base model: Hub id, diffusers folder or .safetensors file (default: MMPP_BASE_MODEL)",
     )
     model.add_argument(
-        "--profile",
+        "--weights",
+        "--profile",  # the old name, accepted for one more release
+        dest="weights",
         choices=["default", "tiny", "tiny-sdxl"],
         default="default",
         help="tiny / tiny-sdxl: the offline test-sized model instead of --base",
@@ -135,7 +137,7 @@ def config_from_arguments(arguments: argparse.Namespace):  # noqa: ANN201 - Trai
         kind=arguments.kind,
         out=arguments.out,
         base=arguments.base,
-        profile=arguments.profile,
+        weights=arguments.weights,
         rank=arguments.rank,
         alpha=arguments.alpha,
         steps=arguments.steps,

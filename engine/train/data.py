@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image
 
-from engine.contracts import EngineError, ErrorCode
+from mmpp.errors import ErrorCode, MmppError
 
 if TYPE_CHECKING:
     from engine.faces import FaceAnalyzer
@@ -216,7 +216,7 @@ def load_dataset(
     trigger: str | None = None,
     analyzer: FaceAnalyzer | None = None,
 ) -> Dataset:
-    """Read ``root`` into a :class:`Dataset`, or raise an :class:`EngineError` saying why not.
+    """Read ``root`` into a :class:`Dataset`, or raise an :class:`MmppError` saying why not.
 
     Pictures are decoded with the engine's defensive decoder (size limits, EXIF
     rotation); for portraits, the one face of each picture is found, aligned and cropped
@@ -227,17 +227,17 @@ def load_dataset(
     from engine import faces
 
     if kind not in KINDS:
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"--kind must be portrait or style, not '{kind}'.")
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"--kind must be portrait or style, not '{kind}'.")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise EngineError(ErrorCode.INVALID_REQUEST, f"The data folder {root} does not exist or is not a folder.")
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"The data folder {root} does not exist or is not a folder.")
     trigger = (trigger or DEFAULT_TRIGGERS[kind]).strip()
     buckets = make_buckets(resolution, use_buckets)
     files = sorted(path for path in root.iterdir() if path.is_file() and not path.name.startswith("."))
     images = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
     caption_files = {path.stem: path for path in files if path.suffix.lower() == CAPTION_SUFFIX}
     if not images:
-        raise EngineError(
+        raise MmppError(
             ErrorCode.INVALID_REQUEST,
             f"The data folder {root} has no images (.jpg, .jpeg, .png or .webp files).",
         )
@@ -256,7 +256,7 @@ def load_dataset(
                 Skipped(path.name, ErrorCode.NOT_AN_IMAGE.value, f"cannot be read ({error.strerror})")
             )
             continue
-        except EngineError as error:
+        except MmppError as error:
             dataset.skipped.append(Skipped(path.name, error.code.value, error.message))
             continue
         decoded += 1
@@ -299,7 +299,7 @@ def _face_example(
     """The aligned face crop at ``resolution``, or ``None`` after recording why not."""
     try:
         face = analyzer.pick_face(picture)
-    except EngineError as error:
+    except MmppError as error:
         dataset.skipped.append(Skipped(name, error.code.value, error.message))
         return None
     source_side = round(FACE_CROP_WIDTHS * max(face.box.width, face.box.height))
@@ -328,16 +328,16 @@ def _caption(path: Path | None, kind: Kind, trigger: str) -> tuple[str, bool]:
     return CAPTION_TEMPLATES[kind].format(trigger=trigger), False
 
 
-def _nothing_usable(dataset: Dataset, decoded: int) -> EngineError:
+def _nothing_usable(dataset: Dataset, decoded: int) -> MmppError:
     reasons = Counter(skip.code for skip in dataset.skipped)
     listing = ", ".join(f"{count} {code}" for code, count in sorted(reasons.items()))
     if decoded == 0:
-        return EngineError(
+        return MmppError(
             ErrorCode.NOT_AN_IMAGE,
             f"None of the {dataset.images_found} images in {dataset.root} could be read ({listing}); "
             "use still JPEG, PNG or WebP photos.",
         )
-    return EngineError(
+    return MmppError(
         ErrorCode.NO_FACE,
         f"None of the {decoded} readable images in {dataset.root} shows one usable face ({listing}); "
         "portrait training needs photos with exactly one clear face.",

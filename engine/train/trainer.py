@@ -9,7 +9,7 @@ for SDXL both text encoders, pooled embeddings and the size/crop ``add_time_ids`
 What differs, and why:
 
 * The base loads through the engine's own loader (``load_base_pipeline``), so a Hub id, a
-  diffusers folder, a single ``.safetensors`` file and the tiny test profile all train the
+  diffusers folder, a single ``.safetensors`` file and the tiny test-sized weights all train the
   same way they generate.
 * Every random draw (batch order, crops, flips, timesteps, noise, VAE sampling) comes from a
   stream keyed by ``(seed, purpose, global batch number)`` (see :mod:`engine.train.data`),
@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.contracts import EngineError, ErrorCode
 from engine.train.data import (
     CAPTION_TEMPLATES,
     KINDS,
@@ -47,6 +46,7 @@ from engine.train.data import (
     render_batch,
     stream_seed,
 )
+from mmpp.errors import ErrorCode, MmppError
 
 if TYPE_CHECKING:
     from engine.models import Family
@@ -60,13 +60,13 @@ CHECKPOINT_LORA = "lora.safetensors"
 LOSS_LOG = "losses.jsonl"
 DATA_REPORT = "data_report.json"
 
-#: The attention projections, as in diffusers' LoRA scripts and the tiny profile's LoRAs.
+#: The attention projections, as in diffusers' LoRA scripts and the tiny weights' LoRAs.
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
-TINY_PROFILES: dict[str, Family] = {"tiny": "sd15", "tiny-sdxl": "sdxl"}
-PROFILES = ("default", *TINY_PROFILES)
-#: The resolution each family was trained at; the tiny profiles draw 64 px.
+TINY_WEIGHTS: dict[str, Family] = {"tiny": "sd15", "tiny-sdxl": "sdxl"}
+WEIGHTS_CHOICES = ("default", *TINY_WEIGHTS)
+#: The resolution each family was trained at; the tiny weights draw 64 px.
 DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}
 TINY_RESOLUTION = 64
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -103,7 +103,8 @@ class TrainConfig:
     out: Path
     #: Hub id, diffusers folder or single file; empty means ``MMPP_BASE_MODEL``.
     base: str = ""
-    profile: str = "default"
+    #: ``default`` (``--base`` or ``MMPP_BASE_MODEL``), or the tiny test-sized ``tiny`` / ``tiny-sdxl``.
+    weights: str = "default"
     rank: int = 16
     #: peft's ``lora_alpha``; ``None`` means equal to the rank (scale 1), as diffusers' scripts do.
     alpha: float | None = None
@@ -145,8 +146,8 @@ class TrainConfig:
         problems = []
         if self.kind not in KINDS:
             problems.append(f"--kind must be portrait or style, not '{self.kind}'")
-        if self.profile not in PROFILES:
-            problems.append(f"--profile must be one of {', '.join(PROFILES)}")
+        if self.weights not in WEIGHTS_CHOICES:
+            problems.append(f"--weights must be one of {', '.join(WEIGHTS_CHOICES)}")
         if Path(self.out).suffix != ".safetensors":
             problems.append("--out must name a .safetensors file")
         for name, value, low in (
@@ -170,10 +171,10 @@ class TrainConfig:
             problems.append(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}")
         if self.trigger is not None and not self.trigger.strip():
             problems.append("--trigger must not be empty")
-        if self.profile in TINY_PROFILES and self.base:
-            problems.append(f"--base and --profile {self.profile} exclude each other")
+        if self.weights in TINY_WEIGHTS and self.base:
+            problems.append(f"--base and --weights {self.weights} exclude each other")
         if problems:
-            raise EngineError(ErrorCode.INVALID_REQUEST, "; ".join(problems) + ".")
+            raise MmppError(ErrorCode.INVALID_REQUEST, "; ".join(problems) + ".")
 
 
 @dataclass
@@ -228,7 +229,7 @@ def find_checkpoint(path: Path) -> Path:
         found = [child for child in folder.glob("step-*") if (child / STATE_FILE).is_file()] if folder.is_dir() else []
         if found:
             return max(found, key=lambda child: json.loads((child / STATE_FILE).read_text())["step"])
-    raise EngineError(
+    raise MmppError(
         ErrorCode.INVALID_REQUEST,
         f"No checkpoint at {path}: give a checkpoint folder (WORK_DIR/checkpoints/step-N) "
         "or a work folder that holds some.",
@@ -236,14 +237,14 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def resolve_training_sources(config: TrainConfig, settings: Any) -> Any:
-    """The base to train on, through the engine's model sources (tiny profile included)."""
-    from engine.models import ModelSources, build_tiny_profile, detect_family
+    """The base to train on, through the engine's model sources (tiny weights included)."""
+    from engine.models import ModelSources, build_tiny_weights, detect_family
 
-    if config.profile in TINY_PROFILES:
-        from engine.styles import load_catalogue
+    if config.weights in TINY_WEIGHTS:
+        from mmpp.catalogue import load_catalogue
 
         names = load_catalogue(settings.styles_file).names
-        return build_tiny_profile(Path(settings.cache_dir) / "tiny", TINY_PROFILES[config.profile], names)
+        return build_tiny_weights(Path(settings.cache_dir) / "tiny", TINY_WEIGHTS[config.weights], names)
     base = config.base or settings.base_model
     return ModelSources(base=base, family=detect_family(base), base_config=settings.base_model_config, label=base)
 
@@ -273,7 +274,7 @@ class LoraTrainer:
         self.sources = sources
         self.family: str = sources.family
         self.resolution = config.resolution or (
-            TINY_RESOLUTION if config.profile in TINY_PROFILES else DEFAULT_RESOLUTION[self.family]
+            TINY_RESOLUTION if config.weights in TINY_WEIGHTS else DEFAULT_RESOLUTION[self.family]
         )
         self.work = config.work_folder
         # Data before weights: a bad folder is refused in seconds, not after loading gigabytes.
@@ -359,7 +360,7 @@ class LoraTrainer:
                 project_config=ProjectConfiguration(project_dir=str(self.work)),
             )
         except (ValueError, RuntimeError) as error:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.INVALID_REQUEST,
                 f"Mixed precision '{mixed_precision}' is not available here ({error}); try --mixed-precision no.",
             ) from None
@@ -368,7 +369,7 @@ class LoraTrainer:
     def _trajectory(self) -> dict[str, Any]:
         config = self.config
         values = {
-            "base": config.base or (config.profile if config.profile in TINY_PROFILES else self.sources.base),
+            "base": config.base or (config.weights if config.weights in TINY_WEIGHTS else self.sources.base),
             "family": self.family,
             "kind": config.kind,
             "rank": config.rank,
@@ -394,21 +395,21 @@ class LoraTrainer:
         try:
             state = json.loads((checkpoint / STATE_FILE).read_text())
         except (OSError, ValueError):
-            raise EngineError(ErrorCode.INVALID_REQUEST, f"{checkpoint / STATE_FILE} cannot be read.") from None
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{checkpoint / STATE_FILE} cannot be read.") from None
         if state.get("format") != STATE_FORMAT:
-            raise EngineError(ErrorCode.INVALID_REQUEST, f"{checkpoint} was written by another version of mmpp train.")
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{checkpoint} was written by another version of mmpp train.")
         saved, now = state.get("trajectory", {}), self._trajectory()
         changed = [
             f"{key} {saved.get(key)!r} (now {now[key]!r})" for key in TRAJECTORY_KEYS if saved.get(key) != now[key]
         ]
         if changed:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.INVALID_REQUEST,
                 f"The checkpoint {checkpoint} was made with other settings: {', '.join(changed)}. Resume with the "
                 "same data and settings; only --steps and the checkpoint and validation options may change.",
             )
         if int(state["step"]) > self.config.steps:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.INVALID_REQUEST,
                 f"The checkpoint is at step {state['step']}, past --steps {self.config.steps}.",
             )
@@ -531,11 +532,11 @@ class LoraTrainer:
             name = self._name_of(model)
             path = Path(input_dir) / f"adapter-{name}.safetensors"
             if not path.is_file():
-                raise EngineError(ErrorCode.INVALID_REQUEST, f"The checkpoint {input_dir} has no {path.name}.")
+                raise MmppError(ErrorCode.INVALID_REQUEST, f"The checkpoint {input_dir} has no {path.name}.")
             state = load_file(str(path))
             expected = get_peft_model_state_dict(model)
             if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
-                raise EngineError(ErrorCode.INVALID_REQUEST, f"The adapter in {path} does not fit this model and rank.")
+                raise MmppError(ErrorCode.INVALID_REQUEST, f"The adapter in {path} does not fit this model and rank.")
             set_peft_model_state_dict(model, state, adapter_name="default")
 
     # ------------------------------------------------------------------ the loop
@@ -623,7 +624,7 @@ class LoraTrainer:
         elif self.prediction_type == "sample":
             target = latents
         else:
-            raise EngineError(ErrorCode.MODEL_UNAVAILABLE, f"Unknown prediction type {self.prediction_type!r}.")
+            raise MmppError(ErrorCode.MODEL_UNAVAILABLE, f"Unknown prediction type {self.prediction_type!r}.")
         hidden, pooled = self._encode_text(batch.captions)
         extra: dict[str, Any] = {}
         if self.family == "sdxl":

@@ -21,7 +21,8 @@ from bot.core import ChatCore
 from bot.queue import QueueStatus
 from bot.settings import BotSettings
 from bot.storage import Job, Storage, StoredPicture
-from engine.contracts import EngineError, ErrorCode, GenerateRequest, GenerateResult, Picture
+from mmpp.contract import GenerateRequest, GenerateResult, Picture
+from mmpp.errors import ErrorCode, MmppError
 
 
 def tiny_png(colour: tuple[int, int, int]) -> bytes:
@@ -35,7 +36,7 @@ class ScriptedQueue:
     """Answers each job with pictures (or an error) after a few PROGRESS polls."""
 
     progress_polls: int = 2
-    error: EngineError | None = None
+    error: MmppError | None = None
     submitted: dict[str, dict[str, Any]] = field(default_factory=dict)
     queues: dict[str, str] = field(default_factory=dict)
     polls: dict[str, int] = field(default_factory=dict)

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
-import bot.bench as bench
-from engine.contracts import ErrorCode, GenerateResult
+import bench.bots as bench
 from mmpp.cli import main as mmpp_main
+from mmpp.contract import GenerateResult
+from mmpp.errors import ErrorCode
 
 RUNS = {
     "discord": ["bots", "--users", "10", "--seconds", "5", "--json"],

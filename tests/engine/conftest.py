@@ -13,7 +13,7 @@ def make_settings(cache_dir: Path, **overrides: object):
 
 @pytest.fixture(scope="session")
 def catalogue():
-    from engine.styles import load_catalogue
+    from mmpp.catalogue import load_catalogue
 
     return load_catalogue()
 
@@ -22,11 +22,11 @@ def catalogue():
 def tiny_engine(cache_dir: Path, catalogue):
     from engine.pipeline import Engine
 
-    return Engine.from_settings(make_settings(cache_dir), profile="tiny", catalogue=catalogue)
+    return Engine.from_settings(make_settings(cache_dir), weights="tiny", catalogue=catalogue)
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_engine(cache_dir: Path, catalogue):
     from engine.pipeline import Engine
 
-    return Engine.from_settings(make_settings(cache_dir), profile="tiny-sdxl", catalogue=catalogue)
+    return Engine.from_settings(make_settings(cache_dir), weights="tiny-sdxl", catalogue=catalogue)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import bench
+from bench import engine as bench
 
 
 @pytest.fixture(scope="module")

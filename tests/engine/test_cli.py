@@ -111,7 +111,7 @@ def test_generate_without_weights_names_what_is_missing(tmp_path: Path) -> None:
         env={"MMPP_BASE_MODEL": "example-org/model-that-is-not-cached"},
     )
     assert_one_line_error(result, "MODEL_UNAVAILABLE")
-    assert "example-org/model-that-is-not-cached" in result.stderr and "--profile tiny" in result.stderr
+    assert "example-org/model-that-is-not-cached" in result.stderr and "--weights tiny" in result.stderr
 
 
 def test_styles_lists_the_catalogue() -> None:

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.contracts import MAX_UPLOAD_BYTES, EngineError, ErrorCode
 from engine.faces import (
     CONFIDENT_FACE_SCORE,
     SAME_PERSON_DISTANCE,
@@ -30,6 +29,8 @@ from engine.faces import (
     decode_image,
     default_analyzer,
 )
+from mmpp.contract import MAX_UPLOAD_BYTES
+from mmpp.errors import ErrorCode, MmppError
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -47,8 +48,8 @@ def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
     return buffer.getvalue()
 
 
-def refused(data: bytes) -> EngineError:
-    with pytest.raises(EngineError) as caught:
+def refused(data: bytes) -> MmppError:
+    with pytest.raises(MmppError) as caught:
         decode_image(data)
     return caught.value
 
@@ -149,14 +150,14 @@ def test_crop_pads_where_the_square_leaves_the_photo(analyzer: FaceAnalyzer, ast
 @pytest.mark.parametrize("kind", ["coffee", "flat"])
 def test_photo_without_a_face_is_refused(analyzer: FaceAnalyzer, kind: str) -> None:
     image = Image.fromarray(skimage_data.coffee()) if kind == "coffee" else Image.new("RGB", (400, 300), (90, 140, 90))
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(MmppError) as caught:
         analyzer.pick_face(image)
     assert caught.value.code is ErrorCode.NO_FACE
     assert "front-facing selfie" in caught.value.message
 
 
 def test_two_faces_of_the_same_size_are_refused(analyzer: FaceAnalyzer, head: Image.Image) -> None:
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(MmppError) as caught:
         analyzer.pick_face(side_by_side(head, mirrored(head)))
     assert caught.value.code is ErrorCode.MULTIPLE_FACES
 
@@ -166,7 +167,7 @@ def test_a_slightly_smaller_second_face_is_still_ambiguous(analyzer: FaceAnalyze
     image = side_by_side(head, smaller)
     areas = sorted((box.area for box in analyzer.detect(image) if box.score >= CONFIDENT_FACE_SCORE), reverse=True)
     assert len(areas) == 2 and areas[1] / areas[0] >= SIMILAR_FACE_AREA_RATIO
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(MmppError) as caught:
         analyzer.pick_face(image)
     assert caught.value.code is ErrorCode.MULTIPLE_FACES
 
@@ -200,14 +201,14 @@ def test_choice_rules_on_synthetic_boxes(analyzer: FaceAnalyzer) -> None:
 
     main = box(100, 1.2)
     assert analyzer.choose([main, box(76, 1.0, 200)]) == main  # area ratio 0.58
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(MmppError) as caught:
         analyzer.choose([main, box(78, 1.0, 200)])  # area ratio 0.61
     assert caught.value.code is ErrorCode.MULTIPLE_FACES
     # A large but weak detection neither wins nor makes the photo ambiguous.
     assert analyzer.choose([box(150, 0.1, 300), main]) == main
     # With nothing confident the largest weak detection is still used.
     assert analyzer.choose([box(60, 0.2), box(90, 0.1, 100)]).width == 90
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(MmppError) as caught:
         analyzer.choose([])
     assert caught.value.code is ErrorCode.NO_FACE
 
@@ -275,7 +276,7 @@ def test_models_load_lazily_once_and_missing_files_are_reported() -> None:
     lazy = FaceAnalyzer()
     assert not lazy.loaded
     broken = FaceAnalyzer(predictor_path="/nonexistent/shape_predictor.dat", recognizer_path="/nonexistent/r.dat")
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(MmppError) as caught:
         broken.detect(Image.new("RGB", (100, 100)))
     assert caught.value.code is ErrorCode.MODEL_UNAVAILABLE
     assert "face_recognition_models" in caught.value.message

@@ -1,4 +1,4 @@
-"""Model sources: the tiny profile's files and the family detection."""
+"""Model sources: the tiny weights' files and the family detection."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.contracts import EngineError, ErrorCode
-from engine.models import WeightSource, build_tiny_profile, detect_family
+from engine.models import WeightSource, build_tiny_weights, detect_family
+from mmpp.errors import ErrorCode, MmppError
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -23,8 +23,8 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def test_tiny_profile_is_deterministic_and_in_the_real_formats(tmp_path: Path, catalogue) -> None:
-    first = build_tiny_profile(tmp_path / "one", "sd15", catalogue.names)
-    second = build_tiny_profile(tmp_path / "two", "sd15", catalogue.names)
+    first = build_tiny_weights(tmp_path / "one", "sd15", catalogue.names)
+    second = build_tiny_weights(tmp_path / "two", "sd15", catalogue.names)
     weights_one = {name: value for name, value in digest(Path(first.base).parent).items() if "safetensors" in name}
     weights_two = {name: value for name, value in digest(Path(second.base).parent).items() if "safetensors" in name}
     assert weights_one == weights_two and len(weights_one) > 10
@@ -39,14 +39,14 @@ def test_tiny_profile_is_deterministic_and_in_the_real_formats(tmp_path: Path, c
     assert set(first.style_loras) == set(catalogue.names)
     assert first.test_sized and "noise" in first.label
     # Rebuilding is skipped when the cache is complete.
-    again = build_tiny_profile(tmp_path / "one", "sd15", catalogue.names)
+    again = build_tiny_weights(tmp_path / "one", "sd15", catalogue.names)
     assert again.base == first.base
 
 
 def test_tiny_lora_files_load_as_diffusers_lora_state_dicts(cache_dir: Path, catalogue) -> None:
     from diffusers import StableDiffusionPipeline
 
-    sources = build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names)
+    sources = build_tiny_weights(cache_dir / "tiny", "sd15", catalogue.names)
     source = sources.style_loras["anime"]
     state, _ = StableDiffusionPipeline.lora_state_dict(source.location, weight_name=source.weight_name)
     assert state and all(key.startswith("unet.") for key in state)
@@ -54,8 +54,8 @@ def test_tiny_lora_files_load_as_diffusers_lora_state_dicts(cache_dir: Path, cat
 
 
 def test_family_is_detected_from_the_weights(cache_dir: Path, catalogue, tmp_path: Path) -> None:
-    assert detect_family(build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names).base) == "sd15"
-    assert detect_family(build_tiny_profile(cache_dir / "tiny", "sdxl", catalogue.names).base) == "sdxl"
+    assert detect_family(build_tiny_weights(cache_dir / "tiny", "sd15", catalogue.names).base) == "sd15"
+    assert detect_family(build_tiny_weights(cache_dir / "tiny", "sdxl", catalogue.names).base) == "sdxl"
     sd15_file = tmp_path / "model-v1.safetensors"
     save_file(
         {
@@ -87,7 +87,7 @@ def test_family_is_detected_from_the_weights(cache_dir: Path, catalogue, tmp_pat
 def test_missing_weights_are_model_unavailable(tmp_path: Path, monkeypatch, make_source) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "folder-without-index").mkdir()
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         detect_family(make_source(tmp_path))
     assert raised.value.code is ErrorCode.MODEL_UNAVAILABLE
 
@@ -95,11 +95,11 @@ def test_missing_weights_are_model_unavailable(tmp_path: Path, monkeypatch, make
 def test_pickled_and_foreign_single_files_are_refused(tmp_path: Path) -> None:
     pickled = tmp_path / "model.ckpt"
     pickled.write_bytes(b"\x80\x04")
-    with pytest.raises(EngineError, match=r"only \.safetensors"):
+    with pytest.raises(MmppError, match=r"only \.safetensors"):
         detect_family(str(pickled))
     foreign = tmp_path / "other.safetensors"
     save_file({"encoder.weight": torch.zeros(1)}, foreign)
-    with pytest.raises(EngineError, match="not a Stable Diffusion checkpoint"):
+    with pytest.raises(MmppError, match="not a Stable Diffusion checkpoint"):
         detect_family(str(foreign))
 
 
@@ -111,7 +111,7 @@ def test_single_file_without_configs_offline_is_model_unavailable(tmp_path: Path
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     checkpoint = tmp_path / "model.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, checkpoint)
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         load_base_pipeline(ModelSources(base=str(checkpoint)), torch.float32)
     assert raised.value.code is ErrorCode.MODEL_UNAVAILABLE
 

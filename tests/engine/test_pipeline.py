@@ -1,4 +1,4 @@
-"""The engine on the tiny profile: every part must visibly do its job.
+"""The engine on the tiny weights: every part must visibly do its job.
 
 Each test compares pixels or embeddings against a run with the part switched
 off, so a LoRA, IP-Adapter or prompt weight that silently did nothing would
@@ -16,8 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.contracts import EngineError, ErrorCode, GenerateRequest, Mode
 from engine.pipeline import LCM_ADAPTER, PORTRAIT_ADAPTER, Engine, ScaleOverrides
+from mmpp.contract import GenerateRequest, Mode
+from mmpp.errors import ErrorCode, MmppError
 from tests.engine.conftest import make_settings
 
 
@@ -65,9 +66,9 @@ def test_style_lora_changes_pixels_and_scale_zero_restores_the_base(
     assert np.abs(styled - unstyled).mean() > 1.0
 
     # The base result: an engine that never loaded any style LoRA.
-    from engine.models import build_tiny_profile
+    from engine.models import build_tiny_weights
 
-    sources = build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names)
+    sources = build_tiny_weights(cache_dir / "tiny", "sd15", catalogue.names)
     sources = dataclasses.replace(sources, style_loras={})
     bare = Engine.from_sources(sources, catalogue, make_settings(cache_dir))
     assert not bare.style_adapters
@@ -109,9 +110,9 @@ def test_ip_adapter_scale_zero_equals_no_ip_adapter(
     scale_zero = first_picture(tiny_engine, request(selfie_bytes), overrides=ScaleOverrides(ip_adapter_scale=0.0))
     assert np.abs(with_identity - scale_zero).mean() > 1.0
 
-    from engine.models import build_tiny_profile
+    from engine.models import build_tiny_weights
 
-    sources = dataclasses.replace(build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names), ip_adapter=None)
+    sources = dataclasses.replace(build_tiny_weights(cache_dir / "tiny", "sd15", catalogue.names), ip_adapter=None)
     without_adapter = Engine.from_sources(sources, catalogue, make_settings(cache_dir))
     assert not without_adapter.has_ip_adapter
     assert np.array_equal(first_picture(without_adapter, request(selfie_bytes)), scale_zero)
@@ -197,7 +198,7 @@ def test_bad_requests_have_stable_codes(
     tiny_engine: Engine, selfie_bytes: bytes, fields: dict[str, object], code: ErrorCode
 ) -> None:
     job = request(fields.pop("selfie", selfie_bytes), **fields)  # type: ignore[arg-type]
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         tiny_engine.generate(job)
     assert raised.value.code is code
     assert "\n" not in raised.value.message
@@ -206,7 +207,7 @@ def test_bad_requests_have_stable_codes(
 def test_a_photo_without_a_face_is_refused(tiny_engine: Engine) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (256, 256), (120, 160, 200)).save(buffer, "PNG")
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         tiny_engine.generate(request(buffer.getvalue()))
     assert raised.value.code is ErrorCode.NO_FACE
 
@@ -218,7 +219,7 @@ def test_progress_is_reported_per_step(tiny_engine: Engine, selfie_bytes: bytes)
 
 
 def test_deadline_stops_the_job_with_timeout(tiny_engine: Engine, selfie_bytes: bytes) -> None:
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         tiny_engine.generate(request(selfie_bytes), deadline=time.monotonic() - 1)
     assert raised.value.code is ErrorCode.TIMEOUT
 
@@ -301,9 +302,9 @@ def test_hotswap_mode_matches_resident_adapters(
     tiny_engine: Engine, selfie_bytes: bytes, cache_dir, catalogue, monkeypatch
 ) -> None:
     """The compile path's hot-swap gives the same pictures as set_adapters."""
-    from engine.models import build_tiny_profile
+    from engine.models import build_tiny_weights
 
-    sources = build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names)
+    sources = build_tiny_weights(cache_dir / "tiny", "sd15", catalogue.names)
     swapping = Engine(tiny_engine_pipeline_copy(cache_dir, sources), "sd15", sources, catalogue, use_hotswap=True)
     swapping.load_adapters()
     assert swapping.has_lcm and swapping.has_portrait and swapping.style_adapters

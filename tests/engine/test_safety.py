@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.contracts import EngineError, ErrorCode, GenerateRequest, Mode
 from engine.pipeline import Engine
 from engine.safety import SafetyFilter
+from mmpp.contract import GenerateRequest, Mode
+from mmpp.errors import ErrorCode, MmppError
 
 
 def tiny_checker(folder: Path, threshold: float) -> Path:
@@ -46,7 +47,7 @@ def test_flagged_pictures_are_withheld_and_all_flagged_is_output_blocked(
     strict = SafetyFilter.load("auto", str(tiny_checker(tmp_path / "strict", -2.0)), device, dtype)
     assert strict.status == "passed"
     monkeypatch.setattr(tiny_engine, "safety", strict)
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         tiny_engine.generate(request(selfie_bytes))
     assert raised.value.code is ErrorCode.OUTPUT_BLOCKED
 
@@ -67,7 +68,7 @@ def test_a_missing_checker_is_reported_not_hidden(
 
     required = SafetyFilter.load("required", str(tmp_path / "nothing-here"), torch.device("cpu"), torch.float32)
     monkeypatch.setattr(tiny_engine, "safety", required)
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         tiny_engine.generate(request(selfie_bytes))
     assert raised.value.code is ErrorCode.MODEL_UNAVAILABLE and "NSFW" in raised.value.message
 

@@ -1,6 +1,6 @@
 """The single-file (original CompVis/A1111 layout) loading path, on the tiny models.
 
-The tiny profile's diffusers components are written as one ``.safetensors``
+The tiny weights's diffusers components are written as one ``.safetensors``
 file with the original key names (``engine.single_file``) and loaded back
 through ``engine.pipeline.load_base_pipeline``, i.e. through diffusers'
 ``from_single_file`` and its key conversion, offline.  Every weight must come
@@ -22,8 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.contracts import GenerateRequest, Mode
-from engine.models import ModelSources, build_tiny_pipeline, build_tiny_profile, detect_family
+from engine.models import ModelSources, build_tiny_pipeline, build_tiny_weights, detect_family
 from engine.pipeline import Engine, load_base_pipeline
 from engine.single_file import (
     SD15_CLIP_PREFIX,
@@ -34,6 +33,7 @@ from engine.single_file import (
     save_as_single_file,
     to_original_state_dict,
 )
+from mmpp.contract import GenerateRequest, Mode
 from tests.conftest import SAMPLE_SELFIE
 from tests.engine.conftest import make_settings
 
@@ -60,7 +60,7 @@ def offline() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def tiny_sd15(cache_dir: Path, catalogue) -> ModelSources:
-    return build_tiny_profile(cache_dir / "tiny", "sd15", catalogue.names)
+    return build_tiny_weights(cache_dir / "tiny", "sd15", catalogue.names)
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def sdxl_with_distinct_encoder_widths() -> Any:
     """The tiny SDXL: its two text encoders differ in width (32 and 64), as in the real model (768 and 1280).
 
     diffusers tells the two SDXL encoders apart in a single file by width, so
-    the tiny profile keeps them different on purpose.
+    the tiny weights keeps them different on purpose.
     """
     with torch.random.fork_rng():
         torch.manual_seed(3)

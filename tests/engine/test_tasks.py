@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from engine import tasks
-from engine.contracts import GENERATE_TASK_NAME, ErrorCode, GenerateRequest, GenerateResult, Mode
+from mmpp.contract import GENERATE_TASK_NAME, GenerateRequest, GenerateResult, Mode
+from mmpp.errors import ErrorCode
 from tests.conftest import REDIS_URL, redis_available, start_worker, stop_worker
 from tests.images import decompression_bomb, encoded, two_faces
 

@@ -34,7 +34,7 @@ from bot.queue import CeleryJobQueue, JobQueue, make_client
 from bot.settings import BotSettings
 from bot.storage import Job, Storage
 from bot.telegram_app import TelegramAdapter
-from engine.contracts import queue_for
+from mmpp.contract import queue_for
 from tests.conftest import REPO
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 
@@ -206,7 +206,7 @@ def spawn_worker(queue: str, cache_dir: Path, redis_url: str, log: Path, **env: 
         **os.environ,
         "REDIS_URL": redis_url,
         "MMPP_QUEUE": queue,
-        "MMPP_MODEL_PROFILE": "tiny",
+        "MMPP_WEIGHTS": "tiny",
         "MMPP_CACHE_DIR": str(cache_dir),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
@@ -231,12 +231,12 @@ def workers() -> Iterator[list[Worker]]:
 
 
 @pytest.fixture(scope="session")
-def tiny_profile(cache_dir: Path) -> Path:
+def tiny_weights(cache_dir: Path) -> Path:
     """The tiny model cache, built once before any worker races to build it."""
-    from engine.models import build_tiny_profile
-    from engine.styles import load_catalogue
+    from engine.models import build_tiny_weights
+    from mmpp.catalogue import load_catalogue
 
-    build_tiny_profile(cache_dir / "tiny", "sd15", load_catalogue().names)
+    build_tiny_weights(cache_dir / "tiny", "sd15", load_catalogue().names)
     return cache_dir
 
 

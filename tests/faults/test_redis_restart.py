@@ -37,7 +37,7 @@ def logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
 
 
 async def test_redis_restarted_while_the_job_waits_in_the_queue(
-    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_profile: Path, tmp_path: Path,
+    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_weights: Path, tmp_path: Path,
     workers: list[Worker], caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """SHUTDOWN + restart while the job sits in the queue and no worker has it: the append-only file keeps the
@@ -54,7 +54,7 @@ async def test_redis_restarted_while_the_job_waits_in_the_queue(
         server.start()
         assert server.queue_length(queue) == 1, "the queued job did not survive the restart"
 
-        worker = spawn_worker(queue, tiny_profile, server.url, tmp_path / "worker.log")
+        worker = spawn_worker(queue, tiny_weights, server.url, tmp_path / "worker.log")
         workers.append(worker)
         await wait_until(lambda: replies_in(fake, ALICE.id), 120, f"a reply\n{worker.log_tail()}")
         await bot.core.wait_idle(timeout=30)
@@ -66,14 +66,14 @@ async def test_redis_restarted_while_the_job_waits_in_the_queue(
 
 
 async def test_redis_down_when_the_bot_enqueues_and_an_idle_worker_waits(
-    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_profile: Path, tmp_path: Path,
+    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_weights: Path, tmp_path: Path,
     workers: list[Worker], caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """Redis SIGKILLed under an idle worker, then a photo arrives: the bot keeps the job, re-sends it once
     Redis is back, and the worker reconnects and answers once."""
     caplog.set_level(logging.WARNING, logger="bot.core.service")
     fake, server, queue = fake_telegram, private_redis, unique_queue()
-    worker = spawn_worker(queue, tiny_profile, server.url, tmp_path / "worker.log")
+    worker = spawn_worker(queue, tiny_weights, server.url, tmp_path / "worker.log")
     workers.append(worker)
     await asyncio.to_thread(worker.wait_ready)
     async with telegram_bot(fake, tmp_path, redis_url=server.url, queue=queue) as bot:
@@ -97,13 +97,13 @@ async def test_redis_down_when_the_bot_enqueues_and_an_idle_worker_waits(
 
 
 async def test_redis_killed_and_restarted_mid_job_with_another_job_queued(
-    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_profile: Path, tmp_path: Path,
+    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_weights: Path, tmp_path: Path,
     workers: list[Worker],
 ) -> None:  # fmt: skip
     """SIGKILL Redis while one job runs and a second waits, restart it 3 s later: both people get their pictures
     once; the worker's consumer and result writes and the bot's polling all reconnect by themselves."""
     fake, server, queue = fake_telegram, private_redis, unique_queue()
-    worker = spawn_worker(queue, tiny_profile, server.url, tmp_path / "worker.log")
+    worker = spawn_worker(queue, tiny_weights, server.url, tmp_path / "worker.log")
     workers.append(worker)
     async with telegram_bot(fake, tmp_path, redis_url=server.url, queue=queue) as bot:
         await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption=LONG_JOB)

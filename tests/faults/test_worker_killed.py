@@ -1,7 +1,7 @@
 """A worker SIGKILLed mid-job: the job runs again and the person gets exactly one reply.
 
 Driven through the real chat path: FakeTelegram → python-telegram-bot → ChatCore → Celery on a private
-Redis → a real prefork worker (tiny profile) → back to the chat.
+Redis → a real prefork worker (tiny weights) → back to the chat.
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ def replacement_killed(worker: Worker) -> bool:
 
 
 async def test_a_killed_pool_process_requeues_the_job_and_the_user_gets_one_reply(
-    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_profile: Path, tmp_path: Path,
+    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_weights: Path, tmp_path: Path,
     workers: list[Worker],
 ) -> None:  # fmt: skip
     """SIGKILL of the pool child running the job: with acks_late + reject_on_worker_lost the main process
     requeues the message at once, a fresh pool child runs the job again, and one album reaches the chat."""
     fake, server, queue = fake_telegram, private_redis, unique_queue()
-    worker = spawn_worker(queue, tiny_profile, server.url, tmp_path / "worker.log")
+    worker = spawn_worker(queue, tiny_weights, server.url, tmp_path / "worker.log")
     workers.append(worker)
     async with telegram_bot(fake, tmp_path, redis_url=server.url, queue=queue) as bot:
         await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption=LONG_JOB)
@@ -91,7 +91,7 @@ async def test_a_killed_pool_process_requeues_the_job_and_the_user_gets_one_repl
 
 
 async def test_a_killed_worker_s_job_runs_on_the_next_worker_after_the_visibility_timeout(
-    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_profile: Path, tmp_path: Path,
+    fake_telegram: FakeTelegram, private_redis: PrivateRedis, tiny_weights: Path, tmp_path: Path,
     workers: list[Worker],
 ) -> None:  # fmt: skip
     """SIGKILL of the whole worker (main process and pool): nobody is left to requeue, the message stays
@@ -103,7 +103,7 @@ async def test_a_killed_worker_s_job_runs_on_the_next_worker_after_the_visibilit
     """
     fake, server, queue = fake_telegram, private_redis, unique_queue()
     visibility = float(SHORT_LIMITS["MMPP_BROKER_VISIBILITY_TIMEOUT"])
-    first = spawn_worker(queue, tiny_profile, server.url, tmp_path / "worker-1.log", **SHORT_LIMITS)
+    first = spawn_worker(queue, tiny_weights, server.url, tmp_path / "worker-1.log", **SHORT_LIMITS)
     workers.append(first)
     async with telegram_bot(fake, tmp_path, redis_url=server.url, queue=queue) as bot:
         await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption=SHORT_JOB)
@@ -117,7 +117,7 @@ async def test_a_killed_worker_s_job_runs_on_the_next_worker_after_the_visibilit
         (delivered_at,) = server.unacked_since()
         await asyncio.sleep(max(0.0, delivered_at + visibility + 0.5 - time.time()))
         assert not replies_in(fake, ALICE.id)
-        second = spawn_worker(queue, tiny_profile, server.url, tmp_path / "worker-2.log", **SHORT_LIMITS)
+        second = spawn_worker(queue, tiny_weights, server.url, tmp_path / "worker-2.log", **SHORT_LIMITS)
         workers.append(second)
 
         await wait_until(lambda: replies_in(fake, ALICE.id), 120, f"a reply\n{second.log_tail()}")

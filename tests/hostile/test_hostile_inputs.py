@@ -17,15 +17,8 @@ import psutil
 import pytest
 from PIL import Image
 
-from engine.contracts import (
-    GENERATE_TASK_NAME,
-    MAX_UPLOAD_BYTES,
-    EngineError,
-    ErrorCode,
-    GenerateRequest,
-    GenerateResult,
-    Mode,
-)
+from mmpp.contract import GENERATE_TASK_NAME, MAX_UPLOAD_BYTES, GenerateRequest, GenerateResult, Mode
+from mmpp.errors import ErrorCode, MmppError
 from tests.conftest import REDIS_URL, SAMPLE_SELFIE, redis_available, start_worker, stop_worker
 from tests.images import decompression_bomb, encoded, two_faces
 
@@ -123,6 +116,6 @@ def test_each_hostile_input_is_answered_in_bounded_time_and_memory(hostile_worke
 
 def test_a_50_mb_upload_is_refused_before_it_is_sent() -> None:
     huge = b"\xff\xd8" + bytes(50 * 2**20)
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         GenerateRequest(selfie=huge, style="anime").validate()
     assert raised.value.code is ErrorCode.IMAGE_TOO_LARGE and len(huge) > MAX_UPLOAD_BYTES

@@ -33,7 +33,7 @@ def test_console_grammar_end_to_end(cache_dir: Path, tmp_path: Path) -> None:
         "MMPP_QUEUE": f"mmpp-console-{uuid.uuid4().hex[:8]}",
         "MMPP_DATABASE": str(tmp_path / "mmpp.sqlite3"),
         "MMPP_OUT": str(tmp_path / "out"),
-        "MMPP_MODEL_PROFILE": "tiny",
+        "MMPP_WEIGHTS": "tiny",
         "MMPP_CACHE_DIR": str(cache_dir),
         "HF_HUB_OFFLINE": "1",
         "USER": "tester",

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.core import CoreError, parse_caption, parse_console_line
+from bot.core import parse_caption, parse_console_line
 from bot.core.commands import MAX_LINE_CHARACTERS, profile_options
-from engine.contracts import ErrorCode
+from mmpp.errors import ErrorCode, MmppError
 
 
 def test_console_profile_line_with_every_option() -> None:
@@ -40,7 +40,7 @@ def test_console_positional_arguments_and_blank_lines() -> None:
     ],
 )
 def test_console_errors(line: str, code: ErrorCode) -> None:
-    with pytest.raises(CoreError) as raised:
+    with pytest.raises(MmppError) as raised:
         parse_console_line(line)
     assert raised.value.code is code
 
@@ -68,7 +68,7 @@ def test_captions_for_other_bots_and_empty_captions() -> None:
     empty = parse_caption(None, "MmppBot")
     assert empty is not None and empty.name == "profile" and "style" not in empty.options
     assert parse_caption("/styles", "MmppBot").name == "styles"
-    with pytest.raises(CoreError) as raised:
+    with pytest.raises(MmppError) as raised:
         parse_caption("/dance", "MmppBot")
     assert raised.value.code is ErrorCode.UNKNOWN_COMMAND
 
@@ -78,7 +78,7 @@ def test_captions_for_other_bots_and_empty_captions() -> None:
 def test_console_parser_either_parses_or_raises_a_coded_error(text: str) -> None:
     try:
         command = parse_console_line(text)
-    except CoreError as error:
+    except MmppError as error:
         assert error.code in {ErrorCode.UNKNOWN_COMMAND, ErrorCode.INVALID_REQUEST, ErrorCode.PROMPT_TOO_LONG}
         assert "\n" not in error.message
         return
@@ -91,13 +91,13 @@ def test_console_parser_either_parses_or_raises_a_coded_error(text: str) -> None
 def test_caption_parser_either_parses_or_raises_a_coded_error(text: str, bot_name: str) -> None:
     try:
         command = parse_caption(text, bot_name)
-    except CoreError as error:
+    except MmppError as error:
         assert error.code in {ErrorCode.UNKNOWN_COMMAND, ErrorCode.INVALID_REQUEST, ErrorCode.PROMPT_TOO_LONG}
         return
     if command is not None and command.name == "profile":
         try:
             profile_options(command.options)
-        except CoreError as error:
+        except MmppError as error:
             assert error.code is ErrorCode.INVALID_REQUEST
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.core import ChatCore, CoreError, Person, ProfileOrder
+from bot.core import ChatCore, Person, ProfileOrder
 from bot.core.service import feedback_report, mean_interval
 from bot.storage import Storage
-from engine.contracts import EngineError, ErrorCode, GenerateRequest
+from mmpp.contract import GenerateRequest
+from mmpp.errors import ErrorCode, MmppError
 from tests.bot.conftest import RecordingDelivery, ScriptedQueue, bot_settings
 
 ALICE = Person("test", "alice", "Alice")
@@ -83,14 +84,14 @@ async def test_duplicate_events_make_one_job_and_one_reply(
 async def test_bad_orders_are_refused_before_anything_is_stored(
     core: ChatCore, storage: Storage, queue: ScriptedQueue, changes: dict[str, str], code: ErrorCode
 ) -> None:
-    with pytest.raises(CoreError) as raised:
+    with pytest.raises(MmppError) as raised:
         await core.order_profile(order(**changes))
     assert raised.value.code is code and "\n" not in raised.value.message
     assert await storage.count("jobs") == 0 and not queue.submitted
 
 
 async def test_an_order_without_a_photo_asks_for_one(core: ChatCore) -> None:
-    with pytest.raises(CoreError) as raised:
+    with pytest.raises(MmppError) as raised:
         await core.order_profile(order(photo=None))
     assert raised.value.code is ErrorCode.NOT_AN_IMAGE
 
@@ -98,7 +99,7 @@ async def test_an_order_without_a_photo_asks_for_one(core: ChatCore) -> None:
 async def test_worker_errors_reach_the_user_and_the_selfie_is_deleted(
     core: ChatCore, storage: Storage, queue: ScriptedQueue, delivery: RecordingDelivery
 ) -> None:
-    queue.error = EngineError(ErrorCode.NO_FACE, "No face was found in the photo.")
+    queue.error = MmppError(ErrorCode.NO_FACE, "No face was found in the photo.")
     job, _ = await core.order_profile(order())
     await core.wait_idle(timeout=5)
     assert delivery.failures == [(job.id, ErrorCode.NO_FACE, "No face was found in the photo.")]
@@ -126,10 +127,10 @@ async def test_quotas(storage: Storage, queue: ScriptedQueue, tmp_path: Path) ->
     core = ChatCore(storage, queue, bot_settings(tmp_path, max_pending_jobs=1, daily_picture_quota=3))
     core.attach(RecordingDelivery())
     await core.order_profile(order("one", count="2"))
-    with pytest.raises(CoreError) as pending:
+    with pytest.raises(MmppError) as pending:
         await core.order_profile(order("two"))
     assert pending.value.code is ErrorCode.QUOTA_EXCEEDED and "in progress" in pending.value.message
-    with pytest.raises(CoreError) as daily:
+    with pytest.raises(MmppError) as daily:
         await core.order_profile(order("three", person=BOB, count="4"))
     assert daily.value.code is ErrorCode.QUOTA_EXCEEDED and "resets at 00:00 UTC" in daily.value.message
     await core.stop()
@@ -191,11 +192,11 @@ async def test_reroll_and_other_style_reuse_the_kept_selfie(
     assert created and again.parent_job_id == job.id and again.seed is None
     assert GenerateRequest.from_payload(queue.submitted[again.task_id]).selfie == SELFIE
     assert GenerateRequest.from_payload(queue.submitted[restyled.task_id]).style == "watercolor"
-    with pytest.raises(CoreError) as stranger:
+    with pytest.raises(MmppError) as stranger:
         await core.reroll(BOB, job.id, "click-3", "chat-1", {})
     assert stranger.value.code is ErrorCode.INVALID_REQUEST
     await storage.purge_expired_selfies(datetime.now(UTC) + timedelta(days=2))
-    with pytest.raises(CoreError) as gone:
+    with pytest.raises(MmppError) as gone:
         await core.reroll(ALICE, job.id, "click-4", "chat-1", {})
     assert gone.value.code is ErrorCode.NOT_FOUND and "no longer kept" in gone.value.message
 
@@ -216,7 +217,7 @@ async def test_ratings_one_per_rater_and_picture_updated_and_withdrawn(
     assert await core.rate_message(BOB, first_ref, None, "reaction")  # removed
     assert await storage.rating(picture.id, bob) is None
     assert not await core.rate_message(BOB, "some-other-message", 3, "reaction")
-    with pytest.raises(CoreError):
+    with pytest.raises(MmppError):
         await core.rate(BOB, picture.id, 7, "button")
 
 
@@ -282,7 +283,7 @@ async def test_denied_people_admins_and_chat_quotas(storage: Storage, queue: Scr
     )
     core = ChatCore(storage, queue, settings)
     core.attach(RecordingDelivery())
-    with pytest.raises(CoreError) as denied:
+    with pytest.raises(MmppError) as denied:
         await core.order_profile(order("m", person=Person("test", "mallory")))
     assert denied.value.code is ErrorCode.NOT_ALLOWED
     for index in range(2):  # the admin is over her personal quota of 1 and still served
@@ -291,7 +292,7 @@ async def test_denied_people_admins_and_chat_quotas(storage: Storage, queue: Scr
     await core.order_profile(order("b1", person=BOB))
     await core.wait_idle(timeout=5)
     carol = Person("test", "carol")
-    with pytest.raises(CoreError) as chat_full:  # 3 pictures used in chat-1 today
+    with pytest.raises(MmppError) as chat_full:  # 3 pictures used in chat-1 today
         await core.order_profile(order("c1", person=carol))
     assert chat_full.value.code is ErrorCode.QUOTA_EXCEEDED and "This chat" in chat_full.value.message
     other_chat = ProfileOrder(carol, "c2", "chat-2", {}, {"style": "anime"}, SELFIE)
@@ -321,7 +322,7 @@ async def test_the_prompt_deny_list(
     if blocked is None:
         assert (await core.order_profile(order(prompt=prompt)))[1]
     else:
-        with pytest.raises(CoreError) as raised:
+        with pytest.raises(MmppError) as raised:
             await core.order_profile(order(prompt=prompt))
         assert raised.value.code is ErrorCode.PROMPT_BLOCKED and blocked in raised.value.message
     await core.stop()

@@ -1,5 +1,5 @@
 """Discord end to end: the real discord.py against the loopback gateway and REST API,
-the real core and database, and a real Celery worker on Redis (tiny profile)."""
+the real core and database, and a real Celery worker on Redis (tiny weights)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bot.core import ChatCore
 from bot.queue import CeleryJobQueue, make_client
 from bot.settings import BotSettings
 from bot.storage import Storage
-from engine.contracts import ErrorCode
+from mmpp.errors import ErrorCode
 from tests.conftest import REDIS_URL, SAMPLE_SELFIE
 from tests.fakes.discord_api import FakeDiscord
 

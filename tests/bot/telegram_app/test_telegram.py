@@ -1,5 +1,5 @@
 """Telegram end to end: the real python-telegram-bot against the loopback Bot API,
-the real core and database, and a real Celery worker on Redis (tiny profile)."""
+the real core and database, and a real Celery worker on Redis (tiny weights)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from bot.queue import CeleryJobQueue, make_client
 from bot.settings import BotSettings
 from bot.storage import Storage
 from bot.telegram_app import ALLOWED_UPDATES, COMMANDS, TelegramAdapter, TelegramDelivery
-from engine.contracts import ErrorCode
+from mmpp.errors import ErrorCode
 from tests.conftest import REDIS_URL, REPO, SAMPLE_SELFIE
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 from tests.images import side_by_side

@@ -1,4 +1,4 @@
-"""``mmpp eval --selfies ... --config ... --report ...`` end to end on the tiny profile, and its refusals.
+"""``mmpp eval --selfies ... --config ... --report ...`` end to end on the tiny weights, and its refusals.
 
 The sweep runs once per module through the real command line (in process):
 tiny SD 1.5, 2 styles x 2 style scales x 1 x 1 x fast x 1 seed at 4 steps, a
@@ -234,11 +234,12 @@ class MirrorEngine:
     def generate(self, request: Any, *, overrides: Any) -> Any:
         import io
 
-        from engine.contracts import EngineError, ErrorCode, GenerateResult, Picture
+        from mmpp.contract import GenerateResult, Picture
+        from mmpp.errors import ErrorCode, MmppError
 
         self.calls.append((request, overrides))
         if request.style == "watercolor":
-            raise EngineError(ErrorCode.MODEL_UNAVAILABLE, "The style 'watercolor' is unavailable on this worker.")
+            raise MmppError(ErrorCode.MODEL_UNAVAILABLE, "The style 'watercolor' is unavailable on this worker.")
         mirror = Image.open(io.BytesIO(request.selfie)).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         buffer = io.BytesIO()
         mirror.save(buffer, format="PNG")

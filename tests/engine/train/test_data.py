@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.contracts import EngineError, ErrorCode
 from engine.train.data import (
     BatchPlan,
     cover,
@@ -18,10 +17,11 @@ from engine.train.data import (
     nearest_bucket,
     render_batch,
 )
+from mmpp.errors import ErrorCode, MmppError
 
 
-def error_of(call) -> EngineError:
-    with pytest.raises(EngineError) as caught:
+def error_of(call) -> MmppError:
+    with pytest.raises(MmppError) as caught:
         call()
     return caught.value
 

@@ -1,4 +1,4 @@
-"""Training on the tiny profiles: learning, exact resume, files the engine loads, SDXL.
+"""Training on the tiny weights: learning, exact resume, files the engine loads, SDXL.
 
 Each run is a few dozen steps at 64 px on the tiny random models, so a run takes
 seconds; what is checked is the plumbing (loss, checkpoints, file format, loading),
@@ -19,9 +19,10 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from engine.contracts import EngineError, ErrorCode, GenerateRequest
 from engine.train.export import read_lora_metadata
 from engine.train.trainer import STATE_FILE, TrainConfig, TrainResult, find_checkpoint, train
+from mmpp.contract import GenerateRequest
+from mmpp.errors import ErrorCode, MmppError
 
 from .conftest import make_colour_data, train_settings
 
@@ -71,10 +72,10 @@ def pixels_of(engine, request: GenerateRequest, **scales: float) -> np.ndarray:
 
 def engine_with_lora(cache_dir: Path, catalogue, family: str, lora: Path):
     """A tiny engine whose portrait LoRA and pixel-art style LoRA are both the trained file."""
-    from engine.models import WeightSource, build_tiny_profile
+    from engine.models import WeightSource, build_tiny_weights
     from engine.pipeline import Engine
 
-    sources = build_tiny_profile(cache_dir / "tiny", family, catalogue.names)  # type: ignore[arg-type]
+    sources = build_tiny_weights(cache_dir / "tiny", family, catalogue.names)  # type: ignore[arg-type]
     trained = WeightSource(str(lora.parent), lora.name)
     sources = dataclasses.replace(sources, portrait_lora=trained, style_loras={**sources.style_loras, STYLE: trained})
     return Engine.from_sources(sources, catalogue, train_settings(cache_dir))
@@ -159,7 +160,7 @@ def test_resume_continues_exactly_where_the_checkpoint_left_off(
     assert all(torch.equal(expected[key], got[key]) for key in expected)
 
     assert find_checkpoint(whole.work_dir) == whole.work_dir / "checkpoints" / "step-6"
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(MmppError) as caught:
         train(tiny_config(colour_data, tmp_path / "c" / "x.safetensors", resume=checkpoint, rank=8, **common), settings)
     assert caught.value.code is ErrorCode.INVALID_REQUEST and "rank 4 (now 8)" in caught.value.message
 
@@ -170,7 +171,7 @@ def test_sdxl_trains_unet_and_both_text_encoders_into_a_loadable_lora(
     config = tiny_config(
         colour_data,
         tmp_path / "sdxl.safetensors",
-        profile="tiny-sdxl",
+        weights="tiny-sdxl",
         steps=3,
         lr=5e-2,
         train_text_encoder=True,
@@ -200,9 +201,9 @@ def test_bad_settings_are_refused_before_anything_loads(colour_data: Path, tmp_p
     ):
         config = tiny_config(colour_data, tmp_path / "x.safetensors")
         config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
-        with pytest.raises(EngineError) as caught:
+        with pytest.raises(MmppError) as caught:
             train(config)
         assert caught.value.code is ErrorCode.INVALID_REQUEST and words in caught.value.message
-    with pytest.raises(EngineError) as caught:
+    with pytest.raises(MmppError) as caught:
         train(tiny_config(colour_data, tmp_path / "x.safetensors", resume=tmp_path / "nowhere"))
     assert caught.value.code is ErrorCode.INVALID_REQUEST and "No checkpoint" in caught.value.message

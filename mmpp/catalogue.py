@@ -1,20 +1,25 @@
-"""The style catalogue: loading and validating ``styles.toml``.
+"""The style catalogue: its schema, and loading and validating ``styles.toml``.
 
 Styles are data so that operators can add one without touching code; the
 price is validation at load time, with errors that name the style and the
 field, because a typo found by the first user who asks for that style is a
-bad way to learn about it.  Torch-free, so the bot may list styles too.
+bad way to learn about it.  Part of the torch-free kernel: the bot reads the
+same catalogue through the same code for its menus and its early
+``UNKNOWN_STYLE`` answers, and the worker for generating, so the two can
+never disagree about what a style is.
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.contracts import EngineError, ErrorCode, Mode, default_catalogue_path
+from mmpp.contract import Mode
+from mmpp.errors import ErrorCode, MmppError
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 SUBJECT_PLACEHOLDER = "{subject}"
@@ -25,6 +30,11 @@ DEFAULT_SUBJECT = "a person"
 STEP_BOUNDS = {Mode.FAST: (4, 8), Mode.QUALITY: (15, 50)}
 GUIDANCE_BOUNDS = {Mode.FAST: (1.0, 2.0), Mode.QUALITY: (3.0, 12.0)}
 SCALE_BOUNDS = {"style_scale": (0.0, 2.0), "portrait_scale": (0.0, 2.0), "ip_adapter_scale": (0.0, 1.5)}
+
+
+def default_catalogue_path() -> Path:
+    """The catalogue shipped with the code; ``MMPP_STYLES_FILE`` names another."""
+    return Path(__file__).with_name("styles.toml")
 
 
 class CatalogueError(ValueError):
@@ -65,7 +75,7 @@ class Catalogue:
     def __init__(self, styles: list[Style]) -> None:
         self._styles = {style.name: style for style in styles}
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of Style
+    def __iter__(self) -> Iterator[Style]:
         return iter(self._styles.values())
 
     def __len__(self) -> int:
@@ -82,7 +92,7 @@ class Catalogue:
         key = name.strip().lower()
         if key in self._styles:
             return self._styles[key]
-        raise EngineError(
+        raise MmppError(
             ErrorCode.UNKNOWN_STYLE,
             f"There is no style called '{name[:40]}'; choose one of: {', '.join(self._styles)}.",
         )

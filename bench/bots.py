@@ -53,7 +53,7 @@ honest.  So this module loads them lazily, by file path from the checkout it
 sits in (``<checkout>/tests/fakes/<name>.py``), without putting the checkout
 on ``sys.path`` (an unrelated installed ``tests`` package cannot shadow
 them); outside a checkout it stops with a one-line error saying so.  Nothing
-here imports torch, diffusers or the engine beyond ``engine.contracts``.
+here imports torch, diffusers or the engine beyond ``mmpp.contract``.
 
 One process, one event loop: the fake and the simulated people run beside
 the bot, as the tests do, so their CPU time is billed to the same loop; the
@@ -93,7 +93,8 @@ from typing import Any, NoReturn
 
 from bot.queue import QueueStatus
 from bot.settings import BotSettings
-from engine.contracts import ErrorCode, GenerateResult, Picture
+from mmpp.contract import GenerateResult, Picture
+from mmpp.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class InstantWorkerQueue:
     """Benchmark harness only: a :class:`~bot.queue.JobQueue` whose "worker" finishes every job at once.
 
     It answers ``SUCCESS`` on the first status poll with a real
-    :class:`~engine.contracts.GenerateResult` payload (one tiny PNG per
+    :class:`~mmpp.contract.GenerateResult` payload (one tiny PNG per
     requested picture), so the core runs its whole job lifecycle (store the
     pictures, deliver them, mark the job delivered) with no GPU and no broker
     in the measurement.  It also counts submissions per task id: the core must

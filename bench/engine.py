@@ -58,7 +58,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.contracts import EngineError, ErrorCode, GenerateRequest, Mode
+from mmpp.contract import GenerateRequest, Mode
+from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def main(argv: list[str]) -> int:
             dtype=arguments.dtype or ("float32" if arguments.shape == "tiny" else "bfloat16"),
             steps=arguments.steps,
         )
-    except EngineError as error:
+    except MmppError as error:
         print(error.as_line(), file=sys.stderr)
         return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT
     except KeyboardInterrupt:
@@ -198,12 +199,12 @@ def _say(message: str, started: float) -> None:
 def bench_engine(*, shape: str, mode: Mode, repeats: int, dtype: str, steps: int | None) -> dict[str, Any]:
     """Load the engine for ``shape`` and measure it; returns the report as plain data."""
     from engine.settings import EngineSettings
-    from engine.styles import load_catalogue
+    from mmpp.catalogue import load_catalogue
 
     started = time.perf_counter()
     catalogue = load_catalogue()
     if len(catalogue) < 2:
-        raise EngineError(ErrorCode.INVALID_REQUEST, "The style-switch figure needs at least two styles.")
+        raise MmppError(ErrorCode.INVALID_REQUEST, "The style-switch figure needs at least two styles.")
     # The NSFW check stays off: its weights are a download (the probe alone
     # costs a network timeout offline), and the plain diffusers call it is
     # compared with runs without a safety checker too.
@@ -237,11 +238,11 @@ def _workspace(shape: str) -> Iterator[Path | None]:
 
 
 def _load_engine(shape: str, settings: Any, catalogue: Any, workspace: Path | None, started: float) -> Any:
-    from engine.models import build_tiny_profile
+    from engine.models import build_tiny_weights
     from engine.pipeline import Engine
 
     if shape == "tiny":
-        sources = build_tiny_profile(settings.cache_dir / "tiny", "sd15", catalogue.names)
+        sources = build_tiny_weights(settings.cache_dir / "tiny", "sd15", catalogue.names)
     else:
         assert workspace is not None
         _say("building full-size SD 1.5 components (random weights) in a child process", started)

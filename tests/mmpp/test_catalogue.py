@@ -6,8 +6,9 @@ import tomllib
 
 import pytest
 
-from engine.contracts import EngineError, ErrorCode, Mode
-from engine.styles import CatalogueError, default_catalogue_path, load_catalogue, parse_catalogue
+from mmpp.catalogue import CatalogueError, default_catalogue_path, load_catalogue, parse_catalogue
+from mmpp.contract import Mode
+from mmpp.errors import ErrorCode, MmppError
 
 ASKED_FOR = [
     "anime",
@@ -37,7 +38,7 @@ def test_the_shipped_catalogue_has_the_styles_people_ask_for() -> None:
 def test_lookup_is_case_insensitive_and_unknown_names_list_the_choices() -> None:
     catalogue = load_catalogue()
     assert catalogue.get(" Anime ").name == "anime"
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         catalogue.get("building")
     assert raised.value.code is ErrorCode.UNKNOWN_STYLE
     assert "anime" in raised.value.message

@@ -1,9 +1,10 @@
 """The wire contract between the chat bot and the generation worker.
 
-This module is the only part of ``engine`` that ``bot`` may import, so it must
-stay free of torch, diffusers and anything heavy: plain dataclasses that turn
-into JSON and back.  Workers may run on other machines than the bot, so the
-selfie travels inside the payload (base64) rather than as a path.
+Part of the torch-free kernel both sides import (neither side imports the
+other), so it must stay free of torch, diffusers and anything heavy: plain
+dataclasses that turn into JSON and back.  Workers may run on other machines
+than the bot, so the selfie travels inside the payload (base64) rather than as
+a path.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mmpp.errors import ErrorCode, MmppError
 
 #: The Celery task name the bot sends by name; renaming it breaks deployed bots.
 GENERATE_TASK_NAME = "engine.generate"
@@ -53,46 +55,6 @@ class Mode(enum.StrEnum):
     QUALITY = "quality"
 
 
-class ErrorCode(enum.StrEnum):
-    """Stable error codes; users, logs and tests all match on these strings."""
-
-    NOT_AN_IMAGE = "NOT_AN_IMAGE"
-    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
-    IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
-    NO_FACE = "NO_FACE"
-    MULTIPLE_FACES = "MULTIPLE_FACES"
-    UNKNOWN_STYLE = "UNKNOWN_STYLE"
-    PROMPT_TOO_LONG = "PROMPT_TOO_LONG"
-    INVALID_REQUEST = "INVALID_REQUEST"
-    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
-    TIMEOUT = "TIMEOUT"
-    INTERNAL = "INTERNAL"
-    # Raised by the chat side only; listed here so every code lives in one enum.
-    OUTPUT_BLOCKED = "OUTPUT_BLOCKED"
-    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
-    UNKNOWN_COMMAND = "UNKNOWN_COMMAND"
-    NOT_FOUND = "NOT_FOUND"
-    PROMPT_BLOCKED = "PROMPT_BLOCKED"
-    NOT_ALLOWED = "NOT_ALLOWED"
-
-
-class EngineError(Exception):
-    """A failure that has a stable code and a one-line message fit for a user.
-
-    Raised anywhere in the engine; the task and the command line turn it into
-    a result or an ``error[CODE]: message`` line, never a traceback.
-    """
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        one_line = " ".join(str(message).split())
-        super().__init__(f"{code.value}: {one_line}")
-        self.code = code
-        self.message = one_line
-
-    def as_line(self) -> str:
-        return f"error[{self.code.value}]: {self.message}"
-
-
 @dataclass(frozen=True)
 class GenerateRequest:
     """One job: a selfie and a style, plus optional overrides.
@@ -114,26 +76,26 @@ class GenerateRequest:
     def validate(self) -> None:
         """Checks that need no model, so the bot can refuse before enqueueing."""
         if not isinstance(self.selfie, bytes | bytearray) or not self.selfie:
-            raise EngineError(ErrorCode.NOT_AN_IMAGE, "No photo was attached.")
+            raise MmppError(ErrorCode.NOT_AN_IMAGE, "No photo was attached.")
         if len(self.selfie) > MAX_UPLOAD_BYTES:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.IMAGE_TOO_LARGE,
                 f"The photo is {len(self.selfie) / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES / 2**20:.0f} MiB.",
             )
         if not self.style or not isinstance(self.style, str):
-            raise EngineError(ErrorCode.UNKNOWN_STYLE, "No style was named.")
+            raise MmppError(ErrorCode.UNKNOWN_STYLE, "No style was named.")
         if len(self.prompt) > MAX_PROMPT_CHARACTERS:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.PROMPT_TOO_LONG,
                 f"The prompt has {len(self.prompt)} characters; the limit is {MAX_PROMPT_CHARACTERS}.",
             )
         if not MIN_PICTURES <= self.count <= MAX_PICTURES:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.INVALID_REQUEST,
                 f"Ask for {MIN_PICTURES} to {MAX_PICTURES} pictures, not {self.count}.",
             )
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise EngineError(ErrorCode.INVALID_REQUEST, f"The seed must lie between 0 and {MAX_SEED}.")
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"The seed must lie between 0 and {MAX_SEED}.")
 
     def to_payload(self) -> dict[str, Any]:
         """JSON-safe dict for Celery's JSON serialiser."""
@@ -154,9 +116,9 @@ class GenerateRequest:
     def from_payload(cls, payload: Any) -> GenerateRequest:
         """Parse a payload defensively: it crossed a network from another process."""
         if not isinstance(payload, dict):
-            raise EngineError(ErrorCode.INVALID_REQUEST, "The job payload is not an object.")
+            raise MmppError(ErrorCode.INVALID_REQUEST, "The job payload is not an object.")
         if payload.get("version") != CONTRACT_VERSION:
-            raise EngineError(
+            raise MmppError(
                 ErrorCode.INVALID_REQUEST,
                 f"The job payload has contract version {payload.get('version')!r}; "
                 f"this worker speaks version {CONTRACT_VERSION}.",
@@ -164,12 +126,12 @@ class GenerateRequest:
         try:
             selfie = base64.b64decode(payload.get("selfie_b64") or "", validate=True)
         except (binascii.Error, ValueError, TypeError):
-            raise EngineError(ErrorCode.NOT_AN_IMAGE, "The photo in the job is not valid base64.") from None
+            raise MmppError(ErrorCode.NOT_AN_IMAGE, "The photo in the job is not valid base64.") from None
         mode_value = payload.get("mode")
         try:
             mode = Mode(mode_value) if mode_value is not None else None
         except ValueError:
-            raise EngineError(ErrorCode.INVALID_REQUEST, f"Unknown mode {mode_value!r}; use fast or quality.") from None
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"Unknown mode {mode_value!r}; use fast or quality.") from None
         try:
             return cls(
                 selfie=selfie,
@@ -183,7 +145,7 @@ class GenerateRequest:
                 job_id=str(payload.get("job_id") or ""),
             )
         except (TypeError, ValueError):
-            raise EngineError(ErrorCode.INVALID_REQUEST, "The job payload has a field of the wrong type.") from None
+            raise MmppError(ErrorCode.INVALID_REQUEST, "The job payload has a field of the wrong type.") from None
 
 
 @dataclass
@@ -223,12 +185,12 @@ class GenerateResult:
         return self.error_code is None
 
     @classmethod
-    def failure(cls, error: EngineError, job_id: str = "") -> GenerateResult:
+    def failure(cls, error: MmppError, job_id: str = "") -> GenerateResult:
         return cls(error_code=error.code, error_message=error.message, job_id=job_id)
 
     def raise_for_error(self) -> None:
         if self.error_code is not None:
-            raise EngineError(self.error_code, self.error_message)
+            raise MmppError(self.error_code, self.error_message)
 
     def to_payload(self) -> dict[str, Any]:
         data = asdict(self)
@@ -265,6 +227,17 @@ class GenerateResult:
 
 # --------------------------------------------------------------------------- shared between bot and worker
 
+#: How bot and worker talk over Celery; both apps apply exactly this, so a
+#: change of serialiser can never reach only one side.
+CELERY_WIRE_SETTINGS: dict[str, Any] = {
+    "task_serializer": "json",
+    "result_serializer": "json",
+    "accept_content": ["json"],
+    "result_accept_content": ["json"],
+    "result_extended": False,
+    "broker_connection_retry_on_startup": True,
+}
+
 
 def broker_urls(redis_url: str, state_dir: Path) -> tuple[str, str]:
     """``(broker, result backend)``: bot and worker must agree, so it is defined once, here.
@@ -278,42 +251,3 @@ def broker_urls(redis_url: str, state_dir: Path) -> tuple[str, str]:
     state = state_dir.expanduser().resolve()
     state.mkdir(parents=True, exist_ok=True)
     return f"sqla+sqlite:///{state / 'broker.sqlite'}", f"db+sqlite:///{state / 'results.sqlite'}"
-
-
-def default_catalogue_path() -> Path:
-    return Path(__file__).with_name("styles.toml")
-
-
-@dataclass(frozen=True)
-class StyleMenuItem:
-    """What the chat side shows of a style; the worker validates the rest."""
-
-    name: str
-    display_name: str
-    emoji: str
-    description: str
-    mode: str
-
-
-def read_style_menu(path: Path | None = None) -> list[StyleMenuItem]:
-    """The style names and labels for menus, without the engine's validation.
-
-    The bot needs the names at start (Discord registers them as choices) and
-    must not import the engine; the worker remains the authority and answers
-    ``UNKNOWN_STYLE`` for anything it does not know.
-    """
-    document = tomllib.loads((path or default_catalogue_path()).read_text(encoding="utf-8"))
-    defaults = document.get("defaults", {})
-    items = []
-    for name, table in document.get("styles", {}).items():
-        merged = {**defaults, **table}
-        items.append(
-            StyleMenuItem(
-                name=name,
-                display_name=str(merged.get("display_name", name)),
-                emoji=str(merged.get("emoji", "")),
-                description=str(merged.get("description", "")),
-                mode=str(merged.get("mode", Mode.FAST.value)),
-            )
-        )
-    return items

@@ -6,15 +6,8 @@ import json
 
 import pytest
 
-from engine.contracts import (
-    MAX_UPLOAD_BYTES,
-    EngineError,
-    ErrorCode,
-    GenerateRequest,
-    GenerateResult,
-    Mode,
-    Picture,
-)
+from mmpp.contract import MAX_UPLOAD_BYTES, GenerateRequest, GenerateResult, Mode, Picture
+from mmpp.errors import ErrorCode, MmppError
 
 
 def test_request_round_trips_through_json() -> None:
@@ -46,10 +39,10 @@ def test_result_round_trips_through_json() -> None:
         job_id="x",
     )
     assert GenerateResult.from_payload(json.loads(json.dumps(result.to_payload()))) == result
-    failure = GenerateResult.failure(EngineError(ErrorCode.NO_FACE, "No face\nhere."), job_id="y")
+    failure = GenerateResult.failure(MmppError(ErrorCode.NO_FACE, "No face\nhere."), job_id="y")
     back = GenerateResult.from_payload(json.loads(json.dumps(failure.to_payload())))
     assert back.error_code is ErrorCode.NO_FACE and back.error_message == "No face here." and not back.ok
-    with pytest.raises(EngineError):
+    with pytest.raises(MmppError):
         back.raise_for_error()
 
 
@@ -67,20 +60,20 @@ def test_result_round_trips_through_json() -> None:
 )
 def test_validation_codes(fields: dict, code: ErrorCode) -> None:
     arguments = {"selfie": b"jpeg", "style": "anime", **fields}
-    with pytest.raises(EngineError) as raised:
+    with pytest.raises(MmppError) as raised:
         GenerateRequest(**arguments).validate()
     assert raised.value.code is code
     assert raised.value.as_line().startswith(f"error[{code.value}]: ")
 
 
 def test_error_messages_are_one_line() -> None:
-    assert EngineError(ErrorCode.INTERNAL, "a\nb\tc").message == "a b c"
+    assert MmppError(ErrorCode.INTERNAL, "a\nb\tc").message == "a b c"
 
 
 def test_contracts_import_neither_torch_nor_diffusers() -> None:
     import subprocess
     import sys
 
-    code = "import sys, engine.contracts; print(sorted(m for m in ('torch','diffusers','PIL') if m in sys.modules))"
+    code = "import sys, mmpp.contract; print(sorted(m for m in ('torch','diffusers','PIL') if m in sys.modules))"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
