@@ -1,6 +1,6 @@
-# Chat bots (Discord, Telegram): slim, no torch. The engine's code is copied
-# for engine/contracts.py and the style catalogue only; its heavy dependencies
-# are not installed, and the bot never imports them (tests/test_import_rules.py).
+# Chat bots (Discord, Telegram): slim, no torch and no engine code. The bot
+# needs only the torch-free kernel in mmpp/ (contract, errors, style catalogue);
+# tests/test_import_rules.py checks that it never imports the engine.
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1

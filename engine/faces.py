@@ -35,7 +35,7 @@ __all__ = [
     "DetectedFace",
     "FaceAnalyzer",
     "FaceBox",
-    "Selfie",
+    "PreparedSelfie",
     "decode_image",
     "default_analyzer",
 ]
@@ -275,7 +275,7 @@ class DetectedFace:
 
 
 @dataclass(frozen=True)
-class Selfie:
+class PreparedSelfie:
     """A decoded upload, the face chosen in it, and the aligned square crop of that face."""
 
     image: Image.Image
@@ -553,11 +553,11 @@ class FaceAnalyzer:
         return float(np.linalg.norm(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
 
     # --------------------------------------------------------------- shortcut
-    def prepare_selfie(self, data: bytes, crop_size: int = 512) -> Selfie:
+    def prepare_selfie(self, data: bytes, crop_size: int = 512) -> PreparedSelfie:
         """Upload bytes to the aligned face crop the pipeline conditions on."""
         image = decode_image(data)
         face = self.pick_face(image)
-        return Selfie(image=image, face=face, crop=self.crop(image, face, size=crop_size))
+        return PreparedSelfie(image=image, face=face, crop=self.crop(image, face, size=crop_size))
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Any
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 
-from engine import metrics
+from engine import worker_metrics
 from engine.celery_app import app
 from mmpp.contract import GENERATE_TASK_NAME, GenerateRequest, GenerateResult
 from mmpp.errors import ErrorCode, MmppError
@@ -49,9 +49,9 @@ def get_engine() -> Any:
             try:
                 _engine = Engine.from_settings()
             except MmppError as error:
-                metrics.health.update(engine="failed", last_error=error.code.value)
+                worker_metrics.health.update(engine="failed", last_error=error.code.value)
                 raise
-            metrics.health.update(engine="ready", last_error=None)
+            worker_metrics.health.update(engine="ready", last_error=None)
         return _engine
 
 
@@ -62,7 +62,7 @@ def _warm_up(**_: Any) -> None:
     port = EngineSettings().metrics_port
     if port:
         try:
-            metrics.serve_metrics(port)
+            worker_metrics.serve_metrics(port)
         except OSError as error:
             logger.error("metrics port %d unavailable: %s", port, error.strerror)
     if os.environ.get("MMPP_LAZY_ENGINE") == "1":
@@ -108,7 +108,7 @@ def run_job(payload: Any, job_id: str, report_progress: Any = None) -> dict[str,
 @app.task(name=GENERATE_TASK_NAME, bind=True)
 def generate(self: Any, payload: Any) -> dict[str, Any]:
     result = _generate(self, payload)
-    metrics.record_result(result)
+    worker_metrics.record_result(result)
     return result
 
 

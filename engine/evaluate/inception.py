@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
 
-from engine.evaluate.metrics import MetricUnavailableError
+from engine.evaluate.scorers import MetricUnavailableError
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from engine.evaluate.metrics import (
+from engine.evaluate.scorers import (
     ClipScorer,
     IdentityScorer,
     MetricUnavailableError,
@@ -218,7 +218,9 @@ class Scorers:
 
 
 @dataclass
-class Selfie:
+class SweepSelfie:
+    """One selfie file of a sweep: decoded, with its identity embedding, or the one-line reason it cannot be used."""
+
     index: int
     path: Path
     image: Image.Image
@@ -265,15 +267,15 @@ def run_sweep(
     without a usable face is skipped with its reason.
     """
     images_dir = out_dir / "images"
-    selfies: list[Selfie] = []
+    selfies: list[SweepSelfie] = []
     for index, path in enumerate(selfie_files):
         data = path.read_bytes()
         try:
             image = decode_image(data)
         except MmppError as error:
-            selfies.append(Selfie(index, path, Image.new("RGB", (1, 1)), data, problem=error.as_line()))
+            selfies.append(SweepSelfie(index, path, Image.new("RGB", (1, 1)), data, problem=error.as_line()))
             continue
-        selfie = Selfie(index, path, image, data)
+        selfie = SweepSelfie(index, path, image, data)
         try:
             selfie.embedding = scorers.identity.reference(image)
         except MmppError as error:
@@ -534,7 +536,7 @@ def metric_descriptions(scorers: Scorers, reference_files: list[Path] | None) ->
 
 def build_scorers(analyzer: Any, *, want_distribution: bool) -> Scorers:
     """Load what metric models exist here; record the reason for each that does not."""
-    from engine.evaluate.metrics import load_clip_scorer
+    from engine.evaluate.scorers import load_clip_scorer
 
     scorers = Scorers(identity=IdentityScorer(analyzer))
     try:

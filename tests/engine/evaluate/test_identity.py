@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.evaluate.metrics import IdentityScorer
+from engine.evaluate.scorers import IdentityScorer
 from engine.faces import SAME_PERSON_DISTANCE, FaceAnalyzer, FaceBox
 
 skimage_data = pytest.importorskip("skimage.data")

@@ -272,8 +272,8 @@ class ColourFeatures:
 def test_sweep_scores_identity_and_records_refusals(
     sweep_inputs: dict[str, Path], catalogue: Any, tmp_path: Path
 ) -> None:
-    from engine.evaluate.metrics import IdentityScorer
     from engine.evaluate.report import render_index, write_results
+    from engine.evaluate.scorers import IdentityScorer
     from engine.evaluate.sweep import Scorers, load_sweep, run_sweep
     from engine.faces import FaceAnalyzer
 

@@ -1,4 +1,4 @@
-"""Tests for engine/evaluate/metrics.py and inception.py: FID/KID against closed forms, CLIP, Inception.
+"""Tests for engine/evaluate/scorers.py and inception.py: FID/KID against closed forms, CLIP, Inception.
 
 The Fréchet distance between Gaussians has a closed form when the
 covariances commute, and reduces to the squared mean distance when they are
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.evaluate.metrics import (
+from engine.evaluate.scorers import (
     MetricUnavailableError,
     clip_text,
     feature_statistics,

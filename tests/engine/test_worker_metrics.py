@@ -6,7 +6,7 @@ import json
 import urllib.error
 import urllib.request
 
-from engine import metrics
+from engine import worker_metrics
 
 
 def fetch(url: str) -> tuple[int, str]:
@@ -18,16 +18,18 @@ def fetch(url: str) -> tuple[int, str]:
 
 
 def test_metrics_and_health() -> None:
-    server = metrics.serve_metrics(0, host="127.0.0.1")
+    server = worker_metrics.serve_metrics(0, host="127.0.0.1")
     base = f"http://127.0.0.1:{server.server_port}"
     try:
-        metrics.health.update(engine="not loaded", last_error=None)
+        worker_metrics.health.update(engine="not loaded", last_error=None)
         status, body = fetch(base + "/healthz")
         assert status == 503 and json.loads(body)["engine"] == "not loaded"
-        metrics.health.update(engine="ready")
+        worker_metrics.health.update(engine="ready")
         assert fetch(base + "/healthz")[0] == 200
-        metrics.record_result({"pictures": [{}, {}], "timings": {"denoise": 1.5, "total": 2.0}, "error_code": None})
-        metrics.record_result({"pictures": [], "timings": {}, "error_code": "NO_FACE"})
+        worker_metrics.record_result(
+            {"pictures": [{}, {}], "timings": {"denoise": 1.5, "total": 2.0}, "error_code": None}
+        )
+        worker_metrics.record_result({"pictures": [], "timings": {}, "error_code": "NO_FACE"})
         status, text = fetch(base + "/metrics")
         assert status == 200
         assert 'mmpp_worker_jobs_total{code="NO_FACE",outcome="failed"}' in text
