@@ -48,6 +48,25 @@ MIN_IMAGE_SIDE = 64
 MAX_SEED = 2**32 - 1
 
 
+@dataclass(frozen=True)
+class PhotoType:
+    """A photo format the worker decodes: its MIME type, Pillow's name for it, and what people call it."""
+
+    mime_type: str
+    pillow_format: str
+    label: str
+
+
+#: The one list of accepted photo formats.  The worker's decoder (``engine/faces.py``) opens
+#: nothing else, and the chat core refuses any other declared type before a job is enqueued,
+#: so a HEIC upload is answered at once instead of after a round trip through the queue.
+ACCEPTED_PHOTO_TYPES = (
+    PhotoType("image/jpeg", "JPEG", "JPEG"),
+    PhotoType("image/png", "PNG", "PNG"),
+    PhotoType("image/webp", "WEBP", "WebP"),
+)
+
+
 class Mode(enum.StrEnum):
     """Speed/quality trade-off picked per job."""
 
