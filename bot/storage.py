@@ -21,8 +21,13 @@ from typing import Any
 
 import aiosqlite
 
+from mmpp.errors import ErrorCode, MmppError
+from mmpp.feedback import FeedbackRows, Rating
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+#: The tables a reader of someone else's database (``mmpp eval --feedback``) checks for.
+BOT_TABLES = ("jobs", "pictures", "ratings")
 
 
 def utc_now() -> datetime:
@@ -99,6 +104,34 @@ class Storage:
         await storage.migrate(migrations)
         return storage
 
+    @classmethod
+    async def open_read_only(cls, path: Path, *, label: str = "database") -> Storage:
+        """Open an existing bot database without ever writing to it (``mode=ro``): no migrations, no pragmas
+        that write, so a report can be made while the bot runs.  What is not the bot's database is refused
+        with one line: a missing file, a file that is not SQLite, an SQLite file without the bot's tables."""
+        path = Path(path)
+        if not path.is_file():
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"the {label} {path} does not exist")
+        try:
+            connection = await aiosqlite.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
+        except sqlite3.DatabaseError as error:
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
+        try:
+            connection.row_factory = sqlite3.Row
+            await connection.execute("PRAGMA busy_timeout = 10000")
+            rows = await connection.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+        except sqlite3.DatabaseError as error:
+            await connection.close()
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
+        missing = set(BOT_TABLES) - {row[0] for row in rows}
+        if missing:
+            await connection.close()
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{path} is not the bot's database: it has no {', '.join(sorted(missing))} table (run 'mmpp migrate')",
+            )
+        return cls(connection)
+
     async def close(self) -> None:
         await self._db.close()
 
@@ -148,7 +181,8 @@ class Storage:
 
     # ------------------------------------------------------------------ users
 
-    async def user_id(self, platform: str, platform_user_id: str, display_name: str = "") -> int:
+    async def ensure_user(self, platform: str, platform_user_id: str, display_name: str = "") -> int:
+        """The person's row id, creating the row the first time (a new display name replaces the old)."""
         async with self.write() as db:
             await db.execute(
                 "INSERT INTO users (platform, platform_user_id, display_name, created_at) VALUES (?, ?, ?, ?) "
@@ -161,7 +195,11 @@ class Storage:
             )
         return int(rows[0][0])
 
+    #: The old name, which hid that it writes; kept only while tests/faults/ still call it.
+    user_id = ensure_user
+
     async def find_user(self, platform: str, platform_user_id: str) -> int | None:
+        """The person's row id if there is one; never creates it."""
         rows = await self._db.execute_fetchall(
             "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
         )
@@ -382,27 +420,25 @@ class Storage:
         )
         return [dict(row) for row in rows]
 
-    async def style_figures(self) -> list[dict[str, Any]]:
-        """Per style: jobs, pictures, and every score (the statistics are computed in the core)."""
-        jobs = await self._db.execute_fetchall(
-            "SELECT style, COUNT(*) AS jobs, SUM(state = 'done') AS done FROM jobs GROUP BY style"
+    async def feedback_rows(self) -> FeedbackRows:
+        """What the ratings statistics need (computed in ``mmpp.feedback``): job and picture counts, every rating."""
+        jobs = await self._db.execute_fetchall("SELECT style, COUNT(*) FROM jobs GROUP BY style")
+        pictures = await self._db.execute_fetchall(
+            "SELECT jobs.style, COUNT(*) FROM pictures JOIN jobs ON jobs.id = pictures.job_id GROUP BY jobs.style"
         )
-        pictures = dict(
-            await self._db.execute_fetchall(
-                "SELECT jobs.style, COUNT(*) FROM pictures JOIN jobs ON jobs.id = pictures.job_id GROUP BY jobs.style"
-            )
+        ratings = await self._db.execute_fetchall(
+            "SELECT jobs.id, jobs.style, jobs.mode, jobs.result_meta, pictures.id, ratings.score "
+            "FROM ratings JOIN pictures ON pictures.id = ratings.picture_id JOIN jobs ON jobs.id = pictures.job_id "
+            "ORDER BY jobs.style, jobs.id, pictures.id"
         )
-        scores: dict[str, list[int]] = {}
-        for style, score in await self._db.execute_fetchall(
-            "SELECT jobs.style, ratings.score FROM ratings JOIN pictures ON pictures.id = ratings.picture_id "
-            "JOIN jobs ON jobs.id = pictures.job_id"
-        ):
-            scores.setdefault(style, []).append(int(score))
-        return [
-            {"style": row["style"], "jobs": row["jobs"], "pictures": pictures.get(row["style"], 0),
-             "scores": scores.get(row["style"], [])}
-            for row in jobs
-        ]  # fmt: skip
+        return FeedbackRows(
+            jobs_per_style={str(style): int(count) for style, count in jobs},
+            pictures_per_style={str(style): int(count) for style, count in pictures},
+            ratings=tuple(
+                Rating(int(job_id), str(style), mode, meta, int(picture_id), int(score))
+                for job_id, style, mode, meta, picture_id, score in ratings
+            ),
+        )
 
     # ------------------------------------------------------------------ forgetting
 
@@ -429,3 +465,22 @@ class Storage:
     async def integrity_check(self) -> str:
         rows = await self._db.execute_fetchall("PRAGMA integrity_check")
         return str(rows[0][0])
+
+
+def read_feedback_rows(path: Path) -> FeedbackRows:
+    """The ratings of the bot's database at ``path``, opened read-only, for callers without an event loop.
+
+    This is how ``mmpp eval --feedback`` reads the database: the engine may not import the bot, so the
+    dispatcher (``mmpp/cli.py``) hands this function to it, and the SQL stays in this one module.
+    """
+
+    async def read() -> FeedbackRows:
+        storage = await Storage.open_read_only(path, label="feedback database")
+        try:
+            return await storage.feedback_rows()
+        except sqlite3.DatabaseError as error:
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{path}: the ratings cannot be read ({error})") from None
+        finally:
+            await storage.close()
+
+    return asyncio.run(read())

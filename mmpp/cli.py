@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from mmpp.feedback import FeedbackRows
 
 ENGINE_COMMANDS = {
     "generate": "write profile pictures for a photo, in this process",
@@ -39,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.cli import main as bench_main
 
         return bench_main(rest)
+    if command == "eval":
+        return _eval(rest)
     if command in ENGINE_COMMANDS:
         from engine.cli import main as engine_main
 
@@ -49,6 +57,23 @@ def main(argv: list[str] | None = None) -> int:
         return bot_main(command, rest)
     print(f"error[UNKNOWN_COMMAND]: 'mmpp {command[:40]}' is not a command; try 'mmpp --help'.", file=sys.stderr)
     return 2
+
+
+def _eval(argv: list[str]) -> int:
+    """``mmpp eval``: the engine's evaluation, handed the bot's reader for ``--feedback DB``.
+
+    The engine may not import the bot, and the SQL that reads the bot's database lives only in
+    ``bot/storage.py`` (read-only there); this dispatcher is the one module that knows both sides,
+    so it passes that reader in, imported only when a report of the ratings is asked for.
+    """
+    from engine.evaluate.cli import main as eval_main
+
+    def read_feedback_rows(path: Path) -> FeedbackRows:
+        from bot.storage import read_feedback_rows as read
+
+        return read(path)
+
+    return eval_main(argv, read_feedback_rows=read_feedback_rows)
 
 
 if __name__ == "__main__":

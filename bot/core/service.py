@@ -28,13 +28,13 @@ from bot.storage import Job, Storage, StoredPicture, timestamp, utc_now
 from mmpp.catalogue import Catalogue, Style, load_catalogue
 from mmpp.contract import GenerateRequest, GenerateResult, Mode, queue_for
 from mmpp.errors import ErrorCode, MmppError
-from mmpp.stats import mean_interval
+from mmpp.feedback import summarise
+from mmpp.stats import mean_interval  # noqa: F401 - tests import it from here until the split
 
 logger = logging.getLogger(__name__)
 
 #: What a 1-5 rating means, shown in help texts.
 RATING_SCALE = "1 = poor, 3 = fine, 5 = love it"
-POSITIVE_SCORE = 4
 
 #: Reactions that count as ratings.  Discord offers the keycaps 1️⃣-5️⃣ under
 #: each picture; Telegram only allows its fixed reaction set, so common ones
@@ -666,20 +666,13 @@ class ChatCore:
 # --------------------------------------------------------------------------- feedback statistics
 
 async def feedback_report(storage: Storage) -> list[dict[str, Any]]:
+    """Per style: jobs, pictures, ratings, mean with 95 % interval, positive share (``mmpp feedback``)."""
     rows = []
-    for figures in sorted(await storage.style_figures(), key=lambda item: item["style"]):
-        scores = figures["scores"]
-        mean, low, high = mean_interval(scores)
+    for row in summarise(await storage.feedback_rows()).by_style:
+        figures = row.figures
         rows.append(
-            {
-                "style": figures["style"],
-                "jobs": figures["jobs"],
-                "pictures": figures["pictures"],
-                "ratings": len(scores),
-                "mean": mean,
-                "ci95_low": low,
-                "ci95_high": high,
-                "positive_share": (sum(score >= POSITIVE_SCORE for score in scores) / len(scores)) if scores else None,
-            }
-        )
+            {"style": row.style, "jobs": row.jobs, "pictures": row.pictures, "ratings": figures.ratings,
+             "mean": figures.mean, "ci95_low": figures.ci95_low, "ci95_high": figures.ci95_high,
+             "positive_share": figures.positive_share}
+        )  # fmt: skip
     return rows

@@ -12,10 +12,14 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.options import add_weights_argument
 from mmpp.commandline import EXIT_BAD_INPUT, EXIT_OK, OneLineParser, run_reporting_errors
 from mmpp.errors import ErrorCode, MmppError
+
+if TYPE_CHECKING:
+    from engine.evaluate.feedback import FeedbackReader
 
 USAGE_EXAMPLES = """\
 examples:
@@ -73,7 +77,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     return arguments
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], *, read_feedback_rows: FeedbackReader | None = None) -> int:
+    """``read_feedback_rows`` reads the bot's database for ``--feedback`` (the dispatcher passes the bot's)."""
     try:
         arguments = parse_arguments(argv)
     except SystemExit as stop:  # --help, or a one-line usage error already printed
@@ -87,7 +92,7 @@ def main(argv: list[str]) -> int:
         if arguments.selfies is not None:
             _sweep(arguments)
         if arguments.feedback is not None:
-            _feedback(arguments)
+            _feedback(arguments, read_feedback_rows)
         return EXIT_OK
 
     return run_reporting_errors(body, logging.getLogger(__name__))
@@ -140,10 +145,14 @@ def _sweep(arguments: argparse.Namespace) -> None:
     print(index)
 
 
-def _feedback(arguments: argparse.Namespace) -> None:
+def _feedback(arguments: argparse.Namespace, read_rows: FeedbackReader | None) -> None:
+    """The bot's ratings: the rows through ``read_rows`` (the SQL is the bot's, in ``bot/storage.py``, and the
+    engine never imports the bot, so ``mmpp/cli.py`` hands the reader over), the figures from ``mmpp.feedback``."""
     from engine.evaluate.feedback import format_table, read_feedback, write_feedback
 
-    feedback = read_feedback(arguments.feedback)
+    if read_rows is None:
+        raise MmppError(ErrorCode.INTERNAL, "reading the bot's database needs the mmpp command: run 'mmpp eval'")
+    feedback = read_feedback(arguments.feedback, read_rows)
     print(format_table(feedback))
     if arguments.report is not None:
         from engine.evaluate.report import render_index

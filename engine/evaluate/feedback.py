@@ -1,30 +1,31 @@
 """What people thought: ratings per style and per configuration, from the bot's SQLite database.
 
-Why plain ``sqlite3`` and SQL here, when ``bot/storage.py`` owns the
-queries: ``engine`` must never import ``bot`` (a test enforces it), and this
-report runs where the worker runs, without the bot's async stack.  The
-database is opened read-only (``file:...?mode=ro``), so a report can be made
-while the bot is running and can never change its data.  Only columns of
-``migrations/0001_init.sql`` are read.
+The figures come from ``mmpp.feedback`` (the kernel), the same code the bot's ``mmpp feedback``
+uses, so both commands print the same numbers for the same ratings.  The rows come from a
+reader handed in by the caller: the SQL lives only in ``bot/storage.py``
+(``read_feedback_rows``, which opens the database read-only, ``file:...?mode=ro``, so a report
+can be made while the bot runs and never changes its data), and ``engine`` never imports
+``bot``; the dispatcher ``mmpp/cli.py`` passes that reader to ``mmpp eval``.  What is left here
+is the engine's presentation: rounding to 4 digits, the terminal table, ``feedback.json`` and
+``feedback.csv``.
 
-A configuration is what ``result_meta`` recorded about the finished job:
-its mode and its effective scales (style LoRA, portrait LoRA, IP-Adapter).
+A configuration is what ``result_meta`` recorded about the finished job: its mode and its
+effective scales (style LoRA, portrait LoRA, IP-Adapter).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmpp.errors import ErrorCode, MmppError
-from mmpp.stats import mean_interval
+from mmpp.feedback import INTERVAL_TEXT, POSITIVE_TEXT, FeedbackRows, Figures, summarise
 
-#: A rating of 4 or 5 counts as positive (the bot's POSITIVE_SCORE).
-POSITIVE_SCORE = 4
+#: Reads the bot's database at a path into plain rows (``bot.storage.read_feedback_rows``).
+FeedbackReader = Callable[[Path], FeedbackRows]
 CSV_FIELDS = (
     "group",
     "style",
@@ -42,101 +43,54 @@ CSV_FIELDS = (
 )
 
 
-def _open_read_only(path: Path) -> sqlite3.Connection:
-    if not path.is_file():
-        raise MmppError(ErrorCode.INVALID_REQUEST, f"the feedback database {path} does not exist")
-    try:
-        connection = sqlite3.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
-        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.DatabaseError as error:
-        raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
-    missing = {"jobs", "pictures", "ratings"} - tables
-    if missing:
-        connection.close()
-        raise MmppError(
-            ErrorCode.INVALID_REQUEST,
-            f"{path} is not the bot's database: it has no {', '.join(sorted(missing))} table (run 'mmpp migrate')",
-        )
-    return connection
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
-def _scale(meta: dict[str, Any], key: str) -> float | None:
-    value = (meta.get("scales") or {}).get(key)
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _figures(group: str, key: dict[str, Any], jobs: set[int], pictures: set[int], scores: list[int]) -> dict[str, Any]:
-    mean, low, high = mean_interval(scores)
+def _figures(figures: Figures) -> dict[str, Any]:
     return {
-        "group": group,
-        **key,
-        "jobs": len(jobs),
-        "pictures_rated": len(pictures),
-        "ratings": len(scores),
-        "mean": None if mean is None else round(mean, 4),
-        "ci95_low": None if low is None else round(low, 4),
-        "ci95_high": None if high is None else round(high, 4),
-        "positive_share": round(sum(s >= POSITIVE_SCORE for s in scores) / len(scores), 4) if scores else None,
+        "ratings": figures.ratings,
+        "mean": _rounded(figures.mean),
+        "ci95_low": _rounded(figures.ci95_low),
+        "ci95_high": _rounded(figures.ci95_high),
+        "positive_share": _rounded(figures.positive_share),
     }
 
 
-def read_feedback(path: Path) -> dict[str, Any]:
+def read_feedback(path: Path, read_rows: FeedbackReader) -> dict[str, Any]:
     """Ratings grouped per style and per configuration, with means, 95 % intervals and shares >= 4.
 
     Per style, every job counts (rated or not); per configuration only rated
     pictures appear, since a configuration is known from a finished job.
     """
-    connection = _open_read_only(path)
-    try:
-        job_counts = dict(connection.execute("SELECT style, COUNT(*) FROM jobs GROUP BY style").fetchall())
-        rows = connection.execute(
-            "SELECT jobs.id, jobs.style, jobs.mode, jobs.result_meta, pictures.id, ratings.score "
-            "FROM ratings JOIN pictures ON pictures.id = ratings.picture_id JOIN jobs ON jobs.id = pictures.job_id "
-            "ORDER BY jobs.style, jobs.id, pictures.id"
-        ).fetchall()
-    except sqlite3.DatabaseError as error:
-        raise MmppError(ErrorCode.INVALID_REQUEST, f"{path}: the ratings cannot be read ({error})") from None
-    finally:
-        connection.close()
-
-    styles: dict[str, tuple[set[int], set[int], list[int]]] = {style: (set(), set(), []) for style in job_counts}
-    configs: dict[tuple[Any, ...], tuple[set[int], set[int], list[int]]] = {}
-    test_sized = False
-    for job_id, style, job_mode, meta_text, picture_id, score in rows:
-        try:
-            meta = json.loads(meta_text) if meta_text else {}
-        except json.JSONDecodeError:
-            meta = {}
-        meta = meta if isinstance(meta, dict) else {}
-        test_sized = test_sized or bool(meta.get("test_sized_model"))
-        mode = meta.get("mode") or job_mode or "unknown"
-        key = (style, mode, _scale(meta, "style_lora"), _scale(meta, "portrait_lora"), _scale(meta, "ip_adapter"))
-        for bucket in (styles.setdefault(style, (set(), set(), [])), configs.setdefault(key, (set(), set(), []))):
-            bucket[0].add(job_id)
-            bucket[1].add(picture_id)
-            bucket[2].append(int(score))
-    by_style = []
-    for style in sorted(styles):
-        rated_jobs, pictures, scores = styles[style]
-        row = _figures("style", {"style": style}, rated_jobs, pictures, scores)
-        row["jobs"] = int(job_counts.get(style, len(rated_jobs)))
-        by_style.append(row)
+    feedback = summarise(read_rows(path))
+    by_style = [
+        {"group": "style", "style": row.style, "jobs": row.jobs, "pictures_rated": row.pictures_rated,
+         **_figures(row.figures)}
+        for row in feedback.by_style
+    ]  # fmt: skip
     by_configuration = [
-        _figures(
-            "configuration",
-            {"style": k[0], "mode": k[1], "style_scale": k[2], "portrait_scale": k[3], "ip_adapter_scale": k[4]},
-            *configs[k],
-        )
-        for k in sorted(configs, key=lambda k: tuple("" if v is None else str(v) for v in k))
+        {
+            "group": "configuration",
+            "style": row.configuration.style,
+            "mode": row.configuration.mode,
+            "style_scale": row.configuration.style_scale,
+            "portrait_scale": row.configuration.portrait_scale,
+            "ip_adapter_scale": row.configuration.ip_adapter_scale,
+            "jobs": row.jobs,
+            "pictures_rated": row.pictures_rated,
+            **_figures(row.figures),
+        }
+        for row in feedback.by_configuration
     ]
     return {
         "kind": "mmpp-eval-feedback",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "database": str(path),
-        "ratings": len(rows),
-        "test_sized_model": test_sized,
-        "interval": "95 % Student-t interval of the mean score (1-5): mean ± t(n-1)·s/√n; none below 2 ratings",
-        "positive": f"share of ratings >= {POSITIVE_SCORE}",
+        "ratings": feedback.ratings,
+        "test_sized_model": feedback.test_sized_model,
+        "interval": INTERVAL_TEXT,
+        "positive": POSITIVE_TEXT,
         "by_style": by_style,
         "by_configuration": by_configuration,
     }

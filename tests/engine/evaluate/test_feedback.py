@@ -1,8 +1,9 @@
 """``mmpp eval --feedback DB``: ratings per style and configuration from a database the test builds.
 
 The database gets the bot's real migrations (applied with plain sqlite3) and
-hand-written rows; the means and 95 % t-intervals below are worked out by
-hand from those rows.
+hand-written rows, read back through ``bot.storage.read_feedback_rows`` as
+``mmpp eval`` does; the means and 95 % t-intervals below are worked out by
+hand from those rows (t quantiles to 5 decimals, as ``mmpp.stats`` computes them).
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from engine.evaluate.cli import main
-from engine.evaluate.feedback import mean_interval, read_feedback
+from bot.storage import read_feedback_rows
+from engine.evaluate.feedback import read_feedback
+from mmpp.cli import main as mmpp_main
+from mmpp.stats import mean_interval
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 NOW = "2026-11-25T12:00:00+00:00"
+
+
+def main(argv: list[str]) -> int:
+    """``mmpp eval ARGV`` through the real dispatcher, which hands the engine the bot's read-only reader."""
+    return mmpp_main(["eval", *argv])
 
 
 def meta(style_scale: float, *, mode: str = "fast", tiny: bool = False) -> str:
@@ -79,24 +87,24 @@ def database(tmp_path: Path) -> Path:
 
 
 def test_mean_interval_matches_hand_computation() -> None:
-    # 5, 4, 3: mean 4, s = 1, t(2) = 4.303 → 4 ± 4.303 / √3 = 4 ± 2.48434.
+    # 5, 4, 3: mean 4, s = 1, t(2) = 4.30265 → 4 ± 4.30265 / √3 = 4 ± 2.48414.
     mean, low, high = mean_interval([5, 4, 3])
-    assert mean == 4.0 and low == pytest.approx(1.51566, abs=1e-5) and high == pytest.approx(6.48434, abs=1e-5)
+    assert mean == 4.0 and low == pytest.approx(1.51586, abs=1e-5) and high == pytest.approx(6.48414, abs=1e-5)
     assert mean_interval([]) == (None, None, None)
     assert mean_interval([3]) == (3.0, None, None)
 
 
 def test_feedback_per_style_and_configuration(database: Path) -> None:
     before = database.read_bytes()
-    feedback = read_feedback(database)
+    feedback = read_feedback(database, read_feedback_rows)
     assert database.read_bytes() == before  # opened read-only
     assert feedback["ratings"] == 6 and feedback["test_sized_model"] is False
     anime, watercolor = feedback["by_style"]
-    # anime: 5, 4, 3, 2 → mean 3.5, s = √(5/3) = 1.29099, t(3) = 3.182 → ± 3.182 · 1.29099 / 2 = ± 2.05397.
+    # anime: 5, 4, 3, 2 → mean 3.5, s = √(5/3) = 1.29099, t(3) = 3.18245 → ± 3.18245 · 1.29099 / 2 = ± 2.05426.
     assert anime["style"] == "anime" and anime["jobs"] == 2 and anime["pictures_rated"] == 3
     assert anime["ratings"] == 4 and anime["mean"] == 3.5
-    assert anime["ci95_low"] == pytest.approx(1.44603, abs=1e-4) and anime["ci95_high"] == pytest.approx(
-        5.55397, abs=1e-4
+    assert anime["ci95_low"] == pytest.approx(1.44574, abs=1e-4) and anime["ci95_high"] == pytest.approx(
+        5.55426, abs=1e-4
     )
     assert anime["positive_share"] == 0.5
     # watercolor: 5, 5 → mean 5, s = 0 → [5, 5]; job 4 counts as a job but has no ratings.
@@ -109,8 +117,8 @@ def test_feedback_per_style_and_configuration(database: Path) -> None:
     first = configs[("anime", 0.8)]
     assert first["mode"] == "fast" and first["portrait_scale"] == 0.4 and first["ip_adapter_scale"] == 0.6
     assert first["ratings"] == 3 and first["mean"] == 4.0
-    assert first["ci95_low"] == pytest.approx(1.51566, abs=1e-4) and first["ci95_high"] == pytest.approx(
-        6.48434, abs=1e-4
+    assert first["ci95_low"] == pytest.approx(1.51586, abs=1e-4) and first["ci95_high"] == pytest.approx(
+        6.48414, abs=1e-4
     )
     assert first["positive_share"] == pytest.approx(0.6667, abs=1e-4)
     lone = configs[("anime", 1.0)]
