@@ -47,21 +47,23 @@ and ratings; zero errors.
 
 The fakes live in ``tests/fakes/``: they are test doubles, part of the
 repository checkout but not of the installed package (``pyproject.toml``
-ships ``bot``, ``engine`` and ``mmpp`` only).  Moving them into ``bot/``
-would ship test code, and a copy would drift from the fakes the tests keep
-honest.  So this module loads them lazily, by file path from the checkout it
-sits in (``<checkout>/tests/fakes/<name>.py``), without putting the checkout
-on ``sys.path`` (an unrelated installed ``tests`` package cannot shadow
-them); outside a checkout it stops with a one-line error saying so.  Nothing
-here imports torch, diffusers or the engine beyond ``mmpp.contract``.
+ships ``bot``, ``engine`` and ``mmpp`` only, not ``bench`` or ``tests``).
+Moving them into ``bot/`` would ship test code, and a copy would drift from
+the fakes the tests keep honest.  So this benchmark, itself a tool of the
+checkout, imports them as the tests do (``tests.fakes.discord_api``), when
+a platform is opened; ``mmpp bench`` puts the checkout on ``sys.path``
+first, and where the fakes cannot be imported it stops with a one-line
+error saying so.  Nothing here imports torch, diffusers or the engine beyond
+``mmpp.contract``.
 
 One process, one event loop: the fake and the simulated people run beside
 the bot, as the tests do, so their CPU time is billed to the same loop; the
 figures are therefore on the pessimistic side.  The people do not poll on
 their own: one watcher task reads the fake's records for all of them.  The
 report says how much of the machine other processes took meanwhile, since
-these machines are shared.  Exit status: 0 when every target is met, 1 when
-one is missed, 2 for bad options or a missing checkout.
+these machines are shared.  Exit status (``mmpp.commandline``'s table): 0
+when every target is met, 3 when one is missed, 2 for bad options or a
+missing checkout, 1 for a failure of the harness itself.
 """
 
 from __future__ import annotations
@@ -69,7 +71,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import logging
 import math
@@ -83,28 +84,25 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
+from bench.cli import parse_options
+from bench.machine import busy_cpu_seconds, cpu_name, other_processes_share
 from bot.queue import QueueStatus
 from bot.settings import BotSettings
+from mmpp.commandline import EXIT_BAD_INPUT, EXIT_OK, EXIT_TARGET_MISSED, OneLineParser, run_reporting_errors
 from mmpp.contract import GenerateResult, Picture
-from mmpp.errors import ErrorCode
+from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
 PLATFORMS = ("discord", "telegram")
 TARGET_FIRST_REPLY_P99_SECONDS = 0.250
-EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 3
-EXIT_TARGET_MISSED = 1
-#: The checkout this module sits in; the fakes are looked for under it.
-CHECKOUT = Path(__file__).resolve().parent.parent
 #: How long one person waits for their pictures before counting an error.
 CYCLE_TIMEOUT_SECONDS = 30.0
 #: After the load: how long the bot gets to finish what is in flight.
@@ -118,13 +116,8 @@ TELEGRAM_TOKEN = "424242:bench-token-not-a-secret"
 STYLE = "anime"
 
 
-class BenchError(Exception):
-    """A benchmark that cannot run (no checkout, a bad option); ends as one line."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class BenchError(MmppError):
+    """A benchmark that cannot run (no fakes to drive, a bad option); ends as one line naming the benchmark."""
 
     def as_line(self) -> str:
         return f"error[{self.code.value}]: mmpp bench bots: {self.message}"
@@ -224,32 +217,20 @@ class ErrorCounter(logging.Handler):
 # --------------------------------------------------------------------------- loading the fakes
 
 
-def load_fake(name: str) -> ModuleType:
-    """``tests/fakes/<name>.py`` of this checkout (see the module docstring for why by path)."""
-    path = CHECKOUT / "tests" / "fakes" / f"{name}.py"
-    loaded = sys.modules.get(f"tests.fakes.{name}")
-    if loaded is not None and Path(getattr(loaded, "__file__", "") or "").resolve() == path:
-        return loaded  # already imported (under pytest): the same classes
-    private_name = f"_mmpp_bench_fakes_{name}"
-    if private_name in sys.modules:
-        return sys.modules[private_name]
-    if not path.is_file():
+@contextlib.contextmanager
+def fakes_of_the_checkout() -> Iterator[None]:
+    """Around an import of ``tests.fakes``: where the checkout's tests are missing, one line saying so."""
+    try:
+        yield
+    except ModuleNotFoundError as error:
+        if error.name is None or not (error.name == "tests" or error.name.startswith("tests.")):
+            raise  # something the fakes need is missing: that is not about the checkout
         raise BenchError(
             ErrorCode.NOT_FOUND,
-            f"the loopback platform fakes are not here ({path}); they ship with the repository checkout, "
-            "not with the installed package: run it from a checkout (git clone; pip install -e .).",
-        )
-    spec = importlib.util.spec_from_file_location(private_name, path)
-    if spec is None or spec.loader is None:
-        raise BenchError(ErrorCode.INTERNAL, f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[private_name] = module  # dataclasses look their module up while the class is built
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(private_name, None)
-        raise
-    return module
+            f"the loopback platform fakes ({error.name.replace('.', '/')}) cannot be imported; they ship with the "
+            "repository checkout, not with the installed package: run it from a checkout "
+            "(git clone; pip install -e .).",
+        ) from None
 
 
 def sample_selfie() -> bytes:
@@ -316,12 +297,14 @@ class DiscordPlatform(Platform):
     reactions = DISCORD_REACTIONS
 
     def __init__(self) -> None:
-        self.fakes = load_fake("discord_api")
+        with fakes_of_the_checkout():
+            from tests.fakes.discord_api import FakeDiscord
+        self.fake_platform = FakeDiscord
         self.fake: Any = None
         self.adapter: Any = None
 
     async def open_fake(self) -> dict[str, Any]:
-        self.fake = self.fakes.FakeDiscord()
+        self.fake = self.fake_platform()
         await self.fake.start()
         return {
             "discord_api_base": self.fake.api_base,
@@ -410,7 +393,9 @@ class TelegramPlatform(Platform):
     reactions = TELEGRAM_REACTIONS
 
     def __init__(self) -> None:
-        self.fakes = load_fake("telegram_api")
+        with fakes_of_the_checkout():
+            from tests.fakes.telegram_api import FakeTelegram, FakeUser
+        self.fake_platform, self.fake_user = FakeTelegram, FakeUser
         self.fake: Any = None
         self.adapter: Any = None
         self._seen = 0
@@ -421,7 +406,7 @@ class TelegramPlatform(Platform):
         self._update_ids: dict[tuple[int, int], int] = {}
 
     async def open_fake(self) -> dict[str, Any]:
-        self.fake = self.fakes.FakeTelegram(token=TELEGRAM_TOKEN, bot_username="MmppBenchBot")
+        self.fake = self.fake_platform(token=TELEGRAM_TOKEN, bot_username="MmppBenchBot")
         await self.fake.__aenter__()
         return {"telegram_base_url": self.fake.base_url, "telegram_base_file_url": self.fake.base_file_url}
 
@@ -439,7 +424,7 @@ class TelegramPlatform(Platform):
             await self.fake.__aexit__(None, None, None)
 
     def new_person(self, index: int) -> tuple[Any, str]:
-        user = self.fakes.FakeUser(5_000_000 + index, f"Person{index}", username=f"person{index}")
+        user = self.fake_user(5_000_000 + index, f"Person{index}", username=f"person{index}")
         return user, str(user.id)
 
     async def order(self, person: Any, cycle: Cycle, selfie: bytes) -> None:
@@ -542,16 +527,6 @@ class LoadOutcome:
     machine_busy_seconds: float | None
 
 
-def _machine_busy_seconds() -> float | None:
-    """Busy CPU seconds of the whole machine so far (all cores; idle, iowait and steal excluded), from /proc/stat."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(value) for value in fields[:7])
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
 async def _watch(platform: Platform, active: list[Cycle], stop: asyncio.Event) -> None:
     """One task reads the fake for every open cycle: 200 tasks polling on their own would cost more than the bot."""
     while not stop.is_set():
@@ -577,7 +552,7 @@ async def drive(platform: Platform, core: Any, storage: Any, options: Options, s
     watcher = asyncio.create_task(_watch(platform, active, stop), name="bench-watcher")
     ramp = min(1.0, options.seconds / 10)
     people = [platform.new_person(index) for index in range(options.users)]
-    busy_before, cpu_before = _machine_busy_seconds(), time.process_time()
+    busy_before, cpu_before = busy_cpu_seconds(), time.process_time()
     started_at = loop.time()
     deadline = started_at + options.seconds
 
@@ -618,7 +593,7 @@ async def drive(platform: Platform, core: Any, storage: Any, options: Options, s
     finally:
         stop.set()
         await watcher
-    busy_after = _machine_busy_seconds()
+    busy_after = busy_cpu_seconds()
     return LoadOutcome(
         cycles=cycles, reactions_sent=reactions[0], exceptions=exceptions, started_at=started_at,
         load_ended_at=load_ended_at, drained_at=drained_at, ratings_settled_at=ratings_settled_at,
@@ -718,15 +693,9 @@ async def verify(platform: Platform, storage: Any, queue: InstantWorkerQueue, ou
 
 
 def machine() -> dict[str, Any]:
-    cpu = host.processor() or host.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "usable_cores": usable,
         "os": host.platform(terse=True),
@@ -809,10 +778,7 @@ def report(
     load_seconds = outcome.load_ended_at - outcome.started_at
     rating_window = max(outcome.ratings_settled_at, outcome.load_ended_at) - outcome.started_at
     wall = outcome.ratings_settled_at - outcome.started_at
-    cores = os.cpu_count() or 1
-    others = None
-    if outcome.machine_busy_seconds is not None and wall > 0:
-        others = min(1.0, max(0.0, (outcome.machine_busy_seconds - outcome.cpu_seconds) / (wall * cores)))
+    others = other_processes_share(outcome.machine_busy_seconds, outcome.cpu_seconds, wall)
     p99 = percentile(first, 0.99)
     jobs, deliveries, ratings = checked["jobs"], checked["deliveries"], checked["ratings"]
     exact = (
@@ -939,23 +905,6 @@ def len_and_rate(count: int, rate: float | None) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-class _RefusedError(Exception):
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: {self.prog}: {message}", file=sys.stderr)
-        raise _RefusedError(EXIT_BAD_INPUT)
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if message:
-            print(message, file=sys.stderr, end="")
-        raise _RefusedError(status)
-
-
 def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         value = kind(text)
@@ -967,13 +916,13 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="mmpp bench bots",
         description=(
             "Drive the loopback Discord or Telegram fake with many simultaneous people against the real adapter, "
             "core and SQLite database (the GPU worker is stood in for); print the time to the first reply, rating "
-            "writes per second, errors, and lost or duplicated jobs, deliveries and ratings. Exit status 1 when a "
-            "target is missed."
+            "writes per second, errors, and lost or duplicated jobs, deliveries and ratings. Exit status "
+            f"{EXIT_TARGET_MISSED} when a target is missed."
         ),
     )
     parser.add_argument("--users", type=_positive(int), default=200, help="simultaneous people (default 200)")
@@ -990,21 +939,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``mmpp bench bots [options]`` (``argv`` starts with ``bots``); returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] != "bots":
-        if argv and argv[0] in {"-h", "--help"}:
-            print("usage: mmpp bench bots [options]; mmpp bench bots --help for the options")
-            return 0
-        what = f"'{argv[0][:40]}' is not a benchmark here" if argv else "no benchmark named"
-        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: mmpp bench: {what}; this one is: bots.", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    try:
-        arguments = build_parser().parse_args(argv[1:])
-    except _RefusedError as refusal:
-        return refusal.status
+    """``mmpp bench bots [options]`` (``argv``: the options); returns the exit status."""
+    arguments = parse_options(build_parser(), list(sys.argv[1:] if argv is None else argv))
+    if isinstance(arguments, int):
+        return arguments
     if arguments.think < 0:
-        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: mmpp bench bots: --think must be 0 or more.", file=sys.stderr)
+        print(BenchError(ErrorCode.INVALID_REQUEST, "--think must be 0 or more.").as_line(), file=sys.stderr)
         return EXIT_BAD_INPUT
     logging.basicConfig(
         level=logging.INFO if arguments.verbose else logging.WARNING,
@@ -1018,12 +958,9 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[bench {time.monotonic() - started:5.1f}s] {message}", file=sys.stderr, flush=True)
 
-    try:
+    def body() -> int:
         result = asyncio.run(run(options, progress=say))
-    except BenchError as error:
-        print(error.as_line(), file=sys.stderr)
-        return EXIT_BAD_INPUT if error.code is not ErrorCode.INTERNAL else EXIT_INTERNAL
-    except KeyboardInterrupt:
-        return 130
-    print(json.dumps(result, indent=2) if arguments.json else render_table(result))
-    return 0 if result["pass"] else EXIT_TARGET_MISSED
+        print(json.dumps(result, indent=2) if arguments.json else render_table(result))
+        return EXIT_OK if result["pass"] else EXIT_TARGET_MISSED
+
+    return run_reporting_errors(body, logger)

@@ -1,23 +1,49 @@
-"""``mmpp bench SIDE``: picks the benchmark; each parses its own options."""
+"""``mmpp bench BENCHMARK [options]``: picks the benchmark and hands it its own options."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import sys
 
-from mmpp.commandline import EXIT_BAD_INPUT
+from mmpp.commandline import EXIT_BAD_INPUT, EXIT_OK
 
-SIDES = ("engine", "bots")
+#: Each benchmark's module (its ``main(options)``) and what it measures.
+BENCHMARKS = {
+    "engine": ("bench.engine", "what the engine costs on top of a plain diffusers call"),
+    "bots": ("bench.bots", "how the chat side holds up under many people at once"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: mmpp bench BENCHMARK [options]", "", "benchmarks:"]
+    lines += [f"  {name:<8} {text}" for name, (_, text) in BENCHMARKS.items()]
+    lines += ["", "mmpp bench BENCHMARK --help shows a benchmark's options."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-    side = argv[0] if argv else ""
-    if side == "engine":
-        from bench.engine import main as engine_main
+    """``argv``: what follows ``mmpp bench``; returns the exit status."""
+    if argv and argv[0] in {"-h", "--help", "help"}:
+        print(usage())
+        return EXIT_OK
+    if not argv or argv[0] not in BENCHMARKS:
+        what = f"'{argv[0][:40]}' is not a benchmark" if argv else "no benchmark named"
+        print(
+            f"error[INVALID_REQUEST]: mmpp bench: {what}; choose one of: {', '.join(BENCHMARKS)}.", file=sys.stderr
+        )
+        return EXIT_BAD_INPUT
+    module = importlib.import_module(BENCHMARKS[argv[0]][0])
+    return int(module.main(argv[1:]))
 
-        return engine_main(argv)
-    if side == "bots":
-        from bench.bots import main as bots_main
 
-        return bots_main(argv)
-    print(f"error[INVALID_REQUEST]: mmpp bench: name what to measure: {' or '.join(SIDES)}.", file=sys.stderr)
-    return EXIT_BAD_INPUT
+def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:
+    """``parser.parse_args(argv)``, or the exit status where argparse would exit (``--help``, a refused option).
+
+    Returning the status instead of raising ``SystemExit`` lets a benchmark's
+    ``main`` be called from tests and from ``mmpp`` alike.
+    """
+    try:
+        return parser.parse_args(argv)
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else EXIT_BAD_INPUT if stop.code else EXIT_OK

@@ -55,29 +55,30 @@ import time
 import traceback
 import warnings
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench.cli import parse_options
+from bench.machine import busy_cpu_seconds, cpu_name, other_processes_share
+from mmpp.commandline import EXIT_OK, OneLineParser, run_reporting_errors
 from mmpp.contract import GenerateRequest, Mode
 from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("engine",)
 SHAPES = ("tiny", "sd15")
-EXIT_BAD_INPUT = 2
-EXIT_INTERNAL = 1
 SEED = 1234
 #: The bundled selfie (a photo with one clear face), so runs are comparable.
-SAMPLE_SELFIE = Path(__file__).with_name("assets") / "sample_selfie.jpg"
+SAMPLE_SELFIE = resources.files("engine").joinpath("assets", "sample_selfie.jpg")
 #: Sizes of the LoRAs in the full shape: what public SD 1.5 LoRAs use.
 PORTRAIT_RANK = 16
 STYLE_RANK = 16
 LCM_RANK = 64
-ATTENTION_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-#: LCM-LoRA for SD 1.5 also adapts the transformer's projections and
-#: feed-forward layers (the real one adds the ResNet convolutions too).
-LCM_TARGETS = [*ATTENTION_TARGETS, "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+#: The portrait and style LoRAs adapt the attention projections; LCM-LoRA for
+#: SD 1.5 also adapts the transformer's projections and feed-forward layers
+#: (the real one adds the ResNet convolutions too).
+LCM_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 IP_ADAPTER_FILE = "ip-adapter-plus-face_sd15.safetensors"
 #: Upper bounds the figures are held to (see the module docstring).
 RATIO_TARGET = 1.05
@@ -92,31 +93,6 @@ PIPELINE_STAGES = ("denoise", "vae_decode", "total")
 STAGES = ("face", "adapters", "prompt", "denoise", "vae_decode", "encode", "total")
 
 
-class _ArgumentsRefusedError(Exception):
-    """argparse refused the options; the one-line message is already printed."""
-
-    def __init__(self, status: int) -> None:
-        super().__init__(status)
-        self.status = status
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports bad options in the project's one-line form and returns instead of exiting.
-
-    Returning (rather than ``SystemExit``) lets ``main`` be called from tests
-    and from ``mmpp`` alike.
-    """
-
-    def error(self, message: str) -> Any:
-        print(f"error[{ErrorCode.INVALID_REQUEST.value}]: {self.prog}: {message}", file=sys.stderr)
-        raise _ArgumentsRefusedError(EXIT_BAD_INPUT)
-
-    def exit(self, status: int = 0, message: str | None = None) -> Any:
-        if message:
-            print(message, file=sys.stderr, end="")
-        raise _ArgumentsRefusedError(status)
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -125,7 +101,7 @@ def _positive(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="mmpp bench engine",
         description="Seconds per picture of the engine vs. the same diffusers call, style-switch time, "
         "stage timings and the memory of resident LoRAs, measured in this process.",
@@ -148,25 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    """``mmpp bench TARGET [options]``; returns the exit status."""
-    if not argv or argv[0] not in TARGETS:
-        if argv and argv[0] in {"-h", "--help"}:
-            print("usage: mmpp bench engine [options] | mmpp bench bots [options]; add --help for the options")
-            return 0
-        what = f"'{argv[0][:40]}' is not a benchmark" if argv else "no benchmark named"
-        print(
-            f"error[{ErrorCode.INVALID_REQUEST.value}]: mmpp bench: {what}; choose one of: {', '.join(TARGETS)}"
-            " (or bots, for the chat side).",
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
-    try:
-        arguments = build_parser().parse_args(argv[1:])
-    except _ArgumentsRefusedError as refusal:
-        return refusal.status
+    """``mmpp bench engine [options]`` (``argv``: the options); returns the exit status."""
+    arguments = parse_options(build_parser(), argv)
+    if isinstance(arguments, int):
+        return arguments
     if arguments.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
+
+    def body() -> int:
         report = bench_engine(
             shape=arguments.shape,
             mode=Mode(arguments.mode),
@@ -174,18 +139,10 @@ def main(argv: list[str]) -> int:
             dtype=arguments.dtype or ("float32" if arguments.shape == "tiny" else "bfloat16"),
             steps=arguments.steps,
         )
-    except MmppError as error:
-        print(error.as_line(), file=sys.stderr)
-        return EXIT_INTERNAL if error.code in {ErrorCode.INTERNAL, ErrorCode.TIMEOUT} else EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:
-        logger.debug("benchmark failed", exc_info=True)
-        first_line = str(error).splitlines()[0][:200] if str(error) else ""
-        print(f"error[{ErrorCode.INTERNAL.value}]: {type(error).__name__}: {first_line}", file=sys.stderr)
-        return EXIT_INTERNAL
-    print(json.dumps(report, indent=2) if arguments.json else render_table(report))
-    return 0
+        print(json.dumps(report, indent=2) if arguments.json else render_table(report))
+        return EXIT_OK
+
+    return run_reporting_errors(body, logger)
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -297,7 +254,7 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     baseline_cpu: list[float] = []
     stage_runs: dict[str, list[float]] = {}
     last_result = baseline_image = None
-    machine_before = _machine_busy()
+    wall_before, busy_before, cpu_before = time.perf_counter(), busy_cpu_seconds(), time.process_time()
     for index in range(repeats):
         seconds, cpu_seconds, last_result = run_engine()
         engine_runs.append(seconds)
@@ -309,7 +266,12 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
         baseline_runs.append(seconds)
         baseline_cpu.append(cpu_seconds)
         _say(f"pair {index + 1}/{repeats}: engine {engine_runs[-1]:.3f}s, diffusers {baseline_runs[-1]:.3f}s", started)
-    other_load = _other_processes_share(machine_before, _machine_busy())
+    busy_after = busy_cpu_seconds()
+    other_load = other_processes_share(
+        None if busy_before is None or busy_after is None else busy_after - busy_before,
+        time.process_time() - cpu_before,
+        time.perf_counter() - wall_before,
+    )
     assert last_result is not None and baseline_image is not None
     engine_pixels = np.asarray(Image.open(io.BytesIO(last_result.pictures[0].png)).convert("RGB"), dtype=np.int16)
     baseline_pixels = np.asarray(baseline_image.convert("RGB"), dtype=np.int16)
@@ -536,38 +498,11 @@ def _peak_rss_bytes() -> int:
 # --------------------------------------------------------------------------- the machine
 
 
-def _machine_busy() -> tuple[float, float, float] | None:
-    """(wall time, busy CPU seconds of the whole machine, CPU seconds of this process), from /proc/stat."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    except (OSError, IndexError):
-        return None
-    ticks = [int(value) for value in fields[:8]]
-    idle = ticks[3] + ticks[4]  # idle + iowait
-    return time.perf_counter(), (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), time.process_time()
-
-
-def _other_processes_share(
-    before: tuple[float, float, float] | None, after: tuple[float, float, float] | None
-) -> float | None:
-    """How much of the machine other processes used meanwhile (0-1): timings taken alongside them are noisy."""
-    if before is None or after is None or after[0] <= before[0]:
-        return None
-    others = (after[1] - before[1]) - (after[2] - before[2])
-    return max(0.0, others / ((after[0] - before[0]) * (os.cpu_count() or 1)))
-
-
 def _machine(engine: Any) -> dict[str, Any]:
     import diffusers
     import peft
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     ram = None
     with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -575,7 +510,7 @@ def _machine(engine: Any) -> dict[str, Any]:
                 ram = int(line.split()[1]) * 1024
     device = engine.pipeline.device
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "ram_bytes": ram,
@@ -696,18 +631,12 @@ def render_table(report: dict[str, Any]) -> str:
 
 def full_sd15_sources(folder: Path) -> Any:
     """The sources of components written by :func:`build_full_sd15`."""
-    from engine.models import IPAdapterSource, ModelSources, WeightSource
+    from engine.models import random_weight_sources
 
-    manifest = json.loads((folder / "complete.json").read_text())
-    loras = str(folder / "loras")
-    return ModelSources(
-        base=str(folder / "base"),
-        family="sd15",
-        portrait_lora=WeightSource(loras, "portrait.safetensors"),
-        lcm_lora=WeightSource(loras, "lcm.safetensors"),
-        ip_adapter=IPAdapterSource(WeightSource(str(folder / "ip_adapter"), IP_ADAPTER_FILE), "image_encoder"),
-        style_loras={name: WeightSource(loras, file_name) for name, file_name in manifest["styles"].items()},
-        test_sized=True,
+    return random_weight_sources(
+        folder,
+        "sd15",
+        ip_adapter_file=IP_ADAPTER_FILE,
         label="full-size SD 1.5 with random weights (benchmark shape: its pictures are noise)",
     )
 
@@ -715,13 +644,15 @@ def full_sd15_sources(folder: Path) -> Any:
 def build_full_sd15(folder_text: str, style_names: list[str], dtype_name: str) -> None:
     """Write full-size SD 1.5 components in the real formats; runs in a child process.
 
-    Built in float32 (the default init is defined there), written in the
-    benchmark's dtype so that loading needs no conversion; the pipeline is
-    dropped before the ViT-H encoder is built, to keep the child's peak low.
+    The writers are the tiny weights' own (``engine.models``), at the real
+    sizes and with LoRA values at the scale of trained ones.  Built in float32
+    (the default init is defined there), written in the benchmark's dtype so
+    that loading needs no conversion; the pipeline is dropped before the ViT-H
+    encoder is built, to keep the child's peak low.
     """
     import torch
 
-    from engine.models import _safe_file_stem
+    from engine.models import write_random_image_encoder, write_random_ip_adapter, write_random_loras
 
     try:
         from engine.pipeline import quiet_libraries
@@ -731,26 +662,47 @@ def build_full_sd15(folder_text: str, style_names: list[str], dtype_name: str) -
         dtype = getattr(torch, dtype_name)
         torch.manual_seed(SEED)
         pipeline = _full_sd15_pipeline()
-        _write_ip_adapter_weights(folder / "ip_adapter", pipeline.unet, dtype=dtype)
+        # ``ip-adapter-plus-face_sd15.safetensors``: a Resampler reading ViT-H's penultimate hidden states (1280)
+        # with 16 queries of width 768 and 12 heads of 64.
+        write_random_ip_adapter(
+            folder / "ip_adapter" / IP_ADAPTER_FILE,
+            pipeline.unet,
+            image_hidden=1280,
+            hidden=768,
+            queries=16,
+            heads=12,
+            dtype=dtype,
+        )
         # The base first: adding (even deleting) LoRAs leaves peft wrappers
         # in the UNet, whose weights would then be saved under other names.
         pipeline.to(dtype)
         pipeline.save_pretrained(folder / "base", safe_serialization=True)
-        loras = folder / "loras"
-        _write_lora(
-            pipeline, loras, "portrait.safetensors", seed=1, rank=PORTRAIT_RANK, targets=ATTENTION_TARGETS, dtype=dtype
+        style_files = write_random_loras(
+            pipeline,
+            folder / "loras",
+            style_names,
+            portrait_rank=PORTRAIT_RANK,
+            lcm_rank=LCM_RANK,
+            style_rank=STYLE_RANK,
+            lcm_targets=LCM_TARGETS,
+            trained_scale=True,
+            dtype=dtype,
         )
-        _write_lora(pipeline, loras, "lcm.safetensors", seed=2, rank=LCM_RANK, targets=LCM_TARGETS, dtype=dtype)
-        style_files = {}
-        for index, name in enumerate(style_names):
-            file_name = f"style-{_safe_file_stem(name)}.safetensors"
-            _write_lora(
-                pipeline, loras, file_name, seed=100 + index, rank=STYLE_RANK, targets=ATTENTION_TARGETS, dtype=dtype
-            )
-            style_files[name] = file_name
         del pipeline
         gc.collect()
-        _write_image_encoder(folder / "ip_adapter" / "image_encoder", dtype=dtype)
+        # The ViT-H/14 image encoder the SD 1.5 face adapters use (632 M parameters).
+        write_random_image_encoder(
+            folder / "ip_adapter" / "image_encoder",
+            dtype=dtype,
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            image_size=224,
+            patch_size=14,
+            projection_dim=1024,
+            hidden_act="gelu",
+        )
         (folder / "complete.json").write_text(json.dumps({"styles": style_files, "dtype": dtype_name}, indent=2))
     except BaseException:
         traceback.print_exc()
@@ -827,126 +779,3 @@ def _full_sd15_pipeline() -> Any:
         image_encoder=None,
         requires_safety_checker=False,
     )
-
-
-def _write_lora(
-    pipeline: Any, folder: Path, file_name: str, *, seed: int, rank: int, targets: list[str], dtype: Any
-) -> None:
-    """A random UNet LoRA, saved the way ``engine.models._write_tiny_lora`` saves (diffusers' training format).
-
-    Unlike the tiny writer this draws values at the scale of trained LoRAs
-    (A ~ 1/sqrt(fan-in), B small), so three active adapters on a full-size
-    UNet keep activations in range: overflowing values would make the timing
-    meaningless (denormals and NaNs run at other speeds on CPUs).
-    """
-    import torch
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    unet = pipeline.unet
-    adapter_name = f"build_{seed}"
-    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets)
-    unet.add_adapter(config, adapter_name=adapter_name)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in unet.named_parameters():
-            if f".{adapter_name}." not in name:
-                continue
-            if ".lora_A." in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / parameter[0].numel() ** 0.5)
-            elif ".lora_B." in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.02)
-    state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
-    if set(targets) <= set(ATTENTION_TARGETS):
-        # diffusers' key conversion knows only the attention projections; a
-        # file half converted would load only in part, so others stay in
-        # peft's own format, which diffusers reads as well.
-        state = convert_state_dict_to_diffusers(state)
-    state = {key: value.to(dtype).contiguous() for key, value in state.items()}
-    type(pipeline).save_lora_weights(folder, unet_lora_layers=state, weight_name=file_name, safe_serialization=True)
-    unet.delete_adapters(adapter_name)
-
-
-def _write_ip_adapter_weights(
-    folder: Path,
-    unet: Any,
-    *,
-    dtype: Any,
-    image_hidden: int = 1280,
-    hidden: int = 768,
-    queries: int = 16,
-    heads: int = 12,
-    layers: int = 4,
-    ffn_ratio: int = 4,
-) -> None:
-    """``ip-adapter-plus-face_sd15.safetensors`` in its original layout, at its real sizes.
-
-    The same keys as ``engine.models._write_tiny_ip_adapter`` (which diffusers
-    converts on load): a Resampler reading ViT-H's penultimate hidden states
-    (1280) with 16 queries of width 768 and 12 heads of 64, projecting to the
-    UNet's cross-attention width, and ``to_k_ip``/``to_v_ip`` per
-    cross-attention processor.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    cross_attention_dim = unet.config.cross_attention_dim
-    inner = heads * 64  # diffusers derives heads as to_q rows // 64
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape) / shape[-1] ** 0.5
-
-    tensors: dict[str, torch.Tensor] = {
-        "image_proj.latents": torch.randn(1, queries, hidden) / hidden**0.5,
-        "image_proj.proj_in.weight": rand(hidden, image_hidden),
-        "image_proj.proj_in.bias": torch.zeros(hidden),
-        "image_proj.proj_out.weight": rand(cross_attention_dim, hidden),
-        "image_proj.proj_out.bias": torch.zeros(cross_attention_dim),
-        "image_proj.norm_out.weight": torch.ones(cross_attention_dim),
-        "image_proj.norm_out.bias": torch.zeros(cross_attention_dim),
-    }
-    for layer in range(layers):
-        prefix = f"image_proj.layers.{layer}"
-        tensors.update(
-            {
-                f"{prefix}.0.norm1.weight": torch.ones(hidden),
-                f"{prefix}.0.norm1.bias": torch.zeros(hidden),
-                f"{prefix}.0.norm2.weight": torch.ones(hidden),
-                f"{prefix}.0.norm2.bias": torch.zeros(hidden),
-                f"{prefix}.0.to_q.weight": rand(inner, hidden),
-                f"{prefix}.0.to_kv.weight": rand(2 * inner, hidden),
-                f"{prefix}.0.to_out.weight": rand(hidden, inner),
-                f"{prefix}.1.0.weight": torch.ones(hidden),
-                f"{prefix}.1.0.bias": torch.zeros(hidden),
-                f"{prefix}.1.1.weight": rand(hidden * ffn_ratio, hidden),
-                f"{prefix}.1.3.weight": rand(hidden, hidden * ffn_ratio),
-            }
-        )
-    from engine.models import ip_adapter_attention_slots
-
-    for key_id, block_channels in ip_adapter_attention_slots(unet):
-        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = rand(block_channels, cross_attention_dim)
-        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = rand(block_channels, cross_attention_dim)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({key: value.to(dtype).contiguous() for key, value in tensors.items()}, folder / IP_ADAPTER_FILE)
-
-
-def _write_image_encoder(folder: Path, *, dtype: Any) -> None:
-    """The ViT-H/14 image encoder the SD 1.5 face adapters use (632 M parameters)."""
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=1280,
-            intermediate_size=5120,
-            num_hidden_layers=32,
-            num_attention_heads=16,
-            image_size=224,
-            patch_size=14,
-            projection_dim=1024,
-            hidden_act="gelu",
-        )
-    )
-    encoder.to(dtype).save_pretrained(folder, safe_serialization=True)
-    CLIPImageProcessor(size=224, crop_size=224).save_pretrained(folder)

@@ -5,7 +5,9 @@ single-file ``.safetensors`` checkpoint.  This machine (and CI) cannot download
 them, so the *tiny* weights are small random components with the real
 architectures, written in the real on-disk formats and handed back as
 sources that go through exactly the same loading code.  Their pictures are
-noise; everything that shows them says so.
+noise; everything that shows them says so.  The writers of those random
+files (LoRAs, IP-Adapter, image encoder) also write the full-size random
+weights of the engine benchmark (``bench/engine.py``), at other sizes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ Family = Literal["sd15", "sdxl"]
 #: Bump when the tiny builder changes, so stale caches are rebuilt, not reused.
 TINY_FORMAT_VERSION = 5
 TINY_SEED = 20261125
+TINY_IP_ADAPTER_FILE = "ip-adapter-plus-face_tiny.safetensors"
+#: What every LoRA written here adapts (the LCM LoRA may adapt more).
+ATTENTION_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 @dataclass(frozen=True)
@@ -215,19 +220,10 @@ def build_tiny_weights(cache_root: Path, family: Family, style_names: list[str])
     marker = root / "complete.json"
     if not marker.exists():
         _build_tiny_into(root, family, sorted(style_names))
-    manifest = json.loads(marker.read_text())
-    return ModelSources(
-        base=str(root / "base"),
-        family=family,
-        portrait_lora=WeightSource(str(root / "loras"), "portrait.safetensors"),
-        lcm_lora=WeightSource(str(root / "loras"), "lcm.safetensors"),
-        ip_adapter=IPAdapterSource(
-            WeightSource(str(root / "ip_adapter"), "ip-adapter-plus-face_tiny.safetensors"), "image_encoder"
-        ),
-        style_loras={
-            name: WeightSource(str(root / "loras"), file_name) for name, file_name in manifest["styles"].items()
-        },
-        test_sized=True,
+    return random_weight_sources(
+        root,
+        family,
+        ip_adapter_file=TINY_IP_ADAPTER_FILE,
         label=f"tiny-{family} (test-sized random weights: its pictures are noise)",
     )
 
@@ -246,14 +242,9 @@ def _build_tiny_into(root: Path, family: Family, style_names: list[str]) -> None
             pipeline = build_tiny_pipeline(family)
             pipeline.save_pretrained(staging / "base", safe_serialization=True)
             _write_tiny_ip_adapter(staging / "ip_adapter", pipeline.unet)
-            loras = staging / "loras"
-            _write_tiny_lora(pipeline, loras, "portrait.safetensors", seed=1, rank=4)
-            _write_tiny_lora(pipeline, loras, "lcm.safetensors", seed=2, rank=8)
-            style_files = {}
-            for index, name in enumerate(style_names):
-                file_name = f"style-{_safe_file_stem(name)}.safetensors"
-                _write_tiny_lora(pipeline, loras, file_name, seed=100 + index, rank=4)
-                style_files[name] = file_name
+            style_files = write_random_loras(
+                pipeline, staging / "loras", style_names, portrait_rank=4, lcm_rank=8, style_rank=4
+            )
         (staging / "complete.json").write_text(json.dumps({"family": family, "styles": style_files}, indent=2))
         try:
             staging.rename(root)
@@ -263,6 +254,31 @@ def _build_tiny_into(root: Path, family: Family, style_names: list[str]) -> None
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_tiny_ip_adapter(folder: Path, unet: Any) -> None:
+    """A tiny IP-Adapter *Plus Face* file and its tiny CLIP image encoder."""
+    vision_hidden = 32
+    write_random_image_encoder(
+        folder / "image_encoder",
+        hidden_size=vision_hidden,
+        image_size=32,
+        patch_size=8,
+        projection_dim=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+    )
+    write_random_ip_adapter(
+        folder / TINY_IP_ADAPTER_FILE,
+        unet,
+        image_hidden=vision_hidden,
+        hidden=32,
+        queries=4,
+        heads=1,
+        scale=0.1,
+        slot_scale=0.3,
+    )
 
 
 def _safe_file_stem(name: str) -> str:
@@ -442,12 +458,81 @@ def build_tiny_pipeline(family: Family):  # noqa: ANN201 - diffusers pipelines s
     )
 
 
-def _write_tiny_lora(pipeline, folder: Path, file_name: str, *, seed: int, rank: int) -> None:  # noqa: ANN001
+# --------------------------------------------------------------------------- random weights, real formats
+#
+# The writers below serve the tiny weights and the benchmark's full-size SD 1.5
+# (``bench/engine.py``) alike: the same files, keys and seeds, at other sizes.
+
+
+def random_weight_sources(root: Path, family: Family, *, ip_adapter_file: str, label: str) -> ModelSources:
+    """The sources of a folder of random weights: ``base/``, ``ip_adapter/``, ``loras/`` and ``complete.json``.
+
+    ``complete.json`` names each style's LoRA file (``{"styles": {name: file}}``),
+    as :func:`write_random_loras` returns them.
+    """
+    manifest = json.loads((root / "complete.json").read_text())
+    loras = str(root / "loras")
+    return ModelSources(
+        base=str(root / "base"),
+        family=family,
+        portrait_lora=WeightSource(loras, "portrait.safetensors"),
+        lcm_lora=WeightSource(loras, "lcm.safetensors"),
+        ip_adapter=IPAdapterSource(WeightSource(str(root / "ip_adapter"), ip_adapter_file), "image_encoder"),
+        style_loras={name: WeightSource(loras, file_name) for name, file_name in manifest["styles"].items()},
+        test_sized=True,
+        label=label,
+    )
+
+
+def write_random_loras(
+    pipeline: Any,
+    folder: Path,
+    style_names: list[str],
+    *,
+    portrait_rank: int,
+    lcm_rank: int,
+    style_rank: int,
+    lcm_targets: tuple[str, ...] = ATTENTION_TARGETS,
+    trained_scale: bool = False,
+    dtype: torch.dtype | None = None,
+) -> dict[str, str]:
+    """``portrait.safetensors``, ``lcm.safetensors`` and one ``style-<name>.safetensors`` per style.
+
+    Seeds 1 and 2, then 100, 101, ... in ``style_names`` order; the LCM LoRA
+    adapts ``lcm_targets``, the others the attention projections.  Returns
+    each style's file name (what ``complete.json`` records).
+    """
+    options: dict[str, Any] = {"trained_scale": trained_scale, "dtype": dtype}
+    write_random_lora(pipeline, folder, "portrait.safetensors", seed=1, rank=portrait_rank, **options)
+    write_random_lora(pipeline, folder, "lcm.safetensors", seed=2, rank=lcm_rank, targets=lcm_targets, **options)
+    style_files = {}
+    for index, name in enumerate(style_names):
+        file_name = f"style-{_safe_file_stem(name)}.safetensors"
+        write_random_lora(pipeline, folder, file_name, seed=100 + index, rank=style_rank, **options)
+        style_files[name] = file_name
+    return style_files
+
+
+def write_random_lora(
+    pipeline: Any,
+    folder: Path,
+    file_name: str,
+    *,
+    seed: int,
+    rank: int,
+    targets: tuple[str, ...] = ATTENTION_TARGETS,
+    trained_scale: bool = False,
+    dtype: torch.dtype | None = None,
+) -> None:
     """A random UNet LoRA in the file format diffusers' training scripts write.
 
     peft initialises ``lora_B`` to zero (a LoRA that does nothing), so both
-    matrices are drawn at random here; otherwise a test that a LoRA "changes
-    the pixels" could not fail.
+    matrices are drawn at random here.  By default both at 0.2: strong, so that
+    a test that a LoRA "changes the pixels" could fail (the tiny weights).
+    ``trained_scale`` draws them at the scale of trained LoRAs instead (A ~
+    1/sqrt(fan-in), B small), so that three active adapters on a full-size UNet
+    keep activations in range: overflowing values would make a timing
+    meaningless (denormals and NaNs run at other speeds on CPUs).
     """
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
@@ -455,16 +540,26 @@ def _write_tiny_lora(pipeline, folder: Path, file_name: str, *, seed: int, rank:
 
     unet = pipeline.unet
     adapter_name = f"build_{seed}"
-    config = LoraConfig(
-        r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]
-    )
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
     unet.add_adapter(config, adapter_name=adapter_name)
     generator = torch.Generator().manual_seed(seed)
+    a_scale, b_scale = (None, 0.02) if trained_scale else (0.2, 0.2)
     with torch.no_grad():
         for name, parameter in unet.named_parameters():
-            if f".{adapter_name}." in name and "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=adapter_name))
+            if f".{adapter_name}." not in name:
+                continue
+            if ".lora_A." in name:
+                values = torch.randn(parameter.shape, generator=generator)
+                parameter.copy_(values / parameter[0].numel() ** 0.5 if a_scale is None else values * a_scale)
+            elif ".lora_B." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * b_scale)
+    state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    if set(targets) <= set(ATTENTION_TARGETS):
+        # diffusers' key conversion knows only the attention projections; a
+        # file half converted would load only in part, so others stay in
+        # peft's own format, which diffusers reads as well.
+        state = convert_state_dict_to_diffusers(state)
+    state = {key: (value if dtype is None else value.to(dtype)).contiguous() for key, value in state.items()}
     type(pipeline).save_lora_weights(folder, unet_lora_layers=state, weight_name=file_name, safe_serialization=True)
     unet.delete_adapters(adapter_name)
 
@@ -492,47 +587,63 @@ def ip_adapter_attention_slots(unet: Any) -> list[tuple[int, int]]:
     return slots
 
 
-def _write_tiny_ip_adapter(folder: Path, unet) -> None:  # noqa: ANN001
-    """An IP-Adapter *Plus Face* file and its CLIP image encoder, tiny.
-
-    The file layout is the original one (``image_proj.*`` Resampler keys and
-    ``ip_adapter.N.to_k_ip/to_v_ip`` per cross-attention processor), which
-    diffusers converts on load; so this exercises the same conversion as
-    ``ip-adapter-plus-face_sd15.safetensors``.
-    """
-    from safetensors.torch import save_file
+def write_random_image_encoder(folder: Path, *, dtype: torch.dtype | None = None, **config: Any) -> None:
+    """A random CLIP vision encoder with projection (``CLIPVisionConfig(**config)``) and its image processor."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    image_size = 32
-    vision_hidden = 32
-    encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=vision_hidden,
-            image_size=image_size,
-            patch_size=8,
-            projection_dim=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=37,
-        )
-    )
-    encoder.save_pretrained(folder / "image_encoder", safe_serialization=True)
-    CLIPImageProcessor(size=image_size, crop_size=image_size).save_pretrained(folder / "image_encoder")
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config))
+    if dtype is not None:
+        encoder.to(dtype)
+    encoder.save_pretrained(folder, safe_serialization=True)
+    size = config["image_size"]
+    CLIPImageProcessor(size=size, crop_size=size).save_pretrained(folder)
+
+
+def write_random_ip_adapter(
+    path: Path,
+    unet: Any,
+    *,
+    image_hidden: int,
+    hidden: int,
+    queries: int,
+    heads: int,
+    layers: int = 4,
+    ffn_ratio: int = 4,
+    scale: float | None = None,
+    slot_scale: float | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """A random IP-Adapter *Plus Face* file in its original layout, which diffusers converts on load.
+
+    ``image_proj.*`` is the Resampler: it reads the image encoder's
+    penultimate hidden states (``image_hidden`` wide) with ``queries`` queries
+    of width ``hidden`` and ``heads`` heads of 64, in ``layers`` layers, and
+    projects to the UNet's cross-attention width; then ``to_k_ip``/``to_v_ip``
+    per cross-attention processor (``ip_adapter.N.*``).  The real
+    ``ip-adapter-plus-face_sd15.safetensors`` is image_hidden 1280 (ViT-H),
+    hidden 768, 16 queries, 12 heads.  Weights are drawn with the global torch
+    generator, times ``scale`` (Resampler) and ``slot_scale`` (the per-processor
+    keys and values), or divided by sqrt(fan-in) where those are ``None``.
+    """
+    from safetensors.torch import save_file
 
     cross_attention_dim = unet.config.cross_attention_dim
-    hidden = 32  # the Resampler's width
-    heads = 1  # diffusers derives heads as to_q rows // 64
-    inner = heads * 64
+    inner = heads * 64  # diffusers derives heads as to_q rows // 64
+
+    def draw(*shape: int, times: float | None = scale) -> torch.Tensor:
+        values = torch.randn(*shape)
+        return values / shape[-1] ** 0.5 if times is None else values * times
+
     tensors: dict[str, torch.Tensor] = {
-        "image_proj.latents": torch.randn(1, 4, hidden) / hidden**0.5,
-        "image_proj.proj_in.weight": torch.randn(hidden, vision_hidden) * 0.1,
+        "image_proj.latents": torch.randn(1, queries, hidden) / hidden**0.5,
+        "image_proj.proj_in.weight": draw(hidden, image_hidden),
         "image_proj.proj_in.bias": torch.zeros(hidden),
-        "image_proj.proj_out.weight": torch.randn(cross_attention_dim, hidden) * 0.1,
+        "image_proj.proj_out.weight": draw(cross_attention_dim, hidden),
         "image_proj.proj_out.bias": torch.zeros(cross_attention_dim),
         "image_proj.norm_out.weight": torch.ones(cross_attention_dim),
         "image_proj.norm_out.bias": torch.zeros(cross_attention_dim),
     }
-    for layer in range(4):
+    for layer in range(layers):
         prefix = f"image_proj.layers.{layer}"
         tensors.update(
             {
@@ -540,18 +651,17 @@ def _write_tiny_ip_adapter(folder: Path, unet) -> None:  # noqa: ANN001
                 f"{prefix}.0.norm1.bias": torch.zeros(hidden),
                 f"{prefix}.0.norm2.weight": torch.ones(hidden),
                 f"{prefix}.0.norm2.bias": torch.zeros(hidden),
-                f"{prefix}.0.to_q.weight": torch.randn(inner, hidden) * 0.1,
-                f"{prefix}.0.to_kv.weight": torch.randn(2 * inner, hidden) * 0.1,
-                f"{prefix}.0.to_out.weight": torch.randn(hidden, inner) * 0.1,
+                f"{prefix}.0.to_q.weight": draw(inner, hidden),
+                f"{prefix}.0.to_kv.weight": draw(2 * inner, hidden),
+                f"{prefix}.0.to_out.weight": draw(hidden, inner),
                 f"{prefix}.1.0.weight": torch.ones(hidden),
                 f"{prefix}.1.0.bias": torch.zeros(hidden),
-                f"{prefix}.1.1.weight": torch.randn(hidden * 4, hidden) * 0.1,
-                f"{prefix}.1.3.weight": torch.randn(hidden, hidden * 4) * 0.1,
+                f"{prefix}.1.1.weight": draw(hidden * ffn_ratio, hidden),
+                f"{prefix}.1.3.weight": draw(hidden, hidden * ffn_ratio),
             }
         )
     for key_id, block_channels in ip_adapter_attention_slots(unet):
-        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = torch.randn(block_channels, cross_attention_dim) * 0.3
-        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = torch.randn(block_channels, cross_attention_dim) * 0.3
-    save_file(
-        {key: value.contiguous() for key, value in tensors.items()}, folder / "ip-adapter-plus-face_tiny.safetensors"
-    )
+        tensors[f"ip_adapter.{key_id}.to_k_ip.weight"] = draw(block_channels, cross_attention_dim, times=slot_scale)
+        tensors[f"ip_adapter.{key_id}.to_v_ip.weight"] = draw(block_channels, cross_attention_dim, times=slot_scale)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({key: (value if dtype is None else value.to(dtype)).contiguous() for key, value in tensors.items()}, path)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from mmpp.feedback import FeedbackRows
 
 ENGINE_COMMANDS = {
@@ -41,10 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command == "bench":
-        # Benchmarks are tools of the checkout, not of the installed product (see bench/__init__.py).
-        from bench.cli import main as bench_main
-
-        return bench_main(rest)
+        return _bench(rest)
     if command == "eval":
         return _eval(rest)
     if command in ENGINE_COMMANDS:
@@ -57,6 +53,32 @@ def main(argv: list[str] | None = None) -> int:
         return bot_main(command, rest)
     print(f"error[UNKNOWN_COMMAND]: 'mmpp {command[:40]}' is not a command; try 'mmpp --help'.", file=sys.stderr)
     return 2
+
+
+#: Where a source checkout has its top-level folders, when this file is ``<checkout>/mmpp/cli.py``.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _bench(argv: list[str]) -> int:
+    """``mmpp bench``: the benchmarks are tools of the checkout, not of the installed product (bench/__init__.py).
+
+    An editable install maps ``bot``, ``engine`` and ``mmpp`` only, so the
+    checkout this ``mmpp`` sits in goes on ``sys.path`` (first, so that its
+    ``bench`` and ``tests`` win over any installed namesakes), for this
+    subcommand alone.
+    """
+    if not (CHECKOUT / "bench" / "cli.py").is_file():
+        print(
+            "error[INVALID_REQUEST]: mmpp bench runs from a source checkout (git clone; pip install -e .); "
+            f"this mmpp is installed without one ({CHECKOUT} has no bench/).",
+            file=sys.stderr,
+        )
+        return 2
+    if str(CHECKOUT) not in sys.path:
+        sys.path.insert(0, str(CHECKOUT))
+    from bench.cli import main as bench_main
+
+    return bench_main(argv)
 
 
 def _eval(argv: list[str]) -> int:

@@ -15,7 +15,6 @@ import contextlib
 import io
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,8 +26,8 @@ from mmpp.contract import GenerateResult
 from mmpp.errors import ErrorCode
 
 RUNS = {
-    "discord": ["bots", "--users", "10", "--seconds", "5", "--json"],
-    "telegram": ["bots", "--platform", "telegram", "--users", "5", "--seconds", "3", "--json"],
+    "discord": ["--users", "10", "--seconds", "5", "--json"],
+    "telegram": ["--platform", "telegram", "--users", "5", "--seconds", "3", "--json"],
 }
 
 
@@ -106,10 +105,9 @@ def test_mmpp_bench_bots_is_routed_to_the_bot_side(capsys: pytest.CaptureFixture
     assert bench.main(["engine"]) == bench.EXIT_BAD_INPUT
 
 
-def test_outside_a_checkout_the_fakes_are_missing_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(bench, "CHECKOUT", tmp_path)
-    monkeypatch.delitem(sys.modules, "_mmpp_bench_fakes_telegram_api", raising=False)
+def test_outside_a_checkout_the_fakes_are_missing_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tests.fakes.telegram_api", None)  # what an import finds when there is none
     with pytest.raises(bench.BenchError) as refused:
-        bench.load_fake("telegram_api")
+        bench.make_platform("telegram")
     assert refused.value.code is ErrorCode.NOT_FOUND
     assert "checkout" in refused.value.as_line() and "\n" not in refused.value.as_line()

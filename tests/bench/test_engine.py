@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench import engine as bench
+from bench.cli import main as bench_main
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def report(cache_dir: Path) -> dict:
     # Module-scoped so the benchmark runs once; pytest's capsys is per test.
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
-        status = bench.main(["engine", "--shape", "tiny", "--repeats", "1", "--json"])
+        status = bench.main(["--shape", "tiny", "--repeats", "1", "--json"])
     assert status == 0
     return json.loads(buffer.getvalue())
 
@@ -101,7 +102,7 @@ def test_the_table_names_every_target(report: dict) -> None:
 
 @pytest.mark.parametrize("argv", [[], ["nothing"], ["engine", "--shape", "huge"], ["engine", "--repeats", "0"]])
 def test_bad_targets_and_options_are_one_line_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert bench.main(argv) == 2
+    assert bench_main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error[INVALID_REQUEST]: ")

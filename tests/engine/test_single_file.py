@@ -1,7 +1,7 @@
 """The single-file (original CompVis/A1111 layout) loading path, on the tiny models.
 
 The tiny weights's diffusers components are written as one ``.safetensors``
-file with the original key names (``engine.single_file``) and loaded back
+file with the original key names (``tests.support.single_file``) and loaded back
 through ``engine.pipeline.load_base_pipeline``, i.e. through diffusers'
 ``from_single_file`` and its key conversion, offline.  Every weight must come
 back bit for bit and the pictures must not change by a single pixel.
@@ -24,7 +24,10 @@ from PIL import Image
 
 from engine.models import ModelSources, build_tiny_pipeline, build_tiny_weights, detect_family
 from engine.pipeline import Engine, load_base_pipeline
-from engine.single_file import (
+from mmpp.contract import GenerateRequest, Mode
+from tests.conftest import SAMPLE_SELFIE
+from tests.engine.conftest import make_settings
+from tests.support.single_file import (
     SD15_CLIP_PREFIX,
     SDXL_CLIP_PREFIX,
     SDXL_OPEN_CLIP_PREFIX,
@@ -33,9 +36,6 @@ from engine.single_file import (
     save_as_single_file,
     to_original_state_dict,
 )
-from mmpp.contract import GenerateRequest, Mode
-from tests.conftest import SAMPLE_SELFIE
-from tests.engine.conftest import make_settings
 
 PROMPT = "a person portrait photo, anime style"
 

@@ -6,9 +6,8 @@ Stable Diffusion code (the one A1111, ComfyUI and most model sites use).
 That last path goes through diffusers' ``from_single_file`` and its key
 conversion, which no test could reach without downloading a multi-gigabyte
 checkpoint.  Writing the tiny weights' random components in that layout lets
-the tests load them back through exactly the production code; the same
-function also lets a user export a diffusers model (a merged or fine-tuned
-one, say) for tools that only read single files.
+the tests load them back through exactly the production code.  It is test
+support (``tests/support/``): no product code calls it, so it is not shipped.
 
 The mapping here is the inverse of diffusers' ``convert_ldm_unet_checkpoint``,
 ``convert_ldm_vae_checkpoint``, ``convert_ldm_clip_checkpoint`` and
