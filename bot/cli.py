@@ -19,6 +19,7 @@ from mmpp.logs import configure_logging
 
 logger = logging.getLogger(__name__)
 
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     parser = OneLineParser(prog=f"mmpp {command}")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -88,7 +89,7 @@ async def _dispatch(command: str, arguments: argparse.Namespace, settings: BotSe
 
 
 async def _feedback(settings: BotSettings, arguments: argparse.Namespace) -> int:
-    from bot.core.service import feedback_report
+    from bot.core.ratings import feedback_report
     from bot.storage import Storage
 
     storage = await Storage.open(settings.database)

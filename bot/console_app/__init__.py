@@ -14,8 +14,7 @@ import uuid
 from pathlib import Path
 from typing import TextIO
 
-from bot.core import ChatCore, Person, ProfileOrder, parse_console_line
-from bot.core.service import PostedCallback
+from bot.core import ChatCore, Person, PostedCallback, ProfileOrder, parse_console_line
 from bot.storage import Job, StoredPicture
 from mmpp.errors import ErrorCode, MmppError
 

@@ -2,10 +2,22 @@
 
 Adapters translate platform events into calls on :class:`ChatCore` and
 implement :class:`Delivery` to put the core's replies on their platform.
+
+* :mod:`bot.core.service`: :class:`ChatCore`, the facade the adapters call, composed of:
+* :mod:`bot.core.jobs`: the job lifecycle (order, enqueue, follow, complete, deliver, resume, forget)
+  and the photo checks;
+* :mod:`bot.core.ratings`: the rating scale and reactions, rating, withdrawing, last reaction wins,
+  the ratings report;
+* :mod:`bot.core.moderation`: deny and admin lists, the prompt filter, quotas and which chat they count;
+* :mod:`bot.core.texts`: every text people read (help, styles, history, privacy, captions, status);
+* :mod:`bot.core.choices`: photos waiting for their sender to pick a style (bounded);
+* :mod:`bot.core.commands`: parsing what people type (console lines, captions, which photos are orders);
+* :mod:`bot.core.platform`: what adapters and the core exchange (Person, ProfileOrder, Delivery).
 """
 
-from bot.core.commands import CommandError, ParsedCommand, parse_caption, parse_console_line
-from bot.core.service import ChatCore, Delivery, Person, ProfileOrder
+from bot.core.commands import CommandError, ParsedCommand, parse_caption, parse_console_line, photo_order
+from bot.core.platform import Delivery, Person, PostedCallback, ProfileOrder
+from bot.core.service import ChatCore
 
 __all__ = [
     "ChatCore",
@@ -13,7 +25,9 @@ __all__ = [
     "Delivery",
     "ParsedCommand",
     "Person",
+    "PostedCallback",
     "ProfileOrder",
     "parse_caption",
     "parse_console_line",
+    "photo_order",
 ]

@@ -102,6 +102,22 @@ def parse_caption(text: str | None, bot_username: str = "") -> ParsedCommand | N
     return ParsedCommand("profile", options)
 
 
+def photo_order(caption: str | None, bot_username: str = "", *, in_group: bool = False) -> dict[str, str] | None:
+    """The profile options a photo's caption asks for; ``None`` when the photo is not an order for us.
+
+    In a private chat every photo is for us (a bare style, a style and a prompt, or nothing,
+    and then the style is asked for).  In a group people share photos with each other, so only
+    a caption that is a command (``/profile anime``, ``/profile@ThisBot anime``) is for us; a
+    command for another bot, or another command than /profile, is not an order either.
+    """
+    command = parse_caption(caption, bot_username)
+    if command is None or (in_group and not (caption or "").startswith("/")):
+        return None
+    if command.name != "profile":
+        return None
+    return dict(command.options)
+
+
 @dataclass(frozen=True)
 class ProfileOptions:
     style: str | None

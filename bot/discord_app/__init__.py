@@ -20,11 +20,12 @@ from typing import Any, Literal
 import discord
 from discord import app_commands
 
-from bot.core import ChatCore, Person, ProfileOrder
-from bot.core.service import RATING_KEYCAPS, RATING_SCALE, PostedCallback, score_for_reaction
+from bot.core import ChatCore, Person, PostedCallback, ProfileOrder, texts
+from bot.core.ratings import RATING_KEYCAPS
+from bot.discord_app.endpoints import EndpointHTTPClient, Endpoints
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
-from mmpp.contract import MAX_PICTURES, MAX_UPLOAD_BYTES
+from mmpp.contract import MAX_PICTURES
 from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,6 @@ PLATFORM = "discord"
 #: Interaction tokens last 15 minutes; stop using one a minute before.
 TOKEN_LIFETIME_SECONDS = 14 * 60
 HOW_TO_ORDER = "Use /profile with a style and your selfie as the photo; rate the pictures with the 1️⃣-5️⃣ reactions."
-IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/heic", "image/heif"}
 
 
 def person_of(user: discord.abc.User) -> Person:
@@ -47,6 +47,11 @@ def failure_line(code: ErrorCode, text: str) -> str:
 
 def token_alive(context: dict[str, Any]) -> bool:
     return bool(context.get("token")) and time.time() < float(context.get("token_expires_at", 0))
+
+
+def where(interaction: discord.Interaction) -> tuple[str, str | None]:
+    """``(chat_id, server_id)``: the channel, and the server it belongs to (``None`` in direct messages)."""
+    return str(interaction.channel_id), str(interaction.guild_id) if interaction.guild_id else None
 
 
 def interaction_context(interaction: discord.Interaction) -> dict[str, Any]:
@@ -85,14 +90,22 @@ class DiscordDelivery:
         context = job.reply_context
         if not token_alive(context):
             return None
-        message = await self._webhook(context).edit_message(int(context["original_message_id"]), content=text)
+        with self.client.endpoints.active():
+            message = await self._webhook(context).edit_message(int(context["original_message_id"]), content=text)
         return str(message.id)
 
     async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
         if token_alive(job.reply_context):
-            await self._webhook(job.reply_context).edit_message(int(message_ref), content=text)
+            with self.client.endpoints.active():
+                await self._webhook(job.reply_context).edit_message(int(message_ref), content=text)
 
     async def post_pictures(
+        self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
+    ) -> None:
+        with self.client.endpoints.active():
+            await self._post_pictures(job, pictures, caption, on_posted)
+
+    async def _post_pictures(
         self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
     ) -> None:
         context = job.reply_context
@@ -111,7 +124,7 @@ class DiscordDelivery:
             try:
                 await self._webhook(context).edit_message(
                     int(job.status_message_id),
-                    content=f"Done: {len(pictures)} pictures below. Rate them: {RATING_SCALE}.",
+                    content=texts.pictures_done(len(pictures)),
                 )
             except discord.HTTPException:
                 logger.info("could not edit the status of job %s", job.id)
@@ -137,9 +150,14 @@ class DiscordDelivery:
     async def post_notice(self, job: Job, text: str) -> None:
         """Only the person sees it: an ephemeral follow-up while the interaction lives."""
         if token_alive(job.reply_context):
-            await self._webhook(job.reply_context).send(content=text, ephemeral=True, wait=True)
+            with self.client.endpoints.active():
+                await self._webhook(job.reply_context).send(content=text, ephemeral=True, wait=True)
 
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
+        with self.client.endpoints.active():
+            await self._post_failure(job, code, text)
+
+    async def _post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
         context = job.reply_context
         if token_alive(context):
             webhook = self._webhook(context)
@@ -212,11 +230,11 @@ async def run_followup_job(interaction: discord.Interaction, job_id: int, style:
     await interaction.response.defer(thinking=True)
     original = await interaction.original_response()
     context = {**interaction_context(interaction), "original_message_id": original.id}
+    chat_id, server_id = where(interaction)
     try:
         await client.core.reroll(
-            person_of(interaction.user), job_id, f"interaction:{interaction.id}",
-            str(interaction.guild_id or interaction.channel_id), context,
-            style=style,
+            person_of(interaction.user), job_id, f"interaction:{interaction.id}", chat_id, context,
+            style=style, server_id=server_id,
         )  # fmt: skip
     except MmppError as error:
         await replace_with_ephemeral_error(interaction, error)
@@ -240,6 +258,11 @@ class MmppClient(discord.Client):
         intents = discord.Intents.default()
         intents.message_content = False
         super().__init__(intents=intents, guild_ready_timeout=settings.discord_guild_ready_timeout)
+        # This client's own addresses (Discord's, or a loopback fake's), without touching discord.py's
+        # class attributes: see bot/discord_app/endpoints.py.  Swapped in before anything holds the old one.
+        self.endpoints = Endpoints(settings.discord_api_base, settings.discord_gateway_url)
+        self.http = EndpointHTTPClient(self.loop, endpoints=self.endpoints)
+        self._connection.http = self.http
         self.core = core
         self.settings = settings
         self.tree = app_commands.CommandTree(self)
@@ -261,20 +284,16 @@ class MmppClient(discord.Client):
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         if self.user is not None and payload.user_id == self.user.id:
-            return
-        stars = score_for_reaction(str(payload.emoji))
-        if stars is None:
-            return
-        await self.core.rate_message(
-            Person(PLATFORM, str(payload.user_id), payload.member.display_name if payload.member else ""),
-            str(payload.message_id), stars, "reaction",
-        )  # fmt: skip
+            return  # the keycaps the bot itself puts under each picture
+        rater = Person(PLATFORM, str(payload.user_id), payload.member.display_name if payload.member else "")
+        await self.core.reaction_added(rater, str(payload.message_id), str(payload.emoji))
 
     async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
-        stars = score_for_reaction(str(payload.emoji))
-        if stars is None or (self.user is not None and payload.user_id == self.user.id):
+        if self.user is not None and payload.user_id == self.user.id:
             return
-        await self.core.withdraw_reaction(Person(PLATFORM, str(payload.user_id)), str(payload.message_id), stars)
+        await self.core.reaction_removed(
+            Person(PLATFORM, str(payload.user_id)), str(payload.message_id), str(payload.emoji)
+        )
 
     async def on_tree_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         original = getattr(error, "original", error)
@@ -284,7 +303,7 @@ class MmppClient(discord.Client):
             text = failure_line(ErrorCode.INVALID_REQUEST, f"I could not read the value {str(error.value)[:40]!r}.")
         else:
             logger.error("command failed: %s", type(original).__name__, exc_info=original)
-            text = failure_line(ErrorCode.INTERNAL, "Something went wrong on our side; please try again.")
+            text = failure_line(ErrorCode.INTERNAL, texts.SOMETHING_WENT_WRONG)
         try:
             if interaction.response.is_done():
                 await interaction.followup.send(text, ephemeral=True)
@@ -300,7 +319,7 @@ def register_commands(client: MmppClient) -> None:
     @client.tree.command(name="profile", description="Turn your selfie into profile pictures")
     @app_commands.describe(
         style="the style of the pictures",
-        photo="a clear selfie: one face, JPEG, PNG or WebP",
+        photo=f"a clear selfie: one face, {texts.accepted_photos()}",
         prompt="who or what you are in the picture (optional)",
         count="how many pictures, 1-4",
         mode="fast (a few seconds) or quality (slower, finer)",
@@ -318,10 +337,7 @@ def register_commands(client: MmppClient) -> None:
             options["mode"] = mode
         try:
             core.check_profile(options)
-            if photo.size > MAX_UPLOAD_BYTES:
-                raise MmppError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
-            if photo.content_type and photo.content_type.split(";")[0] not in IMAGE_TYPES:
-                raise MmppError(ErrorCode.NOT_AN_IMAGE, "Attach a photo: JPEG, PNG or WebP.")
+            core.check_photo(photo.size, photo.content_type)  # before downloading it
         except MmppError as error:
             await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
             return
@@ -335,15 +351,11 @@ def register_commands(client: MmppClient) -> None:
             return
         original = await interaction.original_response()
         context = {**interaction_context(interaction), "original_message_id": original.id}
-        # The chat for quotas is the whole server (or the DM channel).
+        chat_id, server_id = where(interaction)
         order = ProfileOrder(
-            person_of(interaction.user),
-            f"interaction:{interaction.id}",
-            str(interaction.guild_id or interaction.channel_id),
-            context,
-            options,
-            data,
-        )
+            person_of(interaction.user), f"interaction:{interaction.id}", chat_id, context, options, data,
+            server_id=server_id, photo_type=photo.content_type,
+        )  # fmt: skip
         try:
             await core.order_profile(order)
         except MmppError as error:
@@ -387,11 +399,6 @@ class DiscordAdapter:
     def __init__(self, core: ChatCore, settings: BotSettings, token: str | None = None) -> None:
         self.settings = settings
         self.token = token or settings.discord_token.get_secret_value()
-        discord.http.Route.BASE = settings.discord_api_base
-        if settings.discord_gateway_url:
-            import yarl
-
-            discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
         self.client = MmppClient(core, settings)
         self.delivery = DiscordDelivery(self.client)
         core.attach(self.delivery)
@@ -400,7 +407,9 @@ class DiscordAdapter:
     async def open(self) -> None:
         """Log in and wait for READY, so resumed jobs can be delivered at once."""
         await self.client.login(self.token)
-        self._runner = asyncio.create_task(self.client.connect(reconnect=True))
+        # Every event handler runs in a task started from this one, so inherits its context: the webhook
+        # requests of interactions go to this client's endpoints.
+        self._runner = asyncio.create_task(self.client.connect(reconnect=True), context=self.client.endpoints.context())
         ready = asyncio.create_task(self.client.ready.wait())
         done, _ = await asyncio.wait({ready, self._runner}, return_when=asyncio.FIRST_COMPLETED)
         if self._runner in done:

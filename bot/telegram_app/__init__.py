@@ -12,13 +12,15 @@ URLs or exception texts from the HTTP layer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import secrets
-from collections import OrderedDict
+import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telegram import (
     BotCommand,
+    CallbackQuery,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     InputMediaPhoto,
@@ -40,11 +42,9 @@ from telegram.ext import (
     filters,
 )
 
-from bot.core import ChatCore, Person, ProfileOrder, parse_caption
-from bot.core.service import PostedCallback, score_for_reaction
+from bot.core import ChatCore, Person, PostedCallback, ProfileOrder, parse_caption, photo_order, texts
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
-from mmpp.contract import MAX_UPLOAD_BYTES
 from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
@@ -60,11 +60,16 @@ COMMANDS = [
     ("history", "your recent jobs"),
     ("forget", "delete everything about you"),
 ]
-#: Photos waiting for a style choice, keyed by a short token (callback data
-#: holds at most 64 bytes, a file id is longer).  Bounded: a forgotten choice
-#: is dropped, and the person simply sends the photo again.
-PENDING_LIMIT = 1000
 SEND_ATTEMPTS = 4
+#: Callback data of the inline buttons (at most 64 bytes), one kind per button, each routed to its own
+#: handler by pattern.  The short tags of earlier versions (r, rr, s) are still understood, so buttons
+#: under pictures posted before keep working.
+RATE_BUTTON = "rate:{picture_id}:{stars}"
+REROLL_BUTTON = "reroll:{job_id}"
+STYLE_BUTTON = "style:{token}:{style}"
+RATE_PATTERN = r"^(?:rate|r):(?P<picture>[0-9]+):(?P<stars>[1-5])$"
+REROLL_PATTERN = r"^(?:reroll|rr):(?P<job>[0-9]+)$"
+STYLE_PATTERN = r"^(?:style|s):(?P<token>[A-Za-z0-9_-]+):(?P<style>[a-z0-9-]+)$"
 
 
 def person_of(user: Any) -> Person:
@@ -155,7 +160,7 @@ class TelegramDelivery:
             for picture, message in zip(pictures, messages, strict=False):
                 await on_posted(picture, message_ref(chat_id, message.message_id))
             await with_retries(
-                self.bot.send_message, chat_id=chat_id, text="Rate them (1 = poor, 5 = love it):",
+                self.bot.send_message, chat_id=chat_id, text=texts.RATE_THEM,
                 reply_markup=rating_keyboard(job, pictures),
             )  # fmt: skip
         if job.status_message_id:
@@ -186,12 +191,13 @@ def rating_keyboard(job: Job, pictures: list[StoredPicture]) -> InlineKeyboardMa
         rows.append(
             [
                 InlineKeyboardButton(
-                    f"{label}{stars}★" if stars == 1 else f"{stars}★", callback_data=f"r:{picture.id}:{stars}"
+                    f"{label}{stars}★" if stars == 1 else f"{stars}★",
+                    callback_data=RATE_BUTTON.format(picture_id=picture.id, stars=stars),
                 )
                 for stars in range(1, 6)
             ]
         )
-    rows.append([InlineKeyboardButton("🔁 Re-roll", callback_data=f"rr:{job.id}")])
+    rows.append([InlineKeyboardButton("🔁 Re-roll", callback_data=REROLL_BUTTON.format(job_id=job.id))])
     return InlineKeyboardMarkup(rows)
 
 
@@ -223,18 +229,18 @@ async def on_profile_without_photo(update: Update, context: ContextTypes.DEFAULT
     await reply_line(update, "Send a selfie with the caption /profile STYLE (for example /profile anime).")
 
 
-def _largest_photo(message: Message) -> tuple[str, int | None] | None:
+def _largest_photo(message: Message) -> tuple[str, int | None, str | None] | None:
+    """``(file_id, size, declared type)``; a photo Telegram compressed declares none (it is a JPEG)."""
     if message.photo:
         largest = message.photo[-1]
-        return largest.file_id, largest.file_size
+        return largest.file_id, largest.file_size, None
     if message.document and (message.document.mime_type or "").startswith("image/"):
-        return message.document.file_id, message.document.file_size
+        return message.document.file_id, message.document.file_size, message.document.mime_type
     return None
 
 
-async def _download(context: ContextTypes.DEFAULT_TYPE, file_id: str, size: int | None) -> bytes:
-    if size is not None and size > MAX_UPLOAD_BYTES:
-        raise MmppError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
+async def _download(context: ContextTypes.DEFAULT_TYPE, file_id: str, size: int | None, mime_type: str | None) -> bytes:
+    core_of(context).check_photo(size, mime_type)  # before downloading it
     try:
         telegram_file = await with_retries(context.bot.get_file, file_id)
         return bytes(await telegram_file.download_as_bytearray())
@@ -252,95 +258,109 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     photo = _largest_photo(message)
     if photo is None:
         return
-    is_group = message.chat.type in {ChatType.GROUP, ChatType.SUPERGROUP}
-    command = parse_caption(message.caption, context.bot.username or "")
-    if command is None or (is_group and not (message.caption or "").startswith("/")):
-        return  # a photo in a group that is not addressed to us
-    if command.name != "profile":
+    in_group = message.chat.type in {ChatType.GROUP, ChatType.SUPERGROUP}
+    options = photo_order(message.caption, context.bot.username or "", in_group=in_group)
+    if options is None:
+        return  # not an order for us (in a group, only a /profile caption is)
+    requester = person_of(update.effective_user)
+    if not options.get("style"):
+        token = core.await_style(requester, photo, options)
+        await with_retries(message.reply_text, texts.ASK_FOR_STYLE, reply_markup=style_keyboard(core, token))
         return
-    if not command.options.get("style"):
-        token = secrets.token_urlsafe(6)
-        pending: OrderedDict[str, tuple[str, int | None]] = context.application.bot_data.setdefault(
-            "pending_photos", OrderedDict()
-        )
-        pending[token] = photo
-        while len(pending) > PENDING_LIMIT:
-            pending.popitem(last=False)
-        context.application.bot_data.setdefault("pending_options", {})[token] = command.options
-        await with_retries(message.reply_text, "Which style?", reply_markup=style_keyboard(core, token))
-        return
-    core.check_profile(command.options)
+    core.check_profile(options)
     data = await _download(context, *photo)
     order = ProfileOrder(
-        requester=person_of(update.effective_user),
+        requester=requester,
         event_key=f"update:{update.update_id}",
         chat_id=str(message.chat_id),
         reply_context={"chat_id": message.chat_id, "message_id": message.message_id},
-        options=command.options,
+        options=options,
         photo=data,
+        photo_type=photo[2],
     )
     await core.order_profile(order)
 
 
 def style_keyboard(core: ChatCore, token: str) -> InlineKeyboardMarkup:
     buttons = [
-        InlineKeyboardButton(f"{item.emoji} {item.display_name}", callback_data=f"s:{token}:{item.name}")
+        InlineKeyboardButton(
+            f"{item.emoji} {item.display_name}", callback_data=STYLE_BUTTON.format(token=token, style=item.name)
+        )
         for item in core.styles.values()
     ]
     return InlineKeyboardMarkup([buttons[index : index + 2] for index in range(0, len(buttons), 2)])
 
 
-async def on_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    query = update.callback_query
-    if query is None or query.data is None:
-        return
-    core = core_of(context)
-    rater = person_of(query.from_user)
-    kind, _, rest = query.data.partition(":")
+ButtonHandler = Callable[[CallbackQuery, re.Match[str], ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+
+
+def button(handler: ButtonHandler) -> Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]:
+    """A handler for one kind of button: the pattern's match goes in, an error comes back as an alert."""
+
+    @functools.wraps(handler)
+    async def answer(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        query = update.callback_query
+        if query is None or context.match is None:
+            return
+        try:
+            await handler(query, context.match, context)
+        except MmppError as error:
+            await query.answer(f"{error.message} ({error.code.value})"[:200], show_alert=True)
+
+    return answer
+
+
+def _where(query: CallbackQuery) -> tuple[int, dict[str, Any]]:
     chat_id = query.message.chat.id if query.message else query.from_user.id
-    try:
-        if kind == "r":
-            picture_id, _, stars = rest.partition(":")
-            await core.rate(rater, int(picture_id), int(stars), "button")
-            await query.answer(f"Thanks: {stars}★")
-        elif kind == "rr":
-            reply_to = query.message.message_id if query.message else None
-            await core.reroll(
-                rater, int(rest), f"callback:{query.id}", str(chat_id), {"chat_id": chat_id, "message_id": reply_to}
-            )
-            await query.answer("Re-rolling…")
-        elif kind == "s":
-            token, _, style = rest.partition(":")
-            photo = context.application.bot_data.get("pending_photos", {}).pop(token, None)
-            options = dict(context.application.bot_data.get("pending_options", {}).pop(token, {}))
-            if photo is None:
-                raise MmppError(ErrorCode.NOT_FOUND, "That photo is no longer waiting; please send it again.")
-            options["style"] = style
-            core.check_profile(options)
-            data = await _download(context, *photo)
-            reply_to = query.message.message_id if query.message else None
-            reply_context = {"chat_id": chat_id, "message_id": reply_to}
-            await core.order_profile(
-                ProfileOrder(rater, f"callback:{query.id}", str(chat_id), reply_context, options, data)
-            )
-            await query.answer(f"{style}: on it")
-        else:
-            await query.answer()
-    except MmppError as error:
-        await query.answer(f"{error.message} ({error.code.value})"[:200], show_alert=True)
-    except ValueError:
-        await query.answer("That button is not valid anymore.", show_alert=True)
+    reply_to = query.message.message_id if query.message else None
+    return chat_id, {"chat_id": chat_id, "message_id": reply_to}
+
+
+@button
+async def on_rate_button(query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE) -> None:
+    stars = int(match["stars"])
+    await core_of(context).rate(person_of(query.from_user), int(match["picture"]), stars, "button")
+    await query.answer(texts.thanks_for_rating(stars))
+
+
+@button
+async def on_reroll_button(query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE) -> None:
+    chat_id, reply_context = _where(query)
+    await core_of(context).reroll(
+        person_of(query.from_user), int(match["job"]), f"callback:{query.id}", str(chat_id), reply_context
+    )
+    await query.answer(texts.REROLLING)
+
+
+@button
+async def on_style_button(query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE) -> None:
+    core = core_of(context)
+    chooser = person_of(query.from_user)
+    choice = core.take_style_choice(match["token"], chooser, match["style"])
+    data = await _download(context, *choice.photo)
+    chat_id, reply_context = _where(query)
+    await core.order_profile(
+        ProfileOrder(
+            chooser, f"callback:{query.id}", str(chat_id), reply_context, choice.options, data,
+            photo_type=choice.photo[2],
+        )
+    )  # fmt: skip
+    await query.answer(texts.order_taken(match["style"]))
+
+
+async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Any other button data: not one of ours, or from a version that is gone."""
+    if update.callback_query is not None:
+        await update.callback_query.answer(texts.STALE_BUTTON, show_alert=True)
 
 
 async def on_reaction(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     reaction = update.message_reaction
     if reaction is None or reaction.user is None:
         return
-    scores = [score_for_reaction(item.emoji) for item in reaction.new_reaction if isinstance(item, ReactionTypeEmoji)]
-    known = [score for score in scores if score is not None]
-    stars = known[-1] if known else None
-    await core_of(context).rate_message(
-        person_of(reaction.user), message_ref(reaction.chat.id, reaction.message_id), stars, "reaction"
+    emojis = [item.emoji for item in reaction.new_reaction if isinstance(item, ReactionTypeEmoji)]
+    await core_of(context).reactions_now(
+        person_of(reaction.user), message_ref(reaction.chat.id, reaction.message_id), emojis
     )
 
 
@@ -352,7 +372,7 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     else:
         # Exception texts from the HTTP layer can hold the token-bearing URL.
         logger.error("telegram handler failed: %s", type(error).__name__, exc_info=error)
-        text = failure_text(ErrorCode.INTERNAL, "Something went wrong on our side; please try again.")
+        text = failure_text(ErrorCode.INTERNAL, texts.SOMETHING_WENT_WRONG)
     if isinstance(update, Update) and update.effective_message is not None:
         try:
             await update.effective_message.reply_text(text)
@@ -378,7 +398,10 @@ def build_application(core: ChatCore, settings: BotSettings, token: str | None =
     application.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, on_photo))
     application.add_handler(CommandHandler("profile", on_profile_without_photo))
     application.add_handler(MessageHandler(filters.COMMAND, on_unknown_command))
-    application.add_handler(CallbackQueryHandler(on_button))
+    application.add_handler(CallbackQueryHandler(on_rate_button, pattern=RATE_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_reroll_button, pattern=REROLL_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_style_button, pattern=STYLE_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_stale_button))
     application.add_handler(MessageReactionHandler(on_reaction))
     application.add_error_handler(on_error)
     return application

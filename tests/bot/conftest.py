@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.core import ChatCore
+from bot.core import ChatCore, Person, ProfileOrder
 from bot.queue import QueueStatus
 from bot.settings import BotSettings
 from bot.storage import Job, Storage, StoredPicture
@@ -138,3 +138,14 @@ async def core(
     await chat_core.start()
     yield chat_core
     await chat_core.stop()
+
+
+# --------------------------------------------------------------------------- the people and orders of the core tests
+
+ALICE = Person("test", "alice", "Alice")
+BOB = Person("test", "bob", "Bob")
+SELFIE = b"\xff\xd8selfie-bytes"
+
+
+def order(event: str = "event-1", person: Person = ALICE, photo: bytes | None = SELFIE, **options: str) -> ProfileOrder:
+    return ProfileOrder(person, event, "chat-1", {"channel": "chat-1"}, {"style": "anime", **options}, photo)

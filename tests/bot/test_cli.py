@@ -27,7 +27,7 @@ def mmpp(*arguments: str, database: Path) -> subprocess.CompletedProcess[str]:
 
 async def seed(database: Path) -> None:
     storage = await Storage.open(database)
-    owner = await storage.user_id("telegram", "1")
+    owner = await storage.ensure_user("telegram", "1")
     job, _ = await storage.create_job(
         task_id="task-1", user_id=owner, platform="telegram", event_key="u1", chat_id="c", style="anime", prompt="",
         mode="fast", picture_count=2, seed=1, selfie=b"x", reply_context={},
@@ -35,7 +35,7 @@ async def seed(database: Path) -> None:
     first, _ = await storage.store_pictures(job.id, [(1, b"png1"), (2, b"png2")])
     await storage.update_job(job.id, state="done")
     for index, score in enumerate([5, 4, 2]):
-        rater = await storage.user_id("telegram", f"r{index}")
+        rater = await storage.ensure_user("telegram", f"r{index}")
         await storage.set_rating(first.id, rater, score, "button")
     await storage.close()
 

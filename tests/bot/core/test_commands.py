@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.core import parse_caption, parse_console_line
+from bot.core import parse_caption, parse_console_line, photo_order
 from bot.core.commands import MAX_LINE_CHARACTERS, profile_options
 from mmpp.errors import ErrorCode, MmppError
 
@@ -114,3 +114,28 @@ def test_a_caption_style_followed_by_any_prompt_keeps_both(style: str, words: li
     assert command is not None
     assert command.options["style"] == style
     assert command.options.get("prompt", "") == prompt
+
+
+@pytest.mark.parametrize(
+    ("caption", "in_group", "options"),
+    [
+        ("anime", False, {"style": "anime"}),
+        (None, False, {}),  # no caption in a private chat: the style is asked for
+        ("anime", True, None),  # people share photos in groups: only a command is for us
+        (None, True, None),
+        ("/profile anime", True, {"style": "anime"}),
+        ("/profile@MmppBot anime", True, {"style": "anime"}),
+        ("/profile", True, {}),
+        ("/profile@OtherBot anime", True, None),
+        ("/profile@OtherBot anime", False, None),
+        ("/styles", False, None),  # another command under a photo is no order
+    ],
+)
+def test_which_photos_are_orders(caption: str | None, in_group: bool, options: dict[str, str] | None) -> None:
+    assert photo_order(caption, "MmppBot", in_group=in_group) == options
+
+
+def test_a_bad_caption_is_an_error_even_in_a_group() -> None:
+    with pytest.raises(MmppError) as raised:
+        photo_order("/dance", "MmppBot", in_group=True)
+    assert raised.value.code is ErrorCode.UNKNOWN_COMMAND

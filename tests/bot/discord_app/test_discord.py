@@ -15,10 +15,11 @@ from PIL import Image
 
 import bot.discord_app as discord_app
 from bot.core import ChatCore
-from bot.queue import CeleryJobQueue, make_client
+from bot.queue import CeleryJobQueue, JobQueue, make_client
 from bot.settings import BotSettings
 from bot.storage import Storage
 from mmpp.errors import ErrorCode
+from tests.bot.conftest import ScriptedQueue
 from tests.conftest import REDIS_URL, SAMPLE_SELFIE
 from tests.fakes.discord_api import FakeDiscord
 
@@ -36,11 +37,15 @@ class RunningBot:
 
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as server:
+    # No patching of discord.py's class attributes: the adapter's client must reach the fake through the
+    # addresses in its settings alone (bot/discord_app/endpoints.py).
+    async with FakeDiscord(auto_patch=False) as server:
         yield server
 
 
-async def start_bot(fake: FakeDiscord, tmp_path: Path, queue: str, **overrides: object) -> RunningBot:
+async def start_bot(
+    fake: FakeDiscord, tmp_path: Path, queue: str, job_queue: JobQueue | None = None, **overrides: object
+) -> RunningBot:
     values: dict[str, object] = {
         "redis_url": REDIS_URL,
         "queue": queue,
@@ -54,7 +59,7 @@ async def start_bot(fake: FakeDiscord, tmp_path: Path, queue: str, **overrides: 
     values.update(overrides)
     settings = BotSettings(_env_file=None, **values)
     storage = await Storage.open(settings.database)
-    queue_client = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir))
+    queue_client = job_queue or CeleryJobQueue(make_client(settings.redis_url, settings.state_dir))
     core = ChatCore(storage, queue_client, settings)
     adapter = discord_app.DiscordAdapter(core, settings, fake.token)
     await asyncio.wait_for(adapter.open(), 30)
@@ -255,3 +260,42 @@ async def test_styles_history_forget_and_help(running: RunningBot) -> None:
     message = await fake.wait_for_message(lambda item: "nothing stored" in item.get("content", ""))
     assert message["flags"] & 64
     assert ErrorCode.NO_FACE and discord.__version__
+
+
+async def test_a_heic_photo_is_refused_before_anything_is_enqueued(fake: FakeDiscord, tmp_path: Path) -> None:
+    """HEIC is not among the kernel's accepted photo types: the core refuses it in the first reply, as one
+    ephemeral line, before the photo is downloaded and before any job row or queue message exists."""
+    queue = ScriptedQueue()
+    running = await start_bot(fake, tmp_path, "unused", job_queue=queue)
+    try:
+        heic = await fake.send_slash_command(
+            "profile", {"style": "anime"}, attachments={"photo": ("me.heic", b"\x00\x00\x00\x18ftypheic", "image/heic")}
+        )
+        callback = await fake.wait_for_callback(heic)
+        assert callback.type == 4 and callback.ephemeral and "`NOT_AN_IMAGE`" in callback.data["content"]
+        assert "HEIC" in callback.data["content"] and "\n" not in callback.data["content"]
+        assert await running.storage.count("jobs") == 0 and not queue.submitted
+        assert not [request for request in fake.requests if "/attachments/" in request.path]  # never downloaded
+    finally:
+        await stop_bot(running)
+
+
+async def test_the_client_reaches_the_fake_without_changing_discord_py_for_the_process(
+    fake: FakeDiscord, tmp_path: Path
+) -> None:
+    """The adapter's own client talks to the loopback fake (REST, webhooks, gateway) while discord.py's class
+    attributes keep Discord's addresses: another client in this process would still reach Discord."""
+    library = (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+    assert library[0] == "https://discord.com/api/v10"
+    queue = ScriptedQueue()
+    running = await start_bot(fake, tmp_path, "unused", job_queue=queue)
+    try:
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+        await fake.wait_until(lambda: picture_messages(fake) or None, timeout=60)
+        await running.core.wait_idle(timeout=30)
+        assert library == (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+        assert any(request.path.startswith("/webhooks/") for request in fake.requests)  # follow-ups reached it
+        assert any("/reactions/" in request.path for request in fake.requests)  # REST reached it
+    finally:
+        await stop_bot(running)
+    assert library == (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)

@@ -23,6 +23,7 @@ from bot.settings import BotSettings
 from bot.storage import Storage
 from bot.telegram_app import ALLOWED_UPDATES, COMMANDS, TelegramAdapter, TelegramDelivery
 from mmpp.errors import ErrorCode
+from tests.bot.conftest import ScriptedQueue
 from tests.conftest import REDIS_URL, REPO, SAMPLE_SELFIE
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 from tests.images import side_by_side
@@ -107,7 +108,7 @@ async def test_photo_with_caption_to_pictures_to_ratings(running: RunningBot) ->
 
     message = sent.result
     picture = (await storage.pictures(job.id))[0]
-    await fake.press_button(message, BOB, f"r:{picture.id}:4")
+    await fake.press_button(message, BOB, f"rate:{picture.id}:4")
     await fake.wait_for("answerCallbackQuery")
     bob = await storage.find_user("telegram", str(BOB.id))
     assert await storage.rating(picture.id, bob) == 4
@@ -139,7 +140,8 @@ async def test_several_pictures_come_as_a_media_group_with_a_rating_keyboard(run
     assert len(group.result) == 2
     keyboard = await fake.wait_for(lambda call: call.method == "sendMessage" and "Rate them" in call.params["text"])
     rows = keyboard.params["reply_markup"]["inline_keyboard"]
-    assert len(rows) == 3 and rows[-1][0]["callback_data"].startswith("rr:")
+    assert len(rows) == 3 and rows[-1][0]["callback_data"].startswith("reroll:")
+    assert [button["callback_data"].split(":")[0] for button in rows[0]] == ["rate"] * 5
 
 
 async def test_a_photo_without_a_style_gets_a_style_keyboard(running: RunningBot) -> None:
@@ -148,9 +150,16 @@ async def test_a_photo_without_a_style_gets_a_style_keyboard(running: RunningBot
     question = await fake.wait_for(lambda call: call.method == "sendMessage" and call.params["text"] == "Which style?")
     buttons = [button["callback_data"] for row in question.params["reply_markup"]["inline_keyboard"] for button in row]
     watercolor = next(data for data in buttons if data.endswith(":watercolor"))
+    assert watercolor.startswith("style:") and all(len(data.encode()) <= 64 for data in buttons)
+    assert "pending_photos" not in running.adapter.application.bot_data  # kept, bounded, by the core
     await fake.press_button(question.result, ALICE, watercolor)
     sent = await fake.wait_for("sendPhoto", timeout=120)
     assert "Watercolor" in sent.params["caption"]
+    await fake.press_button(question.result, ALICE, watercolor)  # a second press: the photo is taken
+    stale = await fake.wait_for(
+        lambda call: call.method == "answerCallbackQuery" and "no longer waiting" in call.params.get("text", "")
+    )
+    assert stale.params["show_alert"]
 
 
 async def test_a_photo_sent_as_a_document_is_accepted(running: RunningBot) -> None:
@@ -176,7 +185,7 @@ async def test_reroll_reuses_the_selfie(running: RunningBot) -> None:
     await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
     first = await fake.wait_for("sendPhoto", timeout=120)
     job = (await storage.recent_jobs(1))[0]
-    await fake.press_button(first.result, ALICE, f"rr:{job.id}")
+    await fake.press_button(first.result, ALICE, f"reroll:{job.id}")
     await fake.wait_for(lambda call: call.method == "sendPhoto" and call is not first, timeout=120)
     jobs = await storage.recent_jobs(1)
     assert len(jobs) == 2 and jobs[0].parent_job_id == job.id
@@ -373,3 +382,39 @@ async def test_forget_removes_rows_selfies_pictures_and_broker_results(running: 
     assert not broker.exists(result_key)
     for table in ("users", "jobs", "selfies", "pictures", "ratings"):
         assert await storage.count(table) == 0, table
+
+
+async def test_buttons_posted_by_earlier_versions_still_work(fake: FakeTelegram, tmp_path: Path) -> None:
+    """Pictures posted before the buttons got their names carry ``r:PICTURE:STARS`` and ``rr:JOB``: still
+    understood; anything else gets a one-line answer that the button is stale."""
+    settings = settings_for(fake, tmp_path, "unused")
+    storage = await Storage.open(settings.database)
+    core = ChatCore(storage, ScriptedQueue(), settings)
+    adapter = TelegramAdapter(core, settings, TOKEN)
+    await adapter.open()
+    await core.start()
+    try:
+        await fake.wait_polling()
+        await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+        sent = await fake.wait_for("sendPhoto", timeout=60)
+        await core.wait_idle(timeout=30)
+        job = (await storage.recent_jobs(1))[0]
+        (picture,) = await storage.pictures(job.id)
+        old_keyboard = [
+            [{"text": "3★", "callback_data": f"r:{picture.id}:3"}],
+            [{"text": "?", "callback_data": "zz:1"}],
+        ]
+        message = {**sent.result, "reply_markup": {"inline_keyboard": old_keyboard}}
+        fake.messages[(message["chat"]["id"], message["message_id"])] = message
+        await fake.press_button(message, BOB, f"r:{picture.id}:3")
+        await fake.wait_for(lambda call: call.method == "answerCallbackQuery" and "3★" in call.params.get("text", ""))
+        assert await storage.rating(picture.id, await storage.find_user("telegram", str(BOB.id))) == 3
+        await fake.press_button(message, BOB, "zz:1")
+        stale = await fake.wait_for(
+            lambda call: call.method == "answerCallbackQuery" and "not valid" in call.params.get("text", "")
+        )
+        assert stale.params["show_alert"]
+    finally:
+        await core.stop()
+        await adapter.close()
+        await storage.close()

@@ -1,4 +1,5 @@
-"""The chat core's decisions, on a real SQLite database and a scripted queue."""
+"""The job lifecycle (bot/core/jobs.py): order, enqueue, follow, deliver once, resume after a restart, forget;
+on a real SQLite database and a scripted queue."""
 
 from __future__ import annotations
 
@@ -8,20 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.core import ChatCore, Person, ProfileOrder
-from bot.core.service import feedback_report, mean_interval
+from bot.core import ChatCore, ProfileOrder
+from bot.core.jobs import check_photo
 from bot.storage import Storage
-from mmpp.contract import GenerateRequest
+from mmpp.contract import ACCEPTED_PHOTO_TYPES, MAX_UPLOAD_BYTES, GenerateRequest
 from mmpp.errors import ErrorCode, MmppError
-from tests.bot.conftest import RecordingDelivery, ScriptedQueue, bot_settings
-
-ALICE = Person("test", "alice", "Alice")
-BOB = Person("test", "bob", "Bob")
-SELFIE = b"\xff\xd8selfie-bytes"
-
-
-def order(event: str = "event-1", person: Person = ALICE, photo: bytes | None = SELFIE, **options: str) -> ProfileOrder:
-    return ProfileOrder(person, event, "chat-1", {"channel": "chat-1"}, {"style": "anime", **options}, photo)
+from tests.bot.conftest import ALICE, BOB, SELFIE, RecordingDelivery, ScriptedQueue, bot_settings, order
 
 
 async def test_a_job_is_written_before_it_is_enqueued_and_delivered_once(
@@ -122,20 +115,6 @@ async def test_selfies_are_kept_for_the_retention_time_only(
     assert await storage.count("selfies") == 0
 
 
-async def test_quotas(storage: Storage, queue: ScriptedQueue, tmp_path: Path) -> None:
-    queue.progress_polls = 10_000
-    core = ChatCore(storage, queue, bot_settings(tmp_path, max_pending_jobs=1, daily_picture_quota=3))
-    core.attach(RecordingDelivery())
-    await core.order_profile(order("one", count="2"))
-    with pytest.raises(MmppError) as pending:
-        await core.order_profile(order("two"))
-    assert pending.value.code is ErrorCode.QUOTA_EXCEEDED and "in progress" in pending.value.message
-    with pytest.raises(MmppError) as daily:
-        await core.order_profile(order("three", person=BOB, count="4"))
-    assert daily.value.code is ErrorCode.QUOTA_EXCEEDED and "resets at 00:00 UTC" in daily.value.message
-    await core.stop()
-
-
 async def test_a_restarted_bot_delivers_unfinished_jobs_once(storage: Storage, tmp_path: Path) -> None:
     queue = ScriptedQueue(progress_polls=10_000)
     first_delivery = RecordingDelivery()
@@ -143,7 +122,7 @@ async def test_a_restarted_bot_delivers_unfinished_jobs_once(storage: Storage, t
     first.attach(first_delivery)
     running, _ = await first.order_profile(order("b", person=BOB))
     # The bot died between writing a job and enqueueing it: the row exists, the queue never saw it.
-    user_id = await storage.user_id("test", "alice")
+    user_id = await storage.ensure_user("test", "alice")
     never_enqueued, _ = await storage.create_job(
         task_id="task-never-sent", user_id=user_id, platform="test", event_key="a", chat_id="chat-1", style="anime",
         prompt="", mode=None, picture_count=1, seed=None, selfie=SELFIE, reply_context={},
@@ -201,26 +180,6 @@ async def test_reroll_and_other_style_reuse_the_kept_selfie(
     assert gone.value.code is ErrorCode.NOT_FOUND and "no longer kept" in gone.value.message
 
 
-async def test_ratings_one_per_rater_and_picture_updated_and_withdrawn(
-    core: ChatCore, storage: Storage, delivery: RecordingDelivery
-) -> None:
-    job, _ = await core.order_profile(order(count="2"))
-    await core.wait_idle(timeout=5)
-    first_ref = f"message-{job.id}-1"
-    assert await core.rate_message(BOB, first_ref, 4, "reaction")
-    assert await core.rate_message(ALICE, first_ref, 5, "reaction")
-    assert await core.rate_message(BOB, first_ref, 2, "reaction")  # a changed reaction
-    picture = (await storage.pictures(job.id))[0]
-    bob = await storage.find_user("test", "bob")
-    assert await storage.rating(picture.id, bob) == 2
-    assert await storage.count("ratings") == 2
-    assert await core.rate_message(BOB, first_ref, None, "reaction")  # removed
-    assert await storage.rating(picture.id, bob) is None
-    assert not await core.rate_message(BOB, "some-other-message", 3, "reaction")
-    with pytest.raises(MmppError):
-        await core.rate(BOB, picture.id, 7, "button")
-
-
 async def test_forget_removes_everything_about_a_person(core: ChatCore, storage: Storage, queue: ScriptedQueue) -> None:
     job, _ = await core.order_profile(order())
     other, _ = await core.order_profile(order("bob-event", person=BOB))
@@ -239,32 +198,6 @@ async def test_forget_removes_everything_about_a_person(core: ChatCore, storage:
     assert await core.forget(ALICE) == "I had nothing stored about you."
 
 
-async def test_history_lists_the_persons_jobs(core: ChatCore) -> None:
-    assert await core.history_text(ALICE) == "You have no jobs yet."
-    job, _ = await core.order_profile(order())
-    await core.wait_idle(timeout=5)
-    assert f"job {job.id}: anime, 1 pictures" in await core.history_text(ALICE)
-
-
-def test_mean_interval_matches_a_hand_computation() -> None:
-    mean, low, high = mean_interval([4, 5, 3, 4])
-    # mean 4, sd 0.8165, t(3) = 3.182: half width 3.182 * 0.8165 / 2 = 1.299
-    assert mean == 4 and low == pytest.approx(2.701, abs=1e-3) and high == pytest.approx(5.299, abs=1e-3)
-    assert mean_interval([5]) == (5, None, None)
-    assert mean_interval([]) == (None, None, None)
-
-
-async def test_feedback_report_per_style(core: ChatCore, storage: Storage) -> None:
-    job, _ = await core.order_profile(order(count="2"))
-    await core.wait_idle(timeout=5)
-    for rater, stars in ((ALICE, 5), (BOB, 3)):
-        await core.rate_message(rater, f"message-{job.id}-1", stars, "reaction")
-    report = {row["style"]: row for row in await feedback_report(storage)}
-    anime = report["anime"]
-    assert (anime["jobs"], anime["pictures"], anime["ratings"], anime["mean"]) == (1, 2, 2, 4.0)
-    assert anime["positive_share"] == 0.5 and anime["ci95_low"] < 4 < anime["ci95_high"]
-
-
 async def test_the_privacy_notice_is_shown_once_per_person(core: ChatCore, delivery: RecordingDelivery) -> None:
     first, _ = await core.order_profile(order("n1"))
     await core.order_profile(order("n2", person=BOB))
@@ -276,53 +209,36 @@ async def test_the_privacy_notice_is_shown_once_per_person(core: ChatCore, deliv
     assert "24 h" in text and "/forget" in text and "selfie" in text
 
 
-async def test_denied_people_admins_and_chat_quotas(storage: Storage, queue: ScriptedQueue, tmp_path: Path) -> None:
-    queue.progress_polls = 0
-    settings = bot_settings(
-        tmp_path, denied_users="test:mallory", admins="test:alice", daily_picture_quota=1, chat_daily_picture_quota=3
-    )
-    core = ChatCore(storage, queue, settings)
-    core.attach(RecordingDelivery())
-    with pytest.raises(MmppError) as denied:
-        await core.order_profile(order("m", person=Person("test", "mallory")))
-    assert denied.value.code is ErrorCode.NOT_ALLOWED
-    for index in range(2):  # the admin is over her personal quota of 1 and still served
-        await core.order_profile(order(f"a{index}"))
-        await core.wait_idle(timeout=5)
-    await core.order_profile(order("b1", person=BOB))
-    await core.wait_idle(timeout=5)
-    carol = Person("test", "carol")
-    with pytest.raises(MmppError) as chat_full:  # 3 pictures used in chat-1 today
-        await core.order_profile(order("c1", person=carol))
-    assert chat_full.value.code is ErrorCode.QUOTA_EXCEEDED and "This chat" in chat_full.value.message
-    other_chat = ProfileOrder(carol, "c2", "chat-2", {}, {"style": "anime"}, SELFIE)
-    assert (await core.order_profile(other_chat))[1]
-    await core.stop()
-
-
-@pytest.mark.parametrize(
-    ("prompt", "blocked"),
-    [
-        ("a portrait in a NUDE style", "nude"),
-        ("a portrait, n.u.d.e", "nude"),
-        ("a portrait with Gore everywhere", "gore"),
-        ("a portrait in a nudé mood", "nude"),
-        ("a pirate with glasses", None),
-        ("a hat full of gorey details", None),
-        ("a photo of donald trump smiling", "donald trump"),
-    ],
-)
-async def test_the_prompt_deny_list(
-    storage: Storage, queue: ScriptedQueue, tmp_path: Path, prompt: str, blocked: str | None
+@pytest.mark.parametrize("declared", ["image/heic", "image/heif", "image/avif", "image/gif", "text/plain"])
+async def test_photos_of_other_types_are_refused_before_anything_is_stored(
+    core: ChatCore, storage: Storage, queue: ScriptedQueue, delivery: RecordingDelivery, declared: str
 ) -> None:
-    deny_file = tmp_path / "deny.txt"
-    deny_file.write_text("Donald  Trump\n\n")
-    core = ChatCore(storage, queue, bot_settings(tmp_path, prompt_deny_list="nude, gore", prompt_deny_file=deny_file))
-    core.attach(RecordingDelivery())
-    if blocked is None:
-        assert (await core.order_profile(order(prompt=prompt)))[1]
-    else:
-        with pytest.raises(MmppError) as raised:
-            await core.order_profile(order(prompt=prompt))
-        assert raised.value.code is ErrorCode.PROMPT_BLOCKED and blocked in raised.value.message
-    await core.stop()
+    """Only the kernel's ACCEPTED_PHOTO_TYPES pass: a HEIC is answered at once, not after a trip through the queue."""
+    photo = b"\x00\x00\x00\x18ftypheic"
+    heic = ProfileOrder(ALICE, "heic", "chat-1", {}, {"style": "anime"}, photo, photo_type=declared)
+    with pytest.raises(MmppError) as raised:
+        await core.order_profile(heic)
+    assert raised.value.code is ErrorCode.NOT_AN_IMAGE and "\n" not in raised.value.message
+    assert "JPEG, PNG or WebP" in raised.value.message
+    assert await storage.count("jobs") == 0 and await storage.count("users") == 0
+    assert not queue.submitted and not delivery.statuses
+
+
+def test_the_accepted_types_are_the_kernels_and_the_size_limit_is_checked_first() -> None:
+    for photo in ACCEPTED_PHOTO_TYPES:
+        check_photo(1000, photo.mime_type)
+        check_photo(None, photo.mime_type.upper() + "; charset=binary")
+    check_photo(None, None)  # nothing declared: the worker's decoder decides
+    with pytest.raises(MmppError) as heic:
+        check_photo(1000, "image/heic")
+    assert heic.value.code is ErrorCode.NOT_AN_IMAGE and heic.value.message.startswith("HEIC photos are not accepted")
+    with pytest.raises(MmppError) as large:
+        check_photo(MAX_UPLOAD_BYTES + 1, "image/jpeg")
+    assert large.value.code is ErrorCode.IMAGE_TOO_LARGE
+
+
+async def test_an_accepted_declared_type_is_ordered(core: ChatCore, queue: ScriptedQueue) -> None:
+    webp = ProfileOrder(ALICE, "webp", "chat-1", {}, {"style": "anime"}, SELFIE, photo_type="image/webp")
+    job, created = await core.order_profile(webp)
+    await core.wait_idle(timeout=5)
+    assert created and job.task_id in queue.submitted

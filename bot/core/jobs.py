@@ -1,0 +1,402 @@
+"""The job lifecycle: check an order, write it, enqueue it, follow it, complete it, deliver it, and pick
+every undelivered job up again after a restart.
+
+A job's life: the row (with the selfie) is written first, then the status
+message is posted, then the job is enqueued by task name with the job's own
+task id.  A follower polls the result backend, edits the status message,
+stores the pictures, hands them to the platform adapter, and marks the job
+delivered.  If the bot dies anywhere in between, :meth:`Jobs.start` picks
+every undelivered job up again: it re-sends what was never enqueued (same
+task id, so the worker's result is shared) and delivers what finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from bot import metrics
+from bot.core import texts
+from bot.core.commands import ProfileOptions, profile_options
+from bot.core.moderation import Moderation, quota_chat
+from bot.core.platform import Delivery, Person, ProfileOrder
+from bot.queue import JobQueue
+from bot.settings import BotSettings
+from bot.storage import Job, Storage, StoredPicture, timestamp
+from mmpp.catalogue import Catalogue, Style
+from mmpp.contract import ACCEPTED_PHOTO_TYPES, MAX_UPLOAD_BYTES, GenerateRequest, GenerateResult, Mode, queue_for
+from mmpp.errors import ErrorCode, MmppError
+
+logger = logging.getLogger(__name__)
+
+#: Pauses between attempts to deliver a finished job while the platform fails.
+DELIVERY_RETRY_FIRST_SECONDS = 2.0
+DELIVERY_RETRY_MAX_SECONDS = 300.0
+ACCEPTED_MIME_TYPES = frozenset(photo.mime_type for photo in ACCEPTED_PHOTO_TYPES)
+
+
+def check_photo(size: int | None, mime_type: str | None) -> None:
+    """What a platform says about a photo, checked before it is downloaded and again before a job exists.
+
+    ``mime_type`` is the type the platform declared (``None``: it declared none, and the worker's
+    decoder decides); only the kernel's ``ACCEPTED_PHOTO_TYPES`` pass, so a HEIC photo is refused
+    here, at once, instead of by the worker after a trip through the queue.
+    """
+    if size is not None and size > MAX_UPLOAD_BYTES:
+        raise MmppError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
+    if not mime_type:
+        return
+    declared = mime_type.split(";")[0].strip().lower()
+    if declared in ACCEPTED_MIME_TYPES:
+        return
+    kind, _, subtype = declared.partition("/")
+    if kind == "image" and subtype:
+        raise MmppError(
+            ErrorCode.NOT_AN_IMAGE,
+            f"{subtype.upper()} photos are not accepted; send a {texts.accepted_photos()} photo.",
+        )
+    raise MmppError(ErrorCode.NOT_AN_IMAGE, f"Attach a photo: {texts.accepted_photos()}.")
+
+
+class Jobs:
+    def __init__(
+        self,
+        storage: Storage,
+        queue: JobQueue,
+        settings: BotSettings,
+        catalogue: Catalogue,
+        moderation: Moderation,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.storage = storage
+        self.queue = queue
+        self.settings = settings
+        self.catalogue = catalogue
+        self.styles = {style.name: style for style in catalogue}
+        self.moderation = moderation
+        self._clock = clock
+        self._deliveries: dict[str, Delivery] = {}
+        self._followers: dict[int, asyncio.Task[None]] = {}
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, delivery: Delivery) -> None:
+        self._deliveries[delivery.platform] = delivery
+
+    @property
+    def busy(self) -> bool:
+        """Whether some job is being followed (its pictures may be being posted right now)."""
+        return bool(self._followers)
+
+    async def start(self) -> None:
+        """Resume every undelivered job of the attached platforms."""
+        await self.storage.purge_expired_selfies()
+        for job in await self.storage.undelivered_jobs(list(self._deliveries)):
+            logger.info("resuming job %s (%s)", job.id, job.state)
+            if job.enqueued_at is None and job.state == "queued":
+                await self._enqueue(job)
+            self._follow(job)
+        self._housekeeping = asyncio.create_task(self._purge_periodically())
+
+    async def stop(self) -> None:
+        tasks = [*self._followers.values(), *([self._housekeeping] if self._housekeeping else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._followers.clear()
+
+    async def wait_idle(self, timeout: float | None = None) -> None:
+        """Wait until every followed job has been delivered (console and tests)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._followers:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if remaining == 0.0:
+                raise TimeoutError("jobs still running")
+            await asyncio.wait(list(self._followers.values()), timeout=remaining)
+
+    async def _purge_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(600)
+            try:
+                await self.storage.purge_expired_selfies()
+            except Exception:
+                logger.exception("purging expired selfies failed")
+
+    # ------------------------------------------------------------------ ordering
+
+    def check_style(self, name: str | None) -> Style:
+        if not name:
+            raise MmppError(ErrorCode.UNKNOWN_STYLE, f"Name a style: {', '.join(self.styles)}.")
+        return self.catalogue.get(name)
+
+    def check_profile(self, options: dict[str, str]) -> tuple[ProfileOptions, Style]:
+        """The checks that need no photo, so adapters can refuse before downloading one."""
+        parsed = profile_options(options)
+        return parsed, self.check_style(parsed.style)
+
+    async def order_profile(self, order: ProfileOrder) -> tuple[Job, bool]:
+        """Validate, check quotas, write the job, post its status and enqueue it.
+
+        Returns ``(job, created)``; for a duplicate delivery of the same
+        platform event the existing job comes back with ``created`` false and
+        nothing is posted or enqueued again.
+        """
+        options, style = self.check_profile(order.options)
+        if not order.photo:
+            raise MmppError(ErrorCode.NOT_AN_IMAGE, "Attach a selfie: one clear photo of your face.")
+        check_photo(None, order.photo_type)
+        return await self._create_job(
+            order.requester, order.event_key, quota_chat(order.chat_id, order.server_id), order.reply_context,
+            style.name, options.prompt, options.mode, options.count, options.seed, order.photo, parent_job_id=None,
+        )  # fmt: skip
+
+    async def reroll(
+        self, requester: Person, job_id: int, event_key: str, chat_id: str, reply_context: dict[str, Any],
+        style: str | None = None, server_id: str | None = None,
+    ) -> tuple[Job, bool]:  # fmt: skip
+        """Same selfie, new seed; with ``style``, the same selfie in another style."""
+        parent = await self.storage.job(job_id)
+        if parent is None or parent.platform != requester.platform:
+            raise MmppError(ErrorCode.NOT_FOUND, f"There is no job {job_id}.")
+        owner = await self.storage.ensure_user(requester.platform, requester.user_id, requester.display_name)
+        if owner != parent.user_id:
+            raise MmppError(ErrorCode.INVALID_REQUEST, "Only the person who sent the selfie can make more from it.")
+        selfie = await self.storage.selfie(parent.id, self._clock())
+        if selfie is None:
+            hours = self.settings.selfie_retention_hours
+            raise MmppError(
+                ErrorCode.NOT_FOUND,
+                f"The selfie of job {job_id} is no longer kept (selfies are deleted {hours:g} h after their job); "
+                "send it again.",
+            )
+        chosen = self.check_style(style).name if style else parent.style
+        return await self._create_job(
+            requester, event_key, quota_chat(chat_id, server_id), reply_context, chosen, parent.prompt, parent.mode,
+            parent.picture_count, None, selfie, parent_job_id=parent.id,
+        )  # fmt: skip
+
+    async def _create_job(
+        self, requester: Person, event_key: str, chat_id: str, reply_context: dict[str, Any], style: str,
+        prompt: str, mode: str | None, count: int, seed: int | None, selfie: bytes, parent_job_id: int | None,
+    ) -> tuple[Job, bool]:  # fmt: skip
+        request = GenerateRequest(
+            selfie=selfie, style=style, prompt=prompt, mode=Mode(mode) if mode else None, count=count, seed=seed
+        )
+        self.moderation.check_allowed(requester)
+        try:
+            request.validate()
+        except MmppError as error:
+            raise MmppError(error.code, error.message) from None
+        self.moderation.check_prompt(prompt)
+        user_id = await self.storage.ensure_user(requester.platform, requester.user_id, requester.display_name)
+        existing = await self.storage.job_by_event(requester.platform, event_key)
+        if existing is not None:
+            return existing, False
+        await self.moderation.check_quotas(requester, user_id, chat_id, count)
+        job, created = await self.storage.create_job(
+            task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
+            chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed, selfie=selfie,
+            reply_context=reply_context, parent_job_id=parent_job_id,
+        )  # fmt: skip
+        if not created:
+            return job, False
+        metrics.JOBS_CREATED.labels(job.platform).inc()
+        delivery = self._deliveries.get(job.platform)
+        if delivery is not None:
+            try:
+                ref = await delivery.post_status(job, await self._status_text(job))
+                if ref:
+                    await self.storage.update_job(job.id, status_message_id=ref)
+                    job = await self._reload(job)
+            except Exception:
+                logger.exception("posting the status of job %s failed; the job goes on", job.id)
+        # After the status: on Discord the first follow-up fills the public
+        # "thinking" message, and the notice must stay private.
+        if delivery is not None and await self.storage.take_privacy_notice(user_id):
+            try:
+                await delivery.post_notice(job, texts.privacy_notice(self.settings.selfie_retention_hours))
+            except Exception:
+                logger.exception("posting the privacy notice of job %s failed", job.id)
+        await self._enqueue(job)
+        self._follow(job)
+        return job, True
+
+    async def _enqueue(self, job: Job) -> None:
+        selfie = await self.storage.selfie(job.id)
+        if selfie is None:
+            await self._finish_failed(job, ErrorCode.NOT_FOUND, "The selfie for this job is gone; send it again.")
+            return
+        request = GenerateRequest(
+            selfie=selfie, style=job.style, prompt=job.prompt, mode=Mode(job.mode) if job.mode else None,
+            count=job.picture_count, seed=job.seed, job_id=str(job.id),
+        )  # fmt: skip
+        style = self.styles.get(job.style)
+        mode = job.mode or (style.mode if style else None)
+        try:
+            await self.queue.submit(job.task_id, request.to_payload(), queue_for(self.settings.queue, mode))
+        except Exception:
+            # The broker is down: the job stays queued and unenqueued, and the
+            # follower retries the submission until the job times out.
+            logger.exception("enqueueing job %s failed; will retry", job.id)
+            return
+        await self.storage.update_job(job.id, enqueued_at=timestamp())
+
+    async def _reload(self, job: Job) -> Job:
+        fresh = await self.storage.job(job.id)
+        if fresh is None:
+            raise MmppError(ErrorCode.NOT_FOUND, f"Job {job.id} was deleted.")
+        return fresh
+
+    # ------------------------------------------------------------------ following
+
+    def _follow(self, job: Job) -> None:
+        if job.id in self._followers:
+            return
+        task = asyncio.create_task(self._follow_job(job.id), name=f"follow-job-{job.id}")
+        self._followers[job.id] = task
+        task.add_done_callback(lambda _: self._followers.pop(job.id, None))
+
+    async def _follow_job(self, job_id: int) -> None:
+        """Follow until delivered, retrying with a growing pause while the platform or broker fails.
+
+        Safe to repeat: a delivered job is never delivered again, and Discord's
+        channel sends carry a nonce.
+        """
+        pause = DELIVERY_RETRY_FIRST_SECONDS
+        while True:
+            try:
+                await self._follow_until_delivered(job_id)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("following job %s failed; trying again in %.0f s", job_id, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, DELIVERY_RETRY_MAX_SECONDS)
+
+    async def _follow_until_delivered(self, job_id: int) -> None:
+        job = await self.storage.job(job_id)
+        if job is None:
+            return
+        if job.state in {"done", "failed"}:
+            await self._deliver(job)
+            return
+        delivery = self._deliveries.get(job.platform)
+        last_text, last_edit = "", 0.0
+        created = datetime.fromisoformat(job.created_at)
+        while True:
+            if job.enqueued_at is None:
+                await self._enqueue(job)
+                job = await self._reload(job)
+            try:
+                status = await self.queue.status(job.task_id)
+            except Exception:
+                logger.warning("result backend unreachable for job %s; retrying", job.id, exc_info=True)
+                status = None
+            if status is not None and status.ready:
+                await self._complete(job, status.result if status.state == "SUCCESS" else None)
+                return
+            if (self._clock() - created).total_seconds() > self.settings.job_timeout_seconds:
+                await self._finish_failed(job, ErrorCode.TIMEOUT, "The job took too long; please try again later.")
+                return
+            if status is not None and status.state == "PROGRESS" and job.state != "running":
+                await self.storage.update_job(job.id, state="running")
+            if status is not None and status.state == "PROGRESS":
+                await self.storage.update_job(
+                    job.id, progress_done=status.done_steps, progress_total=status.total_steps
+                )
+            job = await self._reload(job)
+            text = await self._status_text(job)
+            now = time.monotonic()
+            if (
+                delivery is not None
+                and job.status_message_id
+                and text != last_text
+                and now - last_edit >= delivery.status_edit_interval
+            ):
+                try:
+                    await delivery.edit_status(job, job.status_message_id, text)
+                except Exception:
+                    logger.warning("editing the status of job %s failed", job.id, exc_info=True)
+                last_text, last_edit = text, now
+            await asyncio.sleep(self.settings.poll_interval_seconds)
+
+    async def _status_text(self, job: Job) -> str:
+        running = job.state == "running" and job.progress_total
+        ahead = 0 if running else await self.storage.queue_position(job)
+        return texts.status_line(job, self.styles.get(job.style), ahead)
+
+    async def _complete(self, job: Job, payload: dict[str, Any] | None) -> None:
+        if payload is None:
+            await self._finish_failed(job, ErrorCode.INTERNAL, texts.SOMETHING_WENT_WRONG)
+            return
+        result = GenerateResult.from_payload(payload)
+        if not result.ok:
+            assert result.error_code is not None
+            await self._finish_failed(job, result.error_code, result.error_message)
+            return
+        await self.storage.store_pictures(job.id, [(picture.seed, picture.png) for picture in result.pictures])
+        meta = {
+            "mode": result.mode, "steps": result.steps, "guidance": result.guidance, "scales": result.scales,
+            "timings": result.timings, "model": result.model, "test_sized_model": result.test_sized_model,
+        }  # fmt: skip
+        await self.storage.update_job(
+            job.id, state="done", finished_at=timestamp(), result_meta=meta,
+            progress_done=job.progress_total, error_code=None, error_message=None,
+        )  # fmt: skip
+        await self.storage.release_selfie(job.id, timedelta(hours=self.settings.selfie_retention_hours))
+        await self._deliver(await self._reload(job))
+
+    async def _finish_failed(self, job: Job, code: ErrorCode, message: str) -> None:
+        await self.storage.update_job(
+            job.id, state="failed", error_code=code.value, error_message=message, finished_at=timestamp()
+        )
+        await self.storage.release_selfie(job.id, timedelta(0))
+        await self._deliver(await self._reload(job))
+
+    async def _deliver(self, job: Job) -> None:
+        """Hand the outcome to the adapter once; mark it delivered right after."""
+        if job.delivered_at is not None:
+            return
+        delivery = self._deliveries.get(job.platform)
+        if delivery is None:
+            return
+        if job.state == "failed":
+            code = ErrorCode(job.error_code or ErrorCode.INTERNAL.value)
+            await delivery.post_failure(job, code, job.error_message or "")
+        else:
+            pictures = await self.storage.pictures(job.id)
+
+            async def remember(picture: StoredPicture, ref: str) -> None:
+                await self.storage.set_picture_message(picture.id, ref)
+
+            await delivery.post_pictures(job, pictures, texts.caption(job, self.styles.get(job.style)), remember)
+        await self.storage.update_job(job.id, delivered_at=timestamp())
+        metrics.JOBS_FINISHED.labels(job.state, job.error_code or "").inc()
+        waited = (self._clock() - datetime.fromisoformat(job.created_at)).total_seconds()
+        metrics.DELIVERY_SECONDS.observe(max(0.0, waited))
+
+    # ------------------------------------------------------------------ forgetting
+
+    async def forget(self, person: Person) -> str:
+        """Delete the person, their jobs, selfies, pictures and ratings, and their results in the broker."""
+        user_id = await self.storage.find_user(person.platform, person.user_id)
+        if user_id is None:
+            return texts.FORGOT_NOTHING
+        for job in await self.storage.recent_jobs(user_id, limit=1_000_000):
+            follower = self._followers.get(job.id)
+            if follower is not None:
+                follower.cancel()
+        task_ids = await self.storage.forget_user(user_id)
+        for task_id in task_ids:
+            try:
+                await self.queue.forget(task_id)
+            except Exception:
+                logger.warning("could not remove a result from the result backend", exc_info=True)
+        return texts.FORGOT_EVERYTHING

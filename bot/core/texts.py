@@ -1,0 +1,110 @@
+"""Every text the core shows people: help, styles, history, privacy notice, captions, status lines.
+
+In one place so the wording is the same on every platform and can be read and changed
+without reading the job lifecycle.  Adapters add only what is their platform's own: how to
+order there (a slash command, a caption) and formatting (Discord's backticks, an embed).
+Error messages stay beside the check that raises them, as one line of an ``MmppError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from bot.storage import Job
+from mmpp.catalogue import Style
+from mmpp.contract import ACCEPTED_PHOTO_TYPES
+
+#: What a 1-5 rating means, shown in help texts.
+RATING_SCALE = "1 = poor, 3 = fine, 5 = love it"
+SOMETHING_WENT_WRONG = "Something went wrong on our side; please try again."
+NO_JOBS = "You have no jobs yet."
+FORGOT_NOTHING = "I had nothing stored about you."
+FORGOT_EVERYTHING = "Done: I deleted everything I had about you (jobs, selfies, pictures and ratings)."
+ASK_FOR_STYLE = "Which style?"
+RATE_THEM = "Rate them (1 = poor, 5 = love it):"
+STALE_BUTTON = "That button is not valid anymore."
+REROLLING = "Re-rolling…"
+
+
+def accepted_photos() -> str:
+    """``"JPEG, PNG or WebP"``: the kernel's list of accepted photo types, as people call them."""
+    labels = [photo.label for photo in ACCEPTED_PHOTO_TYPES]
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} or {labels[-1]}"
+
+
+def style_label(style: Style | None, name: str) -> str:
+    """``"🌸 Anime"``, or the bare name of a style the catalogue no longer has."""
+    return f"{style.emoji} {style.display_name}" if style else name
+
+
+def styles_text(styles: Iterable[Style]) -> str:
+    return "\n".join(f"{item.emoji} {item.name}: {item.description}" for item in styles)
+
+
+def help_text(style_names: Iterable[str], retention_hours: float, how_to_order: str) -> str:
+    return (
+        "I turn a selfie into profile pictures in the style you pick.\n"
+        f"{how_to_order}\n"
+        "Styles: " + ", ".join(style_names) + ".\n"
+        f"Rate the pictures 1-5 ({RATING_SCALE}); /history lists your jobs; /forget deletes everything about you.\n"
+        f"Your selfie is kept only for re-rolls, {retention_hours:g} h at most, then deleted."
+    )
+
+
+def history_text(jobs: list[Job]) -> str:
+    if not jobs:
+        return NO_JOBS
+    lines = []
+    for job in jobs:
+        outcome = {"done": f"{job.picture_count} pictures", "failed": f"failed ({job.error_code})"}.get(
+            job.state, job.state
+        )
+        lines.append(f"job {job.id}: {job.style}, {outcome}, {job.created_at[:16].replace('T', ' ')} UTC")
+    return "\n".join(lines)
+
+
+def privacy_notice(retention_hours: float) -> str:
+    kept = (
+        f"then for {retention_hours:g} h so you can re-roll, then it is deleted"
+        if retention_hours > 0
+        else "then it is deleted"
+    )
+    return (
+        "Privacy: your selfie is biometric data. I keep it only while your pictures are made, "
+        f"{kept}. I store the pictures, your ratings and your job list to improve the styles; "
+        "/forget deletes all of it at any time."
+    )
+
+
+def caption(job: Job, style: Style | None) -> str:
+    """The caption of a job's pictures: style, job number, mode, and a warning for test-sized weights."""
+    meta = job.result_meta or {}
+    text = f"{style_label(style, job.style)} · job {job.id} · {meta.get('mode', job.mode or '')}".rstrip(" ·")
+    if meta.get("test_sized_model"):
+        text += " · test-sized model: these pictures are noise"
+    return text
+
+
+def status_line(job: Job, style: Style | None, jobs_ahead: int) -> str:
+    """The status message of a job while it waits or runs."""
+    label = style_label(style, job.style)
+    count = f"{job.picture_count} picture{'s' if job.picture_count != 1 else ''}"
+    if job.state == "running" and job.progress_total:
+        percent = int(100 * job.progress_done / job.progress_total)
+        return f"{label}: painting {count}… {percent}%"
+    if jobs_ahead:
+        return f"{label}: {count} queued, {jobs_ahead} job{'s' if jobs_ahead != 1 else ''} ahead"
+    return f"{label}: {count} queued, starting soon"
+
+
+def pictures_done(count: int) -> str:
+    """What the status message says once the pictures are posted below it."""
+    return f"Done: {count} pictures below. Rate them: {RATING_SCALE}."
+
+
+def thanks_for_rating(stars: int | str) -> str:
+    return f"Thanks: {stars}★"
+
+
+def order_taken(style: str) -> str:
+    return f"{style}: on it"
