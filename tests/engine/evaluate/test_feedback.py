@@ -8,6 +8,7 @@ hand from those rows (t quantiles to 5 decimals, as ``mmpp.stats`` computes them
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import sqlite3
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.storage import read_feedback_rows
+from bot.core.ratings import feedback_report
+from bot.storage import Storage, read_feedback_rows
 from engine.evaluate.feedback import read_feedback
 from mmpp.cli import main as mmpp_main
 from mmpp.stats import mean_interval
@@ -173,3 +175,23 @@ def test_ratings_of_tiny_model_pictures_are_labelled(database: Path, tmp_path: P
     assert (
         "test-sized model: pictures are noise, figures are meaningless" in (tmp_path / "out" / "index.html").read_text()
     )
+
+
+def test_mmpp_feedback_and_mmpp_eval_report_the_same_figures(database: Path) -> None:
+    """One implementation (mmpp.feedback): the bot's per-style figures, rounded as the engine prints them,
+    are the engine's."""
+
+    async def bot_report() -> list[dict]:
+        storage = await Storage.open_read_only(database)
+        try:
+            return await feedback_report(storage)
+        finally:
+            await storage.close()
+
+    bot = {row["style"]: row for row in asyncio.run(bot_report())}
+    engine = {row["style"]: row for row in read_feedback(database, read_feedback_rows)["by_style"]}
+    assert set(bot) == set(engine) == {"anime", "watercolor"}
+    for style, row in bot.items():
+        for key in ("jobs", "ratings", "mean", "ci95_low", "ci95_high", "positive_share"):
+            assert engine[style][key] == (None if row[key] is None else round(row[key], 4)), (style, key)
+    assert bot["anime"]["pictures"] == 3 and bot["watercolor"]["pictures"] == 2  # every stored picture
