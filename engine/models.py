@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 Family = Literal["sd15", "sdxl"]
 
 #: Bump when the tiny builder changes, so stale caches are rebuilt, not reused.
-TINY_FORMAT_VERSION = 5
+TINY_FORMAT_VERSION = 6
 TINY_SEED = 20261125
 TINY_IP_ADAPTER_FILE = "ip-adapter-plus-face_tiny.safetensors"
 #: What every LoRA written here adapts (the LCM LoRA may adapt more).
@@ -100,6 +100,8 @@ class ModelSources:
     #: Per-style LoRA sources that replace the catalogue's (the tiny weights
     #: substitutes its own random LoRAs for the real ones).
     style_loras: dict[str, WeightSource] = field(default_factory=dict)
+    #: AutoencoderTiny (TAESD) folder or Hub id: fast-mode decoding and previews; optional.
+    tiny_decoder: WeightSource | None = None
     test_sized: bool = False
     label: str = ""
 
@@ -191,6 +193,7 @@ def resolve_sources(weights: str, settings: object, style_names: list[str]) -> M
     family = detect_family(settings.base_model)
     lcm = settings.lcm_lora_sdxl if family == "sdxl" else settings.lcm_lora_sd15
     ip_adapter = settings.ip_adapter_sdxl if family == "sdxl" else settings.ip_adapter_sd15
+    tiny_decoder = settings.tiny_decoder_sdxl if family == "sdxl" else settings.tiny_decoder_sd15
     return ModelSources(
         base=settings.base_model,
         family=family,
@@ -200,6 +203,7 @@ def resolve_sources(weights: str, settings: object, style_names: list[str]) -> M
         ip_adapter=(
             IPAdapterSource(WeightSource.parse(ip_adapter), settings.ip_adapter_image_encoder) if ip_adapter else None
         ),
+        tiny_decoder=WeightSource.parse(tiny_decoder) if tiny_decoder else None,
         label=settings.base_model,
     )
 
@@ -242,6 +246,7 @@ def _build_tiny_into(root: Path, family: Family, style_names: list[str]) -> None
             pipeline = build_tiny_pipeline(family)
             pipeline.save_pretrained(staging / "base", safe_serialization=True)
             _write_tiny_ip_adapter(staging / "ip_adapter", pipeline.unet)
+            write_random_tiny_decoder(staging / "tiny_decoder", blocks=len(pipeline.vae.config.block_out_channels))
             style_files = write_random_loras(
                 pipeline, staging / "loras", style_names, portrait_rank=4, lcm_rank=8, style_rank=4
             )
@@ -479,9 +484,32 @@ def random_weight_sources(root: Path, family: Family, *, ip_adapter_file: str, l
         lcm_lora=WeightSource(loras, "lcm.safetensors"),
         ip_adapter=IPAdapterSource(WeightSource(str(root / "ip_adapter"), ip_adapter_file), "image_encoder"),
         style_loras={name: WeightSource(loras, file_name) for name, file_name in manifest["styles"].items()},
+        tiny_decoder=WeightSource(str(root / "tiny_decoder")) if (root / "tiny_decoder").is_dir() else None,
         test_sized=True,
         label=label,
     )
+
+
+def write_random_tiny_decoder(folder: Path, *, blocks: int, channels: int = 16, layers: int = 1,
+                              dtype: torch.dtype | None = None) -> None:  # fmt: skip
+    """A random ``AutoencoderTiny`` (TAESD's architecture) in diffusers' folder layout.
+
+    ``blocks`` sets its scale: each block after the first halves (encoder) or
+    doubles (decoder) the size, as the model's VAE does, so it reads the same
+    latents; TAESD itself is 4 blocks of 64 channels with 1/3/3/3 layers.
+    """
+    from diffusers import AutoencoderTiny
+
+    decoder = AutoencoderTiny(
+        encoder_block_out_channels=(channels,) * blocks,
+        decoder_block_out_channels=(channels,) * blocks,
+        num_encoder_blocks=(1,) + (layers,) * (blocks - 1),
+        num_decoder_blocks=(layers,) * blocks,
+        latent_channels=4,
+    )
+    if dtype is not None:
+        decoder = decoder.to(dtype)
+    decoder.save_pretrained(folder, safe_serialization=True)
 
 
 def write_random_loras(

@@ -10,7 +10,15 @@ Adapters are loaded once and stay resident; a style switch only changes
 which adapters are active and at what weight (``set_adapters``), so no job
 ever touches the disk.  With ``torch.compile`` on, the same switch is done by
 diffusers' LoRA hot-swap into fixed slots instead, because changing the set
-of active adapters would make the compiled graph recompile.
+of active adapters would make the compiled graph recompile; for the same
+reason the IP-Adapter's strength is then folded into its value projections
+rather than set as a Python float the compiled blocks would guard on.
+
+One job is one story, in this order: plan (every setting fixed and checked)
+→ face (the selfie's aligned crop) → adapters (LoRAs, IP-Adapter strength,
+scheduler, decoder) → conditioning (prompt and face embedded once per job)
+→ denoise and decode (one batched pipeline call per ``max_batch_size``
+pictures, one generator per picture) → safety → encode.
 """
 
 from __future__ import annotations
@@ -40,6 +48,13 @@ logger = logging.getLogger(__name__)
 
 #: ``on_progress(done_steps, total_steps)``; called from the denoising loop.
 ProgressCallback = Callable[[int, int], None]
+#: ``on_preview(done_steps, total_steps, jpeg)``: a small picture of the first image so far.
+PreviewCallback = Callable[[int, int, bytes], None]
+
+#: Longest side and JPEG quality of a live preview: small enough (~10-30 KB) to
+#: ride along with a progress report through the result backend.
+PREVIEW_SIDE = 256
+PREVIEW_QUALITY = 70
 
 PORTRAIT_ADAPTER = "portrait"
 LCM_ADAPTER = "lcm"
@@ -74,6 +89,19 @@ class JobPlan:
     adapters: dict[str, float]
     ip_adapter_scale: float
     scales: dict[str, float] = field(default_factory=dict)
+    #: "tiny" (AutoencoderTiny, fast mode when its weights are there) or "full" (the model's VAE).
+    decoder: str = "full"
+    #: The seeds split into pipeline calls of at most ``max_batch_size`` pictures each.
+    batches: list[list[int]] = field(default_factory=list)
+
+    @property
+    def classifier_free_guidance(self) -> bool:
+        """Whether each step runs the UNet twice (guidance > 1); the negative prompt only matters then."""
+        return self.guidance > 1.0
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps * len(self.batches)
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -145,6 +173,10 @@ class Engine:
         face_analyzer: faces.FaceAnalyzer | None = None,
         use_hotswap: bool = False,
         resolution: int = 0,
+        max_batch_size: int = 4,
+        tiny_decoder: Any = None,
+        preview_every_steps: int = 2,
+        preview_min_seconds: float = 1.0,
     ) -> None:
         self.pipeline = pipeline
         self.family = family
@@ -153,6 +185,16 @@ class Engine:
         self.face_analyzer = face_analyzer or faces.default_analyzer()
         self.use_hotswap = use_hotswap
         self.resolution = resolution
+        self.max_batch_size = max(1, max_batch_size)
+        #: The model's own VAE, and the tiny one (or ``None``): a job picks one by swapping ``pipeline.vae``.
+        self.full_vae = pipeline.vae
+        self.tiny_decoder = tiny_decoder
+        self.preview_every_steps = preview_every_steps
+        self.preview_min_seconds = preview_min_seconds
+        #: Under compile, the IP-Adapter's value projections at strength 1, to scale in place.
+        self._ip_value_weights: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+        self._ip_strength: float | None = None
+        self.compiled = False
         self.unavailable_styles: dict[str, str] = {}
         self.style_adapters: dict[str, str] = {}
         self.has_portrait = False
@@ -210,7 +252,18 @@ class Engine:
         pipeline.set_progress_bar_config(disable=True)
         pipeline.to(device)
         base_seconds = time.perf_counter() - started
-        engine = cls(pipeline, family, sources, catalogue, use_hotswap=settings.compile, resolution=settings.resolution)
+        engine = cls(
+            pipeline,
+            family,
+            sources,
+            catalogue,
+            use_hotswap=settings.compile,
+            resolution=settings.resolution,
+            max_batch_size=settings.max_batch_size,
+            tiny_decoder=load_tiny_decoder(sources.tiny_decoder, device, dtype),
+            preview_every_steps=settings.preview_every_steps,
+            preview_min_seconds=settings.preview_min_seconds,
+        )
         engine.safety = SafetyFilter.load(settings.safety_checker, settings.safety_checker_model, device, dtype)
         engine.load_adapters()
         if settings.compile:
@@ -353,8 +406,81 @@ class Engine:
                 self._hotswap_loaded[slot] = (content, scale)
 
     def compile(self) -> None:
-        """Compile the UNet once; hot-swap keeps style switches from recompiling."""
-        self.pipeline.unet = torch.compile(self.pipeline.unet, fullgraph=False)
+        """Compile the UNet's repeated transformer blocks once (regional compilation).
+
+        Regional compilation compiles one block and reuses it for its
+        siblings, which takes a fraction of compiling the whole UNet.  Three
+        things would otherwise recompile it between jobs, each removed here
+        or elsewhere: a change of the set of active LoRAs (hot-swap into fixed
+        slots instead, :meth:`_prepare_hotswap`), the IP-Adapter strength, a
+        Python float the compiled attention guards on (folded into the value
+        projections instead, :meth:`set_ip_adapter_strength`), and the batch
+        size, which differs between a 1- and a 2-picture job and between
+        guidance on and off (compiled with dynamic shapes from the start).
+        """
+        if self.has_ip_adapter:
+            self._ip_value_weights = [
+                (parameter, parameter.detach().clone())
+                for name, parameter in self.pipeline.unet.named_parameters()
+                if ".to_v_ip." in name
+            ]
+            self.pipeline.set_ip_adapter_scale(1.0)
+            self._ip_strength = 1.0
+        self.pipeline.unet.compile_repeated_blocks(fullgraph=True, dynamic=True)
+        self.compiled = True
+        self.warm_up_compiled()
+
+    def warm_up_compiled(self) -> None:
+        """Compile now, for every batch shape a job can bring, instead of during the first jobs.
+
+        Dynamic shapes cover every batch of 2 or more pictures with one graph,
+        but torch specialises a size of 1 on its own graph; so one step at
+        batch 1 and one at batch 2 (guidance on and off, both schedulers)
+        compile all the graphs a job can need, and jobs never recompile.
+        """
+        width, height = self.output_size()
+        face = Image.new("RGB", (224, 224), (128, 128, 128))
+        conditioning = self.encode_prompt("a person", "")
+        for mode, guidance, batch in ((Mode.FAST, 1.0, 1), (Mode.FAST, 1.0, 2), (Mode.QUALITY, 5.0, 1)):
+            self.pipeline.scheduler = self.scheduler_for(mode)
+            arguments: dict[str, Any] = dict(conditioning)
+            if self.has_ip_adapter:
+                with torch.inference_mode():
+                    arguments["ip_adapter_image_embeds"] = self.pipeline.prepare_ip_adapter_image_embeds(
+                        face, None, self.pipeline.device, 1, guidance > 1.0
+                    )
+            with torch.inference_mode():
+                self.pipeline(
+                    **arguments,
+                    num_inference_steps=2,
+                    guidance_scale=guidance,
+                    num_images_per_prompt=batch,
+                    width=width,
+                    height=height,
+                    output_type="latent",
+                )
+
+    def set_ip_adapter_strength(self, scale: float) -> None:
+        """How strongly the selfie's identity steers the picture.
+
+        The IP-Adapter adds ``scale * attention(query, face keys, face values)``
+        to each cross-attention; the attention is linear in its values, so the
+        same result comes from values projected by ``scale`` times the weights.
+        Eager runs use diffusers' own ``set_ip_adapter_scale``; compiled runs
+        scale the (bias-free) value projections in place, which changes tensors
+        the compiled graph reads but no constant it was specialised on.
+        """
+        if not self.has_ip_adapter:
+            return
+        if not self._ip_value_weights:
+            self.pipeline.set_ip_adapter_scale(scale)
+            return
+        if self._ip_strength == scale:
+            return
+        with torch.no_grad():
+            for parameter, original in self._ip_value_weights:
+                parameter.copy_(original * scale)
+        self._ip_strength = scale
 
     # ------------------------------------------------------------------ planning
 
@@ -398,6 +524,7 @@ class Engine:
             adapters[LCM_ADAPTER] = 1.0
         base_seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**32)
         seeds = [(base_seed + index) % 2**32 for index in range(request.count)]
+        batches = [seeds[start : start + self.max_batch_size] for start in range(0, len(seeds), self.max_batch_size)]
         return JobPlan(
             style=style,
             mode=mode,
@@ -414,6 +541,8 @@ class Engine:
                 "ip_adapter": ip_scale if self.has_ip_adapter else 0.0,
                 "lcm_lora": 1.0 if mode is Mode.FAST else 0.0,
             },
+            decoder="tiny" if mode is Mode.FAST and self.tiny_decoder is not None else "full",
+            batches=batches,
         )
 
     # ------------------------------------------------------------------ per-job state
@@ -465,6 +594,27 @@ class Engine:
         side -= side % 8
         return side, side
 
+    def use_decoder(self, decoder: str) -> None:
+        """Decode with the tiny or the full VAE; both read the same latents, so this is a swap, not a load."""
+        self.pipeline.vae = self.tiny_decoder if decoder == "tiny" and self.tiny_decoder is not None else self.full_vae
+
+    def configure(self, plan: JobPlan) -> None:
+        """Everything the pipeline holds that differs between jobs: adapters, IP strength, scheduler, decoder."""
+        self.activate(plan.adapters)
+        self.set_ip_adapter_strength(plan.ip_adapter_scale)
+        self.pipeline.scheduler = self.scheduler_for(plan.mode)
+        self.use_decoder(plan.decoder)
+
+    def encode_face(self, face_crop: Image.Image, plan: JobPlan) -> dict[str, Any]:
+        """The IP-Adapter's image embedding, computed once per job and shared by all its pictures."""
+        if not self.has_ip_adapter:
+            return {}
+        with torch.inference_mode():
+            embeds = self.pipeline.prepare_ip_adapter_image_embeds(
+                face_crop, None, self.pipeline.device, 1, plan.classifier_free_guidance
+            )
+        return {"ip_adapter_image_embeds": embeds}
+
     # ------------------------------------------------------------------ generation
 
     def generate(
@@ -474,54 +624,64 @@ class Engine:
         *,
         overrides: ScaleOverrides | None = None,
         deadline: float | None = None,
+        on_preview: PreviewCallback | None = None,
     ) -> GenerateResult:
         """Run one job; raise :class:`MmppError` for anything a user can fix.
 
         ``deadline`` is a ``time.monotonic()`` value; past it the denoising
-        loop stops with ``TIMEOUT`` between two steps.
+        loop stops with ``TIMEOUT`` between two steps.  ``on_preview`` gets
+        small JPEGs of the picture being painted; previews are best effort and
+        never fail or hold up the job.
         """
         timings: dict[str, float] = {}
+
+        def timed(stage: str, started_at: float) -> None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started_at
+
         started = time.perf_counter()
         plan = self.plan(request, overrides)
         mark = time.perf_counter()
         selfie = self.face_analyzer.prepare_selfie(request.selfie)
-        timings["face"] = time.perf_counter() - mark
+        timed("face", mark)
         with self._lock:
             mark = time.perf_counter()
-            self.activate(plan.adapters)
-            if self.has_ip_adapter:
-                self.pipeline.set_ip_adapter_scale(plan.ip_adapter_scale)
-            self.pipeline.scheduler = self.scheduler_for(plan.mode)
-            timings["adapters"] = time.perf_counter() - mark
+            self.configure(plan)
+            timed("adapters", mark)
             mark = time.perf_counter()
             conditioning = self.encode_prompt(plan.prompt, plan.negative_prompt)
-            timings["prompt"] = time.perf_counter() - mark
-            pictures: list[Picture] = []
-            withheld = 0
-            total_steps = plan.steps * len(plan.seeds)
-            for index, seed in enumerate(plan.seeds):
-                images, stage_times = self._denoise_and_decode(
-                    plan, conditioning, selfie.crop, seed, index, total_steps, on_progress, deadline
+            timed("prompt", mark)
+            mark = time.perf_counter()
+            conditioning.update(self.encode_face(selfie.crop, plan))
+            timed("face_embedding", mark)
+            images: list[tuple[Image.Image, int]] = []
+            for batch_index, seeds in enumerate(plan.batches):
+                batch_images, stage_times = self._denoise_and_decode(
+                    plan, conditioning, seeds, batch_index, on_progress, on_preview, deadline
                 )
+                images.extend(zip(batch_images, seeds, strict=True))
                 for stage, seconds in stage_times.items():
                     timings[stage] = timings.get(stage, 0.0) + seconds
-                mark = time.perf_counter()
-                flagged = self.safety.flagged(images[:1])[0]
-                timings["safety"] = timings.get("safety", 0.0) + time.perf_counter() - mark
-                if flagged:
-                    withheld += 1
-                    continue
-                mark = time.perf_counter()
-                pictures.append(Picture(png=encode_png(images[0]), seed=seed))
-                timings["encode"] = timings.get("encode", 0.0) + time.perf_counter() - mark
+        mark = time.perf_counter()
+        flags = self.safety.flagged([image for image, _ in images])
+        timed("safety", mark)
+        mark = time.perf_counter()
+        pictures = [
+            Picture(png=encode_png(image), seed=seed)
+            for (image, seed), flagged in zip(images, flags, strict=True)
+            if not flagged
+        ]
+        timed("encode", mark)
         if not pictures:
             raise MmppError(
                 ErrorCode.OUTPUT_BLOCKED,
                 "The safety filter withheld the pictures; try another style or prompt.",
             )
-        if withheld:
+        if len(pictures) < len(images):
             logger.info(
-                "job %s: the safety filter withheld %d of %d pictures", request.job_id, withheld, len(plan.seeds)
+                "job %s: the safety filter withheld %d of %d pictures",
+                request.job_id,
+                len(images) - len(pictures),
+                len(images),
             )
         timings["total"] = time.perf_counter() - started
         return GenerateResult(
@@ -538,51 +698,112 @@ class Engine:
             job_id=request.job_id,
         )
 
-    def pipeline_arguments(
-        self, plan: JobPlan, conditioning: dict[str, torch.Tensor], face_crop: Image.Image, seed: int
-    ) -> dict[str, Any]:
-        """The exact keyword arguments of the diffusers call (the benchmark reuses them)."""
+    def pipeline_arguments(self, plan: JobPlan, conditioning: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
+        """The exact keyword arguments of one batched diffusers call (the benchmark reuses them).
+
+        One generator per picture, seeded with that picture's seed: diffusers
+        draws each picture's starting noise from its own generator, so every
+        picture keeps the seed recorded for it, whatever the batch.
+        """
         width, height = self.output_size()
-        arguments: dict[str, Any] = {
+        return {
             **conditioning,
             "num_inference_steps": plan.steps,
             "guidance_scale": plan.guidance,
-            "generator": torch.Generator("cpu").manual_seed(seed),
+            "num_images_per_prompt": len(seeds),
+            "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
             "width": width,
             "height": height,
             "output_type": "pil",
         }
-        if self.has_ip_adapter:
-            arguments["ip_adapter_image"] = face_crop
-        return arguments
 
     def _denoise_and_decode(
         self,
         plan: JobPlan,
-        conditioning: dict[str, torch.Tensor],
-        face_crop: Image.Image,
-        seed: int,
-        index: int,
-        total_steps: int,
+        conditioning: dict[str, Any],
+        seeds: list[int],
+        batch_index: int,
         on_progress: ProgressCallback | None,
+        on_preview: PreviewCallback | None,
         deadline: float | None,
     ) -> tuple[list[Image.Image], dict[str, float]]:
         started = time.perf_counter()
         denoise_end = [started]
+        preview_seconds = [0.0]
+        last_preview = [time.monotonic()]
 
         def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
-            denoise_end[0] = time.perf_counter()
             if deadline is not None and time.monotonic() > deadline:
                 raise MmppError(ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode.")
+            done = batch_index * plan.steps + step + 1
             if on_progress is not None:
-                on_progress(index * plan.steps + step + 1, total_steps)
+                on_progress(done, plan.total_steps)
+            if on_preview is not None and self._preview_due(step + 1, plan.steps, last_preview[0]):
+                mark = time.perf_counter()
+                last_preview[0] = time.monotonic()
+                self._send_preview(callback_kwargs["latents"], done, plan.total_steps, on_preview)
+                preview_seconds[0] += time.perf_counter() - mark
+            denoise_end[0] = time.perf_counter()
             return callback_kwargs
 
-        arguments = self.pipeline_arguments(plan, conditioning, face_crop, seed)
+        arguments = self.pipeline_arguments(plan, conditioning, seeds)
         with torch.inference_mode():
             output = self.pipeline(**arguments, callback_on_step_end=on_step_end)
         finished = time.perf_counter()
-        return output.images, {"denoise": denoise_end[0] - started, "vae_decode": finished - denoise_end[0]}
+        stages = {
+            "denoise": denoise_end[0] - started - preview_seconds[0],
+            "vae_decode": finished - denoise_end[0],
+        }
+        if preview_seconds[0]:
+            stages["preview"] = preview_seconds[0]
+        return output.images, stages
+
+    def _preview_due(self, step: int, steps: int, last_sent: float) -> bool:
+        """Every ``preview_every_steps`` steps, not more often than ``preview_min_seconds``, never on the last step."""
+        if self.tiny_decoder is None or self.preview_every_steps <= 0 or step >= steps:
+            return False
+        if step % self.preview_every_steps:
+            return False
+        return time.monotonic() - last_sent >= self.preview_min_seconds
+
+    def _send_preview(self, latents: torch.Tensor, done: int, total: int, on_preview: PreviewCallback) -> None:
+        try:
+            on_preview(done, total, self.preview_jpeg(latents[:1]))
+        except Exception:  # a preview is best effort: it must never fail the job
+            logger.warning("a preview failed; the job goes on without it", exc_info=True)
+
+    def preview_jpeg(self, latents: torch.Tensor) -> bytes:
+        """The tiny decoder's view of the current latents, as a small JPEG."""
+        with torch.inference_mode():
+            decoded = self.tiny_decoder.decode(latents.to(self.tiny_decoder.dtype), return_dict=False)[0]
+        pixels = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
+        image = Image.fromarray(pixels.numpy())
+        image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
+        return buffer.getvalue()
+
+
+def load_tiny_decoder(source: WeightSource | None, device: torch.device, dtype: torch.dtype) -> Any:
+    """The AutoencoderTiny for fast-mode decoding and previews, or ``None`` with one log line.
+
+    Optional by design: without it fast mode decodes with the full VAE (slower,
+    same meaning) and no previews are sent.
+    """
+    if source is None:
+        return None
+    from diffusers import AutoencoderTiny
+
+    try:
+        decoder = AutoencoderTiny.from_pretrained(source.location, dtype=dtype)
+    except Exception as error:  # noqa: BLE001 - any failure means: do without it
+        logger.info(
+            "tiny decoder %s not loaded (%s): fast mode decodes with the full VAE, and no previews are sent",
+            source.describe(),
+            type(error).__name__,
+        )
+        return None
+    return decoder.to(device)
 
 
 def quiet_libraries() -> None:

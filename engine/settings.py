@@ -22,7 +22,7 @@ def default_cache_dir() -> Path:
 class EngineSettings(BaseSettings):
     """Where the weights come from and how the worker runs them."""
 
-    model_config = SettingsConfigDict(env_prefix="MMPP_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MMPP_", env_file=".env", extra="ignore", populate_by_name=True)
 
     #: ``auto`` tries the real weights and falls back to the tiny test-sized
     #: model, saying so; ``default`` insists on the real weights.
@@ -50,6 +50,16 @@ class EngineSettings(BaseSettings):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     #: Off by default: compiling takes minutes and only pays off on GPUs.
     compile: bool = False
+    #: Most pictures one pipeline call paints at once; a larger job is split into
+    #: several calls, so memory stays bounded on small GPUs (1 = one call per picture).
+    max_batch_size: int = Field(default=4, ge=1, le=16)
+    #: AutoencoderTiny (TAESD) weights per family: they decode fast-mode pictures and every
+    #: preview; missing weights fall back to the full VAE (and no previews), with one log line.
+    tiny_decoder_sd15: str = "madebyollin/taesd"
+    tiny_decoder_sdxl: str = "madebyollin/taesdxl"
+    #: Live previews while a job paints: at most one every this many steps and seconds (0 steps: off).
+    preview_every_steps: int = Field(default=2, ge=0)
+    preview_min_seconds: float = Field(default=1.0, ge=0.0)
     #: NSFW check on the pictures: auto (when its weights load), off, or required (refuse jobs without it).
     safety_checker: Literal["auto", "off", "required"] = "auto"
     safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"

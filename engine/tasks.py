@@ -7,10 +7,12 @@ survives anything a job can throw at it and the bot always gets an answer.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -73,13 +75,58 @@ def _warm_up(**_: Any) -> None:
         logger.error("engine not ready yet: %s", error.as_line())
 
 
-def run_job(payload: Any, job_id: str, report_progress: Any = None) -> dict[str, Any]:
+class ProgressReporter:
+    """Turns the engine's progress and previews into PROGRESS states in the result backend.
+
+    Every state is a write to the backend, so one is written only when
+    something changed, and progress alone at most every
+    :data:`PROGRESS_INTERVAL_SECONDS` (the last step always).  A preview is
+    written with the progress it belongs to; it lives in the PROGRESS state
+    only, which the final result replaces, so nothing of it outlives the job.
+    """
+
+    def __init__(self, write: Callable[[dict[str, Any]], None], clock: Callable[[], float] = time.monotonic) -> None:
+        self._write = write
+        self._clock = clock
+        self._last_written = float("-inf")
+        self._last_meta: dict[str, Any] = {}
+        self._preview = ""
+
+    def progress(self, done: int, total: int) -> None:
+        if done < total and self._clock() - self._last_written < PROGRESS_INTERVAL_SECONDS:
+            return
+        self._send({"done": done, "total": total})
+
+    def preview(self, done: int, total: int, jpeg: bytes) -> None:
+        self._preview = base64.b64encode(jpeg).decode("ascii")
+        self._send({"done": done, "total": total})
+
+    def _send(self, meta: dict[str, Any]) -> None:
+        if self._preview:
+            meta["preview_jpeg_b64"] = self._preview
+        if meta == self._last_meta:
+            return
+        self._last_written = self._clock()
+        self._last_meta = meta
+        try:
+            self._write(meta)
+        except Exception:
+            # Progress is best effort: a broker hiccup must not fail the pictures.
+            logger.warning("progress report failed", exc_info=True)
+
+
+def run_job(
+    payload: Any,
+    job_id: str,
+    report_progress: Any = None,
+    report_preview: Any = None,
+) -> dict[str, Any]:
     """The task's body as a plain function, so tests can call it directly."""
     try:
         request = GenerateRequest.from_payload(payload)
         request.validate()
         engine = get_engine()
-        result = engine.generate(request, report_progress)
+        result = engine.generate(request, report_progress, on_preview=report_preview)
         logger.info(
             "job %s done: style=%s mode=%s pictures=%d total=%.2fs",
             job_id,
@@ -113,17 +160,5 @@ def generate(self: Any, payload: Any) -> dict[str, Any]:
 
 
 def _generate(self: Any, payload: Any) -> dict[str, Any]:
-    last_report = [0.0]
-
-    def report_progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done < total and now - last_report[0] < PROGRESS_INTERVAL_SECONDS:
-            return
-        last_report[0] = now
-        try:
-            self.update_state(state="PROGRESS", meta={"done": done, "total": total})
-        except Exception:
-            # Progress is best effort: a broker hiccup must not fail the pictures.
-            logger.warning("progress report failed", exc_info=True)
-
-    return run_job(payload, self.request.id or "", report_progress)
+    reporter = ProgressReporter(lambda meta: self.update_state(state="PROGRESS", meta=meta))
+    return run_job(payload, self.request.id or "", reporter.progress, reporter.preview)

@@ -43,3 +43,14 @@ def test_docker_compose_has_the_services_and_gpu_reservation() -> None:
     for bot in ("discord-bot", "telegram-bot"):
         assert services[bot]["build"]["dockerfile"] == "docker/bot.Dockerfile"
     assert "torch" not in (REPO / "requirements-bot.txt").read_text().replace("no torch", "")
+
+
+def test_the_weights_setting_reads_its_old_name_for_one_release(monkeypatch) -> None:
+    from engine.settings import EngineSettings
+
+    monkeypatch.delenv("MMPP_WEIGHTS", raising=False)
+    monkeypatch.setenv("MMPP_MODEL_PROFILE", "tiny-sdxl")
+    assert EngineSettings(_env_file=None).weights == "tiny-sdxl"
+    monkeypatch.setenv("MMPP_WEIGHTS", "tiny")
+    assert EngineSettings(_env_file=None).weights == "tiny", "the new name wins"
+    assert EngineSettings(_env_file=None, weights="default").weights == "default"

@@ -81,18 +81,15 @@ def test_adapter_weight_zero_is_exactly_the_adapter_switched_off(tiny_engine: En
     style_adapter = tiny_engine.style_adapters["anime"]
     job = request(selfie_bytes)
     tiny_engine.activate({PORTRAIT_ADAPTER: 0.4, style_adapter: 0.0, LCM_ADAPTER: 1.0})
-    arguments = tiny_engine.pipeline_arguments(
-        plan,
-        tiny_engine.encode_prompt(plan.prompt, plan.negative_prompt),
-        tiny_engine.face_analyzer.prepare_selfie(job.selfie).crop,
-        7,
-    )
+    conditioning = tiny_engine.encode_prompt(plan.prompt, plan.negative_prompt)
+    conditioning.update(tiny_engine.encode_face(tiny_engine.face_analyzer.prepare_selfie(job.selfie).crop, plan))
+    arguments = tiny_engine.pipeline_arguments(plan, conditioning, [7])
     tiny_engine.pipeline.scheduler = tiny_engine.scheduler_for(Mode.FAST)
     tiny_engine.pipeline.set_ip_adapter_scale(plan.ip_adapter_scale)
     with_zero = np.asarray(tiny_engine.pipeline(**arguments).images[0])
     tiny_engine.activate({PORTRAIT_ADAPTER: 0.4, LCM_ADAPTER: 1.0})
     tiny_engine.pipeline.scheduler = tiny_engine.scheduler_for(Mode.FAST)
-    arguments["generator"] = torch.Generator("cpu").manual_seed(7)
+    arguments["generator"] = [torch.Generator("cpu").manual_seed(7)]
     without = np.asarray(tiny_engine.pipeline(**arguments).images[0])
     assert np.array_equal(with_zero, without)
 
@@ -215,7 +212,8 @@ def test_a_photo_without_a_face_is_refused(tiny_engine: Engine) -> None:
 def test_progress_is_reported_per_step(tiny_engine: Engine, selfie_bytes: bytes) -> None:
     seen: list[tuple[int, int]] = []
     tiny_engine.generate(request(selfie_bytes, count=2, steps=4), lambda done, total: seen.append((done, total)))
-    assert seen == [(step, 8) for step in range(1, 9)]
+    # Both pictures are painted in one batched call: four steps for the job (split jobs: test_pipeline_fast_mode).
+    assert seen == [(step, 4) for step in range(1, 5)]
 
 
 def test_deadline_stops_the_job_with_timeout(tiny_engine: Engine, selfie_bytes: bytes) -> None:
@@ -278,10 +276,24 @@ def test_long_prompts_are_not_truncated(tiny_engine: Engine) -> None:
 
 
 def test_negative_prompt_changes_the_picture(tiny_engine: Engine, selfie_bytes: bytes, monkeypatch) -> None:
-    base = first_picture(tiny_engine, request(selfie_bytes))
+    """With guidance on (quality mode, or fast mode at guidance > 1) the negative prompt acts."""
+    for guided in [request(selfie_bytes, guidance=1.5), request(selfie_bytes, mode=Mode.QUALITY, steps=15)]:
+        base = first_picture(tiny_engine, guided)
+        style = tiny_engine.catalogue.get("anime")
+        monkeypatch.setitem(tiny_engine.catalogue._styles, "anime", dataclasses.replace(style, negative_prompt="green"))
+        assert np.abs(first_picture(tiny_engine, guided) - base).mean() > 0.5
+        monkeypatch.undo()
+
+
+def test_fast_mode_without_guidance_skips_the_negative_prompt(
+    tiny_engine: Engine, selfie_bytes: bytes, monkeypatch
+) -> None:
+    """Guidance 1 means one UNet pass per step, so the negative prompt cannot matter (and costs nothing)."""
+    unguided = request(selfie_bytes, guidance=1.0)
+    base = first_picture(tiny_engine, unguided)
     style = tiny_engine.catalogue.get("anime")
     monkeypatch.setitem(tiny_engine.catalogue._styles, "anime", dataclasses.replace(style, negative_prompt="green"))
-    assert np.abs(first_picture(tiny_engine, request(selfie_bytes)) - base).mean() > 0.5
+    assert np.array_equal(first_picture(tiny_engine, unguided), base)
 
 
 def test_sdxl_family_runs_with_both_text_encoders_and_pooled_embeddings(
@@ -305,7 +317,14 @@ def test_hotswap_mode_matches_resident_adapters(
     from engine.models import build_tiny_weights
 
     sources = build_tiny_weights(cache_dir / "tiny", "sd15", catalogue.names)
-    swapping = Engine(tiny_engine_pipeline_copy(cache_dir, sources), "sd15", sources, catalogue, use_hotswap=True)
+    swapping = Engine(
+        tiny_engine_pipeline_copy(cache_dir, sources),
+        "sd15",
+        sources,
+        catalogue,
+        use_hotswap=True,
+        tiny_decoder=tiny_engine.tiny_decoder,
+    )
     swapping.load_adapters()
     assert swapping.has_lcm and swapping.has_portrait and swapping.style_adapters
     results = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 import uuid
@@ -64,7 +65,7 @@ def test_run_job_refuses_malformed_payloads_without_loading_a_model(
 def test_run_job_reports_model_unavailable_and_retries_the_load_next_time(
     monkeypatch: pytest.MonkeyPatch, selfie_bytes, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("MMPP_MODEL_PROFILE", "default")
+    monkeypatch.setenv("MMPP_WEIGHTS", "default")
     monkeypatch.setenv("MMPP_BASE_MODEL", str(tmp_path / "no-such-model"))
     monkeypatch.setattr(tasks, "_engine", None)
     for _ in range(2):
@@ -115,7 +116,40 @@ def test_worker_completes_a_job_and_reports_progress(worker_queue: str, selfie_b
     assert all(Image.open(io.BytesIO(picture.png)).format == "PNG" for picture in result.pictures)
     assert result.test_sized_model
     assert "PROGRESS" in states
-    assert all(0 < item["done"] <= item["total"] == 30 for item in progress)
+    # Both pictures in one batched call: the job's progress is its 15 steps.
+    assert all(0 < item["done"] <= item["total"] == 15 for item in progress)
+    for item in progress:
+        if "preview_jpeg_b64" in item:
+            assert Image.open(io.BytesIO(base64.b64decode(item["preview_jpeg_b64"]))).format == "JPEG"
+    # The final result replaced the progress state: nothing of a preview outlives the job.
+    import redis
+
+    stored = redis.Redis.from_url(REDIS_URL).get(f"celery-task-meta-{async_result.id}")
+    assert stored is not None and b"preview_jpeg" not in stored
+
+
+def test_progress_reporter_writes_only_changes_and_keeps_the_latest_preview() -> None:
+    written: list[dict[str, object]] = []
+    now = [0.0]
+    reporter = tasks.ProgressReporter(written.append, clock=lambda: now[0])
+    reporter.progress(1, 4)
+    reporter.progress(2, 4)  # too soon after the first: skipped
+    now[0] += tasks.PROGRESS_INTERVAL_SECONDS
+    reporter.progress(2, 4)
+    reporter.progress(2, 4)  # unchanged: skipped whatever the time
+    reporter.preview(2, 4, b"jpeg-bytes")
+    reporter.progress(4, 4)  # the last step is always written
+    assert written == [
+        {"done": 1, "total": 4},
+        {"done": 2, "total": 4},
+        {"done": 2, "total": 4, "preview_jpeg_b64": base64.b64encode(b"jpeg-bytes").decode()},
+        {"done": 4, "total": 4, "preview_jpeg_b64": base64.b64encode(b"jpeg-bytes").decode()},
+    ]
+
+    def broken(meta: dict[str, object]) -> None:
+        raise ConnectionError("backend down")
+
+    tasks.ProgressReporter(broken).progress(4, 4)  # a failed write is logged, never raised
 
 
 def test_worker_returns_every_error_code_and_keeps_serving(worker_queue: str, selfie_bytes: bytes) -> None:
@@ -152,7 +186,7 @@ def test_worker_without_weights_answers_model_unavailable_and_survives(
         pytest.fail(f"Redis is not reachable at {REDIS_URL}")
     queue = f"mmpp-test-noweights-{uuid.uuid4().hex[:8]}"
     worker = start_worker(
-        queue, cache_dir, MMPP_MODEL_PROFILE="default", MMPP_BASE_MODEL=str(tmp_path / "missing-model")
+        queue, cache_dir, MMPP_WEIGHTS="default", MMPP_BASE_MODEL=str(tmp_path / "missing-model")
     )
     try:
         for _ in range(2):
