@@ -20,7 +20,16 @@ The figures and their targets:
   vs. one style's (≤ 10 % more for the whole pipeline), counted exactly from
   the tensors, plus the RSS growth of loading the other styles' LoRAs again.
 
-Two shapes: ``tiny`` is the test-sized profile (seconds; the fixed overheads
+Fast mode is measured against what it replaced, in the same run on the same
+loaded components: ``reference`` is a fast-mode picture as the catalogue ran
+it before (6 steps, guidance 1.5, the full VAE, one call per picture), and the
+new fast mode must take at most 0.35 of it; a 4-picture job at most 3.6 × a
+1-picture job (one batched call, the face embedded once); live previews at
+most 5 % more time per job.  With ``--compile`` a second engine compiles its
+UNet: compile time, seconds per picture after warm-up, and the graphs
+compiled anew while styles, picture counts and modes switch (must be 0).
+
+Two shapes: ``tiny`` is the test-sized weights (seconds; the fixed overheads
 weigh most there, so it is the harsh case for the ratio).  ``sd15`` builds
 full-size SD 1.5 components with random weights (speed does not depend on
 the values), writes them in the real on-disk formats to a temporary folder
@@ -90,7 +99,14 @@ BUSY_WARNING = 0.05
 #: any other stage the engine times (``safety``) is reported after them.
 #: Stages inside the diffusers call (the rest is the engine's own work).
 PIPELINE_STAGES = ("denoise", "vae_decode", "total")
-STAGES = ("face", "adapters", "prompt", "denoise", "vae_decode", "encode", "total")
+STAGES = ("face", "adapters", "prompt", "face_embedding", "denoise", "vae_decode", "encode", "total")
+#: What fast mode was before it was re-tuned: the baseline of ``new / reference``.
+REFERENCE_FAST_STEPS = 6
+REFERENCE_FAST_GUIDANCE = 1.5
+FAST_VS_REFERENCE_TARGET = 0.35
+#: A 4-picture job against a 1-picture job: on a CPU the batch buys little, on a GPU much more.
+JOB_OF_FOUR_TARGET = {"cpu": 3.6, "cuda": 2.0}
+PREVIEW_OVERHEAD_TARGET = 0.05
 
 
 def _positive(text: str) -> int:
@@ -118,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights' dtype (default: float32 for tiny, bfloat16 for sd15)",
     )
     parser.add_argument("--steps", type=_positive, default=None, help="denoising steps (default: the style's)")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ...")
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure a second engine with torch.compile (minutes on a CPU)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     return parser
@@ -138,6 +158,8 @@ def main(argv: list[str]) -> int:
             repeats=arguments.repeats or (3 if arguments.shape == "tiny" else 2),
             dtype=arguments.dtype or ("float32" if arguments.shape == "tiny" else "bfloat16"),
             steps=arguments.steps,
+            device=arguments.device,
+            with_compile=arguments.compile,
         )
         print(json.dumps(report, indent=2) if arguments.json else render_table(report))
         return EXIT_OK
@@ -153,7 +175,16 @@ def _say(message: str, started: float) -> None:
     print(f"[bench {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def bench_engine(*, shape: str, mode: Mode, repeats: int, dtype: str, steps: int | None) -> dict[str, Any]:
+def bench_engine(
+    *,
+    shape: str,
+    mode: Mode,
+    repeats: int,
+    dtype: str,
+    steps: int | None,
+    device: str = "auto",
+    with_compile: bool = False,
+) -> dict[str, Any]:
     """Load the engine for ``shape`` and measure it; returns the report as plain data."""
     from engine.settings import EngineSettings
     from mmpp.catalogue import load_catalogue
@@ -165,11 +196,31 @@ def bench_engine(*, shape: str, mode: Mode, repeats: int, dtype: str, steps: int
     # The NSFW check stays off: its weights are a download (the probe alone
     # costs a network timeout offline), and the plain diffusers call it is
     # compared with runs without a safety checker too.
-    settings = EngineSettings(dtype=dtype, compile=False, resolution=0, safety_checker="off")  # type: ignore[arg-type]
+    settings = EngineSettings(
+        dtype=dtype,  # type: ignore[arg-type]
+        device=device,
+        compile=False,
+        resolution=0,
+        safety_checker="off",
+        # Previews as often as the engine allows, so their cost is measured at its worst.
+        preview_every_steps=2,
+        preview_min_seconds=0.0,
+    )
     with _workspace(shape) as workspace:
         engine = _load_engine(shape, settings, catalogue, workspace, started)
         _say(f"engine loaded in {engine.load_timings.get('total', 0.0):.1f}s; measuring", started)
-        return _measure(engine, shape=shape, mode=mode, repeats=repeats, steps=steps, started=started)
+        report = _measure(engine, shape=shape, mode=mode, repeats=repeats, steps=steps, started=started)
+        if mode is Mode.FAST:
+            report["fast_mode"] = _fast_mode_figures(engine, repeats, started)
+            report["targets"] += report["fast_mode"].pop("targets")
+        if with_compile:
+            sources = engine.sources
+            del engine
+            gc.collect()
+            report["compile"] = _compile_figures(sources, catalogue, settings, repeats, started)
+            report["targets"] += report["compile"].pop("targets")
+        report["passed"] = all(target["pass"] for target in report["targets"])
+        return report
 
 
 @contextlib.contextmanager
@@ -231,6 +282,7 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     # --- 1. seconds per picture: engine vs. the same diffusers call
     face_crop = engine.face_analyzer.prepare_selfie(selfie).crop
     conditioning = engine.encode_prompt(plan_a.prompt, plan_a.negative_prompt)
+    conditioning.update(engine.encode_face(face_crop, plan_a))
 
     def run_engine() -> tuple[float, float, Any]:
         wall, cpu = time.perf_counter(), time.process_time()
@@ -240,7 +292,7 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     def run_baseline() -> tuple[float, float, Any]:
         # The state the engine call just set (adapters, IP-Adapter scale,
         # scheduler type) stays on the pipeline; this is the bare call.
-        arguments = engine.pipeline_arguments(plan_a, conditioning, face_crop, plan_a.seeds[0])
+        arguments = engine.pipeline_arguments(plan_a, conditioning, plan_a.seeds)
         wall, cpu = time.perf_counter(), time.process_time()
         output = engine.pipeline(**arguments)
         return time.perf_counter() - wall, time.process_time() - cpu, output.images[0]
@@ -287,10 +339,7 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     # --- 2. style switch, as ``generate`` does it before each job
     def switch_to(plan: Any) -> float:
         mark = time.perf_counter()
-        engine.activate(plan.adapters)
-        if engine.has_ip_adapter:
-            engine.pipeline.set_ip_adapter_scale(plan.ip_adapter_scale)
-        engine.pipeline.scheduler = engine.scheduler_for(plan.mode)
+        engine.configure(plan)
         return time.perf_counter() - mark
 
     switch_to(plan_a)  # warm-up, and a known starting point
@@ -301,7 +350,8 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
 
     # --- 4. memory
     memory = _memory_figures(engine, style_a, started)
-    gpu_peak = torch.cuda.max_memory_allocated() if engine.pipeline.device.type == "cuda" else None
+    on_gpu = engine.pipeline.device.type == "cuda"
+    gpu_peak = torch.cuda.max_memory_allocated(engine.pipeline.device) if on_gpu else None
 
     ratio = engine_seconds / baseline_seconds
     share = switch_seconds / engine_seconds
@@ -366,6 +416,125 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
         "targets": targets,
         "passed": all(target["pass"] for target in targets),
     }
+
+
+def _fast_mode_figures(engine: Any, repeats: int, started: float) -> dict[str, Any]:
+    """The re-tuned fast mode against the one it replaced, a 4-picture job, and previews on/off.
+
+    Runs alternate (reference, new, 4-picture job, new with previews) so that
+    drift of the machine touches every figure alike; medians are compared.
+    """
+    selfie = SAMPLE_SELFIE.read_bytes()
+    style = engine.catalogue.names[0]
+    new = GenerateRequest(selfie=selfie, style=style, mode=Mode.FAST, seed=SEED, count=1)
+    reference = dataclasses.replace(new, steps=REFERENCE_FAST_STEPS, guidance=REFERENCE_FAST_GUIDANCE)
+    four = dataclasses.replace(new, count=4)
+    previews: list[bytes] = []
+
+    def timed(job: GenerateRequest, *, full_vae: bool = False, with_previews: bool = False) -> float:
+        tiny_decoder = engine.tiny_decoder
+        if full_vae:
+            engine.tiny_decoder = None  # the plan then picks the full VAE, as fast mode did before
+        try:
+            mark = time.perf_counter()
+            engine.generate(
+                job, on_preview=(lambda done, total, jpeg: previews.append(jpeg)) if with_previews else None
+            )
+            return time.perf_counter() - mark
+        finally:
+            engine.tiny_decoder = tiny_decoder
+
+    _say("fast mode: warm-up of the reference, the new mode and a 4-picture job", started)
+    timed(reference, full_vae=True)
+    timed(new)
+    timed(four)
+    runs: dict[str, list[float]] = {"reference": [], "new": [], "job_of_4": [], "new_with_previews": []}
+    for index in range(repeats):
+        runs["reference"].append(timed(reference, full_vae=True))
+        runs["new"].append(timed(new))
+        runs["job_of_4"].append(timed(four))
+        runs["new_with_previews"].append(timed(new, with_previews=True))
+        _say(
+            f"fast mode {index + 1}/{repeats}: reference {runs['reference'][-1]:.2f}s, new {runs['new'][-1]:.2f}s, "
+            f"4 pictures {runs['job_of_4'][-1]:.2f}s, with previews {runs['new_with_previews'][-1]:.2f}s",
+            started,
+        )
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    device_kind = "cuda" if engine.pipeline.device.type == "cuda" else "cpu"
+    plan = engine.plan(new)
+    figures: dict[str, Any] = {
+        "reference": {"steps": REFERENCE_FAST_STEPS, "guidance": REFERENCE_FAST_GUIDANCE, "decoder": "full VAE"},
+        "new": {"steps": plan.steps, "guidance": plan.guidance, "decoder": plan.decoder},
+        "runs": runs,
+        "seconds": medians,
+        "new_vs_reference": medians["new"] / medians["reference"],
+        "job_of_4_vs_1": medians["job_of_4"] / medians["new"],
+        "preview_overhead": medians["new_with_previews"] / medians["new"] - 1.0,
+        "previews_per_job": len(previews) / max(1, repeats),
+        "preview_bytes_max": max((len(jpeg) for jpeg in previews), default=0),
+    }
+    figures["targets"] = [
+        _target("fast_vs_reference", figures["new_vs_reference"], FAST_VS_REFERENCE_TARGET, "new fast / reference"),
+        _target(
+            "job_of_4_vs_job_of_1",
+            figures["job_of_4_vs_1"],
+            JOB_OF_FOUR_TARGET[device_kind],
+            f"4-picture job / 1-picture job ({device_kind})",
+        ),
+        _target("preview_overhead", figures["preview_overhead"], PREVIEW_OVERHEAD_TARGET, "previews on / off - 1"),
+    ]
+    return figures
+
+
+def _compile_figures(sources: Any, catalogue: Any, settings: Any, repeats: int, started: float) -> dict[str, Any]:
+    """A second engine with ``torch.compile``: compile time, speed after warm-up, recompilations (must be 0)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from engine.pipeline import Engine
+
+    selfie = SAMPLE_SELFIE.read_bytes()
+    names = catalogue.names
+    torch._dynamo.reset()
+    counters.clear()
+    _say("compile: loading a second engine and compiling its UNet (regional, dynamic shapes)", started)
+    mark = time.perf_counter()
+    engine = Engine.from_sources(sources, catalogue, settings.model_copy(update={"compile": True}))
+    load_seconds = time.perf_counter() - mark
+    graphs_at_start = int(counters["stats"]["unique_graphs"])
+    job = GenerateRequest(selfie=selfie, style=names[0], mode=Mode.FAST, seed=SEED, count=1)
+    engine.generate(job)  # the first job after start-up
+    picture_runs = []
+    for _ in range(repeats):
+        mark = time.perf_counter()
+        engine.generate(job)
+        picture_runs.append(time.perf_counter() - mark)
+    switches = [
+        dataclasses.replace(job, style=names[1]),
+        dataclasses.replace(job, style=names[2], count=2),
+        dataclasses.replace(job, style=names[0], count=1, mode=Mode.QUALITY, steps=15),
+        dataclasses.replace(job, style=names[1], count=4),
+    ]
+    for switched in switches:
+        engine.generate(switched)
+    recompiled = int(counters["stats"]["unique_graphs"]) - graphs_at_start
+    _say(f"compile: {picture_runs} s per picture, {recompiled} graphs compiled during the switches", started)
+    figures: dict[str, Any] = {
+        "load_and_compile_seconds": load_seconds,
+        "base_load_seconds": engine.load_timings.get("base", 0.0),
+        "graphs_compiled_at_start": graphs_at_start,
+        "seconds_per_picture": statistics.median(picture_runs),
+        "picture_runs": picture_runs,
+        "recompilations_during_switches": recompiled,
+        "switches": [
+            {"style": item.style, "count": item.count, "mode": item.mode.value if item.mode else None}
+            for item in switches
+        ],
+    }
+    figures["targets"] = [_target("recompilations", recompiled, 0, "graphs compiled while switching styles/counts")]
+    del engine
+    torch._dynamo.reset()
+    return figures
 
 
 def _target(name: str, value: float, limit: float, what: str) -> dict[str, Any]:
@@ -588,6 +757,56 @@ def render_table(report: dict[str, Any]) -> str:
             *verdict("all_styles_lora_extra_share", "≤ 10 %"),
         ),
     ]
+    fast = report.get("fast_mode")
+    if fast:
+        seconds = fast["seconds"]
+        reference, new = fast["reference"], fast["new"]
+        rows += [
+            (
+                f"fast reference ({reference['steps']} steps, guidance {reference['guidance']:g}, full VAE)",
+                _duration(seconds["reference"]),
+                "",
+                "",
+            ),
+            (
+                f"fast new ({new['steps']} steps, guidance {new['guidance']:g}, {new['decoder']} decoder)",
+                _duration(seconds["new"]),
+                "",
+                "",
+            ),
+            ("fast new / reference", f"{fast['new_vs_reference']:.3f}", *verdict("fast_vs_reference", "≤ 0.35")),
+            ("4-picture job (one batched call)", _duration(seconds["job_of_4"]), "", ""),
+            (
+                "4-picture job / 1-picture job",
+                f"{fast['job_of_4_vs_1']:.2f}",
+                *verdict("job_of_4_vs_job_of_1", f"≤ {targets['job_of_4_vs_job_of_1']['at_most']:g}"),
+            ),
+            (
+                f"previews on / off - 1 ({fast['previews_per_job']:g} a job, ≤ {_size(fast['preview_bytes_max'])})",
+                f"{fast['preview_overhead'] * 100:.1f} %",
+                *verdict("preview_overhead", "≤ 5 %"),
+            ),
+        ]
+    compiled = report.get("compile")
+    if compiled:
+        rows += [
+            ("compiled: load + compile + warm-up", _duration(compiled["load_and_compile_seconds"]), "", ""),
+            ("compiled: seconds per picture (median)", _duration(compiled["seconds_per_picture"]), "", ""),
+            (
+                f"compiled: graphs compiled during {len(compiled['switches'])} switches",
+                str(compiled["recompilations_during_switches"]),
+                *verdict("recompilations", "0"),
+            ),
+        ]
+        if fast:
+            rows.append(
+                (
+                    "compiled / eager seconds per picture",
+                    f"{compiled['seconds_per_picture'] / fast['seconds']['new']:.3f}",
+                    "",
+                    "",
+                )
+            )
     if memory.get("gpu_peak_bytes") is not None:
         rows.append(("peak GPU memory allocated", _size(memory["gpu_peak_bytes"]), "", ""))
     delta = memory.get("rss_delta_other_styles")
@@ -652,7 +871,12 @@ def build_full_sd15(folder_text: str, style_names: list[str], dtype_name: str) -
     """
     import torch
 
-    from engine.models import write_random_image_encoder, write_random_ip_adapter, write_random_loras
+    from engine.models import (
+        write_random_image_encoder,
+        write_random_ip_adapter,
+        write_random_loras,
+        write_random_tiny_decoder,
+    )
 
     try:
         from engine.pipeline import quiet_libraries
@@ -690,6 +914,8 @@ def build_full_sd15(folder_text: str, style_names: list[str], dtype_name: str) -
         )
         del pipeline
         gc.collect()
+        # TAESD's shape: 4 blocks of 64 channels.
+        write_random_tiny_decoder(folder / "tiny_decoder", blocks=4, channels=64, layers=3, dtype=dtype)
         # The ViT-H/14 image encoder the SD 1.5 face adapters use (632 M parameters).
         write_random_image_encoder(
             folder / "ip_adapter" / "image_encoder",

@@ -496,7 +496,7 @@ def write_random_tiny_decoder(folder: Path, *, blocks: int, channels: int = 16, 
 
     ``blocks`` sets its scale: each block after the first halves (encoder) or
     doubles (decoder) the size, as the model's VAE does, so it reads the same
-    latents; TAESD itself is 4 blocks of 64 channels with 1/3/3/3 layers.
+    latents; TAESD itself is 4 blocks of 64 channels with 1/3/3/3 encoder and 3/3/3/1 decoder layers.
     """
     from diffusers import AutoencoderTiny
 
@@ -504,7 +504,7 @@ def write_random_tiny_decoder(folder: Path, *, blocks: int, channels: int = 16, 
         encoder_block_out_channels=(channels,) * blocks,
         decoder_block_out_channels=(channels,) * blocks,
         num_encoder_blocks=(1,) + (layers,) * (blocks - 1),
-        num_decoder_blocks=(layers,) * blocks,
+        num_decoder_blocks=(layers,) * (blocks - 1) + (1,),
         latent_channels=4,
     )
     if dtype is not None:

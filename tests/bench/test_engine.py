@@ -85,7 +85,14 @@ def test_lora_memory_figures(report: dict) -> None:
 
 def test_targets_and_machine(report: dict) -> None:
     names = {target["name"]: target for target in report["targets"]}
-    assert set(names) == {"engine_vs_diffusers_ratio", "style_switch_share", "all_styles_lora_extra_share"}
+    assert set(names) == {
+        "engine_vs_diffusers_ratio",
+        "style_switch_share",
+        "all_styles_lora_extra_share",
+        "fast_vs_reference",
+        "job_of_4_vs_job_of_1",
+        "preview_overhead",
+    }
     assert names["engine_vs_diffusers_ratio"]["value"] == report["picture"]["ratio"]
     assert report["passed"] == all(target["pass"] for target in report["targets"])
     machine = report["machine"]
@@ -96,8 +103,24 @@ def test_targets_and_machine(report: dict) -> None:
 def test_the_table_names_every_target(report: dict) -> None:
     table = bench.render_table(report)
     verdicts = [line for line in table.splitlines() if line.endswith((" PASS", " FAIL"))]
-    assert len(verdicts) == 3
+    assert len(verdicts) == 6
     assert report["machine"]["cpu"] in table and report["date"] in table
+
+
+def test_fast_mode_against_the_reference_a_job_of_four_and_previews(report: dict) -> None:
+    fast = report["fast_mode"]
+    assert fast["reference"] == {"steps": 6, "guidance": 1.5, "decoder": "full VAE"}
+    assert fast["new"] == {"steps": 4, "guidance": 1.0, "decoder": "tiny"}
+    seconds = fast["seconds"]
+    assert all(positive(seconds[name]) for name in ("reference", "new", "job_of_4", "new_with_previews"))
+    assert fast["new_vs_reference"] == pytest.approx(seconds["new"] / seconds["reference"])
+    assert fast["job_of_4_vs_1"] == pytest.approx(seconds["job_of_4"] / seconds["new"])
+    assert fast["preview_overhead"] == pytest.approx(seconds["new_with_previews"] / seconds["new"] - 1)
+    # 4 steps, a preview every 2 (never on the last): one preview a job, a small JPEG.
+    assert fast["previews_per_job"] == 1 and 0 < fast["preview_bytes_max"] <= 30_000
+    names = {target["name"]: target for target in report["targets"]}
+    assert names["fast_vs_reference"]["at_most"] == 0.35 and names["job_of_4_vs_job_of_1"]["at_most"] == 3.6
+    assert "compile" not in report  # only with --compile
 
 
 @pytest.mark.parametrize("argv", [[], ["nothing"], ["engine", "--shape", "huge"], ["engine", "--repeats", "0"]])
