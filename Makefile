@@ -1,4 +1,5 @@
 # The two commands in the README: `make run` and `make test`.
+# `make test` runs ruff, mypy (configured in pyproject.toml) and pytest, as CI does.
 # Each creates the virtual environment and installs the pinned dependencies
 # on first use; later runs reuse them until requirements.lock changes.
 
@@ -29,11 +30,13 @@ redis:
 
 test: $(STAMP) redis
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) var out

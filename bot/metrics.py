@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -35,7 +35,7 @@ HealthCheck = Callable[[], Awaitable[bool]]
 
 
 class MetricsServer:
-    def __init__(self, port: int, checks: dict[str, HealthCheck], refresh: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, port: int, checks: Mapping[str, HealthCheck], refresh: Callable[[], Awaitable[None]]) -> None:
         self.port = port
         self.checks = checks
         self.refresh = refresh

@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +36,11 @@ def utc_now() -> datetime:
 
 def timestamp(moment: datetime | None = None) -> str:
     return (moment or utc_now()).isoformat(timespec="milliseconds")
+
+
+async def fetch_all(db: aiosqlite.Connection, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    """Every row of one query, as a list (aiosqlite types its ``execute_fetchall`` as a bare iterable)."""
+    return list(await db.execute_fetchall(sql, parameters))
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,7 @@ class Storage:
         try:
             connection.row_factory = sqlite3.Row
             await connection.execute("PRAGMA busy_timeout = 10000")
-            rows = await connection.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+            rows = await fetch_all(connection, "SELECT name FROM sqlite_master WHERE type = 'table'")
         except sqlite3.DatabaseError as error:
             await connection.close()
             raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
@@ -155,7 +160,7 @@ class Storage:
                 "CREATE TABLE IF NOT EXISTS schema_migrations "
                 "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
-            applied = {row[0] for row in await self._db.execute_fetchall("SELECT version FROM schema_migrations")}
+            applied = {row[0] for row in await fetch_all(self._db, "SELECT version FROM schema_migrations")}
             done = []
             for path in sorted(folder.glob("*.sql")):
                 match = MIGRATION_NAME.match(path.name)
@@ -176,7 +181,7 @@ class Storage:
             return done
 
     async def schema_version(self) -> int:
-        rows = await self._db.execute_fetchall("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        rows = await fetch_all(self._db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         return int(rows[0][0])
 
     # ------------------------------------------------------------------ users
@@ -190,18 +195,15 @@ class Storage:
                 "CASE WHEN excluded.display_name != '' THEN excluded.display_name ELSE users.display_name END",
                 (platform, platform_user_id, display_name, timestamp()),
             )
-            rows = await db.execute_fetchall(
-                "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
+            rows = await fetch_all(
+                db, "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
             )
         return int(rows[0][0])
 
-    #: The old name, which hid that it writes; kept only while tests/faults/ still call it.
-    user_id = ensure_user
-
     async def find_user(self, platform: str, platform_user_id: str) -> int | None:
         """The person's row id if there is one; never creates it."""
-        rows = await self._db.execute_fetchall(
-            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
+        rows = await fetch_all(
+            self._db, "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
         )
         return int(rows[0][0]) if rows else None
 
@@ -230,8 +232,8 @@ class Storage:
         event already made a job (a duplicate delivery), which is returned.
         """
         async with self.write() as db:
-            existing = await db.execute_fetchall(
-                "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
+            existing = await fetch_all(
+                db, "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
             )
             if existing:
                 return Job.from_row(existing[0]), False
@@ -246,16 +248,16 @@ class Storage:
             )  # fmt: skip
             job_id = cursor.lastrowid
             await db.execute("INSERT INTO selfies (job_id, data) VALUES (?, ?)", (job_id, selfie))
-            rows = await db.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job_id,))
+            rows = await fetch_all(db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]), True
 
     async def job(self, job_id: int) -> Job | None:
-        rows = await self._db.execute_fetchall("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = await fetch_all(self._db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]) if rows else None
 
     async def job_by_event(self, platform: str, event_key: str) -> Job | None:
-        rows = await self._db.execute_fetchall(
-            "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
+        rows = await fetch_all(
+            self._db, "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
         )
         return Job.from_row(rows[0]) if rows else None
 
@@ -276,7 +278,8 @@ class Storage:
 
     async def undelivered_jobs(self, platforms: list[str]) -> list[Job]:
         marks = ",".join("?" for _ in platforms)
-        rows = await self._db.execute_fetchall(
+        rows = await fetch_all(
+            self._db,
             f"SELECT * FROM jobs WHERE delivered_at IS NULL AND platform IN ({marks}) ORDER BY id",
             platforms,
         )
@@ -284,19 +287,20 @@ class Storage:
 
     async def queue_position(self, job: Job) -> int:
         """Jobs enqueued before this one and not yet finished (any platform)."""
-        rows = await self._db.execute_fetchall(
-            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND id < ?", (job.id,)
+        rows = await fetch_all(
+            self._db, "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND id < ?", (job.id,)
         )
         return int(rows[0][0])
 
     async def pending_jobs(self, user_id: int) -> int:
-        rows = await self._db.execute_fetchall(
-            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", (user_id,)
+        rows = await fetch_all(
+            self._db, "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", (user_id,)
         )
         return int(rows[0][0])
 
     async def pictures_requested_in_chat_since(self, platform: str, chat_id: str, since: datetime) -> int:
-        rows = await self._db.execute_fetchall(
+        rows = await fetch_all(
+            self._db,
             "SELECT COALESCE(SUM(picture_count), 0) FROM jobs WHERE platform = ? AND chat_id = ? AND created_at >= ? "
             "AND state != 'failed'",
             (platform, chat_id, timestamp(since)),
@@ -313,11 +317,12 @@ class Storage:
         return cursor.rowcount == 1
 
     async def job_counts_by_state(self) -> dict[str, int]:
-        rows = await self._db.execute_fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        rows = await fetch_all(self._db, "SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {str(state): int(count) for state, count in rows}
 
     async def pictures_requested_since(self, user_id: int, since: datetime) -> int:
-        rows = await self._db.execute_fetchall(
+        rows = await fetch_all(
+            self._db,
             "SELECT COALESCE(SUM(picture_count), 0) FROM jobs WHERE user_id = ? AND created_at >= ? "
             "AND state != 'failed'",
             (user_id, timestamp(since)),
@@ -325,15 +330,16 @@ class Storage:
         return int(rows[0][0])
 
     async def recent_jobs(self, user_id: int, limit: int = 10) -> list[Job]:
-        rows = await self._db.execute_fetchall(
-            "SELECT * FROM jobs WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
+        rows = await fetch_all(
+            self._db, "SELECT * FROM jobs WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
         )
         return [Job.from_row(row) for row in rows]
 
     # ------------------------------------------------------------------ selfies
 
     async def selfie(self, job_id: int, now: datetime | None = None) -> bytes | None:
-        rows = await self._db.execute_fetchall(
+        rows = await fetch_all(
+            self._db,
             "SELECT data FROM selfies WHERE job_id = ? AND (expires_at IS NULL OR expires_at > ?)",
             (job_id, timestamp(now)),
         )
@@ -369,7 +375,7 @@ class Storage:
         return await self.pictures(job_id)
 
     async def pictures(self, job_id: int) -> list[StoredPicture]:
-        rows = await self._db.execute_fetchall("SELECT * FROM pictures WHERE job_id = ? ORDER BY position", (job_id,))
+        rows = await fetch_all(self._db, "SELECT * FROM pictures WHERE job_id = ? ORDER BY position", (job_id,))
         return [StoredPicture(**{**dict(row), "png": bytes(row["png"])}) for row in rows]
 
     async def set_picture_message(self, picture_id: int, message_ref: str) -> None:
@@ -377,7 +383,8 @@ class Storage:
             await db.execute("UPDATE pictures SET message_ref = ? WHERE id = ?", (message_ref, picture_id))
 
     async def picture_by_message(self, platform: str, message_ref: str) -> StoredPicture | None:
-        rows = await self._db.execute_fetchall(
+        rows = await fetch_all(
+            self._db,
             "SELECT pictures.* FROM pictures JOIN jobs ON jobs.id = pictures.job_id "
             "WHERE jobs.platform = ? AND pictures.message_ref = ?",
             (platform, message_ref),
@@ -385,7 +392,7 @@ class Storage:
         return StoredPicture(**{**dict(rows[0]), "png": bytes(rows[0]["png"])}) if rows else None
 
     async def picture(self, picture_id: int) -> StoredPicture | None:
-        rows = await self._db.execute_fetchall("SELECT * FROM pictures WHERE id = ?", (picture_id,))
+        rows = await fetch_all(self._db, "SELECT * FROM pictures WHERE id = ?", (picture_id,))
         return StoredPicture(**{**dict(rows[0]), "png": bytes(rows[0]["png"])}) if rows else None
 
     # ------------------------------------------------------------------ ratings
@@ -405,31 +412,34 @@ class Storage:
             )
 
     async def rating(self, picture_id: int, rater_id: int) -> int | None:
-        rows = await self._db.execute_fetchall(
-            "SELECT score FROM ratings WHERE picture_id = ? AND rater_id = ?", (picture_id, rater_id)
+        rows = await fetch_all(
+            self._db, "SELECT score FROM ratings WHERE picture_id = ? AND rater_id = ?", (picture_id, rater_id)
         )
         return int(rows[0][0]) if rows else None
 
     async def ratings_export(self) -> list[dict[str, Any]]:
-        rows = await self._db.execute_fetchall(
+        rows = await fetch_all(
+            self._db,
             "SELECT jobs.style, jobs.mode, jobs.id AS job_id, pictures.position, pictures.seed, "
             "raters.platform AS rater_platform, ratings.rater_id, ratings.score, ratings.source, ratings.updated_at, "
             "jobs.result_meta FROM ratings JOIN pictures ON pictures.id = ratings.picture_id "
             "JOIN jobs ON jobs.id = pictures.job_id JOIN users AS raters ON raters.id = ratings.rater_id "
-            "ORDER BY ratings.updated_at"
+            "ORDER BY ratings.updated_at",
         )
         return [dict(row) for row in rows]
 
     async def feedback_rows(self) -> FeedbackRows:
         """What the ratings statistics need (computed in ``mmpp.feedback``): job and picture counts, every rating."""
-        jobs = await self._db.execute_fetchall("SELECT style, COUNT(*) FROM jobs GROUP BY style")
-        pictures = await self._db.execute_fetchall(
-            "SELECT jobs.style, COUNT(*) FROM pictures JOIN jobs ON jobs.id = pictures.job_id GROUP BY jobs.style"
+        jobs = await fetch_all(self._db, "SELECT style, COUNT(*) FROM jobs GROUP BY style")
+        pictures = await fetch_all(
+            self._db,
+            "SELECT jobs.style, COUNT(*) FROM pictures JOIN jobs ON jobs.id = pictures.job_id GROUP BY jobs.style",
         )
-        ratings = await self._db.execute_fetchall(
+        ratings = await fetch_all(
+            self._db,
             "SELECT jobs.id, jobs.style, jobs.mode, jobs.result_meta, pictures.id, ratings.score "
             "FROM ratings JOIN pictures ON pictures.id = ratings.picture_id JOIN jobs ON jobs.id = pictures.job_id "
-            "ORDER BY jobs.style, jobs.id, pictures.id"
+            "ORDER BY jobs.style, jobs.id, pictures.id",
         )
         return FeedbackRows(
             jobs_per_style={str(style): int(count) for style, count in jobs},
@@ -445,9 +455,7 @@ class Storage:
     async def forget_user(self, user_id: int) -> list[str]:
         """Delete a person and everything about them; return their task ids (to purge the broker)."""
         async with self.write() as db:
-            task_ids = [
-                row[0] for row in await db.execute_fetchall("SELECT task_id FROM jobs WHERE user_id = ?", (user_id,))
-            ]
+            task_ids = [row[0] for row in await fetch_all(db, "SELECT task_id FROM jobs WHERE user_id = ?", (user_id,))]
             # Ratings they gave on others' pictures, then their jobs (cascading to
             # selfies, pictures and the ratings on those), then the person.
             await db.execute("DELETE FROM ratings WHERE rater_id = ?", (user_id,))
@@ -459,11 +467,11 @@ class Storage:
         """Row counts for tests and reports; ``table`` is one of ours, never user input."""
         if table not in {"users", "jobs", "selfies", "pictures", "ratings"}:
             raise ValueError(table)
-        rows = await self._db.execute_fetchall(f"SELECT COUNT(*) FROM {table} WHERE {where}", parameters)
+        rows = await fetch_all(self._db, f"SELECT COUNT(*) FROM {table} WHERE {where}", parameters)
         return int(rows[0][0])
 
     async def integrity_check(self) -> str:
-        rows = await self._db.execute_fetchall("PRAGMA integrity_check")
+        rows = await fetch_all(self._db, "PRAGMA integrity_check")
         return str(rows[0][0])
 
 

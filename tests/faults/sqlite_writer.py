@@ -17,7 +17,7 @@ from bot.storage import Storage
 async def rate_forever(storage: Storage, name: str, picture_id: int, platform: str, prefix: str) -> None:
     done = 0
     while True:
-        rater = await storage.user_id(platform, f"{prefix}-{name}-{done}")
+        rater = await storage.ensure_user(platform, f"{prefix}-{name}-{done}")
         await storage.set_rating(picture_id, rater, 1 + done % 5, "reaction")
         done += 1
         print(name, done, flush=True)

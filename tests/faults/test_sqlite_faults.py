@@ -55,7 +55,7 @@ class SqliteWriter:
 
 
 async def make_picture(storage: Storage, platform: str = "telegram") -> int:
-    owner = await storage.user_id(platform, "owner")
+    owner = await storage.ensure_user(platform, "owner")
     job, _ = await storage.create_job(
         task_id="task-1", user_id=owner, platform=platform, event_key="event-1", chat_id="1", style="anime",
         prompt="", mode="fast", picture_count=1, seed=1, selfie=SAMPLE_SELFIE.read_bytes(), reply_context={},
