@@ -1,4 +1,8 @@
-"""Engine subcommands of ``mmpp``: generate, styles, worker, train, eval, bench engine.
+"""Engine subcommands of ``mmpp``: generate, styles, worker, train.
+
+``mmpp eval`` and ``mmpp bench`` do not pass through here: the dispatcher
+(``mmpp/cli.py``, whose ``ENGINE_COMMANDS`` and ``BOT_COMMANDS`` list every
+command once) hands them to ``engine.evaluate.cli`` and ``bench.cli`` itself.
 
 Every failure a user can cause ends as one line ``error[CODE]: message`` on
 stderr and exit status 2; a failure of ours as ``error[INTERNAL]`` and exit
@@ -57,10 +61,6 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 def main(command: str, argv: list[str]) -> int:
-    if command == "eval":
-        from engine.evaluate.cli import main as eval_main
-
-        return eval_main(argv)
     arguments = build_parser(command).parse_args(argv)
     from engine.settings import EngineSettings
     from mmpp.logs import configure_logging

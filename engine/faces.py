@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from mmpp.contract import ACCEPTED_PHOTO_TYPES, MAX_IMAGE_PIXELS, MAX_UPLOAD_BYTES, MIN_IMAGE_SIDE
+from mmpp.contract import (
+    ACCEPTED_PHOTO_TYPES,
+    MAX_IMAGE_PIXELS,
+    MAX_UPLOAD_BYTES,
+    MIN_IMAGE_SIDE,
+    accepted_photos_text,
+)
 from mmpp.errors import ErrorCode, MmppError
 
 if TYPE_CHECKING:
@@ -45,7 +51,7 @@ __all__ = [
 #: A JPEG with extra pictures appended (MPO, written by many phones) opens through the JPEG
 #: plugin under the format name "MPO" and is accepted as the still photo it is.
 ACCEPTED_FORMATS = tuple(photo.pillow_format for photo in ACCEPTED_PHOTO_TYPES)
-_ACCEPTED_TEXT = "JPEG, PNG or WebP"
+_ACCEPTED_TEXT = accepted_photos_text()
 
 #: dlib's documented decision threshold for its 128-d embedding: two faces whose Euclidean
 #: distance is below 0.6 are the same person (99.38 % on LFW).  Measured here: the astronaut

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mmpp.feedback import FeedbackRows
 
+#: Every ``mmpp`` command exactly once, with the help line ``mmpp --help`` shows.  The engine side's:
+#: ``bench`` and ``eval`` are routed here (``_bench``, ``_eval``), the rest go to ``engine.cli``.
 ENGINE_COMMANDS = {
     "generate": "write profile pictures for a photo, in this process",
     "styles": "list the style catalogue",
@@ -17,6 +19,7 @@ ENGINE_COMMANDS = {
     "eval": "score a parameter sweep or the bot's ratings into a report (mmpp eval --help)",
     "train": "train a portrait or style LoRA on a folder of pictures (mmpp train --help)",
 }
+#: The chat side's commands, all run by ``bot.cli``.
 BOT_COMMANDS = {
     "run": "start a worker and the adapters whose tokens are set (the console when none is)",
     "chat": "the console adapter alone (needs a running worker)",

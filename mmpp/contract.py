@@ -29,6 +29,7 @@ def queue_for(base: str, mode: str | None) -> str:
     """
     return f"{base}.{mode}" if mode in {"fast", "quality"} else base
 
+
 #: Bumped whenever a field changes meaning, so an old worker can refuse a new
 #: payload loudly instead of misreading it.
 CONTRACT_VERSION = 1
@@ -65,6 +66,12 @@ ACCEPTED_PHOTO_TYPES = (
     PhotoType("image/png", "PNG", "PNG"),
     PhotoType("image/webp", "WEBP", "WebP"),
 )
+
+
+def accepted_photos_text() -> str:
+    """``"JPEG, PNG or WebP"``: :data:`ACCEPTED_PHOTO_TYPES` as people call them, for messages."""
+    labels = [photo.label for photo in ACCEPTED_PHOTO_TYPES]
+    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} or {labels[-1]}"
 
 
 class Mode(enum.StrEnum):

@@ -16,7 +16,6 @@ made-up value.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -40,8 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: The CLIP used when ``MMPP_CLIP_MODEL`` is not set: the text encoder family of SD 1.5.
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"
-#: A file that :func:`build_tiny_clip` leaves in its folder, so any CLIP loaded from
-#: there is labelled test-sized wherever its numbers are shown.
+#: A file that the tests' tiny random CLIP (``tests/support/tiny_clip.py``) leaves in its folder,
+#: so any CLIP loaded from there is labelled test-sized wherever its numbers are shown.
 TEST_SIZED_MARKER = "mmpp-test-sized.json"
 #: torchmetrics' CLIPScore scale: 100 x cosine, floored at 0.
 CLIP_SCORE_SCALE = 100.0
@@ -349,58 +348,3 @@ def load_clip_scorer(source: str | None = None) -> ClipScorer:
         f"CLIP model '{source}' could not be loaded from {where} ({failure}); download it "
         f"(hf download {DEFAULT_CLIP_MODEL}) or set MMPP_CLIP_MODEL to a local folder"
     )
-
-
-def build_tiny_clip(folder: Path) -> Path:
-    """Write a tiny random CLIP (model, tokenizer, image processor) to ``folder``, for tests.
-
-    It has the real architecture and on-disk format, so :func:`load_clip_scorer`
-    runs its real code path on it; its scores mean nothing, and the marker
-    file makes every report say so.
-    """
-    import tempfile
-
-    import torch
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    try:
-        from transformers import CLIPImageProcessorPil as ImageProcessor
-    except ImportError:  # older transformers: the plain class is the PIL one
-        from transformers import CLIPImageProcessor as ImageProcessor
-
-    from engine.models import _tiny_corpus, build_tiny_tokenizer_files
-
-    with tempfile.TemporaryDirectory() as scratch:
-        build_tiny_tokenizer_files(Path(scratch), _tiny_corpus())
-        tokenizer = CLIPTokenizer.from_pretrained(scratch, model_max_length=77)
-    config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 77,
-            "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "pad_token_id": tokenizer.eos_token_id,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 37,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = CLIPModel(config)
-    image_processor = ImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
-    (folder / TEST_SIZED_MARKER).write_text(json.dumps({"test_sized": True, "note": "random weights"}))
-    return folder

@@ -42,7 +42,7 @@ async def test_redis_restarted_while_the_job_waits_in_the_queue(
 ) -> None:  # fmt: skip
     """SHUTDOWN + restart while the job sits in the queue and no worker has it: the append-only file keeps the
     message, the bot's result polling recovers on its own, and a worker started afterwards answers once."""
-    caplog.set_level(logging.WARNING, logger="bot.core.service")
+    caplog.set_level(logging.WARNING, logger="bot.core.jobs")
     fake, server, queue = fake_telegram, private_redis, unique_queue()
     async with telegram_bot(fake, tmp_path, redis_url=server.url, queue=queue) as bot:
         await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption=QUICK_JOB)
@@ -71,7 +71,7 @@ async def test_redis_down_when_the_bot_enqueues_and_an_idle_worker_waits(
 ) -> None:  # fmt: skip
     """Redis SIGKILLed under an idle worker, then a photo arrives: the bot keeps the job, re-sends it once
     Redis is back, and the worker reconnects and answers once."""
-    caplog.set_level(logging.WARNING, logger="bot.core.service")
+    caplog.set_level(logging.WARNING, logger="bot.core.jobs")
     fake, server, queue = fake_telegram, private_redis, unique_queue()
     worker = spawn_worker(queue, tiny_weights, server.url, tmp_path / "worker.log")
     workers.append(worker)
