@@ -1,6 +1,6 @@
 """``mmpp bench bots``: how the chat side holds up under many people at once.
 
-What it measures, and why this way.  Issue #4 asks whether the bot stays
+What it measures, and why this way.  The question is whether the bot stays
 responsive and exact under load: Discord drops an interaction that is not
 acknowledged within 3 s, and a lost or doubled job or rating is a bug
 whatever the load.  The GPU is not part of the question (``mmpp bench

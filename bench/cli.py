@@ -29,9 +29,7 @@ def main(argv: list[str]) -> int:
         return EXIT_OK
     if not argv or argv[0] not in BENCHMARKS:
         what = f"'{argv[0][:40]}' is not a benchmark" if argv else "no benchmark named"
-        print(
-            f"error[INVALID_REQUEST]: mmpp bench: {what}; choose one of: {', '.join(BENCHMARKS)}.", file=sys.stderr
-        )
+        print(f"error[INVALID_REQUEST]: mmpp bench: {what}; choose one of: {', '.join(BENCHMARKS)}.", file=sys.stderr)
         return EXIT_BAD_INPUT
     module = importlib.import_module(BENCHMARKS[argv[0]][0])
     return int(module.main(argv[1:]))

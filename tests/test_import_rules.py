@@ -1,4 +1,4 @@
-"""DESIGN.md's rule between the parts, checked in fresh interpreters.
+"""The rule between the parts (README, "Development"), checked in fresh interpreters.
 
 ``bot`` must never pull in torch, diffusers or anything of ``engine``;
 ``engine`` must never pull in discord, telegram or ``bot``; the kernel both

@@ -1,1 +1,1 @@
-"""Fault injection (project issue #4): real SIGKILLs, real Redis restarts, real platform errors."""
+"""Fault injection: real SIGKILLs, real Redis restarts, real platform errors."""
