@@ -7,9 +7,12 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, TextIO
 
 from bot import metrics
 from bot.core import ChatCore
@@ -18,6 +21,8 @@ from bot.queue import CeleryJobQueue, make_client
 from bot.redact import install_secret_filter
 from bot.settings import BotSettings
 from bot.storage import Storage
+from mmpp.errors import ErrorCode
+from mmpp.logs import is_error_line
 
 logger = logging.getLogger(__name__)
 
@@ -35,19 +40,66 @@ async def open_core(settings: BotSettings) -> AsyncIterator[ChatCore]:
         await storage.close()
 
 
-def start_worker_process(settings: BotSettings) -> subprocess.Popen[bytes]:
-    """A generation worker as a child process: the bot never imports torch itself."""
+@dataclass
+class WorkerProcess:
+    """A generation worker as a child process: the bot never imports torch itself.
+
+    With a ``log_file`` its output (Celery's banner, library warnings, its log)
+    is appended there by a reader thread, which also copies each error line to
+    the terminal and says so there when the worker ends before it is stopped;
+    without one the output goes straight to the terminal's stderr.
+    """
+
+    process: subprocess.Popen[bytes]
+    log_file: Path | None = None
+    terminal: TextIO = field(default_factory=lambda: sys.stderr)
+    stopping: bool = False
+    reader: threading.Thread | None = None
+
+    def copy_output(self) -> None:
+        assert self.process.stdout is not None and self.log_file is not None
+        with self.log_file.open("ab") as log:
+            for line in self.process.stdout:
+                log.write(line)
+                log.flush()
+                text = line.decode("utf-8", "replace").rstrip()
+                if is_error_line(text):
+                    print(f"worker: {text}", file=self.terminal, flush=True)
+        status = self.process.wait()
+        if not self.stopping:
+            print(
+                f"error[{ErrorCode.INTERNAL.value}]: the worker stopped (exit status {status}); "
+                f"its output is in {self.log_file}.",
+                file=self.terminal,
+                flush=True,
+            )
+
+
+def start_worker_process(settings: BotSettings, log_file: Path | None = None) -> WorkerProcess:
+    """Start ``mmpp worker`` for this bot's queue; its output goes to ``log_file`` when given (see WorkerProcess)."""
     command = [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"]
-    return subprocess.Popen(command, env={**os.environ, "MMPP_QUEUE": settings.queue}, stdout=sys.stderr)
+    env = {**os.environ, "MMPP_QUEUE": settings.queue}
+    if log_file is None:
+        return WorkerProcess(subprocess.Popen(command, env=env, stdout=sys.stderr))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    env["PYTHONUNBUFFERED"] = "1"  # lines reach the file (and errors the terminal) as they are written
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    worker = WorkerProcess(process, log_file)
+    worker.reader = threading.Thread(target=worker.copy_output, name="worker-output", daemon=True)
+    worker.reader.start()
+    return worker
 
 
-def stop_worker_process(worker: subprocess.Popen[bytes]) -> None:
-    worker.terminate()
+def stop_worker_process(worker: WorkerProcess) -> None:
+    worker.stopping = True
+    worker.process.terminate()
     try:
-        worker.wait(timeout=20)
+        worker.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.wait()
+        worker.process.kill()
+        worker.process.wait()
+    if worker.reader is not None:
+        worker.reader.join(timeout=10)
 
 
 class Adapter(Protocol):

@@ -10,7 +10,9 @@ import asyncio
 import csv
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 from bot.core import Person
 from bot.settings import BotSettings
@@ -22,11 +24,17 @@ logger = logging.getLogger(__name__)
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     parser = OneLineParser(prog=f"mmpp {command}")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    verbose_help = (
+        "show the worker's and the libraries' output here, in full, instead of in the log file"
+        if command == "run"
+        else "log progress and details to stderr"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     if command == "run":
         parser.description = (
             "Start a worker and every adapter whose token is set (DISCORD_TOKEN, TELEGRAM_TOKEN); "
-            "the console when neither is."
+            "the console when neither is.  The worker's and the libraries' output goes to "
+            "MMPP_STATE_DIR/log/mmpp-run.log (errors also here); -v shows all of it here instead."
         )
         parser.add_argument("--no-worker", action="store_true", help="use workers started elsewhere")
     elif command == "chat":
@@ -42,14 +50,23 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
+#: Loggers whose warnings ``mmpp run`` keeps on the terminal; everything else but errors goes to its log file.
+OWN_LOGGERS = ("bot", "mmpp")
+
+
 def main(command: str, argv: list[str]) -> int:
     arguments = build_parser(command).parse_args(argv)
     settings = BotSettings()
-    configure_logging(arguments.verbose, settings.log_format)
-    return run_reporting_errors(lambda: asyncio.run(_dispatch(command, arguments, settings)), logger)
+    # `mmpp run` is a conversation on the terminal: the worker's and the libraries' output
+    # goes to a file unless -v asks for all of it here.
+    log_file = settings.run_log_file if command == "run" and not arguments.verbose else None
+    configure_logging(arguments.verbose, settings.log_format, log_file=log_file, own=OWN_LOGGERS)
+    return run_reporting_errors(lambda: asyncio.run(_dispatch(command, arguments, settings, log_file)), logger)
 
 
-async def _dispatch(command: str, arguments: argparse.Namespace, settings: BotSettings) -> int:
+async def _dispatch(
+    command: str, arguments: argparse.Namespace, settings: BotSettings, log_file: Path | None = None
+) -> int:
     from bot.app import open_core, serve, start_worker_process, stop_worker_process
     from bot.storage import Storage
 
@@ -71,7 +88,11 @@ async def _dispatch(command: str, arguments: argparse.Namespace, settings: BotSe
     if command == "run":
         where = "Redis (REDIS_URL)" if settings.redis_url else f"the embedded SQLite broker in {settings.state_dir}/"
         print(f"mmpp: broker: {where}; database: {settings.database}", file=sys.stderr)
-        worker = None if arguments.no_worker else start_worker_process(settings)
+        if log_file is not None:
+            logger.info("mmpp run started (pid %d)", os.getpid())
+            what = "library output" if arguments.no_worker else "worker and library output"
+            print(f"mmpp: {what}: {log_file} (mmpp run -v shows it here)", file=sys.stderr)
+        worker = None if arguments.no_worker else start_worker_process(settings, log_file)
         if not settings.discord_token.get_secret_value() and not settings.telegram_token.get_secret_value():
             print(
                 "mmpp: no DISCORD_TOKEN or TELEGRAM_TOKEN set: console mode. Try:\n"

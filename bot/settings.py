@@ -58,3 +58,8 @@ class BotSettings(BaseSettings):
     discord_guild_ready_timeout: float = 2.0
     #: Discord guild to register commands in at once (global registration takes up to an hour).
     discord_guild_id: str = ""
+
+    @property
+    def run_log_file(self) -> Path:
+        """Where ``mmpp run`` writes the worker's and the libraries' output (``-v`` shows it on the terminal)."""
+        return self.state_dir / "log" / "mmpp-run.log"
