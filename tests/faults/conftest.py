@@ -37,6 +37,7 @@ from bot.telegram_app import TelegramAdapter
 from mmpp.contract import queue_for
 from tests.conftest import REPO
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
+from tests.support.telegram import telegram_settings
 
 TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz"
 BOT_USERNAME = "MmppTestBot"
@@ -263,17 +264,7 @@ async def telegram_bot(
     **overrides: Any,
 ) -> AsyncIterator[TelegramBot]:
     """The real Telegram adapter and core over a real database; the real Celery client unless ``job_queue``."""
-    values: dict[str, Any] = {
-        "redis_url": redis_url,
-        "queue": queue,
-        "database": tmp_path / "mmpp.sqlite3",
-        "state_dir": tmp_path / "state",
-        "telegram_base_url": fake.base_url,
-        "telegram_base_file_url": fake.base_file_url,
-        "poll_interval_seconds": 0.1,
-    }
-    values.update(overrides)
-    settings = BotSettings(_env_file=None, **values)
+    settings = telegram_settings(fake, tmp_path, redis_url=redis_url, queue=queue, **overrides)
     storage = await Storage.open(settings.database)
     if job_queue is None:
         job_queue = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir))

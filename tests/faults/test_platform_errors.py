@@ -127,6 +127,17 @@ def channel_posts(fake: FakeDiscord) -> list[Any]:
     return [request for request in fake.requests if request.method == "POST" and CHANNEL_MESSAGES.match(request.path)]
 
 
+async def wait_marked_delivered_once(fake: FakeDiscord, storage: Storage) -> None:
+    """Job 1 ends marked delivered, with one picture message on the channel."""
+
+    async def delivered() -> bool:
+        job = await storage.job(1)
+        return job is not None and job.delivered_at is not None
+
+    await wait_until(delivered, 10, "the job marked delivered")
+    assert len(picture_messages(fake)) == 1
+
+
 @pytest.fixture
 def expired_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every interaction token counts as expired, so pictures go through POST /channels/{id}/messages."""
@@ -152,13 +163,7 @@ async def test_discord_lost_answer_on_a_channel_message_is_retried_without_a_dup
         assert posts[0].json["nonce"] == posts[1].json["nonce"] and posts[0].json.get("enforce_nonce")
         assert posts[1].time - posts[0].time >= 1.0, "discord.py waits 1 s before retrying a 5xx"
         assert len(picture_messages(fake)) == 1
-
-        async def delivered() -> bool:
-            job = await storage.job(1)
-            return job is not None and job.delivered_at is not None
-
-        await wait_until(delivered, 10, "the job marked delivered")
-        assert len(picture_messages(fake)) == 1
+        await wait_marked_delivered_once(fake, storage)
         picture = (await storage.pictures(1))[0]
         assert picture.message_ref == picture_messages(fake)[0]["id"]
 
@@ -173,10 +178,4 @@ async def test_discord_503_on_a_channel_message_still_delivers_once(tmp_path: Pa
         with contextlib.suppress(AssertionError):
             await wait_until(lambda: picture_messages(fake), 10, "the picture after the 503")
         assert len(picture_messages(fake)) == 1
-
-        async def delivered() -> bool:
-            job = await storage.job(1)
-            return job is not None and job.delivered_at is not None
-
-        await wait_until(delivered, 10, "the job marked delivered")
-        assert len(picture_messages(fake)) == 1
+        await wait_marked_delivered_once(fake, storage)

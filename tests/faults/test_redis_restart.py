@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from bot.storage import Job
 from tests.conftest import SAMPLE_SELFIE
 from tests.fakes.telegram_api import FakeTelegram
 from tests.faults.conftest import (
     ALICE,
     BOB,
     PrivateRedis,
+    TelegramBot,
     Worker,
     replies_in,
     spawn_worker,
@@ -34,6 +36,17 @@ LONG_JOB = "headshot mode:quality count:4"  # 100 denoising steps: time to resta
 
 def logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
     return any(text in record.getMessage() for record in caplog.records)
+
+
+async def alice_answered_once(fake: FakeTelegram, bot: TelegramBot, worker: Worker) -> Job:
+    """Alice's job 1 gets exactly one reply, with its pictures, and ends done and delivered."""
+    await wait_until(lambda: replies_in(fake, ALICE.id), 120, f"a reply\n{worker.log_tail()}")
+    await bot.core.wait_idle(timeout=30)
+    await asyncio.sleep(1.0)
+    assert replies_in(fake, ALICE.id) == ["pictures"], worker.log_tail()
+    job = await bot.storage.job(1)
+    assert job is not None and job.state == "done" and job.delivered_at
+    return job
 
 
 async def test_redis_restarted_while_the_job_waits_in_the_queue(
@@ -56,12 +69,7 @@ async def test_redis_restarted_while_the_job_waits_in_the_queue(
 
         worker = spawn_worker(queue, tiny_weights, server.url, tmp_path / "worker.log")
         workers.append(worker)
-        await wait_until(lambda: replies_in(fake, ALICE.id), 120, f"a reply\n{worker.log_tail()}")
-        await bot.core.wait_idle(timeout=30)
-        await asyncio.sleep(1.0)
-        assert replies_in(fake, ALICE.id) == ["pictures"], worker.log_tail()
-        job = await bot.storage.job(1)
-        assert job is not None and job.state == "done" and job.delivered_at
+        await alice_answered_once(fake, bot, worker)
     await wait_until(lambda: server.unacked() == 0 and server.queue_length(queue) == 0, 10, "an empty broker")
 
 
@@ -85,12 +93,7 @@ async def test_redis_down_when_the_bot_enqueues_and_an_idle_worker_waits(
         await asyncio.sleep(1.0)
         server.start()
 
-        await wait_until(lambda: replies_in(fake, ALICE.id), 120, f"a reply\n{worker.log_tail()}")
-        await bot.core.wait_idle(timeout=30)
-        await asyncio.sleep(1.0)
-        assert replies_in(fake, ALICE.id) == ["pictures"], worker.log_tail()
-        job = await bot.storage.job(1)
-        assert job is not None and job.state == "done" and job.delivered_at
+        job = await alice_answered_once(fake, bot, worker)
         assert worker.log.read_text().count(f"[{job.task_id}] received") == 1, "the job was sent more than once"
     assert worker.process.poll() is None
     await wait_until(lambda: server.unacked() == 0 and server.queue_length(queue) == 0, 10, "an empty broker")
