@@ -142,9 +142,7 @@ def run_job(
         return GenerateResult.failure(error, job_id).to_payload()
     except SoftTimeLimitExceeded:
         logger.warning("job %s hit the soft time limit", job_id)
-        error = MmppError(
-            ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode or fewer pictures."
-        )
+        error = MmppError(ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode or fewer pictures.")
         return GenerateResult.failure(error, job_id).to_payload()
     except Exception:
         logger.exception("job %s failed unexpectedly", job_id)

@@ -186,7 +186,9 @@ def test_without_the_tiny_decoder_fast_mode_uses_the_full_vae_with_one_log_line(
     assert engine.tiny_decoder is None
     previews: list[bytes] = []
     with watching(engine) as seen:
-        result = engine.generate(request(selfie_bytes, mode=Mode.FAST), on_preview=lambda d, t, jpeg: previews.append(jpeg))
+        result = engine.generate(
+            request(selfie_bytes, mode=Mode.FAST), on_preview=lambda d, t, jpeg: previews.append(jpeg)
+        )
     assert result.ok and (seen.tiny_decodes, seen.full_decodes) == (0, 1)
     assert previews == [], "previews need the tiny decoder"
 

@@ -185,9 +185,7 @@ def test_worker_without_weights_answers_model_unavailable_and_survives(
     if not redis_available():
         pytest.fail(f"Redis is not reachable at {REDIS_URL}")
     queue = f"mmpp-test-noweights-{uuid.uuid4().hex[:8]}"
-    worker = start_worker(
-        queue, cache_dir, MMPP_WEIGHTS="default", MMPP_BASE_MODEL=str(tmp_path / "missing-model")
-    )
+    worker = start_worker(queue, cache_dir, MMPP_WEIGHTS="default", MMPP_BASE_MODEL=str(tmp_path / "missing-model"))
     try:
         for _ in range(2):
             result = send(queue, payload(selfie_bytes))
