@@ -9,7 +9,9 @@ heartbeats) responsive.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import base64
+import binascii
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,19 +20,53 @@ from celery.result import AsyncResult
 
 from mmpp.contract import CELERY_WIRE_SETTINGS, GENERATE_TASK_NAME, broker_urls
 
+#: The worker's previews are JPEGs of at most 256 px (~10-30 KB); anything far larger is not one.
+MAX_PREVIEW_BYTES = 512 * 1024
+JPEG_MAGIC = b"\xff\xd8\xff"
+
 
 @dataclass(frozen=True)
 class QueueStatus:
-    """Where a job stands as the result backend knows it."""
+    """Where a job stands as the result backend knows it.
+
+    ``preview`` is the latest live preview of a job being painted (a small JPEG),
+    while the worker has sent one; the final result replaces it.
+    """
 
     state: str  # PENDING, STARTED, PROGRESS, SUCCESS, FAILURE, RETRY, REVOKED
     done_steps: int = 0
     total_steps: int = 0
     result: dict[str, Any] | None = None
+    preview: bytes | None = field(default=None, repr=False)
 
     @property
     def ready(self) -> bool:
         return self.state in {"SUCCESS", "FAILURE", "REVOKED"}
+
+
+def decode_preview(value: Any) -> bytes | None:
+    """The JPEG in a PROGRESS state's ``preview_jpeg_b64``; ``None`` for anything else, never an exception.
+
+    The result backend is outside this process: a missing, truncated, oversized or
+    non-JPEG value means "no preview", and the job goes on as if none had been sent.
+    """
+    if not isinstance(value, str) or not value or len(value) > (MAX_PREVIEW_BYTES + 2) // 3 * 4:
+        return None
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if data.startswith(JPEG_MAGIC) else None
+
+
+def _step_count(value: Any) -> int:
+    """A step count from the backend, 0 where it is not a whole number at least 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0
+    try:
+        return max(0, int(value))
+    except (ValueError, OverflowError):
+        return 0
 
 
 class JobQueue(Protocol):
@@ -62,8 +98,14 @@ class CeleryJobQueue:
     def _status(self, task_id: str) -> QueueStatus:
         result = AsyncResult(task_id, app=self._app)
         state = result.state
-        if state == "PROGRESS" and isinstance(result.info, dict):
-            return QueueStatus(state, int(result.info.get("done", 0)), int(result.info.get("total", 0)))
+        info = result.info
+        if state == "PROGRESS" and isinstance(info, dict):
+            return QueueStatus(
+                state,
+                _step_count(info.get("done", 0)),
+                _step_count(info.get("total", 0)),
+                preview=decode_preview(info.get("preview_jpeg_b64")),
+            )
         if state == "SUCCESS":
             value = result.result
             return QueueStatus(state, result=value if isinstance(value, dict) else None)

@@ -79,7 +79,9 @@ def redis_worker(cache_dir: Path) -> Iterator[str]:
 
     build_tiny_weights(cache_dir / "tiny", "sd15", load_catalogue().names)  # built once, before the worker races
     queue = f"mmpp-test-{uuid.uuid4().hex[:8]}"
-    worker = start_worker(queue, cache_dir)
+    # Live previews as often as the engine makes them (every 2 steps): a tiny job takes seconds, and the
+    # chat tests must see previews while it paints.
+    worker = start_worker(queue, cache_dir, MMPP_PREVIEW_MIN_SECONDS="0")
     yield queue
     alive = worker.poll() is None
     stop_worker(worker)

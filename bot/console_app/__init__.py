@@ -2,7 +2,9 @@
 
 It reads commands line by line and prints one reply line per command (and
 ``job N: PATH ...`` when a job's pictures are written), so it serves both a
-person at a terminal and a script piping commands in.  Like the platform
+person at a terminal and a script piping commands in.  Status lines go to
+stderr; a job's live preview is written to ``OUT/previews/job-N.jpg``
+(overwritten while the job paints) and its path printed there once.  Like the platform
 adapters it only translates: the core decides everything.
 """
 
@@ -14,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import TextIO
 
-from bot.core import ChatCore, Person, PostedCallback, ProfileOrder, parse_console_line
+from bot.core import ChatCore, EditPace, Person, PostedCallback, ProfileOrder, parse_console_line
 from bot.storage import Job, StoredPicture
 from mmpp.errors import ErrorCode, MmppError
 
@@ -27,19 +29,35 @@ USAGE = (
 
 class ConsoleDelivery:
     platform = PLATFORM
-    status_edit_interval = 2.0
+    #: No platform limit: only a terminal that should not scroll too fast.
+    status_edit_pace = EditPace(0.5)
 
     def __init__(self, out_dir: Path, stdout: TextIO, stderr: TextIO) -> None:
         self.out_dir = out_dir
         self.stdout = stdout
         self.stderr = stderr
+        self._previews_announced: set[int] = set()
+
+    def preview_path(self, job: Job) -> Path:
+        return self.out_dir / "previews" / f"job-{job.id}.jpg"
 
     async def post_status(self, job: Job, text: str) -> str | None:
         print(f"job {job.id}: {text}", file=self.stderr, flush=True)
         return f"status-{job.id}"
 
-    async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
+    async def edit_status(self, job: Job, message_ref: str, text: str, preview: bytes | None = None) -> None:
         print(f"job {job.id}: {text}", file=self.stderr, flush=True)
+        if preview is None:
+            return
+        path = self.preview_path(job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written beside and renamed over: a viewer reloading the file never reads half a JPEG.
+        partial = path.with_name(path.name + ".part")
+        partial.write_bytes(preview)
+        partial.replace(path)
+        if job.id not in self._previews_announced:
+            self._previews_announced.add(job.id)
+            print(f"job {job.id}: preview: {path} (updated while painting)", file=self.stderr, flush=True)
 
     async def post_pictures(
         self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback

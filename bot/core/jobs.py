@@ -3,7 +3,8 @@ every undelivered job up again after a restart.
 
 A job's life: the row (with the selfie) is written first, then the status
 message is posted, then the job is enqueued by task name with the job's own
-task id.  A follower polls the result backend, edits the status message,
+task id.  A follower polls the result backend, edits the status message
+(progress, and the worker's live previews, at the pace of :mod:`bot.core.status`),
 stores the pictures, hands them to the platform adapter, and marks the job
 delivered.  If the bot dies anywhere in between, :meth:`Jobs.start` picks
 every undelivered job up again: it re-sends what was never enqueued (same
@@ -25,6 +26,7 @@ from bot.core import texts
 from bot.core.commands import ProfileOptions, profile_options
 from bot.core.moderation import Moderation, quota_chat
 from bot.core.platform import Delivery, Person, ProfileOrder
+from bot.core.status import StatusEdit, StatusEdits, StatusPacer
 from bot.queue import JobQueue
 from bot.settings import BotSettings
 from bot.storage import Job, Storage, StoredPicture, timestamp
@@ -37,6 +39,8 @@ logger = logging.getLogger(__name__)
 #: Pauses between attempts to deliver a finished job while the platform fails.
 DELIVERY_RETRY_FIRST_SECONDS = 2.0
 DELIVERY_RETRY_MAX_SECONDS = 300.0
+#: The longest one status edit may hold up the follower (a hung platform must not hold up the pictures).
+STATUS_EDIT_TIMEOUT_SECONDS = 10.0
 ACCEPTED_MIME_TYPES = frozenset(photo.mime_type for photo in ACCEPTED_PHOTO_TYPES)
 
 
@@ -72,6 +76,7 @@ class Jobs:
         catalogue: Catalogue,
         moderation: Moderation,
         clock: Callable[[], datetime],
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.storage = storage
         self.queue = queue
@@ -80,6 +85,7 @@ class Jobs:
         self.styles = {style.name: style for style in catalogue}
         self.moderation = moderation
         self._clock = clock
+        self.status_edits = StatusEdits(monotonic)
         self._deliveries: dict[str, Delivery] = {}
         self._followers: dict[int, asyncio.Task[None]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
@@ -210,8 +216,10 @@ class Jobs:
         delivery = self._deliveries.get(job.platform)
         if delivery is not None:
             try:
-                ref = await delivery.post_status(job, await self._status_text(job))
+                text = await self._status_text(job)
+                ref = await delivery.post_status(job, text)
                 if ref:
+                    self.status_edits.posted(job, delivery.status_edit_pace, text)
                     await self.storage.update_job(job.id, status_message_id=ref)
                     job = await self._reload(job)
             except Exception:
@@ -288,7 +296,14 @@ class Jobs:
             await self._deliver(job)
             return
         delivery = self._deliveries.get(job.platform)
-        last_text, last_edit = "", 0.0
+        pacer = self.status_edits.follow(job, delivery.status_edit_pace) if delivery is not None else None
+        try:
+            await self._poll_until_delivered(job, delivery, pacer)
+        finally:
+            if pacer is not None:
+                pacer.close()
+
+    async def _poll_until_delivered(self, job: Job, delivery: Delivery | None, pacer: StatusPacer | None) -> None:
         created = datetime.fromisoformat(job.created_at)
         while True:
             if job.enqueued_at is None:
@@ -312,20 +327,24 @@ class Jobs:
                     job.id, progress_done=status.done_steps, progress_total=status.total_steps
                 )
             job = await self._reload(job)
-            text = await self._status_text(job)
-            now = time.monotonic()
-            if (
-                delivery is not None
-                and job.status_message_id
-                and text != last_text
-                and now - last_edit >= delivery.status_edit_interval
-            ):
-                try:
-                    await delivery.edit_status(job, job.status_message_id, text)
-                except Exception:
-                    logger.warning("editing the status of job %s failed", job.id, exc_info=True)
-                last_text, last_edit = text, now
+            if delivery is not None and pacer is not None and job.status_message_id:
+                edit = pacer.next_edit(await self._status_text(job), status.preview if status is not None else None)
+                if edit is not None:
+                    pacer.outcome(edit, await self._edit_status(delivery, job, job.status_message_id, edit))
             await asyncio.sleep(self.settings.poll_interval_seconds)
+
+    async def _edit_status(self, delivery: Delivery, job: Job, message_ref: str, edit: StatusEdit) -> bool:
+        """One attempt at one edit, bounded in time; whether the platform took it.  Failing changes nothing else."""
+        try:
+            await asyncio.wait_for(
+                delivery.edit_status(job, message_ref, edit.text, edit.preview), STATUS_EDIT_TIMEOUT_SECONDS
+            )
+        except Exception as error:  # noqa: BLE001 - best effort: any failure means this edit did not happen
+            # The type only: exception texts from the HTTP layers can hold a token-bearing URL.
+            what = "the status and preview" if edit.preview is not None else "the status"
+            logger.warning("editing %s of job %s failed (%s)", what, job.id, type(error).__name__)
+            return False
+        return True
 
     async def _status_text(self, job: Job) -> str:
         running = job.state == "running" and job.progress_total

@@ -3,9 +3,9 @@ core answers on the adapter's platform (Delivery, implemented by each adapter)."
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from bot.storage import Job, StoredPicture
 from mmpp.errors import ErrorCode
@@ -41,17 +41,46 @@ class ProfileOrder:
 
 PostedCallback = Callable[[StoredPicture, str], Awaitable[None]]
 
+#: The key of a job's ``reply_context`` under which an adapter names the kind of chat (Telegram's
+#: ``private``, ``group``...), where its platform's edit limits depend on it (see :class:`EditPace`).
+CHAT_KIND = "chat_kind"
+
+
+@dataclass(frozen=True)
+class EditPace:
+    """How often a platform lets a bot edit status messages: data an adapter gives, the rule is the core's.
+
+    At least ``seconds`` pass between two edits counted together, ``per`` one status message
+    (``"message"``: Discord limits edits per message) or per chat (``"chat"``: Telegram limits
+    what a bot sends to a chat, edits included, so every job in one chat shares the pace).
+    ``by_chat_kind`` gives other intervals for some kinds of chat, named as the adapter names
+    them in the job's reply context under :data:`CHAT_KIND`; a job without one gets ``seconds``.
+    """
+
+    seconds: float
+    per: Literal["message", "chat"] = "message"
+    by_chat_kind: Mapping[str, float] = field(default_factory=dict)
+
+    def interval(self, chat_kind: str | None) -> float:
+        return self.by_chat_kind.get(chat_kind, self.seconds) if chat_kind else self.seconds
+
 
 class Delivery(Protocol):
     """What an adapter implements so the core can talk on its platform."""
 
     platform: str
-    #: Seconds between two edits of a status message (platform rate limits).
-    status_edit_interval: float
+    #: How often the platform lets the core edit a status message (see :mod:`bot.core.status`).
+    status_edit_pace: EditPace
 
     async def post_status(self, job: Job, text: str) -> str | None: ...
 
-    async def edit_status(self, job: Job, message_ref: str, text: str) -> None: ...
+    async def edit_status(self, job: Job, message_ref: str, text: str, preview: bytes | None = None) -> None:
+        """Show ``text`` in the status message; with ``preview`` (a small JPEG), show it too, replacing the last one.
+
+        Without a preview the one shown stays.  The core calls this at its pace and never
+        repeats a call: make one attempt (no retries, no waiting out a rate limit) and raise
+        if it failed; the core logs it and carries on with the job.
+        """
 
     async def post_pictures(
         self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback

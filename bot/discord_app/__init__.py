@@ -6,6 +6,12 @@ deferred at once (Discord allows 3 s), errors are ephemeral, the pictures
 come as follow-ups while the 15-minute interaction token lives and through
 the channel afterwards, attachments are downloaded immediately (their URLs
 expire), and no privileged intent is asked for.
+
+The status message is the interaction's original response: edited through the
+interaction's webhook while the token lives, as a channel message afterwards.
+While a job paints, its live preview is that message's one attachment (each
+new preview replaces the last); when the pictures are posted it says so and
+the preview is removed.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, Literal
 import discord
 from discord import app_commands
 
-from bot.core import ChatCore, Person, PostedCallback, ProfileOrder, texts
+from bot.core import ChatCore, EditPace, Person, PostedCallback, ProfileOrder, texts
 from bot.core.ratings import RATING_KEYCAPS
 from bot.discord_app.endpoints import EndpointHTTPClient, Endpoints
 from bot.settings import BotSettings
@@ -43,6 +49,11 @@ def person_of(user: discord.abc.User) -> Person:
 def failure_line(code: ErrorCode, text: str) -> str:
     """One line, whatever the message held: the code last, where people quote it from."""
     return f"⚠️ {' '.join(text.split())} (`{code.value}`)"
+
+
+def preview_filename(job: Job) -> str:
+    """Not ``mmpp-…``: that is how the pictures are named, and a preview is not one of them."""
+    return f"preview-{job.id}.jpg"
 
 
 def token_alive(context: dict[str, Any]) -> bool:
@@ -69,14 +80,15 @@ def interaction_context(interaction: discord.Interaction) -> dict[str, Any]:
 
 class DiscordDelivery:
     platform = PLATFORM
-    #: Discord tolerates about 5 edits per 5 s per message; one a second leaves room.
-    status_edit_interval = 1.0
+    #: Discord allows about 5 edits per 5 s per message.  One status edit per 1.5 s is at most 4 in any
+    #: 5 s, the post of the status included, which leaves room for the last edit when the pictures arrive.
+    status_edit_pace = EditPace(1.5, per="message")
 
     def __init__(self, client: MmppClient) -> None:
         self.client = client
 
     def _webhook(self, context: dict[str, Any]) -> discord.Webhook:
-        data = {"id": context["application_id"], "type": 3, "token": context["token"]}
+        data: Any = {"id": context["application_id"], "type": 3, "token": context["token"]}
         return discord.Webhook.from_state(data=data, state=self.client._connection)
 
     async def _channel(self, context: dict[str, Any]) -> discord.abc.Messageable:
@@ -94,10 +106,38 @@ class DiscordDelivery:
             message = await self._webhook(context).edit_message(int(context["original_message_id"]), content=text)
         return str(message.id)
 
-    async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
-        if token_alive(job.reply_context):
-            with self.client.endpoints.active():
-                await self._webhook(job.reply_context).edit_message(int(message_ref), content=text)
+    async def edit_status(self, job: Job, message_ref: str, text: str, preview: bytes | None = None) -> None:
+        """One attempt (see :meth:`Endpoints.one_attempt`); a preview replaces the message's attachments."""
+        attachments: list[discord.File] | None = None
+        if preview is not None:
+            attachments = [discord.File(io.BytesIO(preview), filename=preview_filename(job), description="preview")]
+        with self.client.endpoints.one_attempt():
+            await self._edit_status_message(job, int(message_ref), text, attachments)
+
+    async def _edit_status_message(
+        self, job: Job, message_id: int, text: str, attachments: list[discord.File] | None
+    ) -> None:
+        """The status message, through the interaction's webhook while its token lives, else in the channel.
+
+        ``attachments``: the message's attachments from now on (``[]`` removes them); ``None`` keeps them.
+        """
+        context = job.reply_context
+        keep = discord.utils.MISSING if attachments is None else attachments
+        with self.client.endpoints.active():
+            if token_alive(context):
+                await self._webhook(context).edit_message(message_id, content=text, attachments=keep)
+                return
+            # Past the token a bot edits its message as any channel message: with its own token, through the
+            # same adapter (so the same addresses, and one_attempt where the caller asked for it).
+            route = discord.http.Route(
+                "PATCH", "/channels/{channel_id}/messages/{message_id}",
+                channel_id=int(context["channel_id"]), message_id=message_id,
+            )  # fmt: skip
+            with discord.http.handle_message_parameters(content=text, attachments=keep) as parameters:
+                await self.client.endpoints.webhook_adapter.request(
+                    route, self._webhook(context).session, payload=parameters.payload,
+                    multipart=parameters.multipart, files=parameters.files, auth_token=self.client.http.token,
+                )  # fmt: skip
 
     async def post_pictures(
         self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
@@ -120,11 +160,10 @@ class DiscordDelivery:
             await on_posted(picture, str(message.id))
             for keycap in RATING_KEYCAPS:
                 await message.add_reaction(keycap)
-        if token_alive(context) and job.status_message_id:
-            try:
-                await self._webhook(context).edit_message(
-                    int(job.status_message_id),
-                    content=texts.pictures_done(len(pictures)),
+        if job.status_message_id:
+            try:  # says where the pictures are, and takes the last preview away
+                await self._edit_status_message(
+                    job, int(job.status_message_id), texts.pictures_done(len(pictures)), attachments=[]
                 )
             except discord.HTTPException:
                 logger.info("could not edit the status of job %s", job.id)
@@ -170,6 +209,11 @@ class DiscordDelivery:
             return
         channel = await self._channel(context)
         await channel.send(content=f"<@{context.get('user_id')}> {failure_line(code, text)}")
+        if job.status_message_id:  # as above: no status (nor a half-painted preview) left above the failure
+            try:
+                await self.client.http.delete_message(int(context["channel_id"]), int(job.status_message_id))
+            except discord.HTTPException:
+                logger.info("could not remove the status of job %s", job.id)
 
 
 # --------------------------------------------------------------------------- buttons and menus (survive restarts)
@@ -193,7 +237,7 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"mmpp:re
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> RerollButton:
         return cls(int(match["job"]))
 
@@ -216,12 +260,13 @@ class RestyleSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"mmpp:r
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Select, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> RestyleSelect:
         return cls(int(match["job"]))
 
     async def callback(self, interaction: discord.Interaction) -> None:
-        values = (interaction.data or {}).get("values") or []
+        data: dict[str, Any] = dict(interaction.data or {})
+        values = data.get("values") or []
         await run_followup_job(interaction, self.job_id, str(values[0]) if values else None)
 
 

@@ -14,6 +14,12 @@ places all of its traffic passes:
   :meth:`Endpoints.active` sets it around calls that start elsewhere (the core's deliveries).
 
 With Discord's own addresses (the default settings) every rewrite is the identity.
+
+:meth:`Endpoints.one_attempt` is the other thing the webhook adapter adds: requests made inside it
+are tried once.  discord.py waits out a 429 and retries a 5xx up to five times (sleeping 1, 3,
+5... s) while holding the webhook's lock, so a best-effort edit (a status, a live preview) would
+otherwise hold up the follow-ups that carry the pictures; inside the block a 429 or 5xx is raised
+at once, as an ``HTTPException`` like any other refusal.
 """
 
 from __future__ import annotations
@@ -21,13 +27,18 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import TracebackType
 from typing import Any
 
 import aiohttp
 import discord.gateway
 import discord.http
 import yarl
+from discord.errors import DiscordServerError, HTTPException
+from discord.http import json_or_text
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
+
+_one_attempt: contextvars.ContextVar[bool] = contextvars.ContextVar("mmpp_discord_one_attempt", default=False)
 
 
 class Endpoints:
@@ -69,6 +80,16 @@ class Endpoints:
         finally:
             async_context.reset(token)
 
+    @staticmethod
+    @contextmanager
+    def one_attempt() -> Iterator[None]:
+        """Webhook-adapter requests made inside the block are tried once: a 429 or 5xx is raised, not retried."""
+        token = _one_attempt.set(True)
+        try:
+            yield
+        finally:
+            _one_attempt.reset(token)
+
 
 class EndpointHTTPClient(discord.http.HTTPClient):
     """discord.py's HTTP client, sending this client's REST requests and gateway connection to its endpoints."""
@@ -94,4 +115,40 @@ class EndpointWebhookAdapter(AsyncWebhookAdapter):
 
     async def request(self, route: discord.http.Route, session: aiohttp.ClientSession, **keywords: Any) -> Any:
         route.url = self.endpoints.rest(route.url)
+        if _one_attempt.get():
+            session = OneAttemptSession(session)  # type: ignore[assignment]
         return await super().request(route, session, **keywords)
+
+
+class OneAttemptSession:
+    """The part of an aiohttp session discord.py's webhook adapter uses, answering a 429 or 5xx with an exception.
+
+    The adapter retries only when a response comes back with those statuses; raised while the
+    response is opened, they leave its loop (and its lock) at once.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    def request(self, method: str, url: str, **keywords: Any) -> _OneAttemptResponse:
+        return _OneAttemptResponse(self._session.request(method, url, **keywords))
+
+
+class _OneAttemptResponse:
+    def __init__(self, pending: Any) -> None:
+        self._pending = pending
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        response: aiohttp.ClientResponse = await self._pending.__aenter__()
+        if response.status == 429 or response.status >= 500:
+            try:
+                data = await json_or_text(response)
+            finally:
+                await self._pending.__aexit__(None, None, None)
+            raise (DiscordServerError if response.status >= 500 else HTTPException)(response, data)
+        return response
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self._pending.__aexit__(kind, error, traceback)

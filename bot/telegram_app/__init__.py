@@ -5,6 +5,13 @@ translate an update into one core call and the core's answer (or
 :class:`MmppError`) into one reply; every decision lives in the core.  The
 core reaches Telegram through :class:`TelegramDelivery`.
 
+The status message starts as text; the first live preview turns it into a
+photo with the status as its caption (``editMessageMedia`` replaces a text
+message with media, Bot API 10.1), later previews replace the photo and later
+texts the caption (``editMessageCaption``).  One message from the first reply
+to the last, so nothing is left behind: when the pictures are posted (or the
+job fails) the status message is deleted, as before.
+
 The bot token is part of every Bot API and file URL, so nothing here logs
 URLs or exception texts from the HTTP layer.
 """
@@ -15,7 +22,7 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from telegram import (
@@ -42,7 +49,17 @@ from telegram.ext import (
     filters,
 )
 
-from bot.core import ChatCore, Person, PostedCallback, ProfileOrder, parse_caption, photo_order, texts
+from bot.core import (
+    CHAT_KIND,
+    ChatCore,
+    EditPace,
+    Person,
+    PostedCallback,
+    ProfileOrder,
+    parse_caption,
+    photo_order,
+    texts,
+)
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
 from mmpp.errors import ErrorCode, MmppError
@@ -61,6 +78,9 @@ COMMANDS = [
     ("forget", "delete everything about you"),
 ]
 SEND_ATTEMPTS = 4
+#: ``rate_limit_args`` of a request made once: a 429 comes straight back (see :class:`RateLimiter`).
+ONE_ATTEMPT = -1
+NO_TEXT_TO_EDIT = "there is no text in the message to edit"
 #: Callback data of the inline buttons (at most 64 bytes), one kind per button, each routed to its own
 #: handler by pattern.  The short tags of earlier versions (r, rr, s) are still understood, so buttons
 #: under pictures posted before keep working.
@@ -104,20 +124,65 @@ async def with_retries(action: Any, *arguments: Any, **keywords: Any) -> Any:
     return await action(*arguments, **keywords)
 
 
+class _RefusedOnceError(Exception):
+    def __init__(self, error: RetryAfter) -> None:
+        super().__init__()
+        self.error = error
+
+
+class RateLimiter(AIORateLimiter):
+    """PTB's AIORateLimiter (throttling to Telegram's limits, waiting out 429s and retrying), except for
+    requests sent with ``rate_limit_args=ONE_ATTEMPT``: those are throttled alike but tried once, their
+    429 raised at once instead of held up (and holding up every other request) until Telegram allows
+    them.  Best-effort edits use it; PTB itself reads ``0`` as "the default number of retries".
+    """
+
+    async def process_request(
+        self,
+        callback: Callable[..., Coroutine[Any, Any, bool | dict[str, Any] | list[dict[str, Any]]]],
+        args: Any,
+        kwargs: dict[str, Any],
+        endpoint: str,
+        data: dict[str, Any],
+        rate_limit_args: int | None,
+    ) -> bool | dict[str, Any] | list[dict[str, Any]]:
+        if rate_limit_args != ONE_ATTEMPT:
+            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+        async def once(*arguments: Any, **keywords: Any) -> bool | dict[str, Any] | list[dict[str, Any]]:
+            try:
+                return await callback(*arguments, **keywords)
+            except RetryAfter as error:
+                raise _RefusedOnceError(error) from None  # not a RetryAfter: the limiter does not retry it
+
+        try:
+            return await super().process_request(once, args, kwargs, endpoint, data, None)
+        except _RefusedOnceError as refused:
+            raise refused.error from None
+
+
 # --------------------------------------------------------------------------- the core → Telegram
 
 
 class TelegramDelivery:
     platform = PLATFORM
-    #: Telegram allows about one message per second per chat; edits count too.
-    status_edit_interval = 3.0
+    #: Telegram allows a bot about one message a second per chat and 20 a minute in a group, edits included.
+    #: Status edits take half of that (one per 2 s in private chats, 10 a minute elsewhere), shared by every
+    #: job of the chat, so the pictures and replies to others still fit.
+    status_edit_pace = EditPace(6.0, per="chat", by_chat_kind={ChatType.PRIVATE.value: 2.0})
 
     def __init__(self, application: Application) -> None:
         self.application = application
+        #: Status messages that carry a photo now, so their text is a caption.
+        self._captioned: set[str] = set()
 
     @property
     def bot(self) -> Any:
         return self.application.bot
+
+    def _once(self) -> dict[str, Any]:
+        """Keywords for a request made once (only a bot with a rate limiter takes ``rate_limit_args``)."""
+        return {"rate_limit_args": ONE_ATTEMPT} if getattr(self.bot, "rate_limiter", None) is not None else {}
 
     async def post_status(self, job: Job, text: str) -> str | None:
         context = job.reply_context
@@ -127,14 +192,39 @@ class TelegramDelivery:
         )  # fmt: skip
         return str(message.message_id)
 
-    async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
+    async def edit_status(self, job: Job, message_ref: str, text: str, preview: bytes | None = None) -> None:
+        """One attempt, no retries: the core paces these and carries on when one fails."""
+        chat_id = job.reply_context["chat_id"]
+        where = {"chat_id": chat_id, "message_id": int(message_ref), **self._once()}
+        key = f"{chat_id}:{message_ref}"
         try:
-            await with_retries(
-                self.bot.edit_message_text, chat_id=job.reply_context["chat_id"], message_id=int(message_ref), text=text
-            )
+            if preview is not None:
+                photo = InputMediaPhoto(preview, caption=text, filename=f"preview-{job.id}.jpg")
+                await self.bot.edit_message_media(media=photo, **where)
+                self._captioned.add(key)
+            elif key in self._captioned:
+                await self.bot.edit_message_caption(caption=text, **where)
+            else:
+                try:
+                    await self.bot.edit_message_text(text=text, **where)
+                except BadRequest as error:
+                    if NO_TEXT_TO_EDIT not in str(error).lower():
+                        raise
+                    self._captioned.add(key)  # a photo already (a preview shown before a restart)
+                    await self.bot.edit_message_caption(caption=text, **where)
         except BadRequest as error:
             if "not modified" not in str(error).lower():
                 raise
+
+    async def _remove_status(self, job: Job) -> None:
+        chat_id = job.reply_context["chat_id"]
+        if not job.status_message_id:
+            return
+        self._captioned.discard(f"{chat_id}:{job.status_message_id}")
+        try:
+            await self.bot.delete_message(chat_id=chat_id, message_id=int(job.status_message_id))
+        except (BadRequest, Forbidden, NetworkError):
+            logger.info("could not delete the status message of job %s", job.id)
 
     async def post_pictures(
         self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
@@ -163,11 +253,7 @@ class TelegramDelivery:
                 self.bot.send_message, chat_id=chat_id, text=texts.RATE_THEM,
                 reply_markup=rating_keyboard(job, pictures),
             )  # fmt: skip
-        if job.status_message_id:
-            try:
-                await self.bot.delete_message(chat_id=chat_id, message_id=int(job.status_message_id))
-            except (BadRequest, Forbidden, NetworkError):
-                logger.info("could not delete the status message of job %s", job.id)
+        await self._remove_status(job)
 
     async def post_notice(self, job: Job, text: str) -> None:
         await with_retries(self.bot.send_message, chat_id=job.reply_context["chat_id"], text=text)
@@ -177,6 +263,7 @@ class TelegramDelivery:
             self.bot.send_message, chat_id=job.reply_context["chat_id"], text=failure_text(code, text),
             reply_to_message_id=job.reply_context.get("message_id"), allow_sending_without_reply=True,
         )  # fmt: skip
+        await self._remove_status(job)  # the failure says it all; no half-painted preview is left above it
 
 
 def failure_text(code: ErrorCode, text: str) -> str:
@@ -273,7 +360,7 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         requester=requester,
         event_key=f"update:{update.update_id}",
         chat_id=str(message.chat_id),
-        reply_context={"chat_id": message.chat_id, "message_id": message.message_id},
+        reply_context={"chat_id": message.chat_id, "message_id": message.message_id, CHAT_KIND: str(message.chat.type)},
         options=options,
         photo=data,
         photo_type=photo[2],
@@ -294,7 +381,7 @@ def style_keyboard(core: ChatCore, token: str) -> InlineKeyboardMarkup:
 ButtonHandler = Callable[[CallbackQuery, re.Match[str], ContextTypes.DEFAULT_TYPE], Awaitable[None]]
 
 
-def button(handler: ButtonHandler) -> Callable[[Update, ContextTypes.DEFAULT_TYPE], Awaitable[None]]:
+def button(handler: ButtonHandler) -> Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, None]]:
     """A handler for one kind of button: the pattern's match goes in, an error comes back as an alert."""
 
     @functools.wraps(handler)
@@ -313,7 +400,8 @@ def button(handler: ButtonHandler) -> Callable[[Update, ContextTypes.DEFAULT_TYP
 def _where(query: CallbackQuery) -> tuple[int, dict[str, Any]]:
     chat_id = query.message.chat.id if query.message else query.from_user.id
     reply_to = query.message.message_id if query.message else None
-    return chat_id, {"chat_id": chat_id, "message_id": reply_to}
+    kind = str(query.message.chat.type) if query.message else ChatType.PRIVATE.value  # no message: the user's chat
+    return chat_id, {"chat_id": chat_id, "message_id": reply_to, CHAT_KIND: kind}
 
 
 @button
@@ -386,7 +474,7 @@ def build_application(core: ChatCore, settings: BotSettings, token: str | None =
         .token(token or settings.telegram_token.get_secret_value())
         .base_url(settings.telegram_base_url)
         .base_file_url(settings.telegram_base_file_url)
-        .rate_limiter(AIORateLimiter(max_retries=3))
+        .rate_limiter(RateLimiter(max_retries=3))
         .concurrent_updates(True)
         .build()
     )

@@ -9,7 +9,8 @@ use the real worker on Redis instead.
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,17 +18,25 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot.core import ChatCore, Person, ProfileOrder
+from bot.core import ChatCore, EditPace, Person, ProfileOrder
 from bot.queue import QueueStatus
 from bot.settings import BotSettings
 from bot.storage import Job, Storage, StoredPicture
 from mmpp.contract import GenerateRequest, GenerateResult, Picture
 from mmpp.errors import ErrorCode, MmppError
+from tests.conftest import start_worker, stop_worker
 
 
 def tiny_png(colour: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def tiny_jpeg(shade: int) -> bytes:
+    """A small JPEG like the worker's previews (a different one per shade)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (shade % 256, 90, 160)).save(buffer, "JPEG")
     return buffer.getvalue()
 
 
@@ -37,6 +46,8 @@ class ScriptedQueue:
 
     progress_polls: int = 2
     error: MmppError | None = None
+    #: PROGRESS states carry a preview, a new one every ``previews_every`` polls (0: none).
+    previews_every: int = 0
     submitted: dict[str, dict[str, Any]] = field(default_factory=dict)
     queues: dict[str, str] = field(default_factory=dict)
     polls: dict[str, int] = field(default_factory=dict)
@@ -56,7 +67,8 @@ class ScriptedQueue:
         count = self.polls[task_id] = self.polls.get(task_id, 0) + 1
         request = GenerateRequest.from_payload(self.submitted[task_id])
         if count <= self.progress_polls:
-            return QueueStatus("PROGRESS", count, self.progress_polls + 1)
+            preview = tiny_jpeg(count // self.previews_every) if self.previews_every else None
+            return QueueStatus("PROGRESS", count, self.progress_polls + 1, preview=preview)
         if self.error is not None:
             return QueueStatus("SUCCESS", result=GenerateResult.failure(self.error).to_payload())
         seed = request.seed or 0
@@ -75,9 +87,11 @@ class RecordingDelivery:
     """A Delivery that records what the core asked to post."""
 
     platform: str = "test"
-    status_edit_interval: float = 0.0
+    status_edit_pace: EditPace = field(default_factory=lambda: EditPace(0.0))
     statuses: list[tuple[int, str]] = field(default_factory=list)
     edits: list[tuple[int, str]] = field(default_factory=list)
+    #: Every edit with its preview (``None``: text only), in order.
+    preview_edits: list[tuple[int, str, bytes | None]] = field(default_factory=list)
     pictures: list[tuple[int, list[StoredPicture], str]] = field(default_factory=list)
     failures: list[tuple[int, ErrorCode, str]] = field(default_factory=list)
     notices: list[tuple[int, str]] = field(default_factory=list)
@@ -89,8 +103,9 @@ class RecordingDelivery:
         self.statuses.append((job.id, text))
         return f"status-{job.id}"
 
-    async def edit_status(self, job: Job, message_ref: str, text: str) -> None:
+    async def edit_status(self, job: Job, message_ref: str, text: str, preview: bytes | None = None) -> None:
         self.edits.append((job.id, text))
+        self.preview_edits.append((job.id, text, preview))
 
     async def post_pictures(self, job: Job, pictures: list[StoredPicture], caption: str, on_posted) -> None:
         self.pictures.append((job.id, pictures, caption))
@@ -110,6 +125,26 @@ def bot_settings(tmp_path: Path, **overrides: Any) -> BotSettings:
     }
     values.update(overrides)
     return BotSettings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def preview_worker(redis_worker: str, cache_dir: Path) -> Iterator[str]:
+    """A worker whose jobs last long enough to watch their previews; yields its queue name.
+
+    On the tiny weights a job takes about a second.  Here every picture is its own pipeline call,
+    so a 4-picture quality job paints 4 x 25 steps, with a preview every 2 steps at once (no
+    minimum time between them): long enough for several status edits at each platform's pace.
+    """
+    queue = f"mmpp-previews-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(queue, cache_dir, MMPP_PREVIEW_MIN_SECONDS="0", MMPP_MAX_BATCH_SIZE="1")
+    yield queue
+    alive = worker.poll() is None
+    stop_worker(worker)
+    assert alive, "the preview worker died during the tests"
+
+
+#: What a job on the preview worker asks for: quality mode (25 steps), 4 pictures painted one after another.
+PREVIEW_JOB = {"mode": "quality", "count": "4"}
 
 
 @pytest.fixture

@@ -15,6 +15,14 @@ The fake models the platform rules the product depends on, so that tests fail wh
   defer's ephemeral flag; later follow-ups are new messages;
 * a message's uploads are limited to ``upload_limit`` bytes (10 MiB), else ``413`` (40005);
 * ``nonce`` + ``enforce_nonce`` on ``POST /channels/{id}/messages`` deduplicates retries;
+* message edits (``PATCH /webhooks/{app}/{token}/messages/{id|@original}`` and
+  ``PATCH /channels/{id}/messages/{id}``, JSON or multipart with ``files[n]``) are checked against the
+  OpenAPI schemas (``IncomingWebhookUpdateRequestPartial``, ``MessageEditRequestPartial``): content at
+  most 2000 (webhook) or 4000 (channel) characters, at most 10 embeds and 10 attachments, every
+  ``attachments`` entry an object with an ``id`` naming an uploaded ``files[n]`` or an attachment the
+  message has, filenames 1-1024 characters; an edit that would leave the message empty is refused
+  (50006); ``attachments`` given lists the message's attachments from then on (others are removed);
+  :meth:`FakeDiscord.message_edits` lists every edit request one message got, with its time;
 * attachment URLs are signed and expire (``ex``/``is``/``hm`` query like Discord's CDN);
 * gateway events gated by intents are only sent when IDENTIFY asked for them, and privileged intents not
   enabled for the application close the gateway with 4014, as Discord does.
@@ -180,6 +188,17 @@ _EVENT_INTENTS: dict[str, int] = {
     "PRESENCE_UPDATE": INTENT_GUILD_PRESENCES,
 }
 
+_WEBHOOK_MESSAGE_PATH = re.compile(r"^/webhooks/\d+/(?P<token>[^/]+)/messages/(?P<message_id>@original|\d+)$")
+_CHANNEL_MESSAGE_PATH = re.compile(r"^/channels/\d+/messages/(?P<message_id>\d+)$")
+#: Limits of a message edit body, from Discord's OpenAPI schemas (IncomingWebhookUpdateRequestPartial for
+#: webhook edits, MessageEditRequestPartial for channel edits, MessageAttachmentRequest for attachments).
+WEBHOOK_EDIT_CONTENT_MAX = 2000
+CHANNEL_EDIT_CONTENT_MAX = 4000
+EDIT_MAX_EMBEDS = 10
+EDIT_MAX_ATTACHMENTS = 10
+EDIT_MAX_COMPONENTS = 40
+ATTACHMENT_FILENAME_MAX = 1024
+ATTACHMENT_DESCRIPTION_MAX = 1024
 _CUSTOM_EMOJI = re.compile(r"^<?(?P<animated>a)?:?(?P<name>[A-Za-z0-9_~]+):(?P<id>\d+)>?$")
 _Reply = tuple[int, Any]
 
@@ -191,6 +210,14 @@ def _now_iso() -> str:
 def _error(status: int, message: str, code: int = 0, **extra: Any) -> _Reply:
     """Discord's JSON error body: ``{"message": ..., "code": ...}`` (codes from the API docs)."""
     return status, {"message": message, "code": code, **extra}
+
+
+def _invalid_form(path: list[str | int], code: str, message: str) -> _Reply:
+    """Discord's 400 Invalid Form Body (50035), the error nested at ``path`` as its ``errors`` object says."""
+    errors: dict[str, Any] = {"_errors": [{"code": code, "message": message}]}
+    for key in reversed(path):
+        errors = {str(key): errors}
+    return _error(400, "Invalid Form Body", 50035, errors=errors)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -270,6 +297,7 @@ class Fault:
     global_: bool
     when: Literal["before", "after"]
     hits: int = 0
+    where: Callable[[RecordedRequest], bool] | None = None  # only requests it accepts (e.g. those with files)
 
     @property
     def exhausted(self) -> bool:
@@ -297,7 +325,10 @@ class Fault:
             if self.global_:
                 headers["X-RateLimit-Global"] = "true"
             return 429, body, headers
-        reason = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}
+        reason = {
+            400: "Bad Request", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error", 502: "Bad Gateway",
+            503: "Service Unavailable", 504: "Gateway Timeout",
+        }  # fmt: skip
         return self.status, {"message": f"{self.status}: {reason.get(self.status, 'Error')}", "code": 0}, {}
 
 
@@ -671,6 +702,32 @@ class FakeDiscord:
         msg = message if isinstance(message, dict) else self.messages[int(message)]
         return [self.attachments[int(a["id"])] for a in msg.get("attachments", [])]
 
+    def message_edits(self, message_id: int) -> list[RecordedRequest]:
+        """Every PATCH the client sent for one message (webhook ``@original`` or id, or channel), oldest first.
+
+        Answered or refused alike: a refused request still counts against Discord's per-message rate limit.
+        """
+        found = []
+        for rec in self.requests:
+            if rec.method != "PATCH":
+                continue
+            webhook = _WEBHOOK_MESSAGE_PATH.match(rec.path)
+            channel = _CHANNEL_MESSAGE_PATH.match(rec.path)
+            if webhook is not None:
+                named = webhook["message_id"]
+                if named == "@original":
+                    it = self._interactions_by_token.get(webhook["token"])
+                    target = it.original_message_id if it is not None else None
+                else:
+                    target = int(named)
+            elif channel is not None:
+                target = int(channel["message_id"])
+            else:
+                continue
+            if target == int(message_id):
+                found.append(rec)
+        return found
+
     def followups(self, interaction: InteractionRecord) -> list[dict[str, Any]]:
         return [self.messages[i] for i in interaction.followup_ids if i in self.messages]
 
@@ -710,20 +767,25 @@ class FakeDiscord:
         *,
         global_: bool = False,
         when: Literal["before", "after"] = "before",
+        where: Callable[[RecordedRequest], bool] | None = None,
     ) -> Fault:
         """Answer the next ``times`` matching requests with ``status`` (429 with Discord's body, or a 5xx).
 
         ``path_regex`` is searched in the path relative to ``/api/v10`` (e.g. ``r"^/webhooks/"``) or in a CDN
         path (``r"^/attachments/"``). discord.py sleeps ``retry_after`` on a 429 and retries; on 500/502/504
-        it sleeps 1 s, 3 s, ... (the webhook adapter retries every 5xx, ``HTTPClient`` not 503).
+        it sleeps 1 s, 3 s, ... (the webhook adapter retries every 5xx, ``HTTPClient`` not 503). ``where``
+        narrows it further to the requests it accepts (``lambda r: bool(r.files)``: uploads only).
+        Other statuses (400, 403, ...) get Discord's JSON error body too.
         """
-        fault = Fault(method.upper(), re.compile(path_regex), status, retry_after, times, global_, when)
+        fault = Fault(method.upper(), re.compile(path_regex), status, retry_after, times, global_, when, where=where)
         self._faults.append(fault)
         return fault
 
-    def _take_fault(self, method: str, path: str) -> Fault | None:
+    def _take_fault(self, method: str, path: str, rec: RecordedRequest) -> Fault | None:
         for fault in self._faults:
-            if not fault.exhausted and fault.method == method and fault.pattern.search(path):
+            if fault.exhausted or fault.method != method or not fault.pattern.search(path):
+                continue
+            if fault.where is None or fault.where(rec):
                 fault.hits += 1
                 return fault
         return None
@@ -871,7 +933,7 @@ class FakeDiscord:
         route, params = matched
         if route.auth and request.headers.get("Authorization") != f"Bot {self.token}":
             return self._respond(rec, *_error(401, "401: Unauthorized"))
-        fault = self._take_fault(request.method, path)
+        fault = self._take_fault(request.method, path, rec)
         if fault is not None and fault.when == "before":
             rec.fault = fault
             return self._respond(rec, *fault.reply())
@@ -1205,7 +1267,7 @@ class FakeDiscord:
             "GET", request.path, dict(request.query), dict(request.headers), None, [], self._loop_time()
         )
         self.requests.append(rec)
-        fault = self._take_fault("GET", request.path)
+        fault = self._take_fault("GET", request.path, rec)
         if fault is not None:
             rec.fault = fault
             return self._respond(rec, *fault.reply())
@@ -1379,12 +1441,69 @@ class FakeDiscord:
         if rec.method == "DELETE":
             self._delete_message(int(message_id))
             return 204, None
-        problem = self._check_upload(rec.files)
+        problem = self._check_upload(rec.files) or self._check_edit(msg, rec, CHANNEL_EDIT_CONTENT_MAX)
         if problem:
             return problem
         self._apply_edit(msg, rec.json if isinstance(rec.json, dict) else {}, rec.files)
         await self._announce("MESSAGE_UPDATE", msg)
         return 200, msg
+
+    def _check_edit(self, msg: dict[str, Any], rec: RecordedRequest, content_max: int) -> _Reply | None:
+        """What Discord checks in a message edit body before changing anything (see the module docstring)."""
+        payload = rec.json
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            return _invalid_form([], "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType")
+        content = payload.get("content")
+        if content is not None and not isinstance(content, str):
+            return _invalid_form(["content"], "BASE_TYPE_STRING", "Must be a string.")
+        if isinstance(content, str) and len(content) > content_max:
+            return _invalid_form(["content"], "BASE_TYPE_MAX_LENGTH", f"Must be {content_max} or fewer in length.")
+        for key, most in (("embeds", EDIT_MAX_EMBEDS), ("components", EDIT_MAX_COMPONENTS)):
+            value = payload.get(key)
+            if value is not None and (not isinstance(value, list) or len(value) > most):
+                return _invalid_form([key], "BASE_TYPE_MAX_LENGTH", f"Must be {most} or fewer in length.")
+        indices = {m.group(1) for f in rec.files if (m := re.match(r"^files\[(\d+)\]$", f.field))}
+        attachments = payload.get("attachments")
+        kept = len(msg.get("attachments") or []) + len(rec.files)
+        if attachments is not None:
+            if not isinstance(attachments, list):
+                return _invalid_form(["attachments"], "BASE_TYPE_LIST", "Must be an array.")
+            if len(attachments) > EDIT_MAX_ATTACHMENTS:
+                return _invalid_form(
+                    ["attachments"], "BASE_TYPE_MAX_LENGTH", f"Must be {EDIT_MAX_ATTACHMENTS} or fewer in length."
+                )
+            existing = {str(a["id"]) for a in msg.get("attachments") or []}
+            for n, entry in enumerate(attachments):
+                if not isinstance(entry, dict) or entry.get("id") is None:
+                    return _invalid_form(["attachments", n, "id"], "BASE_TYPE_REQUIRED", "This field is required")
+                key = str(entry["id"])
+                if key not in indices and key not in existing:
+                    return _invalid_form(
+                        ["attachments", n, "id"], "ATTACHMENT_NOT_FOUND", f"Unknown attachment id {key}"
+                    )
+                filename = entry.get("filename")
+                if filename is not None and not 1 <= len(str(filename)) <= ATTACHMENT_FILENAME_MAX:
+                    return _invalid_form(
+                        ["attachments", n, "filename"], "BASE_TYPE_BAD_LENGTH",
+                        f"Must be between 1 and {ATTACHMENT_FILENAME_MAX} in length.",
+                    )  # fmt: skip
+                description = entry.get("description")
+                if description is not None and len(str(description)) > ATTACHMENT_DESCRIPTION_MAX:
+                    return _invalid_form(
+                        ["attachments", n, "description"], "BASE_TYPE_MAX_LENGTH",
+                        f"Must be {ATTACHMENT_DESCRIPTION_MAX} or fewer in length.",
+                    )  # fmt: skip
+            kept = len(attachments)
+        elif len(msg.get("attachments") or []) + len(rec.files) > EDIT_MAX_ATTACHMENTS:
+            return _invalid_form(
+                ["attachments"], "BASE_TYPE_MAX_LENGTH", f"Must be {EDIT_MAX_ATTACHMENTS} or fewer in length."
+            )
+        after = {key: payload[key] if key in payload else msg.get(key) for key in ("content", "embeds", "components")}
+        if not any(after.values()) and not kept and not msg.get("sticker_items"):
+            return _error(400, "Cannot send an empty message", 50006)
+        return None
 
     def _delete_message(self, message_id: int) -> None:
         self.messages.pop(message_id, None)
@@ -1535,7 +1654,7 @@ class FakeDiscord:
         if rec.method == "DELETE":
             self._delete_message(mid)
             return 204, None
-        problem = self._check_upload(rec.files)
+        problem = self._check_upload(rec.files) or self._check_edit(msg, rec, WEBHOOK_EDIT_CONTENT_MAX)
         if problem:
             return problem
         self._apply_edit(msg, rec.json if isinstance(rec.json, dict) else {}, rec.files)

@@ -28,6 +28,11 @@ Kept from the real server, because bots depend on it:
   photo in a group never reaches it. ``message_reaction`` in groups needs the bot to be an admin.
 * Limits: ``getFile`` refuses files over 20 MB, ``sendPhoto`` photos over 10 MB, multipart requests
   over 50 MB; text 4096, caption 1024, callback data 64 bytes, callback answer text 200.
+* ``editMessageMedia`` (Bot API 10.1): replaces the photo or document of a message, or turns a text
+  message into a media message (its text and entities go, the new caption comes); uploads go as
+  ``attach://<part>``, as for ``sendMediaGroup``; album messages keep their kind (documents stay
+  documents); an inline keyboard not given again is removed, as with every edit. ``editMessageText``
+  on a media message and ``editMessageCaption`` on a text message are refused as on Telegram.
 * Photos come back as several ``PhotoSize`` variants (90/320/800/1280 px thumbnails, made with
   Pillow when it is installed, plus the original), each with its own ``file_id``.
 * ``parse_mode="HTML"`` is parsed (tags become entities; a stray ``<`` is a 400), MarkdownV2's
@@ -41,8 +46,9 @@ Deliberate differences (see the module's tests for what they mean in practice):
   dropped and listed in :attr:`FakeTelegram.dropped`.
 * The largest ``PhotoSize`` keeps the uploaded bytes unchanged (Telegram recompresses to JPEG and
   caps the side at 1280/2560 px); its ``file_path`` still ends in ``.jpg``.
-* The flood limit is off unless ``per_chat_interval`` is given; then it is a plain "one send per
-  interval per chat" rule, cruder than Telegram's bursts.
+* The flood limits are off unless ``per_chat_interval`` / ``group_per_minute`` are given; then they
+  are plain rules ("one message per interval per chat", "at most N per rolling minute in a group"),
+  counting sends and edits alike as Telegram does, cruder than Telegram's bursts.
 * Inline-mode messages, channels, forum topics, videos and other media are not modelled.
 """
 
@@ -88,6 +94,8 @@ MAX_TEXT = 4096
 MAX_CAPTION = 1024
 MAX_CALLBACK_DATA = 64
 MAX_CALLBACK_ANSWER = 200
+MEDIA_TYPES = frozenset({"animation", "audio", "document", "live_photo", "photo", "video"})
+"""``InputMedia`` types of Bot API 10.1 (``InputMediaAnimation`` ... ``InputMediaVideo``)."""
 PHOTO_SIDES = (90, 320, 800, 1280)
 """Longest side of the thumbnails Telegram makes for a photo (the original comes last)."""
 
@@ -343,8 +351,10 @@ class FakeTelegram:
         privacy_mode: Telegram's group privacy mode (on for every new bot).
         max_long_poll: cap in seconds on how long ``getUpdates`` holds a request, whatever
             ``timeout`` the bot asked for, so tests never wait long.
-        per_chat_interval: if set, a send to a chat sooner than this after the previous one
-            answers 429 with ``retry_after``, like Telegram's flood control.
+        per_chat_interval: if set, a send or edit in a chat sooner than this after the previous
+            one answers 429 with ``retry_after``, like Telegram's flood control.
+        group_per_minute: if set, the send or edit in a group that would be the N+1st within 60 s
+            answers 429 (Telegram: about 20 a minute per group).
     """
 
     def __init__(
@@ -356,6 +366,7 @@ class FakeTelegram:
         privacy_mode: bool = True,
         max_long_poll: float = 5.0,
         per_chat_interval: float | None = None,
+        group_per_minute: int | None = None,
     ) -> None:
         bot_id, _, secret = token.partition(":")
         if not bot_id.isdigit() or not secret:
@@ -365,6 +376,7 @@ class FakeTelegram:
         self.privacy_mode = privacy_mode
         self.max_long_poll = max_long_poll
         self.per_chat_interval = per_chat_interval
+        self.group_per_minute = group_per_minute
 
         self.dropped: list[Dropped] = []
         """Updates the bot never got, with the reason."""
@@ -403,6 +415,7 @@ class FakeTelegram:
         self._commands: dict[tuple[str, str], list[Json]] = {}
         self._open_queries: set[str] = set()
         self._last_send: dict[int, float] = {}
+        self._group_sends: dict[int, deque[float]] = {}
         handlers: dict[str, Handler] = {
             "getMe": self._get_me,
             "getUpdates": self._get_updates,
@@ -416,6 +429,7 @@ class FakeTelegram:
             "editMessageText": self._edit_message_text,
             "editMessageCaption": self._edit_message_caption,
             "editMessageReplyMarkup": self._edit_message_reply_markup,
+            "editMessageMedia": self._edit_message_media,
             "sendPhoto": self._send_photo,
             "sendDocument": self._send_document,
             "sendMediaGroup": self._send_media_group,
@@ -1023,7 +1037,7 @@ class FakeTelegram:
         text, entities = self._text(params.get("text"), params.get("parse_mode"), params.get("entities"), MAX_TEXT)
         markup = _check_markup(params.get("reply_markup"))
         reply = self._reply_target(params, chat)
-        self._check_flood(chat.id)
+        self._check_flood(chat)
         return self._new_message(
             chat, self.bot_user, reply_to_message=reply, text=text, entities=entities or None, reply_markup=markup
         )
@@ -1035,7 +1049,7 @@ class FakeTelegram:
         caption, entities = self._caption(params)
         markup = _check_markup(params.get("reply_markup"))
         reply = self._reply_target(params, chat)
-        self._check_flood(chat.id)
+        self._check_flood(chat)
         return self._new_message(
             chat,
             self.bot_user,
@@ -1053,7 +1067,7 @@ class FakeTelegram:
         caption, entities = self._caption(params)
         markup = _check_markup(params.get("reply_markup"))
         reply = self._reply_target(params, chat)
-        self._check_flood(chat.id)
+        self._check_flood(chat)
         return self._new_message(
             chat,
             self.bot_user,
@@ -1088,7 +1102,7 @@ class FakeTelegram:
         if len(kinds) > 1:
             raise bad_request("documents can't be mixed with other media types in an album")
         reply = self._reply_target(params, chat)
-        self._check_flood(chat.id)
+        self._check_flood(chat)
         group_id = str(next(self._media_group_ids))
         return [
             self._new_message(chat, self.bot_user, reply_to_message=reply, media_group_id=group_id, **content)
@@ -1112,6 +1126,31 @@ class FakeTelegram:
         caption, entities = self._caption(params)
         markup = _check_markup(params.get("reply_markup"))
         return self._apply_edit(msg, {"caption": caption, "caption_entities": entities or None, "reply_markup": markup})
+
+    async def _edit_message_media(self, call: Call, request: web.Request) -> Json:
+        params = call.params
+        msg = self._editable(params, "edit")
+        media = params.get("media")
+        if media in (None, ""):
+            raise bad_request("media is not specified")
+        if not isinstance(media, dict):
+            raise bad_request("can't parse InputMedia: media must be an Object")
+        kind = media.get("type")
+        if kind not in MEDIA_TYPES:
+            raise bad_request("can't parse InputMedia: unsupported media type")
+        if kind not in ("photo", "document"):
+            raise bad_request(f"unsupported media type {kind!r} (FakeTelegram models photos and documents)")
+        if msg.get("media_group_id") and (kind == "document") != ("document" in msg):
+            raise bad_request("can't edit the media of an album message to another kind of media")
+        caption, entities = self._caption(media)
+        markup = _check_markup(params.get("reply_markup"))
+        if kind == "photo":
+            content: Json = {"photo": [s.photo_size() for s in self._photo_input(media.get("media"), call.files)]}
+        else:
+            content = {"document": self._document_input(media.get("media"), call.files).document()}
+        replaced = {"text": None, "entities": None, "link_preview_options": None, "photo": None, "document": None}
+        changes = {**replaced, **content, "caption": caption, "caption_entities": entities or None}
+        return self._apply_edit(msg, {**changes, "reply_markup": markup})
 
     async def _edit_message_reply_markup(self, call: Call, request: web.Request) -> Json:
         msg = self._editable(call.params, "edit")
@@ -1246,6 +1285,7 @@ class FakeTelegram:
     def _apply_edit(self, msg: Json, changes: Json) -> Json:
         if all(msg.get(key) == value for key, value in changes.items()):
             raise ApiError(400, NOT_MODIFIED)
+        self._check_flood(self._chats[msg["chat"]["id"]])
         for key, value in changes.items():
             if value is None:
                 msg.pop(key, None)
@@ -1273,14 +1313,21 @@ class FakeTelegram:
             raise bad_request("message caption is too long")
         return plain, entities
 
-    def _check_flood(self, chat_id: int) -> None:
-        if self.per_chat_interval is None:
-            return
+    def _check_flood(self, chat: FakeChat) -> None:
+        """Flood control for one send or edit in ``chat`` (off unless configured; see the module docstring)."""
         now = time.monotonic()
-        last = self._last_send.get(chat_id)
-        if last is not None and now - last < self.per_chat_interval:
-            raise too_many_requests(max(1, math.ceil(self.per_chat_interval - (now - last))))
-        self._last_send[chat_id] = now
+        if self.per_chat_interval is not None:
+            last = self._last_send.get(chat.id)
+            if last is not None and now - last < self.per_chat_interval:
+                raise too_many_requests(max(1, math.ceil(self.per_chat_interval - (now - last))))
+        if self.group_per_minute is not None and chat.is_group:
+            recent = self._group_sends.setdefault(chat.id, deque())
+            while recent and now - recent[0] >= 60.0:
+                recent.popleft()
+            if len(recent) >= self.group_per_minute:
+                raise too_many_requests(max(1, math.ceil(60.0 - (now - recent[0]))))
+            recent.append(now)
+        self._last_send[chat.id] = now
 
     def _upload(self, value: Any, files: dict[str, UploadedFile], field_name: str, missing: str) -> UploadedFile | str:
         """The uploaded part a parameter refers to, or the string it holds (a file_id or URL)."""

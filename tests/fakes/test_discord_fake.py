@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
+import json
 import os
 
 import aiohttp
@@ -402,3 +404,64 @@ async def test_auto_sharded_bot_uses_gateway_bot_and_chunks_members() -> None:
             assert any(frame.op == 8 for frame in fake.gateway_received)  # REQUEST_GUILD_MEMBERS
             guild = sharded.get_guild(fake.guild_id)
             assert guild is not None and guild.get_member(fake.default_user.id) is not None
+
+
+async def _patch(url: str, payload: dict, files: dict[str, bytes] | None = None, token: str | None = None) -> tuple:
+    """A raw PATCH as discord.py sends one: JSON, or multipart with payload_json and files[n]."""
+    headers = {"Authorization": f"Bot {token}"} if token else {}
+    async with aiohttp.ClientSession() as http:
+        if files is None:
+            response = await http.patch(url, json=payload, headers=headers)
+        else:
+            form = aiohttp.FormData()
+            form.add_field("payload_json", json.dumps(payload), content_type="application/json")
+            for field, data in files.items():
+                form.add_field(field, data, filename=f"{field[6:-1]}.jpg", content_type="image/jpeg")
+            response = await http.patch(url, data=form, headers=headers)
+        async with response:
+            return response.status, await response.json()
+
+
+async def test_message_edits_replace_attachments_and_are_checked_like_discord(fake: FakeDiscord, bot: TinyBot) -> None:
+    """PATCH on an interaction's original response (webhook) and on a channel message, with the limits of
+    Discord's OpenAPI schemas; every edit request of a message is listed with its time."""
+    it, message = await _echo(fake, b"first")
+    original = int(message["id"])
+    webhook = discord.Webhook.from_state({"id": fake.application_id, "type": 3, "token": it.token}, bot._connection)
+    # discord.py's own edit: a new file in place of the old one (attachments lists what stays).
+    edited = await webhook.edit_message(
+        original, content="painting 40%", attachments=[discord.File(io.BytesIO(b"\xff\xd8\xffpreview"), "p-1.jpg")]
+    )
+    assert [a.filename for a in edited.attachments] == ["p-1.jpg"]
+    assert [f.data for f in fake.message_files(original)] == [b"\xff\xd8\xffpreview"]
+    kept = await webhook.edit_message(original, content="painting 60%")  # no attachments given: kept
+    assert [a.filename for a in kept.attachments] == ["p-1.jpg"]
+
+    at_original = f"{fake.api_base}/webhooks/{fake.application_id}/{it.token}/messages/@original"
+    at_channel = f"{fake.api_base}/channels/{fake.channel_id}/messages/{original}"
+    refused = [
+        (at_original, {"content": "x" * 2001}, None, "content"),
+        (at_original, {"attachments": [{"id": 3}]}, {"files[0]": b"a"}, "attachments"),  # no files[3]
+        (at_original, {"attachments": [{"filename": "a.jpg"}]}, {"files[0]": b"a"}, "attachments"),  # no id
+        (at_original, {"attachments": [{"id": 0, "filename": ""}]}, {"files[0]": b"a"}, "attachments"),
+        (at_original, {"attachments": [{"id": n} for n in range(11)]}, {f"files[{n}]": b"a" for n in range(11)}, ""),
+        (at_original, {"embeds": [{"title": str(n)} for n in range(11)]}, None, "embeds"),
+        (at_channel, {"content": "x" * 4001}, None, "content"),
+    ]
+    for url, payload, files, field in refused:
+        token = fake.token if url == at_channel else None
+        status, body = await _patch(url, payload, files, token)
+        assert (status, body["code"]) == (400, 50035) and (not field or field in body["errors"]), (payload, body)
+    assert await _patch(at_original, {"content": "", "attachments": [], "components": []}) == (
+        400, {"message": "Cannot send an empty message", "code": 50006},
+    )  # fmt: skip
+    assert fake.messages[original]["content"] == "painting 60%"  # nothing refused changed the message
+
+    status, body = await _patch(at_channel, {"content": "y" * 3000, "attachments": []}, token=fake.token)
+    assert status == 200 and body["attachments"] == [] and len(body["content"]) == 3000
+    assert (await _patch(at_channel, {"content": "z"}))[0] == 401  # the channel route needs the bot token
+
+    edits = fake.message_edits(original)
+    assert len(edits) == 2 + len(refused) + 3 and all(r.method == "PATCH" for r in edits)
+    assert [r.status for r in edits][:2] == [200, 200] and edits[0].files[0].data == b"\xff\xd8\xffpreview"
+    assert all(earlier.time <= later.time for earlier, later in itertools.pairwise(edits))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import io
 import logging
 import struct
 import zlib
@@ -534,3 +535,87 @@ async def test_user_side_album_document_and_flood_control() -> None:
     assert first["caption"] == "/profile anime" and "caption" not in second
     assert document["document"]["mime_type"] == "image/png" and document["chat"]["id"] == BOB.id
     assert fake.calls("sendMessage")[1].response["parameters"] == {"retry_after": 1}
+
+
+def jpeg(shade: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 32), (shade, 90, 160)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+async def test_edit_message_media_turns_text_into_a_photo_and_replaces_it(fake: FakeTelegram) -> None:
+    """editMessageMedia as in Bot API 10.1: a text message becomes a photo with a caption; later calls
+    replace the photo; the text methods then follow the message's kind, as on Telegram."""
+    chat = fake.private_chat(ALICE)
+    app = build_app(fake)
+    async with app:
+        bot = app.bot
+        status = await bot.send_message(chat.id, "queued")
+        first = await bot.edit_message_media(
+            InputMediaPhoto(jpeg(10), caption="painting 20%", filename="p.jpg"), chat.id, status.message_id
+        )
+        assert first.text is None and first.caption == "painting 20%" and first.photo
+        with pytest.raises(BadRequest, match=r"(?i)there is no text in the message to edit"):
+            await bot.edit_message_text("painting 30%", chat.id, status.message_id)
+        captioned = await bot.edit_message_caption(chat.id, status.message_id, caption="painting 30%")
+        second = await bot.edit_message_media(InputMediaPhoto(jpeg(200)), chat.id, status.message_id)
+        assert second.caption is None  # the new media's caption (none) replaces the old one
+        assert second.photo[-1].file_unique_id != first.photo[-1].file_unique_id
+        with pytest.raises(BadRequest, match=r"(?i)caption is too long"):
+            await bot.edit_message_media(InputMediaPhoto(jpeg(1), caption="x" * 1025), chat.id, status.message_id)
+        with pytest.raises(BadRequest, match=r"(?i)message to edit not found"):
+            await bot.edit_message_media(InputMediaPhoto(jpeg(1)), chat.id, 9999)
+        with pytest.raises(BadRequest, match=r"(?i)IMAGE_PROCESS_FAILED"):
+            await bot.edit_message_media(InputMediaPhoto(b"not a picture"), chat.id, status.message_id)
+        with pytest.raises(BadRequest, match=r"(?i)message can't be edited"):
+            user_message = await fake.send_message(None, ALICE, "mine")
+            await bot.edit_message_media(InputMediaPhoto(jpeg(1)), chat.id, user_message["message_id"])
+        text_only = await bot.send_message(chat.id, "text")
+        with pytest.raises(BadRequest, match=r"(?i)there is no caption in the message to edit"):
+            await bot.edit_message_caption(chat.id, text_only.message_id, caption="no")
+
+    assert captioned.caption == "painting 30%"
+    edits = fake.calls("editMessageMedia")
+    assert [call.status for call in edits] == [200, 200, 400, 400, 400, 400]
+    media = edits[0].params["media"]
+    assert media["type"] == "photo" and media["media"].startswith("attach://") and media["caption"] == "painting 20%"
+    assert next(iter(edits[0].files.values())).data == jpeg(10)
+    assert fake.file_bytes(fake.messages[(chat.id, status.message_id)]["photo"][-1]["file_id"]) == jpeg(200)
+
+
+async def test_raw_edit_message_media_refusals(fake: FakeTelegram) -> None:
+    chat = fake.private_chat(ALICE)
+    url = f"{fake.base_url}{TOKEN}/editMessageMedia"
+    app = build_app(fake)
+    async with app:
+        status = await app.bot.send_message(chat.id, "queued")
+    where = {"chat_id": chat.id, "message_id": status.message_id}
+    async with httpx.AsyncClient(timeout=5) as client:
+        missing = (await client.post(url, json=where)).json()
+        video = (await client.post(url, json={**where, "media": {"type": "video", "media": "attach://v"}})).json()
+        strange = (await client.post(url, json={**where, "media": {"type": "sticker", "media": "x"}})).json()
+        no_part = (await client.post(url, json={**where, "media": {"type": "photo", "media": "attach://gone"}})).json()
+        inline = (await client.post(url, json={"inline_message_id": "1", "media": {"type": "photo"}})).json()
+    assert [body["ok"] for body in (missing, video, strange, no_part, inline)] == [False] * 5
+    assert "media" in missing["description"] and "unsupported" in video["description"]
+    assert "InputMedia" in strange["description"] and "no photo" in no_part["description"]
+    assert fake.messages[(chat.id, status.message_id)]["text"] == "queued"
+
+
+async def test_flood_control_counts_edits_and_group_minutes() -> None:
+    async with FakeTelegram(token=TOKEN, per_chat_interval=1.0, group_per_minute=3) as fake:
+        private = fake.private_chat(ALICE)
+        group = fake.group()
+        app = build_app(fake)
+        async with app:
+            sent = await app.bot.send_message(private.id, "one")
+            with pytest.raises(RetryAfter):
+                await app.bot.edit_message_text("two", private.id, sent.message_id)  # an edit counts too
+            fake.per_chat_interval = None
+            for n in range(3):
+                await app.bot.send_message(group.id, f"group {n}")
+            with pytest.raises(RetryAfter):
+                await app.bot.send_message(group.id, "a fourth within the minute")
+    assert fake.calls("sendMessage")[-1].response["parameters"]["retry_after"] >= 59

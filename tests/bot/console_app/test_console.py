@@ -11,6 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from tests.bot.conftest import PREVIEW_JOB
 from tests.conftest import REDIS_URL
 
 REPO = Path(__file__).resolve().parents[3]
@@ -82,3 +83,30 @@ def test_console_grammar_end_to_end(cache_dir: Path, tmp_path: Path) -> None:
         env={**os.environ, **env},
     )  # fmt: skip
     assert feedback.returncode == 0 and feedback.stdout.splitlines()[0].startswith("style")
+
+
+def test_the_console_writes_the_live_preview_to_one_file_and_says_where_once(
+    preview_worker: str, tmp_path: Path
+) -> None:
+    env = {
+        "REDIS_URL": REDIS_URL,
+        "MMPP_QUEUE": preview_worker,
+        "MMPP_DATABASE": str(tmp_path / "mmpp.sqlite3"),
+        "MMPP_OUT": str(tmp_path / "out"),
+        "MMPP_POLL_INTERVAL_SECONDS": "0.1",
+        "USER": "tester",
+    }
+    options = " ".join(f"{key}:{value}" for key, value in PREVIEW_JOB.items())
+    run = mmpp("chat", [f"/profile style:anime photo:{SAMPLE} {options}"], env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    preview = tmp_path / "out" / "previews" / "job-1.jpg"
+    announced = [line for line in run.stderr.splitlines() if "preview:" in line]
+    assert announced == [f"job 1: preview: {preview} (updated while painting)"]
+    with Image.open(preview) as image:
+        assert image.format == "JPEG" and max(image.size) <= 256
+    assert not list(preview.parent.glob("*.part"))  # written beside and renamed over
+    lines = run.stderr.splitlines()
+    caption = next(index for index, line in enumerate(lines) if line.startswith("job 1: ") and "· job 1" in line)
+    assert lines.index(announced[0]) < caption  # shown while painting, before the pictures
+    pictures = next(line for line in run.stdout.splitlines() if line.startswith("job 1: "))
+    assert len(pictures.split()[2:]) == int(PREVIEW_JOB["count"])  # the pictures, as before

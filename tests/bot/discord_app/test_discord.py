@@ -13,15 +13,16 @@ import discord
 import pytest
 from PIL import Image
 
+import bot.core.status as status_rule
 import bot.discord_app as discord_app
 from bot.core import ChatCore
 from bot.queue import CeleryJobQueue, JobQueue, make_client
 from bot.settings import BotSettings
 from bot.storage import Storage
-from mmpp.errors import ErrorCode
-from tests.bot.conftest import ScriptedQueue
+from mmpp.errors import ErrorCode, MmppError
+from tests.bot.conftest import PREVIEW_JOB, ScriptedQueue
 from tests.conftest import REDIS_URL, SAMPLE_SELFIE
-from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.discord_api import FakeDiscord, RecordedRequest
 
 MESSAGE_CONTENT_INTENT = 1 << 15
 KEYCAPS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣"]
@@ -299,3 +300,143 @@ async def test_the_client_reaches_the_fake_without_changing_discord_py_for_the_p
     finally:
         await stop_bot(running)
     assert library == (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
+
+
+# --------------------------------------------------------------------------- live previews
+
+
+def has_preview(request: RecordedRequest) -> bool:
+    return any(file.filename.startswith("preview-") for file in request.files)
+
+
+def preview_edits(fake: FakeDiscord, message_id: int) -> list[RecordedRequest]:
+    return [request for request in fake.message_edits(message_id) if has_preview(request)]
+
+
+def picture_posts(fake: FakeDiscord) -> list[RecordedRequest]:
+    return [
+        request
+        for request in fake.requests
+        if request.method == "POST" and any(file.filename.startswith("mmpp-") for file in request.files)
+    ]
+
+
+def most_in_a_window(times: list[float], window: float) -> int:
+    ordered = sorted(times)
+    return max((sum(1 for other in ordered if start <= other < start + window) for start in ordered), default=0)
+
+
+@pytest.fixture
+async def previewing(fake: FakeDiscord, tmp_path: Path, preview_worker: str) -> AsyncIterator[RunningBot]:
+    bot = await start_bot(fake, tmp_path, preview_worker)
+    yield bot
+    await stop_bot(bot)
+
+
+async def order_with_previews(running: RunningBot) -> tuple[int, int]:
+    """A job on the preview worker (see PREVIEW_JOB): ``(status message id, job id)`` once delivered."""
+    fake = running.fake
+    options = {"style": "anime", "mode": PREVIEW_JOB["mode"], "count": int(PREVIEW_JOB["count"])}
+    interaction = await fake.send_slash_command("profile", options, attachments=selfie_attachment())
+    await fake.wait_until(lambda: len(picture_messages(fake)) == options["count"] or None, timeout=400)
+    await running.core.wait_idle(timeout=60)
+    assert interaction.original_message_id is not None
+    job = (await running.storage.recent_jobs(1))[0]
+    assert job.state == "done" and job.delivered_at
+    return interaction.original_message_id, job.id
+
+
+async def assert_delivered_once(running: RunningBot, status_id: int, job_id: int) -> None:
+    fake = running.fake
+    count = int(PREVIEW_JOB["count"])
+    assert len(picture_messages(fake)) == count and len(picture_posts(fake)) == count  # each posted once
+    assert len(await running.storage.pictures(job_id)) == count
+    status = fake.messages[status_id]
+    assert status["content"].startswith("Done") and status["attachments"] == []  # the last preview is gone
+    edit_times = [request.time for request in fake.message_edits(status_id)]
+    assert most_in_a_window(edit_times, 5.0) <= 5  # Discord: about 5 edits per 5 s per message
+
+
+async def test_live_previews_replace_each_other_on_the_status_message_before_the_pictures(
+    previewing: RunningBot,
+) -> None:
+    running = previewing
+    fake = running.fake
+    status_id, job_id = await order_with_previews(running)
+    shown = [request for request in preview_edits(fake, status_id) if request.status == 200]
+    assert shown and shown[0].time < picture_posts(fake)[0].time
+    for request in shown:
+        preview = Image.open(io.BytesIO(request.files[0].data))
+        assert preview.format == "JPEG" and max(preview.size) <= 256
+        assert "painting" in request.json["content"] and "%" in request.json["content"]
+        assert len(request.json["attachments"]) == 1  # the new preview only: it replaces the one before
+    previews = [request.files[0].data for request in shown]
+    assert len(previews) == len(set(previews))  # a preview is sent once
+    await assert_delivered_once(running, status_id, job_id)
+
+
+async def test_refused_preview_edits_change_nothing_about_delivery(
+    fake: FakeDiscord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Discord answers the first preview edits 400, 429 and 500: each is tried once (discord.py alone would
+    wait out the 429 and retry the 500 for seconds), the text edits go on, the picture arrives once.
+
+    A scripted queue stands in for the worker: a job painting for some seconds with a new preview at
+    every poll, whatever the machine's speed (this is about Discord's answers, not the engine)."""
+    monkeypatch.setattr(status_rule, "PREVIEW_REFUSALS_TO_STOP", 3)
+    for refusal in (400, 429, 500):
+        fake.fail_next("PATCH", r"/messages/", status=refusal, retry_after=5.0, where=has_preview)
+    running = await start_bot(fake, tmp_path, "unused", job_queue=ScriptedQueue(progress_polls=80, previews_every=1))
+    try:
+        interaction = await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+        await fake.wait_until(lambda: picture_messages(fake) or None, timeout=60)
+        await running.core.wait_idle(timeout=30)
+        status_id = interaction.original_message_id
+        assert status_id is not None
+        attempts = preview_edits(fake, status_id)
+        assert [request.status for request in attempts] == [400, 429, 500]  # then previews stop for this job
+        sent = [request.files[0].data for request in attempts]
+        assert len(sent) == len(set(sent))  # none sent again
+        assert attempts[2].time - attempts[1].time < 5.0  # the 429's retry_after was not waited out
+        after = [request for request in fake.message_edits(status_id) if request.time > attempts[-1].time]
+        assert any("%" in (request.json or {}).get("content", "") for request in after)  # the text went on
+        job = (await running.storage.recent_jobs(1))[0]
+        assert len(picture_messages(fake)) == 1 and len(picture_posts(fake)) == 1
+        assert len(await running.storage.pictures(job.id)) == 1 and job.delivered_at
+        status = fake.messages[status_id]
+        assert status["content"].startswith("Done") and status["attachments"] == []
+        assert most_in_a_window([request.time for request in fake.message_edits(status_id)], 5.0) <= 5
+    finally:
+        await stop_bot(running)
+
+
+async def test_past_the_token_previews_edit_the_status_as_a_channel_message(
+    previewing: RunningBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_app, "TOKEN_LIFETIME_SECONDS", 3)
+    running = previewing
+    fake = running.fake
+    status_id, job_id = await order_with_previews(running)
+    through_channel = [request for request in preview_edits(fake, status_id) if request.path.startswith("/channels/")]
+    assert through_channel and all(request.status == 200 for request in through_channel)
+    assert through_channel[0].headers.get("Authorization") == f"Bot {fake.token}"
+    assert through_channel[0].time < picture_posts(fake)[0].time
+    await assert_delivered_once(running, status_id, job_id)
+
+
+async def test_a_job_failing_past_the_token_leaves_no_status_behind(
+    fake: FakeDiscord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(discord_app, "TOKEN_LIFETIME_SECONDS", 2)
+    queue = ScriptedQueue(progress_polls=50, previews_every=1, error=MmppError(ErrorCode.OUTPUT_BLOCKED, "Not shown."))
+    running = await start_bot(fake, tmp_path, "unused", job_queue=queue)
+    try:
+        interaction = await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+        failure = await fake.wait_for_message(lambda item: "`OUTPUT_BLOCKED`" in item.get("content", ""), timeout=60)
+        await running.core.wait_idle(timeout=30)
+        status_id = interaction.original_message_id
+        assert status_id is not None and preview_edits(fake, status_id)  # it showed previews meanwhile
+        assert failure["content"].startswith(f"<@{fake.default_user.id}>")
+        assert status_id in fake.deleted_message_ids and status_id not in fake.messages
+    finally:
+        await stop_bot(running)

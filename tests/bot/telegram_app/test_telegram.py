@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import os
 import signal
 import subprocess
@@ -17,13 +18,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.core import ChatCore
+import bot.core.status as status_rule
+from bot.core import CHAT_KIND, ChatCore
 from bot.queue import CeleryJobQueue, make_client
 from bot.settings import BotSettings
 from bot.storage import Storage
 from bot.telegram_app import ALLOWED_UPDATES, COMMANDS, TelegramAdapter, TelegramDelivery
-from mmpp.errors import ErrorCode
-from tests.bot.conftest import ScriptedQueue
+from mmpp.errors import ErrorCode, MmppError
+from tests.bot.conftest import PREVIEW_JOB, ScriptedQueue
 from tests.conftest import REDIS_URL, REPO, SAMPLE_SELFIE
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 from tests.images import side_by_side
@@ -418,3 +420,173 @@ async def test_buttons_posted_by_earlier_versions_still_work(fake: FakeTelegram,
         await core.stop()
         await adapter.close()
         await storage.close()
+
+
+# --------------------------------------------------------------------------- live previews
+
+STATUS_EDITS = {"editMessageText", "editMessageCaption", "editMessageMedia"}
+
+
+@dataclass
+class Started:
+    running: RunningBot
+
+    async def close(self) -> None:
+        await self.running.core.stop()
+        await self.running.adapter.close()
+        await self.running.storage.close()
+
+
+async def start_bot(fake: FakeTelegram, tmp_path: Path, queue: str, job_queue: object = None) -> Started:
+    settings = settings_for(fake, tmp_path, queue)
+    storage = await Storage.open(settings.database)
+    queue_client = job_queue or CeleryJobQueue(make_client(settings.redis_url, settings.state_dir))
+    core = ChatCore(storage, queue_client, settings)  # type: ignore[arg-type]
+    adapter = TelegramAdapter(core, settings, TOKEN)
+    await adapter.open()
+    await core.start()
+    await fake.wait_polling()
+    return Started(RunningBot(fake, core, storage, adapter))
+
+
+def status_edits(fake: FakeTelegram, chat_id: int, message_id: int | None = None) -> list:
+    return [
+        call
+        for call in fake.calls()
+        if call.method in STATUS_EDITS
+        and call.params.get("chat_id") == chat_id
+        and (message_id is None or call.params.get("message_id") == message_id)
+    ]
+
+
+def status_message_ids(fake: FakeTelegram, chat_id: int) -> list[int]:
+    return [
+        call.result["message_id"]
+        for call in fake.calls("sendMessage")
+        if call.ok and call.params.get("chat_id") == chat_id and "queued" in call.params.get("text", "")
+    ]
+
+
+def most_in_a_window(times: list[float], window: float) -> int:
+    ordered = sorted(times)
+    return max((sum(1 for other in ordered if start <= other < start + window) for start in ordered), default=0)
+
+
+def assert_within_telegram_limits(edits: list, spacing: float) -> None:
+    times = [call.at for call in edits]
+    assert all(later - earlier >= spacing for earlier, later in itertools.pairwise(times)), times
+    assert most_in_a_window(times, 60.0) <= 20
+
+
+@pytest.fixture
+async def previewing(fake: FakeTelegram, tmp_path: Path, preview_worker: str) -> AsyncIterator[RunningBot]:
+    started = await start_bot(fake, tmp_path, preview_worker)
+    yield started.running
+    await started.close()
+
+
+async def test_live_previews_turn_the_status_into_a_photo_before_the_pictures(previewing: RunningBot) -> None:
+    fake, storage = previewing.fake, previewing.storage
+    chat = fake.private_chat(ALICE)
+    options = " ".join(f"{key}:{value}" for key, value in PREVIEW_JOB.items())
+    await fake.send_photo(chat, ALICE, SAMPLE_SELFIE.read_bytes(), caption=f"anime {options}")
+    album = await fake.wait_for("sendMediaGroup", timeout=400)
+    await previewing.core.wait_idle(timeout=60)
+    (status_id,) = status_message_ids(fake, chat.id)
+    edits = status_edits(fake, chat.id, status_id)
+    assert edits and all(call.ok for call in edits), [(call.method, call.error) for call in edits]
+    shown = [call for call in edits if call.method == "editMessageMedia"]
+    assert shown and shown[0].at < album.at
+    for call in shown:
+        media = call.params["media"]
+        assert media["type"] == "photo" and media["media"].startswith("attach://") and "painting" in media["caption"]
+        preview = Image.open(io.BytesIO(call.files[media["media"].removeprefix("attach://")].data))
+        assert preview.format == "JPEG" and max(preview.size) <= 256
+    after_photo = [call for call in edits if call.at > shown[0].at and call.method != "editMessageMedia"]
+    assert all(call.method == "editMessageCaption" for call in after_photo)  # its text is a caption now
+    # Telegram: about one message a second per chat, edits included (the core edits a private chat every 2 s).
+    assert_within_telegram_limits(edits, spacing=1.0)
+
+    assert len(fake.calls("sendMediaGroup")) == 1 and len(album.result) == int(PREVIEW_JOB["count"])
+    job = (await storage.recent_jobs(1))[0]
+    assert job.delivered_at and len(await storage.pictures(job.id)) == int(PREVIEW_JOB["count"])
+    assert job.reply_context[CHAT_KIND] == "private"
+    deleted = fake.calls("deleteMessage")
+    assert [call.params["message_id"] for call in deleted if call.ok] == [status_id]  # nothing left behind
+    assert (chat.id, status_id) not in fake.messages
+
+
+async def test_refused_preview_edits_change_nothing_about_delivery(
+    fake: FakeTelegram, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Telegram answers the first three preview edits 400, 429 and 500: each is tried once (PTB's rate limiter
+    alone would wait out the 429 and hold every other request meanwhile), the text edits go on, the picture
+    arrives once.  A scripted queue paints for some seconds with a new preview at every poll."""
+    monkeypatch.setattr(status_rule, "PREVIEW_REFUSALS_TO_STOP", 3)
+    fake.fail_next("editMessageMedia", 400, description="Bad Request: MEDIA_EMPTY")
+    fake.fail_next("editMessageMedia", 429, retry_after=5)
+    fake.fail_next("editMessageMedia", 500)
+    started = await start_bot(fake, tmp_path, "unused", ScriptedQueue(progress_polls=100, previews_every=1))
+    try:
+        chat = fake.private_chat(ALICE)
+        await fake.send_photo(chat, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+        await fake.wait_for("sendPhoto", timeout=60)
+        await started.running.core.wait_idle(timeout=30)
+        (status_id,) = status_message_ids(fake, chat.id)
+        attempts = fake.calls("editMessageMedia")
+        assert [call.status for call in attempts] == [400, 429, 500]  # then previews stop for this job
+        uploads = [next(iter(call.files.values())).data for call in attempts]
+        assert len(uploads) == len(set(uploads))  # none sent again
+        assert attempts[2].at - attempts[1].at < 5.0  # the 429's retry_after was not waited out
+        texts_after = [call for call in fake.calls("editMessageText") if call.at > attempts[-1].at and call.ok]
+        assert texts_after  # still text (no preview was taken), still updated
+        assert_within_telegram_limits(status_edits(fake, chat.id, status_id), spacing=1.0)
+        assert len(fake.calls("sendPhoto")) == 1
+        job = (await started.running.storage.recent_jobs(1))[0]
+        assert job.delivered_at and len(await started.running.storage.pictures(job.id)) == 1
+        assert (chat.id, status_id) not in fake.messages
+    finally:
+        await started.close()
+
+
+async def test_jobs_in_one_group_share_the_groups_pace(tmp_path: Path) -> None:
+    """Two jobs in one group: their status edits together keep to the group's pace (Telegram: 20 messages a
+    minute per group, edits included, which this fake enforces), and each gets its preview and picture."""
+    async with FakeTelegram(token=TOKEN, bot_username="MmppTestBot", group_per_minute=20) as fake:
+        started = await start_bot(fake, tmp_path, "unused", ScriptedQueue(progress_polls=150, previews_every=1))
+        try:
+            group = fake.group()
+            for person in (ALICE, BOB):
+                await fake.send_photo(group, person, SAMPLE_SELFIE.read_bytes(), caption="/profile anime")
+            await fake.wait_for(lambda call: len(fake.calls("sendPhoto")) == 2, timeout=90)
+            await started.running.core.wait_idle(timeout=60)
+            in_group = [call for call in fake.calls() if call.params.get("chat_id") == group.id]
+            assert not [call for call in in_group if call.status == 429]
+            edits = status_edits(fake, group.id)
+            assert len(status_message_ids(fake, group.id)) == 2
+            assert [call for call in edits if call.method == "editMessageMedia" and call.ok]
+            assert_within_telegram_limits(edits, spacing=5.0)  # one status edit per 6 s in the whole group
+            jobs = await started.running.storage.recent_jobs(1) + await started.running.storage.recent_jobs(2)
+            assert all(job.reply_context[CHAT_KIND] == "supergroup" for job in jobs)
+            assert len(fake.calls("sendPhoto")) == 2
+        finally:
+            await started.close()
+
+
+async def test_a_failed_job_leaves_no_status_or_preview_behind(fake: FakeTelegram, tmp_path: Path) -> None:
+    queue = ScriptedQueue(progress_polls=40, previews_every=1, error=MmppError(ErrorCode.OUTPUT_BLOCKED, "Not shown."))
+    started = await start_bot(fake, tmp_path, "unused", queue)
+    try:
+        chat = fake.private_chat(ALICE)
+        await fake.send_photo(chat, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
+        failure = await fake.wait_for(
+            lambda call: call.method == "sendMessage" and "(OUTPUT_BLOCKED)" in call.params.get("text", ""), timeout=60
+        )
+        await started.running.core.wait_idle(timeout=30)
+        (status_id,) = status_message_ids(fake, chat.id)
+        assert [call for call in fake.calls("editMessageMedia") if call.ok]  # it showed a preview meanwhile
+        deleted = [call for call in fake.calls("deleteMessage") if call.ok]
+        assert [call.params["message_id"] for call in deleted] == [status_id] and deleted[0].at > failure.at
+        assert (chat.id, status_id) not in fake.messages
+    finally:
+        await started.close()
