@@ -125,8 +125,8 @@ def test_a_job_is_one_batched_call_with_one_face_embedding(tiny_engine: Engine, 
     with watching(tiny_engine) as seen:
         result = tiny_engine.generate(request(selfie_bytes, count=3, seed=40))
     assert seen.unet_batches == [3] * 4
-    # diffusers encodes the face and a blank image (the Plus adapter's unconditional tokens): two passes a job.
-    assert seen.face_encodings == one.face_encodings == 2, "the IP-Adapter embedding is computed once per job"
+    # One pass of the image encoder a job, whatever the count (the blank face of guidance is cached).
+    assert seen.face_encodings == one.face_encodings == 1, "the IP-Adapter embedding is computed once per job"
     assert seen.tiny_decodes == 1
     assert [picture.seed for picture in result.pictures] == [40, 41, 42]
     assert len({picture.png for picture in result.pictures}) == 3
@@ -153,11 +153,32 @@ def test_the_batch_size_limit_splits_larger_jobs(
     with watching(tiny_engine) as seen:
         split = tiny_engine.generate(request(selfie_bytes, count=3, seed=5), lambda d, t: progress.append((d, t)))
     assert seen.unet_batches == [2] * 4 + [1] * 4
-    assert seen.face_encodings == 2, "one face embedding for both calls"
+    assert seen.face_encodings == 1, "one face embedding for both calls"
     assert progress == [(step, 8) for step in range(1, 9)]
     assert [picture.seed for picture in split.pictures] == [5, 6, 7]
     for mine, theirs in zip(split.pictures, whole.pictures, strict=True):
         assert np.abs(pixels(mine.png) - pixels(theirs.png)).max() <= 2
+
+
+def test_the_face_embedding_is_diffusers_own_and_the_blank_face_is_encoded_once(
+    tiny_engine: Engine, selfie_bytes: bytes
+) -> None:
+    """Our once-per-job embedding equals diffusers' ``prepare_ip_adapter_image_embeds``, with and without guidance."""
+    import torch
+
+    crop = tiny_engine.face_analyzer.prepare_selfie(selfie_bytes).crop
+    for job in [request(selfie_bytes, mode=Mode.FAST), request(selfie_bytes, style="headshot", steps=15)]:
+        plan = tiny_engine.plan(job)
+        ours = tiny_engine.encode_face(crop, plan)["ip_adapter_image_embeds"]
+        with torch.inference_mode():
+            theirs = tiny_engine.pipeline.prepare_ip_adapter_image_embeds(
+                crop, None, tiny_engine.pipeline.device, 1, plan.classifier_free_guidance
+            )
+        assert len(ours) == len(theirs) == 1 and ours[0].shape == theirs[0].shape
+        assert torch.equal(ours[0], theirs[0])
+    with watching(tiny_engine) as seen:
+        tiny_engine.generate(request(selfie_bytes, style="headshot", steps=15))
+    assert seen.face_encodings == 1, "with guidance too: the blank face comes from the cache"
 
 
 def test_two_non_zero_style_scales_give_different_pictures_the_larger_further_from_zero(
