@@ -29,7 +29,7 @@ def test_portrait_training_from_the_command_line(
     portrait_data: Path, tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "me.safetensors"
-    arguments = ["train", "--data", str(portrait_data), "--kind", "portrait", "--profile", "tiny", "--out", str(out)]
+    arguments = ["train", "--data", str(portrait_data), "--kind", "portrait", "--weights", "tiny", "--out", str(out)]
     arguments += ["--steps", "2", "--rank", "4", "--batch", "2", "--trigger", "sks", "--seed", "1"]
     assert mmpp_main(arguments) == 0
     captured = capsys.readouterr()
@@ -75,7 +75,7 @@ def test_bad_data_and_options_end_in_one_error_line_and_status_2(
 ) -> None:
     folder = tmp_path / "data"
     make(folder)
-    arguments = ["train", "--data", str(folder), "--kind", kind, "--profile", "tiny"]
+    arguments = ["train", "--data", str(folder), "--kind", kind, "--weights", "tiny"]
     arguments += ["--out", str(tmp_path / "x.safetensors"), *extra]
     try:
         status = mmpp_main(arguments)

@@ -34,7 +34,7 @@ def tiny_config(data: Path, out: Path, **overrides: object) -> TrainConfig:
         "data_dir": data,
         "kind": "style",
         "out": out,
-        "profile": "tiny",
+        "weights": "tiny",
         "rank": 4,
         "batch": 2,
         "lr": 1e-2,
