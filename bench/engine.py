@@ -299,7 +299,11 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     # --- 1. seconds per picture: engine vs. the same diffusers call
     face_crop = engine.face_analyzer.prepare_selfie(selfie).crop
     conditioning = engine.encode_prompt(plan_a.prompt, plan_a.negative_prompt)
-    conditioning.update(engine.encode_face(face_crop, plan_a))
+    # The plain diffusers way to feed the IP-Adapter: the face crop itself, which diffusers encodes
+    # inside the call (with the blank face it encodes on every call); the engine embeds it in its own
+    # stage, so both sides pay for the face embedding.
+    if engine.has_ip_adapter:
+        conditioning["ip_adapter_image"] = face_crop
 
     def run_engine() -> tuple[float, float, Any]:
         wall, cpu = time.perf_counter(), time.process_time()
