@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from bot.storage import Job
 from mmpp.catalogue import Style
-from mmpp.contract import ACCEPTED_PHOTO_TYPES
+from mmpp.contract import accepted_photos_text
 
 #: What a 1-5 rating means, shown in help texts.
 RATING_SCALE = "1 = poor, 3 = fine, 5 = love it"
@@ -28,8 +28,7 @@ REROLLING = "Re-rolling…"
 
 def accepted_photos() -> str:
     """``"JPEG, PNG or WebP"``: the kernel's list of accepted photo types, as people call them."""
-    labels = [photo.label for photo in ACCEPTED_PHOTO_TYPES]
-    return labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} or {labels[-1]}"
+    return accepted_photos_text()
 
 
 def style_label(style: Style | None, name: str) -> str:

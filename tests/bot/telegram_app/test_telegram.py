@@ -29,6 +29,7 @@ from tests.bot.conftest import PREVIEW_JOB, ScriptedQueue
 from tests.conftest import REDIS_URL, REPO, SAMPLE_SELFIE
 from tests.fakes.telegram_api import FakeTelegram, FakeUser
 from tests.images import side_by_side
+from tests.support.telegram import telegram_settings
 
 TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz"
 ALICE = FakeUser(1001, "Alice", username="alice")
@@ -42,17 +43,7 @@ def png(image: Image.Image) -> bytes:
 
 
 def settings_for(fake: FakeTelegram, tmp_path: Path, queue: str, **overrides: object) -> BotSettings:
-    values: dict[str, object] = {
-        "redis_url": REDIS_URL,
-        "queue": queue,
-        "database": tmp_path / "mmpp.sqlite3",
-        "state_dir": tmp_path / "state",
-        "telegram_base_url": fake.base_url,
-        "telegram_base_file_url": fake.base_file_url,
-        "poll_interval_seconds": 0.1,
-    }
-    values.update(overrides)
-    return BotSettings(_env_file=None, **values)
+    return telegram_settings(fake, tmp_path, redis_url=REDIS_URL, queue=queue, **overrides)
 
 
 @dataclass
