@@ -444,12 +444,7 @@ class Engine:
         conditioning = self.encode_prompt("a person", "")
         for mode, guidance, batch in ((Mode.FAST, 1.0, 1), (Mode.FAST, 1.0, 2), (Mode.QUALITY, 5.0, 1)):
             self.pipeline.scheduler = self.scheduler_for(mode)
-            arguments: dict[str, Any] = dict(conditioning)
-            if self.has_ip_adapter:
-                with torch.inference_mode():
-                    arguments["ip_adapter_image_embeds"] = self.pipeline.prepare_ip_adapter_image_embeds(
-                        face, None, self.pipeline.device, 1, guidance > 1.0
-                    )
+            arguments: dict[str, Any] = {**conditioning, **self.encode_face(face, guidance > 1.0)}
             with torch.inference_mode():
                 self.pipeline(
                     **arguments,
@@ -606,7 +601,7 @@ class Engine:
         self.pipeline.scheduler = self.scheduler_for(plan.mode)
         self.use_decoder(plan.decoder)
 
-    def encode_face(self, face_crop: Image.Image, plan: JobPlan) -> dict[str, Any]:
+    def encode_face(self, face_crop: Image.Image, guided: bool) -> dict[str, Any]:
         """The IP-Adapter's image embedding, computed once per job and shared by all its pictures.
 
         For the Plus adapters (hidden states through a Resampler) diffusers
@@ -625,15 +620,13 @@ class Engine:
         with torch.inference_mode():
             if len(projections) != 1 or isinstance(projections[0], ImageProjection):
                 # Plain IP-Adapters use the pooled embedding and no blank image: diffusers' own path.
-                embeds = pipeline.prepare_ip_adapter_image_embeds(
-                    face_crop, None, pipeline.device, 1, plan.classifier_free_guidance
-                )
+                embeds = pipeline.prepare_ip_adapter_image_embeds(face_crop, None, pipeline.device, 1, guided)
                 return {"ip_adapter_image_embeds": embeds}
             encoder = pipeline.image_encoder
             pixels = pipeline.feature_extractor(face_crop, return_tensors="pt").pixel_values
             pixels = pixels.to(device=pipeline.device, dtype=next(encoder.parameters()).dtype)
             face = encoder(pixels, output_hidden_states=True).hidden_states[-2][None]
-            if plan.classifier_free_guidance:
+            if guided:
                 face = torch.cat([self._blank_face_hidden_states(pixels), face])
         return {"ip_adapter_image_embeds": [face]}
 
@@ -681,7 +674,7 @@ class Engine:
             conditioning = self.encode_prompt(plan.prompt, plan.negative_prompt)
             timed("prompt", mark)
             mark = time.perf_counter()
-            conditioning.update(self.encode_face(selfie.crop, plan))
+            conditioning.update(self.encode_face(selfie.crop, plan.classifier_free_guidance))
             timed("face_embedding", mark)
             images: list[tuple[Image.Image, int]] = []
             for batch_index, seeds in enumerate(plan.batches):

@@ -82,7 +82,11 @@ def test_adapter_weight_zero_is_exactly_the_adapter_switched_off(tiny_engine: En
     job = request(selfie_bytes)
     tiny_engine.activate({PORTRAIT_ADAPTER: 0.4, style_adapter: 0.0, LCM_ADAPTER: 1.0})
     conditioning = tiny_engine.encode_prompt(plan.prompt, plan.negative_prompt)
-    conditioning.update(tiny_engine.encode_face(tiny_engine.face_analyzer.prepare_selfie(job.selfie).crop, plan))
+    conditioning.update(
+        tiny_engine.encode_face(
+            tiny_engine.face_analyzer.prepare_selfie(job.selfie).crop, plan.classifier_free_guidance
+        )
+    )
     arguments = tiny_engine.pipeline_arguments(plan, conditioning, [7])
     tiny_engine.pipeline.scheduler = tiny_engine.scheduler_for(Mode.FAST)
     tiny_engine.pipeline.set_ip_adapter_scale(plan.ip_adapter_scale)

@@ -169,7 +169,7 @@ def test_the_face_embedding_is_diffusers_own_and_the_blank_face_is_encoded_once(
     crop = tiny_engine.face_analyzer.prepare_selfie(selfie_bytes).crop
     for job in [request(selfie_bytes, mode=Mode.FAST), request(selfie_bytes, style="headshot", steps=15)]:
         plan = tiny_engine.plan(job)
-        ours = tiny_engine.encode_face(crop, plan)["ip_adapter_image_embeds"]
+        ours = tiny_engine.encode_face(crop, plan.classifier_free_guidance)["ip_adapter_image_embeds"]
         with torch.inference_mode():
             theirs = tiny_engine.pipeline.prepare_ip_adapter_image_embeds(
                 crop, None, tiny_engine.pipeline.device, 1, plan.classifier_free_guidance
