@@ -11,11 +11,13 @@ network, no torch and no GPU, which keeps this module usable in any worker.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import threading
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -81,7 +83,32 @@ CONFIDENT_FACE_SCORE = 0.5
 #: count, and a selfie face is far larger than the detector's 80 px minimum at this size.
 DETECTION_SIDE = 800
 
-_MODELS_HINT = "install them with: pip install dlib-bin face_recognition_models 'setuptools<81'"
+_MODELS_HINT = "install them with: pip install dlib-bin face_recognition_models"
+
+#: The two dlib model files the analyzer loads, as ``face_recognition_models`` ships them.
+PREDICTOR_FILE_NAME = "shape_predictor_5_face_landmarks.dat"
+RECOGNIZER_FILE_NAME = "dlib_face_recognition_resnet_model_v1.dat"
+
+
+def locate_face_model_files() -> tuple[Path, Path]:
+    """The 5-point landmark predictor and the 128-d recognizer files, found without importing their package.
+
+    ``face_recognition_models/__init__.py`` imports ``pkg_resources`` only to build these paths,
+    and current setuptools releases no longer ship ``pkg_resources`` (84.2.1 has none), so
+    importing the package fails in a current environment.  The files are plain package data in
+    its ``models`` folder, and ``find_spec`` names that folder without running the ``__init__``.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise MmppError(ErrorCode.MODEL_UNAVAILABLE, f"The face model files are missing; {_MODELS_HINT}.")
+    for location in spec.submodule_search_locations:
+        models = Path(location) / "models"
+        predictor, recognizer = models / PREDICTOR_FILE_NAME, models / RECOGNIZER_FILE_NAME
+        if predictor.is_file() and recognizer.is_file():
+            return predictor, recognizer
+    raise MmppError(
+        ErrorCode.MODEL_UNAVAILABLE, f"The face model files are missing from face_recognition_models; {_MODELS_HINT}."
+    )
 
 
 def _not_an_image(detail: str = "") -> MmppError:
@@ -345,17 +372,9 @@ class FaceAnalyzer:
             raise MmppError(ErrorCode.MODEL_UNAVAILABLE, f"The face models need dlib; {_MODELS_HINT}.") from None
         predictor_path, recognizer_path = self._predictor_path, self._recognizer_path
         if predictor_path is None or recognizer_path is None:
-            try:
-                with warnings.catch_warnings():
-                    # The package still imports pkg_resources, which warns on every import.
-                    warnings.filterwarnings("ignore", message=".*pkg_resources.*")
-                    import face_recognition_models
-            except ImportError:
-                raise MmppError(
-                    ErrorCode.MODEL_UNAVAILABLE, f"The face model files are missing; {_MODELS_HINT}."
-                ) from None
-            predictor_path = predictor_path or face_recognition_models.pose_predictor_five_point_model_location()
-            recognizer_path = recognizer_path or face_recognition_models.face_recognition_model_location()
+            shipped_predictor, shipped_recognizer = locate_face_model_files()
+            predictor_path = predictor_path or str(shipped_predictor)
+            recognizer_path = recognizer_path or str(shipped_recognizer)
         try:
             return _Models(
                 detector=dlib.get_frontal_face_detector(),

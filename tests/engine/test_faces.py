@@ -283,6 +283,42 @@ def test_models_load_lazily_once_and_missing_files_are_reported() -> None:
     assert default_analyzer() is default_analyzer()
 
 
+def test_model_files_are_found_and_load_without_pkg_resources() -> None:
+    """A current setuptools ships no pkg_resources: the models must still be found and loaded."""
+    code = """
+import importlib.abc, sys
+class BlockPkgResources(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pkg_resources" or name.startswith("pkg_resources."):
+            raise ModuleNotFoundError("No module named 'pkg_resources'", name=name)
+        return None
+sys.meta_path.insert(0, BlockPkgResources())
+sys.modules.pop("pkg_resources", None)
+try:
+    import face_recognition_models
+except ModuleNotFoundError as error:
+    print("package import fails:", error.name)
+from PIL import Image
+from engine.faces import FaceAnalyzer, locate_face_model_files
+predictor, recognizer = locate_face_model_files()
+print(predictor.name, predictor.stat().st_size > 0, recognizer.name, recognizer.stat().st_size > 0)
+analyzer = FaceAnalyzer()
+print("faces:", len(analyzer.detect(Image.open(sys.argv[1]).convert("RGB"))))
+print("pkg_resources imported:", "pkg_resources" in sys.modules)
+"""
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(SAMPLE_SELFIE)], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "package import fails: pkg_resources",  # the blocker works: the package's own __init__ cannot run
+        "shape_predictor_5_face_landmarks.dat True dlib_face_recognition_resnet_model_v1.dat True",
+        "faces: 1",
+        "pkg_resources imported: False",
+    ]
+
+
 def test_faces_module_stays_free_of_heavy_and_chat_imports() -> None:
     code = (
         "import sys, engine.faces;"
