@@ -13,7 +13,21 @@ The fake models the platform rules the product depends on, so that tests fail wh
 * follow-ups and edits need an acknowledged, unexpired (15 min) interaction token;
 * the first follow-up after a deferred (type 5) response fills the "thinking" message and keeps the
   defer's ephemeral flag; later follow-ups are new messages;
-* a message's uploads are limited to ``upload_limit`` bytes (10 MiB), else ``413`` (40005);
+* each uploaded file is limited to ``upload_limit`` bytes (10 MiB) and a request's files together to
+  ``request_upload_limit`` (25 MiB), else ``413`` (40005);
+* what the bot sends is checked against Discord's limits, answered ``400`` Invalid Form Body (50035) with the
+  ``errors`` tree naming the field: content at most 2000 characters, at most 10 embeds and 10 attachments per
+  message, at most 5 action rows of at most 5 buttons (a select menu alone in its row), ``custom_id`` 1-100
+  characters, select menus with 1-25 options whose labels and values are 1-100 characters, autocomplete
+  answers with at most 25 choices whose names are 1-100 characters;
+* the bot's permissions (``app_permissions``, changeable at any time) are enforced: a channel send needs
+  VIEW_CHANNEL and SEND_MESSAGES (and ATTACH_FILES with files), adding a reaction READ_MESSAGE_HISTORY and
+  ADD_REACTIONS; without them ``403`` Missing Access (50001) or Missing Permissions (50013); interaction
+  follow-ups and edits (webhooks) need none;
+* the bot's own reactions are limited per channel to one per ``reaction_interval`` (0.25 s), beyond it ``429``
+  with Discord's body and rate-limit headers;
+* direct messages: ``POST /users/@me/channels`` opens one, sends to it need no guild permission; a person in
+  ``closed_dms`` does not accept them (``403`` Cannot send messages to this user, 50007);
 * ``nonce`` + ``enforce_nonce`` on ``POST /channels/{id}/messages`` deduplicates retries;
 * message edits (``PATCH /webhooks/{app}/{token}/messages/{id|@original}`` and
   ``PATCH /channels/{id}/messages/{id}``, JSON or multipart with ``files[n]``) are checked against the
@@ -65,12 +79,19 @@ if TYPE_CHECKING:
     import discord
 
 __all__ = [
+    "BOT_PERMISSIONS",
     "INTENT_GUILDS",
     "INTENT_GUILD_MEMBERS",
     "INTENT_GUILD_MESSAGES",
     "INTENT_GUILD_MESSAGE_REACTIONS",
     "INTENT_GUILD_PRESENCES",
     "INTENT_MESSAGE_CONTENT",
+    "PERMISSION_ADD_REACTIONS",
+    "PERMISSION_ADMINISTRATOR",
+    "PERMISSION_ATTACH_FILES",
+    "PERMISSION_READ_MESSAGE_HISTORY",
+    "PERMISSION_SEND_MESSAGES",
+    "PERMISSION_VIEW_CHANNEL",
     "CallbackRecord",
     "FakeDiscord",
     "FakeUser",
@@ -161,6 +182,15 @@ EVERYONE_PERMISSIONS = (
     | _P_SEND_IN_THREADS
 )
 BOT_PERMISSIONS = EVERYONE_PERMISSIONS
+_P_ADMINISTRATOR = 1 << 3
+#: The permissions the fake enforces, by their Discord names, for tests that take some away from the bot
+#: (``fake.app_permissions = BOT_PERMISSIONS & ~PERMISSION_ADD_REACTIONS``).
+PERMISSION_ADMINISTRATOR = _P_ADMINISTRATOR
+PERMISSION_ADD_REACTIONS = _P_ADD_REACTIONS
+PERMISSION_VIEW_CHANNEL = _P_VIEW_CHANNEL
+PERMISSION_SEND_MESSAGES = _P_SEND_MESSAGES
+PERMISSION_ATTACH_FILES = _P_ATTACH_FILES
+PERMISSION_READ_MESSAGE_HISTORY = _P_READ_HISTORY
 
 # Application command option types.
 _OPT_SUB_COMMAND = 1
@@ -190,17 +220,35 @@ _EVENT_INTENTS: dict[str, int] = {
 
 _WEBHOOK_MESSAGE_PATH = re.compile(r"^/webhooks/\d+/(?P<token>[^/]+)/messages/(?P<message_id>@original|\d+)$")
 _CHANNEL_MESSAGE_PATH = re.compile(r"^/channels/\d+/messages/(?P<message_id>\d+)$")
-#: Limits of a message edit body, from Discord's OpenAPI schemas (IncomingWebhookUpdateRequestPartial for
-#: webhook edits, MessageEditRequestPartial for channel edits, MessageAttachmentRequest for attachments).
-WEBHOOK_EDIT_CONTENT_MAX = 2000
-CHANNEL_EDIT_CONTENT_MAX = 4000
+#: Limits of a message body, from Discord's OpenAPI schemas (IncomingWebhookRequestPartial and
+#: IncomingWebhookUpdateRequestPartial for webhooks, MessageCreateRequest and MessageEditRequestPartial for
+#: channel messages, MessageAttachmentRequest for attachments, *ComponentForMessageRequest for components).
+#: Content: the schemas of channel messages allow 4000 characters, the length a Nitro member may type; a
+#: bot's message is held to the documented 2000 everywhere, refused with the same 50035 beyond it.
+CONTENT_MAX = 2000
+WEBHOOK_EDIT_CONTENT_MAX = CONTENT_MAX
+CHANNEL_EDIT_CONTENT_MAX = CONTENT_MAX
 EDIT_MAX_EMBEDS = 10
 EDIT_MAX_ATTACHMENTS = 10
 EDIT_MAX_COMPONENTS = 40
 ATTACHMENT_FILENAME_MAX = 1024
 ATTACHMENT_DESCRIPTION_MAX = 1024
+#: Message components without the IS_COMPONENTS_V2 flag: action rows, each of buttons or one select menu.
+ACTION_ROWS_MAX = 5
+ROW_COMPONENTS_MAX = 5
+CUSTOM_ID_MAX = 100
+BUTTON_LABEL_MAX = 80
+SELECT_OPTIONS_MAX = 25
+SELECT_OPTION_TEXT_MAX = 100
+SELECT_PLACEHOLDER_MAX = 150
+#: An autocomplete answer (InteractionApplicationCommandAutocompleteCallback*Data).
+AUTOCOMPLETE_CHOICES_MAX = 25
+CHOICE_NAME_MAX = 100
+_SELECT_TYPES = frozenset({3, 5, 6, 7, 8})
 _CUSTOM_EMOJI = re.compile(r"^<?(?P<animated>a)?:?(?P<name>[A-Za-z0-9_~]+):(?P<id>\d+)>?$")
 _Reply = tuple[int, Any]
+#: A handler's answer with response headers of its own (a rate limit's).
+_ReplyWithHeaders = tuple[int, Any, Mapping[str, str]]
 
 
 def _now_iso() -> str:
@@ -210,6 +258,27 @@ def _now_iso() -> str:
 def _error(status: int, message: str, code: int = 0, **extra: Any) -> _Reply:
     """Discord's JSON error body: ``{"message": ..., "code": ...}`` (codes from the API docs)."""
     return status, {"message": message, "code": code, **extra}
+
+
+def _rate_limited(
+    retry_after: float, bucket: str, *, limit: int = 5, global_: bool = False, scope: str = "user"
+) -> _ReplyWithHeaders:
+    """Discord's 429: the body discord.py reads ``retry_after`` from, and the rate-limit headers."""
+    body: dict[str, Any] = {"message": "You are being rate limited.", "retry_after": retry_after, "global": global_}
+    if global_:
+        body["code"] = 0
+    headers = {
+        "Retry-After": str(max(1, math.ceil(retry_after))),
+        "X-RateLimit-Limit": str(limit),
+        "X-RateLimit-Remaining": "0",
+        "X-RateLimit-Reset": f"{time.time() + retry_after:.3f}",
+        "X-RateLimit-Reset-After": f"{retry_after:.3f}",
+        "X-RateLimit-Bucket": hashlib.md5(bucket.encode(), usedforsecurity=False).hexdigest(),
+        "X-RateLimit-Scope": "global" if global_ else scope,
+    }
+    if global_:
+        headers["X-RateLimit-Global"] = "true"
+    return 429, body, headers
 
 
 def _invalid_form(path: list[str | int], code: str, message: str) -> _Reply:
@@ -306,25 +375,9 @@ class Fault:
     def reply(self) -> tuple[int, Any, dict[str, str]]:
         """The response Discord gives: the real 429 body and rate-limit headers, or a 5xx JSON body."""
         if self.status == 429:
-            body: dict[str, Any] = {
-                "message": "You are being rate limited.",
-                "retry_after": self.retry_after,
-                "global": self.global_,
-            }
-            if self.global_:
-                body["code"] = 0
-            headers = {
-                "Retry-After": str(max(1, math.ceil(self.retry_after))),
-                "X-RateLimit-Limit": "5",
-                "X-RateLimit-Remaining": "0",
-                "X-RateLimit-Reset": f"{time.time() + self.retry_after:.3f}",
-                "X-RateLimit-Reset-After": f"{self.retry_after:.3f}",
-                "X-RateLimit-Bucket": hashlib.md5(self.pattern.pattern.encode(), usedforsecurity=False).hexdigest(),
-                "X-RateLimit-Scope": "global" if self.global_ else "user",
-            }
-            if self.global_:
-                headers["X-RateLimit-Global"] = "true"
-            return 429, body, headers
+            return _rate_limited(self.retry_after, self.pattern.pattern, global_=self.global_)
+        if self.status == 403:  # the refusal a bot meets most: a permission its role lacks
+            return 403, {"message": "Missing Permissions", "code": 50013}, {}
         reason = {
             400: "Bad Request", 403: "Forbidden", 404: "Not Found", 500: "Internal Server Error", 502: "Bad Gateway",
             503: "Service Unavailable", 504: "Gateway Timeout",
@@ -453,7 +506,7 @@ class _Session:
 class _Route:
     method: str
     pattern: re.Pattern[str]
-    handler: Callable[..., Awaitable[_Reply]]
+    handler: Callable[..., Awaitable[_Reply | _ReplyWithHeaders]]
     auth: bool
 
 
@@ -478,6 +531,8 @@ class FakeDiscord:
         token_ttl: float = 15 * 60.0,
         attachment_ttl: float = 24 * 3600.0,
         upload_limit: int = 10 * 1024 * 1024,
+        request_upload_limit: int = 25 * 1024 * 1024,
+        reaction_interval: float = 0.25,
         nonce_window: float = 300.0,
         heartbeat_interval_ms: int = 41_250,
         allowed_privileged_intents: int = 0,
@@ -490,7 +545,9 @@ class FakeDiscord:
         self.ack_deadline = ack_deadline
         self.token_ttl = token_ttl
         self.attachment_ttl = attachment_ttl
-        self.upload_limit = upload_limit
+        self.upload_limit = upload_limit  # per file
+        self.request_upload_limit = request_upload_limit  # all files of one request together
+        self.reaction_interval = reaction_interval  # the bot's reactions: one per interval per channel
         self.nonce_window = nonce_window
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.allowed_privileged_intents = allowed_privileged_intents
@@ -526,12 +583,15 @@ class FakeDiscord:
         self.global_commands: list[dict[str, Any]] = []
         self.guild_commands: dict[int, list[dict[str, Any]]] = {}
         self.bot_reactions: list[tuple[int, str]] = []  # (message id, emoji) the bot currently has on
+        self.dm_channels: dict[int, int] = {}  # user id -> the id of the bot's DM channel with them
+        self.closed_dms: set[int] = set()  # users who do not accept direct messages from the bot
 
         self._faults: list[Fault] = []
         self._sessions: dict[str, _Session] = {}
         self._session: _Session | None = None
         self._interactions_by_token: dict[str, InteractionRecord] = {}
         self._nonces: dict[tuple[int, str], tuple[float, int]] = {}
+        self._next_reaction_at: dict[int, float] = {}  # channel id -> loop time of the next allowed reaction
         self._command_ids: dict[tuple[int | None, str], int] = {}
         self._changed: asyncio.Event | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -794,11 +854,12 @@ class FakeDiscord:
 
     def _build_routes(self) -> list[_Route]:
         snow = r"(?P<{}>\d+)"
-        table: list[tuple[str, str, Callable[..., Awaitable[_Reply]], bool]] = [
+        table: list[tuple[str, str, Callable[..., Awaitable[_Reply | _ReplyWithHeaders]], bool]] = [
             ("GET", "/gateway", self._get_gateway, False),
             ("GET", "/gateway/bot", self._get_gateway_bot, True),
             ("GET", "/users/@me", self._get_me, True),
             ("GET", f"/users/{snow.format('user_id')}", self._get_user, True),
+            ("POST", "/users/@me/channels", self._create_dm, True),
             ("GET", "/oauth2/applications/@me", self._get_application, True),
             ("GET", "/applications/@me", self._get_application, True),
             ("GET", f"/applications/{snow.format('app_id')}/commands", self._get_commands, True),
@@ -937,8 +998,10 @@ class FakeDiscord:
         if fault is not None and fault.when == "before":
             rec.fault = fault
             return self._respond(rec, *fault.reply())
+        headers: Mapping[str, str] | None = None
         try:
-            status, body = await route.handler(rec, **params)
+            status, body, *extra = await route.handler(rec, **params)
+            headers = extra[0] if extra else None
         except (KeyError, TypeError, ValueError, AttributeError):
             # A body the handler could not read is what Discord calls an invalid form body; logged so that a
             # bug in the fake itself does not hide behind the 400.
@@ -947,7 +1010,7 @@ class FakeDiscord:
         if fault is not None:
             rec.fault = fault
             return self._respond(rec, *fault.reply())
-        return self._respond(rec, status, body)
+        return self._respond(rec, status, body, headers)
 
     # ---------------------------------------------------------------- REST: identity and commands
 
@@ -1224,14 +1287,93 @@ class FakeDiscord:
         return 200, guild
 
     async def _get_channel(self, rec: RecordedRequest, channel_id: str) -> _Reply:
+        if int(channel_id) in self.dm_channels.values():
+            return 200, self._dm_payload(int(channel_id))
         if int(channel_id) != self.channel_id:
             return _error(404, "Unknown Channel", 10003)
-        return 200, self.channel_payload()
+        return self._refuse_without(0) or (200, self.channel_payload())
 
     async def _typing(self, rec: RecordedRequest, channel_id: str) -> _Reply:
+        if int(channel_id) in self.dm_channels.values():
+            return 204, None
         if int(channel_id) != self.channel_id:
             return _error(404, "Unknown Channel", 10003)
-        return 204, None
+        return self._refuse_without(_P_SEND_MESSAGES) or (204, None)
+
+    def _refuse_without(self, needed: int) -> _Reply | None:
+        """Discord's answer when the bot's permissions in the guild channel lack ``needed`` (VIEW_CHANNEL always).
+
+        Without VIEW_CHANNEL (or READ_MESSAGE_HISTORY where it is needed) the channel is out of the bot's
+        reach: 50001 Missing Access; with it, any other missing permission is 50013 Missing Permissions.
+        ADMINISTRATOR grants everything, as on Discord.
+        """
+        granted = self.app_permissions
+        if granted & _P_ADMINISTRATOR:
+            return None
+        if not granted & _P_VIEW_CHANNEL or (needed & _P_READ_HISTORY and not granted & _P_READ_HISTORY):
+            return _error(403, "Missing Access", 50001)
+        if needed & ~granted:
+            return _error(403, "Missing Permissions", 50013)
+        return None
+
+    # ---------------------------------------------------------------- direct messages
+
+    def _dm_payload(self, dm_channel_id: int) -> dict[str, Any]:
+        user_id = next(user for user, channel in self.dm_channels.items() if channel == dm_channel_id)
+        return {
+            "id": str(dm_channel_id),
+            "type": 1,
+            "last_message_id": None,
+            "flags": 0,
+            "recipients": [self.users[user_id].to_dict()],
+        }
+
+    async def _create_dm(self, rec: RecordedRequest) -> _Reply:
+        """``POST /users/@me/channels``: the bot's DM channel with a user (the same one every time)."""
+        body = rec.json if isinstance(rec.json, dict) else {}
+        recipient = body.get("recipient_id")
+        if recipient is None:
+            return _invalid_form(["recipient_id"], "BASE_TYPE_REQUIRED", "This field is required")
+        user = self.users.get(int(recipient))
+        if user is None or user.bot:
+            return _error(400, "Invalid Recipient(s)", 50033)
+        channel_id = self.dm_channels.setdefault(user.id, self.snowflake())
+        return 200, self._dm_payload(channel_id)
+
+    def dm_messages(self, user: FakeUser | int) -> list[dict[str, Any]]:
+        """What the bot sent a user in direct messages, oldest first."""
+        user_id = user.id if isinstance(user, FakeUser) else int(user)
+        channel_id = self.dm_channels.get(user_id)
+        return [] if channel_id is None else self.channel_messages(channel_id)
+
+    # ---------------------------------------------------------------- what Discord checks in a message body
+
+    def _check_message_body(self, payload: Any, files: list[UploadedFile], path: list[str | int]) -> _Reply | None:
+        """Content, embeds, attachments and components of a new message (``path``: where the body sits)."""
+        if payload is None:
+            payload = {}
+        if not isinstance(payload, dict):
+            return _invalid_form(path, "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType")
+        content = payload.get("content")
+        if content is not None and not isinstance(content, str):
+            return _invalid_form([*path, "content"], "BASE_TYPE_STRING", "Must be a string.")
+        if isinstance(content, str) and len(content) > CONTENT_MAX:
+            return _invalid_form(
+                [*path, "content"], "BASE_TYPE_MAX_LENGTH", f"Must be {CONTENT_MAX} or fewer in length."
+            )
+        embeds = payload.get("embeds")
+        if embeds is not None and (not isinstance(embeds, list) or len(embeds) > EDIT_MAX_EMBEDS):
+            return _invalid_form(
+                [*path, "embeds"], "BASE_TYPE_MAX_LENGTH", f"Must be {EDIT_MAX_EMBEDS} or fewer in length."
+            )
+        attachments = payload.get("attachments")
+        if attachments is not None and not isinstance(attachments, list):
+            return _invalid_form([*path, "attachments"], "BASE_TYPE_LIST", "Must be an array.")
+        if len(attachments or []) > EDIT_MAX_ATTACHMENTS or len(files) > EDIT_MAX_ATTACHMENTS:
+            return _invalid_form(
+                [*path, "attachments"], "BASE_TYPE_MAX_LENGTH", f"Must be {EDIT_MAX_ATTACHMENTS} or fewer in length."
+            )
+        return _check_components(payload.get("components"), int(payload.get("flags") or 0), [*path, "components"])
 
     # ---------------------------------------------------------------- messages and attachments
 
@@ -1291,10 +1433,15 @@ class FakeDiscord:
         return web.Response(status=status, text=text)
 
     def _check_upload(self, files: list[UploadedFile]) -> _Reply | None:
-        if sum(len(f.data) for f in files) > self.upload_limit:
+        """Discord's size limits: each file (``upload_limit``) and the request's files together."""
+        if any(len(f.data) > self.upload_limit for f in files):
             return _error(413, "Request entity too large", 40005)
-        if len(files) > 10:
-            return _error(400, "Invalid Form Body", 50035)
+        if sum(len(f.data) for f in files) > self.request_upload_limit:
+            return _error(413, "Request entity too large", 40005)
+        if len(files) > EDIT_MAX_ATTACHMENTS:
+            return _invalid_form(
+                ["attachments"], "BASE_TYPE_MAX_LENGTH", f"Must be {EDIT_MAX_ATTACHMENTS} or fewer in length."
+            )
         return None
 
     def _new_attachments(
@@ -1405,10 +1552,19 @@ class FakeDiscord:
             await self.dispatch(event, self._gateway_message(msg))
 
     async def _create_channel_message(self, rec: RecordedRequest, channel_id: str) -> _Reply:
-        if int(channel_id) != self.channel_id:
+        direct = int(channel_id) in self.dm_channels.values()
+        if int(channel_id) != self.channel_id and not direct:
             return _error(404, "Unknown Channel", 10003)
+        if direct:
+            recipient = next(user for user, channel in self.dm_channels.items() if channel == int(channel_id))
+            if recipient in self.closed_dms:
+                return _error(403, "Cannot send messages to this user", 50007)
+        else:
+            problem = self._refuse_without(_P_SEND_MESSAGES | (_P_ATTACH_FILES if rec.files else 0))
+            if problem:
+                return problem
         payload = rec.json if isinstance(rec.json, dict) else {}
-        problem = self._check_upload(rec.files)
+        problem = self._check_upload(rec.files) or self._check_message_body(rec.json, rec.files, [])
         if problem:
             return problem
         if (
@@ -1427,13 +1583,19 @@ class FakeDiscord:
         msg = self._message(channel_id=int(channel_id), payload=payload, files=rec.files, flags=flags)
         if nonce is not None and payload.get("enforce_nonce"):
             self._nonces[(int(channel_id), str(nonce))] = (rec.time, int(msg["id"]))
-        await self._announce("MESSAGE_CREATE", msg)
+        if not direct:  # DM events (the DIRECT_MESSAGES intent) are not modelled
+            await self._announce("MESSAGE_CREATE", msg)
         return 200, msg
 
     async def _channel_message(self, rec: RecordedRequest, channel_id: str, message_id: str) -> _Reply:
         msg = self.messages.get(int(message_id))
         if msg is None or msg["channel_id"] != channel_id or msg["flags"] & FLAG_EPHEMERAL:
             return _error(404, "Unknown Message", 10008)
+        if int(channel_id) == self.channel_id:
+            needed = {"GET": _P_READ_HISTORY, "PATCH": _P_ATTACH_FILES if rec.files else 0}.get(rec.method, 0)
+            problem = self._refuse_without(needed)
+            if problem:
+                return problem
         if rec.method == "GET":
             return 200, msg
         if msg["author"]["id"] != str(self.bot_user.id):
@@ -1464,6 +1626,10 @@ class FakeDiscord:
             value = payload.get(key)
             if value is not None and (not isinstance(value, list) or len(value) > most):
                 return _invalid_form([key], "BASE_TYPE_MAX_LENGTH", f"Must be {most} or fewer in length.")
+        flags = payload.get("flags") if payload.get("flags") is not None else msg.get("flags") or 0
+        problem = _check_components(payload.get("components"), int(flags), ["components"])
+        if problem:
+            return problem
         indices = {m.group(1) for f in rec.files if (m := re.match(r"^files\[(\d+)\]$", f.field))}
         attachments = payload.get("attachments")
         kept = len(msg.get("attachments") or []) + len(rec.files)
@@ -1509,12 +1675,32 @@ class FakeDiscord:
         self.messages.pop(message_id, None)
         self.deleted_message_ids.add(message_id)
 
-    async def _own_reaction(self, rec: RecordedRequest, channel_id: str, message_id: str, emoji: str) -> _Reply:
+    async def _own_reaction(
+        self, rec: RecordedRequest, channel_id: str, message_id: str, emoji: str
+    ) -> _Reply | _ReplyWithHeaders:
         msg = self.messages.get(int(message_id))
         if msg is None or msg["channel_id"] != channel_id:
             return _error(404, "Unknown Message", 10008)
+        if int(channel_id) == self.channel_id:
+            problem = self._refuse_without(_P_READ_HISTORY | (_P_ADD_REACTIONS if rec.method == "PUT" else 0))
+            if problem:
+                return problem
         if _CUSTOM_EMOJI.match(emoji) is None and not emoji.strip():
             return _error(400, "Unknown Emoji", 10014)
+        # Discord's reaction bucket: one reaction change per channel every 0.25 s; the answer says so, and a
+        # reaction sooner than that is refused with 429 (discord.py reads both and waits).
+        bucket = f"reactions:{channel_id}"
+        allowed_at = self._next_reaction_at.get(int(channel_id), -math.inf)
+        if rec.time < allowed_at:
+            return _rate_limited(round(allowed_at - rec.time, 3), bucket, limit=1)
+        self._next_reaction_at[int(channel_id)] = rec.time + self.reaction_interval
+        headers = {
+            "X-RateLimit-Limit": "1",
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": f"{time.time() + self.reaction_interval:.3f}",
+            "X-RateLimit-Reset-After": f"{self.reaction_interval:.3f}",
+            "X-RateLimit-Bucket": hashlib.md5(bucket.encode(), usedforsecurity=False).hexdigest(),
+        }
         key = (int(message_id), emoji)
         if rec.method == "PUT" and key not in self.bot_reactions:
             self.bot_reactions.append(key)
@@ -1522,7 +1708,7 @@ class FakeDiscord:
         elif rec.method == "DELETE" and key in self.bot_reactions:
             self.bot_reactions.remove(key)
             _count_reaction(msg, _emoji_payload(emoji), -1, me=True)
-        return 204, None
+        return 204, None, headers
 
     # ---------------------------------------------------------------- interactions: callbacks and webhooks
 
@@ -1545,6 +1731,10 @@ class FakeDiscord:
             cb.status = 400
             return _error(400, "Interaction response type not allowed for this interaction", 50035)
         problem = self._check_upload(rec.files)
+        if problem is None and ctype in (CALLBACK_MESSAGE, CALLBACK_UPDATE_MESSAGE):
+            problem = self._check_message_body(data, rec.files, ["data"])
+        if problem is None and ctype == CALLBACK_AUTOCOMPLETE_RESULT:
+            problem = _check_autocomplete(data)
         if problem:
             cb.status = problem[0]
             return problem
@@ -1610,7 +1800,7 @@ class FakeDiscord:
             return found
         it = found
         payload = rec.json if isinstance(rec.json, dict) else {}
-        problem = self._check_upload(rec.files)
+        problem = self._check_upload(rec.files) or self._check_message_body(rec.json, rec.files, [])
         if problem:
             return problem
         if not any(payload.get(k) for k in ("content", "embeds", "components", "poll")) and not rec.files:
@@ -2184,6 +2374,110 @@ def _with_component_ids(components: list[dict[str, Any]]) -> list[dict[str, Any]
     for comp in components:
         collect(comp)
     return [number(c) for c in components]
+
+
+def _check_components(components: Any, flags: int, path: list[str | int]) -> _Reply | None:
+    """Discord's rules for a message's components (without IS_COMPONENTS_V2: rows of buttons or one select)."""
+    if components is None:
+        return None
+    if not isinstance(components, list):
+        return _invalid_form(path, "BASE_TYPE_LIST", "Must be an array.")
+    if flags & FLAG_IS_COMPONENTS_V2:
+        return None  # the layout components' rules are not modelled; the product sends none
+    if len(components) > ACTION_ROWS_MAX:
+        return _invalid_form(path, "BASE_TYPE_MAX_LENGTH", f"Must be {ACTION_ROWS_MAX} or fewer in length.")
+    for row_index, row in enumerate(components):
+        row_path: list[str | int] = [*path, row_index]
+        if not isinstance(row, dict) or row.get("type") != 1:
+            return _invalid_form([*row_path, "type"], "UNION_TYPE_CHOICES", 'Value of field "type" must be 1.')
+        children = row.get("components")
+        if not isinstance(children, list) or not 1 <= len(children) <= ROW_COMPONENTS_MAX:
+            return _invalid_form(
+                [*row_path, "components"],
+                "BASE_TYPE_BAD_LENGTH",
+                f"Must be between 1 and {ROW_COMPONENTS_MAX} in length.",
+            )
+        if len(children) > 1 and any(isinstance(c, dict) and c.get("type") in _SELECT_TYPES for c in children):
+            return _invalid_form(
+                [*row_path, "components"], "COMPONENT_LAYOUT_WIDTH_EXCEEDED",
+                "The specified component exceeds the maximum width",
+            )  # fmt: skip
+        for index, child in enumerate(children):
+            problem = _check_component(child, [*row_path, "components", index])
+            if problem:
+                return problem
+    return None
+
+
+def _check_component(component: Any, path: list[str | int]) -> _Reply | None:
+    """One button or select menu in an action row."""
+    if not isinstance(component, dict) or component.get("type") not in {2, *_SELECT_TYPES}:
+        return _invalid_form(
+            [*path, "type"], "UNION_TYPE_CHOICES", 'Value of field "type" must be one of (2, 3, 5, 6, 7, 8).'
+        )
+    kind = component["type"]
+    link = kind == 2 and component.get("style") in (5, 6)  # link and premium buttons carry no custom_id
+    custom_id = component.get("custom_id")
+    if not link:
+        if not isinstance(custom_id, str):
+            return _invalid_form([*path, "custom_id"], "BASE_TYPE_REQUIRED", "This field is required")
+        if not 1 <= len(custom_id) <= CUSTOM_ID_MAX:
+            return _invalid_form(
+                [*path, "custom_id"], "BASE_TYPE_BAD_LENGTH", f"Must be between 1 and {CUSTOM_ID_MAX} in length."
+            )
+    if kind == 2:
+        label = component.get("label")
+        if label is not None and len(str(label)) > BUTTON_LABEL_MAX:
+            return _invalid_form(
+                [*path, "label"], "BASE_TYPE_MAX_LENGTH", f"Must be {BUTTON_LABEL_MAX} or fewer in length."
+            )
+        return None
+    placeholder = component.get("placeholder")
+    if placeholder is not None and len(str(placeholder)) > SELECT_PLACEHOLDER_MAX:
+        return _invalid_form(
+            [*path, "placeholder"], "BASE_TYPE_MAX_LENGTH", f"Must be {SELECT_PLACEHOLDER_MAX} or fewer in length."
+        )
+    if kind != 3:
+        return None
+    options = component.get("options")
+    if not isinstance(options, list) or not 1 <= len(options) <= SELECT_OPTIONS_MAX:
+        return _invalid_form(
+            [*path, "options"], "BASE_TYPE_BAD_LENGTH", f"Must be between 1 and {SELECT_OPTIONS_MAX} in length."
+        )
+    for index, option in enumerate(options):
+        for key in ("label", "value"):
+            text = option.get(key) if isinstance(option, dict) else None
+            if not isinstance(text, str) or not 1 <= len(text) <= SELECT_OPTION_TEXT_MAX:
+                return _invalid_form(
+                    [*path, "options", index, key], "BASE_TYPE_BAD_LENGTH",
+                    f"Must be between 1 and {SELECT_OPTION_TEXT_MAX} in length.",
+                )  # fmt: skip
+        description = option.get("description")
+        if description is not None and len(str(description)) > SELECT_OPTION_TEXT_MAX:
+            return _invalid_form(
+                [*path, "options", index, "description"], "BASE_TYPE_MAX_LENGTH",
+                f"Must be {SELECT_OPTION_TEXT_MAX} or fewer in length.",
+            )  # fmt: skip
+    return None
+
+
+def _check_autocomplete(data: Any) -> _Reply | None:
+    """An autocomplete answer: at most 25 choices, each named with 1-100 characters."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if choices is None:
+        return None
+    if not isinstance(choices, list) or len(choices) > AUTOCOMPLETE_CHOICES_MAX:
+        return _invalid_form(
+            ["data", "choices"], "BASE_TYPE_MAX_LENGTH", f"Must be {AUTOCOMPLETE_CHOICES_MAX} or fewer in length."
+        )
+    for index, choice in enumerate(choices):
+        name = choice.get("name") if isinstance(choice, dict) else None
+        if not isinstance(name, str) or not 1 <= len(name) <= CHOICE_NAME_MAX:
+            return _invalid_form(
+                ["data", "choices", index, "name"], "BASE_TYPE_BAD_LENGTH",
+                f"Must be between 1 and {CHOICE_NAME_MAX} in length.",
+            )  # fmt: skip
+    return None
 
 
 def _emoji_payload(emoji: str) -> dict[str, Any]:

@@ -20,9 +20,16 @@ from discord import app_commands
 from discord.ext import commands
 
 from tests.fakes.discord_api import (
+    BOT_PERMISSIONS,
     INTENT_GUILD_MEMBERS,
     INTENT_GUILD_MESSAGE_REACTIONS,
     INTENT_MESSAGE_CONTENT,
+    PERMISSION_ADD_REACTIONS,
+    PERMISSION_ADMINISTRATOR,
+    PERMISSION_ATTACH_FILES,
+    PERMISSION_READ_MESSAGE_HISTORY,
+    PERMISSION_SEND_MESSAGES,
+    PERMISSION_VIEW_CHANNEL,
     FakeDiscord,
     running_client,
 )
@@ -446,7 +453,7 @@ async def test_message_edits_replace_attachments_and_are_checked_like_discord(fa
         (at_original, {"attachments": [{"id": 0, "filename": ""}]}, {"files[0]": b"a"}, "attachments"),
         (at_original, {"attachments": [{"id": n} for n in range(11)]}, {f"files[{n}]": b"a" for n in range(11)}, ""),
         (at_original, {"embeds": [{"title": str(n)} for n in range(11)]}, None, "embeds"),
-        (at_channel, {"content": "x" * 4001}, None, "content"),
+        (at_channel, {"content": "x" * 2001}, None, "content"),  # a bot's message: 2000, as on webhooks
     ]
     for url, payload, files, field in refused:
         token = fake.token if url == at_channel else None
@@ -457,11 +464,215 @@ async def test_message_edits_replace_attachments_and_are_checked_like_discord(fa
     )  # fmt: skip
     assert fake.messages[original]["content"] == "painting 60%"  # nothing refused changed the message
 
-    status, body = await _patch(at_channel, {"content": "y" * 3000, "attachments": []}, token=fake.token)
-    assert status == 200 and body["attachments"] == [] and len(body["content"]) == 3000
+    status, body = await _patch(at_channel, {"content": "y" * 2000, "attachments": []}, token=fake.token)
+    assert status == 200 and body["attachments"] == [] and len(body["content"]) == 2000
     assert (await _patch(at_channel, {"content": "z"}))[0] == 401  # the channel route needs the bot token
 
     edits = fake.message_edits(original)
     assert len(edits) == 2 + len(refused) + 3 and all(r.method == "PATCH" for r in edits)
     assert [r.status for r in edits][:2] == [200, 200] and edits[0].files[0].data == b"\xff\xd8\xffpreview"
     assert all(earlier.time <= later.time for earlier, later in itertools.pairwise(edits))
+
+
+# ---------------------------------------------------------------------------------------------- permissions
+
+
+async def test_permissions_the_bot_lacks_are_refused_like_discord(fake: FakeDiscord, bot: TinyBot) -> None:
+    """Each permission the fake hands out is enforced on the route that needs it, with Discord's 403 bodies;
+    interaction follow-ups (webhooks) need none."""
+    channel = bot.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    sent = await channel.send("rate me", file=discord.File(io.BytesIO(b"png"), "a.png"))
+
+    async def refusal(action) -> tuple[int, int] | None:
+        try:
+            await action()
+        except discord.HTTPException as error:
+            return error.status, error.code
+        return None
+
+    def react() -> object:
+        return sent.add_reaction("⭐")
+
+    def send_file() -> object:
+        return channel.send("x", file=discord.File(io.BytesIO(b"png"), "b.png"))
+
+    def send_text() -> object:
+        return channel.send("plain")
+
+    cases = [
+        (PERMISSION_ADD_REACTIONS, react, (403, 50013)),
+        (PERMISSION_READ_MESSAGE_HISTORY, react, (403, 50001)),
+        (PERMISSION_ATTACH_FILES, send_file, (403, 50013)),
+        (PERMISSION_SEND_MESSAGES, send_text, (403, 50013)),
+        (PERMISSION_VIEW_CHANNEL, send_text, (403, 50001)),
+    ]
+    for taken, action, expected in cases:
+        fake.app_permissions = BOT_PERMISSIONS & ~taken
+        assert await refusal(action) == expected, taken
+        fake.app_permissions = BOT_PERMISSIONS
+        assert await refusal(action) is None, taken  # the same request passes with the permission back
+    fake.app_permissions = BOT_PERMISSIONS & ~PERMISSION_ATTACH_FILES
+    assert await refusal(send_text) is None  # text needs no ATTACH_FILES
+    fake.app_permissions = PERMISSION_ADMINISTRATOR
+    assert await refusal(send_file) is None and await refusal(react) is None
+
+    fake.app_permissions = 0
+    _, message = await _echo(fake, b"through the interaction")  # webhook follow-ups need no permission
+    assert fake.message_files(message)[0].data == b"through the interaction"
+    assert [r.response["message"] for r in fake.requests if r.status == 403] == [
+        "Missing Permissions", "Missing Access", "Missing Permissions", "Missing Permissions", "Missing Access",
+    ]  # fmt: skip
+
+
+async def test_direct_messages_open_and_can_be_refused(fake: FakeDiscord, bot: TinyBot) -> None:
+    alice, bob = fake.default_user, fake.add_user("bob")
+    fake.app_permissions = 0  # a DM needs no guild permission
+    first = await bot.create_dm(discord.Object(id=alice.id))
+    await first.send("your job failed")
+    opened = await fake.wait_for(lambda r: r.path == "/users/@me/channels")
+    assert opened.json == {"recipient_id": alice.id} and opened.status == 200
+    assert [m["content"] for m in fake.dm_messages(alice)] == ["your job failed"]
+    assert not [m for m in fake.channel_messages() if m["content"] == "your job failed"]  # not in the guild
+
+    fake.closed_dms.add(bob.id)
+    closed = await bot.create_dm(discord.Object(id=bob.id))
+    with pytest.raises(discord.Forbidden) as refused:
+        await closed.send("hello")
+    assert refused.value.code == 50007 and fake.dm_messages(bob) == []
+    with pytest.raises(discord.HTTPException) as unknown:
+        await bot.http.start_private_message(424242)
+    assert (unknown.value.status, unknown.value.code) == (400, 50033)
+
+
+# ---------------------------------------------------------------------------------------------- reaction rate limit
+
+
+async def _raw(method: str, url: str, token: str | None = None, **keywords) -> tuple[int, object, dict[str, str]]:
+    headers = {"Authorization": f"Bot {token}"} if token else {}
+    async with aiohttp.ClientSession() as http, http.request(method, url, headers=headers, **keywords) as response:
+        body = await response.json() if response.content_type == "application/json" else None
+        return response.status, body, dict(response.headers)
+
+
+async def test_reactions_are_limited_to_one_per_quarter_second_per_channel(fake: FakeDiscord, bot: TinyBot) -> None:
+    channel = bot.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    first = await channel.send("one")
+    direct = await (await bot.create_dm(discord.Object(id=fake.default_user.id))).send("two")
+    base = f"{fake.api_base}/channels/{fake.channel_id}/messages/{first.id}/reactions"
+    status, _, headers = await _raw("PUT", f"{base}/%E2%AD%90/@me", fake.token)
+    assert status == 204 and headers["X-RateLimit-Limit"] == "1" and headers["X-RateLimit-Remaining"] == "0"
+    status, body, headers = await _raw("PUT", f"{base}/%F0%9F%94%A5/@me", fake.token)
+    assert status == 429 and body["message"] == "You are being rate limited." and body["global"] is False
+    assert 0 < body["retry_after"] <= 0.25 and headers["Retry-After"] == "1" and headers["Via"]
+    assert headers["X-RateLimit-Scope"] == "user" and float(headers["X-RateLimit-Reset-After"]) <= 0.25
+    other = f"{fake.api_base}/channels/{direct.channel.id}/messages/{direct.id}/reactions/%E2%AD%90/@me"
+    assert (await _raw("PUT", other, fake.token))[0] == 204  # another channel has its own bucket
+    await asyncio.sleep(body["retry_after"])
+    assert (await _raw("PUT", f"{base}/%F0%9F%94%A5/@me", fake.token))[0] == 204
+    assert fake.bot_reactions == [(first.id, "⭐"), (direct.id, "⭐"), (first.id, "🔥")]
+
+    # discord.py reads the headers and paces itself: five reactions in a row all land, none refused.
+    for emoji in ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣"]:
+        await first.add_reaction(emoji)
+    puts = [r for r in fake.requests if r.method == "PUT" and f"/{first.id}/reactions/" in r.path]
+    assert [r.status for r in puts[-5:]] == [204] * 5
+    assert all(later.time - earlier.time >= 0.2 for earlier, later in itertools.pairwise(puts[-5:]))
+
+
+# ---------------------------------------------------------------------------------------------- Discord's limits
+
+
+def _form_error(reply: tuple[int, object, dict[str, str]], *path: str | int) -> bool:
+    """Whether Discord's 400 Invalid Form Body names the field at ``path`` in its ``errors`` tree."""
+    status, body, _ = reply
+    if status != 400 or not isinstance(body, dict) or body.get("code") != 50035:
+        return False
+    node = body.get("errors", {})
+    for key in path:
+        node = node.get(str(key)) if isinstance(node, dict) else None
+    return isinstance(node, dict) and bool(node.get("_errors"))
+
+
+def _button(custom_id: str, label: str = "b") -> dict:
+    return {"type": 2, "style": 2, "label": label, "custom_id": custom_id}
+
+
+def _select(options: int, label: str = "o") -> dict:
+    return {"type": 3, "custom_id": "pick", "options": [{"label": label, "value": f"v{n}"} for n in range(options)]}
+
+
+def _multipart(payload: dict, files: dict[str, bytes]) -> aiohttp.FormData:
+    form = aiohttp.FormData()
+    form.add_field("payload_json", json.dumps(payload), content_type="application/json")
+    for n, (name, data) in enumerate(files.items()):
+        form.add_field(f"files[{n}]", data, filename=name, content_type="image/png")
+    return form
+
+
+async def test_message_limits_are_refused_like_discord(fake: FakeDiscord, bot: TinyBot) -> None:
+    """Each limit broken once, on a channel send and on an interaction follow-up: 400 with the field named in the
+    ``errors`` tree (50035), or 413 (40005) for sizes; the message just inside each limit is taken."""
+    it, _ = await _echo(fake, b"png")
+    channel = f"{fake.api_base}/channels/{fake.channel_id}/messages"
+    webhook = f"{fake.api_base}/webhooks/{fake.application_id}/{it.token}?wait=true"
+    row = [_button(f"b{n}") for n in range(5)]
+    broken = [
+        ({"content": "x" * 2001}, ("content",)),
+        ({"embeds": [{"title": str(n)} for n in range(11)]}, ("embeds",)),
+        ({"content": "c", "components": [{"type": 1, "components": [_button(f"r{n}")]} for n in range(6)]},
+         ("components",)),
+        ({"content": "c", "components": [{"type": 1, "components": [*row, _button("sixth")]}]},
+         ("components", 0, "components")),
+        ({"content": "c", "components": [{"type": 1, "components": [_button("x" * 101)]}]},
+         ("components", 0, "components", 0, "custom_id")),
+        ({"content": "c", "components": [{"type": 1, "components": [_select(26)]}]},
+         ("components", 0, "components", 0, "options")),
+        ({"content": "c", "components": [{"type": 1, "components": [_select(2, label="l" * 101)]}]},
+         ("components", 0, "components", 0, "options", 0, "label")),
+        ({"content": "c", "components": [{"type": 1, "components": [_select(2), _button("beside")]}]},
+         ("components", 0, "components")),
+    ]  # fmt: skip
+    for payload, path in broken:
+        for url, token in ((channel, fake.token), (webhook, None)):
+            reply = await _raw("POST", url, token, json=payload)
+            assert _form_error(reply, *path), (url, payload, reply[:2])
+    within = {
+        "content": "x" * 2000,
+        "embeds": [{"title": str(n)} for n in range(10)],
+        "components": [{"type": 1, "components": row} for _ in range(4)]
+        + [{"type": 1, "components": [_select(25, label="l" * 100)]}],
+    }
+    within["components"] = [
+        {"type": 1, "components": [_button(f"{r}-{n}-" + "i" * 90) for n in range(5)]} for r in range(4)
+    ] + within["components"][4:]
+    for url, token in ((channel, fake.token), (webhook, None)):
+        assert (await _raw("POST", url, token, json=within))[0] == 200
+
+    eleven = {f"f{n}.png": b"p" for n in range(11)}
+    mib = 1024 * 1024
+    for url, token in ((channel, fake.token), (webhook, None)):
+        reply = await _raw("POST", url, token, data=_multipart({"content": "c"}, eleven))
+        assert _form_error(reply, "attachments"), reply[:2]
+        big = await _raw("POST", url, token, data=_multipart({}, {"big.png": b"b" * (10 * mib + 1)}))
+        assert big[0] == 413 and big[1]["code"] == 40005  # one file over 10 MiB
+        heavy = await _raw("POST", url, token, data=_multipart({}, {f"{n}.png": b"h" * (9 * mib) for n in range(3)}))
+        assert heavy[0] == 413 and heavy[1]["code"] == 40005  # 27 MiB in one request, each file under 10 MiB
+        fits = await _raw("POST", url, token, data=_multipart({}, {f"{n}.png": b"h" * (8 * mib) for n in range(3)}))
+        assert fits[0] == 200
+
+
+async def test_autocomplete_answers_are_held_to_discords_limits(fake: FakeDiscord, bot: TinyBot) -> None:
+    """An autocomplete answer with 26 choices, or a choice name over 100 characters, is refused (50035)."""
+
+    async def answer(choices: list[dict]) -> tuple[int, object, dict[str, str]]:
+        # A command the bot does not know: discord.py leaves the interaction to us.
+        it = await fake.send_autocomplete("unknown", {"name": "a"}, focused="name")
+        url = f"{fake.api_base}/interactions/{it.id}/{it.token}/callback"
+        return await _raw("POST", url, json={"type": 8, "data": {"choices": choices}})
+
+    assert _form_error(await answer([{"name": f"s{n}", "value": f"s{n}"} for n in range(26)]), "data", "choices")
+    assert _form_error(await answer([{"name": "n" * 101, "value": "v"}]), "data", "choices", 0, "name")
+    assert _form_error(await answer([{"name": "", "value": "v"}]), "data", "choices", 0, "name")
+    assert (await answer([{"name": "n" * 100, "value": f"s{n}"} for n in range(25)]))[0] == 204
