@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mmpp.contract import DEFAULT_JOB_TIMEOUT_SECONDS
+
 
 class BotSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MMPP_", env_file=".env", extra="ignore")
@@ -45,7 +47,7 @@ class BotSettings(BaseSettings):
     #: "text" for people, "json" for log collectors.
     log_format: str = "text"
     #: How long the bot waits for a job before telling the user it failed.
-    job_timeout_seconds: float = 1800.0
+    job_timeout_seconds: float = DEFAULT_JOB_TIMEOUT_SECONDS
     #: How often the bot asks the result backend about a running job.
     poll_interval_seconds: float = 0.5
     #: Platform API addresses; tests point them at loopback fakes.

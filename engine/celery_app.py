@@ -8,10 +8,65 @@ machine only; anything shared uses Redis.
 
 from __future__ import annotations
 
+import logging
+import time
+
 from celery import Celery
+from celery.worker import state as worker_state
+from celery.worker.consumer import Consumer
 
 from engine.settings import EngineSettings
 from mmpp.contract import CELERY_WIRE_SETTINGS, GENERATE_TASK_NAME, broker_urls
+
+logger = logging.getLogger(__name__)
+
+#: Pauses of the worker's consumer between attempts to (re)connect while the broker refuses it.
+BROKER_RETRY_FIRST_SECONDS = 1.0
+BROKER_RETRY_MAX_SECONDS = 30.0
+#: A failure this long after the previous one starts a new outage: the pause starts small again.
+BROKER_OUTAGE_GAP_SECONDS = 120.0
+
+
+class PatientConsumer(Consumer):
+    """Celery's consumer, waiting with growing pauses while the broker refuses it, and saying so once.
+
+    With ``broker_channel_error_retry`` a Redis that refuses writes (``OOM command not allowed``
+    under ``noeviction``) no longer stops the worker, but Celery reconnects at once, about five
+    times a second, with an ERROR line (and a traceback for "frequent restarts") each time.  Here
+    each attempt waits 1, 2, 4 … up to 30 s; a warning is logged when the reason changes, and the
+    pause starts small again after a quiet spell.  The wait watches for a shutdown request, so
+    stopping the worker is never held up by it.
+    """
+
+    _pause = 0.0
+    _last_failure: float | None = None
+    _last_reason = ""
+
+    def on_connection_error_before_connected(self, exc: BaseException) -> None:
+        self._wait_before_retry(exc)
+
+    def on_connection_error_after_connected(self, exc: BaseException) -> None:
+        super().on_connection_error_after_connected(exc)
+        self._wait_before_retry(exc)
+
+    def _wait_before_retry(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        quiet = self._last_failure is None or now - self._last_failure > BROKER_OUTAGE_GAP_SECONDS
+        self._pause = BROKER_RETRY_FIRST_SECONDS if quiet else min(self._pause * 2, BROKER_RETRY_MAX_SECONDS)
+        reason = f"{type(exc).__name__}: {exc}"
+        if quiet or reason != self._last_reason:
+            logger.warning(
+                "the broker refuses the worker (%s); retrying with pauses growing to %.0f s",
+                reason[:300],
+                BROKER_RETRY_MAX_SECONDS,
+            )
+        self._last_reason = reason
+        deadline = now + self._pause
+        while time.monotonic() < deadline and worker_state.should_stop is None:
+            if worker_state.should_terminate is not None:
+                break
+            time.sleep(0.2)
+        self._last_failure = time.monotonic()
 
 
 def make_celery(settings: EngineSettings | None = None) -> Celery:
@@ -58,10 +113,18 @@ def make_celery(settings: EngineSettings | None = None) -> Celery:
         # retry every result-backend operation, not only the final SET.
         result_backend_always_retry=True,
         result_backend_max_retries=20,
+        # A full (noeviction) or unreachable Redis must not stop the worker, at start or later: a refused
+        # write (OOM) is a channel error, which Celery otherwise treats as unrecoverable, and by default
+        # it gives up reconnecting after 100 attempts.  PatientConsumer paces the attempts.
+        broker_channel_error_retry=True,
+        broker_connection_max_retries=None,
+        worker_consumer=f"{__name__}:PatientConsumer",
         # A replacement pool process loads the model before it reports ready;
         # Celery's 4 s default would kill every replacement in turn.
         worker_proc_alive_timeout=settings.worker_proc_alive_timeout,
-        result_expires=24 * 3600,
+        # The bot forgets each result once it has stored the pictures; one nobody collects (the bot
+        # was down, or had given up on the job) is gone by the time the bot's patience has run out.
+        result_expires=settings.job_timeout_seconds,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -14,6 +14,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mmpp.contract import DEFAULT_JOB_TIMEOUT_SECONDS
+
 
 def default_cache_dir() -> Path:
     return Path.home() / ".cache" / "mmpp"
@@ -81,3 +83,6 @@ class EngineSettings(BaseSettings):
     broker_visibility_timeout: int = 660
     #: Seconds a new pool process may take to report ready; it loads the model first.
     worker_proc_alive_timeout: float = 300.0
+    #: The bot's patience with a job (the same ``MMPP_JOB_TIMEOUT_SECONDS`` the bot reads): a result
+    #: nobody has collected by then is of no use to anyone, so the result backend expires it after this.
+    job_timeout_seconds: float = Field(default=DEFAULT_JOB_TIMEOUT_SECONDS, gt=0)

@@ -91,6 +91,7 @@ class ProgressReporter:
         self._last_written = float("-inf")
         self._last_meta: dict[str, Any] = {}
         self._preview = ""
+        self._failing = False
 
     def progress(self, done: int, total: int) -> None:
         if done < total and self._clock() - self._last_written < PROGRESS_INTERVAL_SECONDS:
@@ -110,9 +111,19 @@ class ProgressReporter:
         self._last_meta = meta
         try:
             self._write(meta)
-        except Exception:
-            # Progress is best effort: a broker hiccup must not fail the pictures.
-            logger.warning("progress report failed", exc_info=True)
+        except Exception as error:  # noqa: BLE001 - best effort: a broker hiccup must not fail the pictures
+            # Once per run of failures, without a traceback: a full or unreachable Redis refuses every
+            # write, and a line per step would bury the one that says why.
+            if not self._failing:
+                logger.warning(
+                    "progress report failed (%s: %s); the job goes on, and its progress is not reported "
+                    "until the result backend takes writes again",
+                    type(error).__name__,
+                    str(error)[:200],
+                )
+            self._failing = True
+        else:
+            self._failing = False
 
 
 def run_job(

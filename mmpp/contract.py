@@ -47,6 +47,9 @@ MAX_IMAGE_PIXELS = 40_000_000
 #: A face needs some pixels to be recognisable; below this we refuse early.
 MIN_IMAGE_SIDE = 64
 MAX_SEED = 2**32 - 1
+#: Seconds the bot waits for a job before it tells the person the job failed (``MMPP_JOB_TIMEOUT_SECONDS``).
+#: The worker reads the same setting: a result older than this has no reader left, so it expires then.
+DEFAULT_JOB_TIMEOUT_SECONDS = 1800.0
 
 
 @dataclass(frozen=True)

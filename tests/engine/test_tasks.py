@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -150,6 +151,30 @@ def test_progress_reporter_writes_only_changes_and_keeps_the_latest_preview() ->
         raise ConnectionError("backend down")
 
     tasks.ProgressReporter(broken).progress(4, 4)  # a failed write is logged, never raised
+
+
+def test_a_refused_progress_write_is_logged_once_per_run_of_failures(caplog: pytest.LogCaptureFixture) -> None:
+    """A full Redis refuses every write: one warning says so, not one traceback per step."""
+    refusing = [True]
+    written: list[dict[str, object]] = []
+
+    def write(meta: dict[str, object]) -> None:
+        if refusing[0]:
+            raise RuntimeError("OOM command not allowed when used memory > 'maxmemory'.")
+        written.append(meta)
+
+    reporter = tasks.ProgressReporter(write, clock=lambda: 0.0)
+    with caplog.at_level(logging.WARNING, logger="engine.tasks"):
+        for step in range(1, 5):
+            reporter.progress(step, 10) if step == 1 else reporter.preview(step, 10, bytes([step]))
+        refusing[0] = False
+        reporter.preview(5, 10, b"five")
+        refusing[0] = True
+        reporter.preview(6, 10, b"six")
+    warnings = [record for record in caplog.records if "progress report failed" in record.getMessage()]
+    assert len(warnings) == 2 and all(record.exc_info is None for record in warnings)
+    assert "maxmemory" in warnings[0].getMessage()
+    assert [meta["done"] for meta in written] == [5]
 
 
 def test_worker_returns_every_error_code_and_keeps_serving(worker_queue: str, selfie_bytes: bytes) -> None:
