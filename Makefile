@@ -1,7 +1,9 @@
 # The two commands in the README: `make run` and `make test`.
 # `make test` runs ruff, mypy (configured in pyproject.toml) and pytest, as CI does.
 # Each creates the virtual environment and installs the pinned dependencies
-# on first use; later runs reuse them until requirements.lock changes.
+# on first use: the runtime set (requirements.lock, what the images install),
+# then the test and lint tools (requirements-dev.lock); later runs reuse them
+# until a lock or pyproject.toml changes.
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,10 +15,11 @@ export MMPP_CACHE_DIR ?= $(CURDIR)/var/cache
 
 .PHONY: run test lint redis clean
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(FIND_LINKS) torch==2.13.0
 	$(PY) -m pip install --quiet $(FIND_LINKS) -r requirements.lock
+	$(PY) -m pip install --quiet $(FIND_LINKS) -r requirements-dev.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
