@@ -4,6 +4,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+# requirements-bot.txt names the chat side's packages; requirements.lock (the runtime set) pins them.
 COPY requirements.lock requirements-bot.txt ./
 RUN pip install -r requirements-bot.txt
 COPY pyproject.toml README.md ./
