@@ -144,21 +144,37 @@ def project_python() -> str:
 
 # --------------------------------------------------------------- resolving through metadata
 def installed_closure(requirements: Iterable[Requirement]) -> set[str]:
-    """Every distribution ``requirements`` pull in, by the metadata of the installed packages.
+    """Every distribution ``requirements`` pull in, by the metadata of the installed packages."""
+    return {canonicalize_name(requirement.name) for requirement in dependency_edges(requirements)}
 
-    Markers are evaluated for this interpreter (Linux, the project's Python), as in the images.
+
+def unmet_pins(requirements: Iterable[Requirement], pins: dict[str, Version]) -> list[str]:
+    """Every requirement on the way that a pinned version does not satisfy: pip would refuse to resolve."""
+    unmet = set()
+    for requirement in dependency_edges(requirements):
+        pinned = pins.get(canonicalize_name(requirement.name))
+        if pinned is not None and not requirement.specifier.contains(pinned, prereleases=True):
+            unmet.add(f"{requirement} (pinned {pinned})")
+    return sorted(unmet)
+
+
+def dependency_edges(requirements: Iterable[Requirement]) -> list[Requirement]:
+    """``requirements`` and, through the installed packages' metadata, everything they require in turn.
+
+    Markers and extras are evaluated for this interpreter (Linux, the project's Python), as in the
+    images.  ``pip check`` is no substitute: it ignores what an extra such as
+    ``python-telegram-bot[rate-limiter]`` requires.
     """
-    names: set[str] = set()
+    edges: list[Requirement] = []
     expanded: set[tuple[str, frozenset[str]]] = set()
     pending = [requirement for requirement in requirements if applies(requirement, set())]
     while pending:
         requirement = pending.pop()
-        name = canonicalize_name(requirement.name)
-        key = (name, frozenset(requirement.extras))
+        edges.append(requirement)
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
         if key in expanded:
             continue
         expanded.add(key)
-        names.add(name)
         try:
             distribution = importlib.metadata.distribution(requirement.name)
         except importlib.metadata.PackageNotFoundError:
@@ -167,7 +183,7 @@ def installed_closure(requirements: Iterable[Requirement]) -> set[str]:
             parsed = Requirement(dependency)
             if applies(parsed, set(requirement.extras)):
                 pending.append(parsed)
-    return names
+    return edges
 
 
 def applies(requirement: Requirement, extras: set[str]) -> bool:
@@ -224,6 +240,8 @@ def test_the_runtime_lock_is_exactly_what_the_package_needs() -> None:
     assert not runtime - needed, f"nothing at run time needs these; move them to {DEV_LOCK}: {sorted(runtime - needed)}"
     development = installed_closure(pyproject_dependencies("test")) - needed
     assert development == set(dev_pins()), f"{DEV_LOCK} should hold exactly {sorted(development)}"
+    assert not unmet_pins(pyproject_dependencies(), runtime_pins()), "the runtime lock does not resolve"
+    assert not unmet_pins(pyproject_dependencies("test"), {**runtime_pins(), **dev_pins()}), "the locks do not resolve"
 
 
 def test_the_tests_run_on_the_locked_versions() -> None:
@@ -327,6 +345,7 @@ def test_the_bot_requirements_resolve_within_the_runtime_lock_without_torch() ->
     runtime = runtime_pins()
     for requirement in bot.requirements:
         assert not requirement.specifier or requirement.specifier.contains(runtime[canonicalize_name(requirement.name)])
+    assert not unmet_pins(bot.requirements, runtime), "pip -r requirements-bot.txt would fail to resolve"
     resolved = installed_closure(bot.requirements)
     assert not resolved - runtime.keys(), f"the bot set pulls in what {RUNTIME_LOCK} lacks: {resolved - runtime.keys()}"
     assert not resolved & ENGINE_ONLY, f"the bot set pulls in the engine's {sorted(resolved & ENGINE_ONLY)}"
