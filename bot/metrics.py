@@ -30,6 +30,12 @@ DELIVERY_SECONDS = Histogram(
 )
 RATINGS = Counter("mmpp_bot_ratings_total", "Ratings stored or withdrawn, by source", ["source"])
 QUEUE_DEPTH = Gauge("mmpp_queue_depth", "Messages waiting in a Celery queue", ["queue"])
+SELFIE_BYTES = Histogram(
+    "mmpp_bot_selfie_bytes",
+    "Bytes of each ordered selfie: as received, and as kept and sent (upright, at most 1024 px)",
+    ["stage"],
+    buckets=(50e3, 100e3, 200e3, 400e3, 800e3, 1.6e6, 3.2e6, 6.4e6, 12.8e6, 25.6e6),
+)
 
 HealthCheck = Callable[[], Awaitable[bool]]
 

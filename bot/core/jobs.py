@@ -25,7 +25,8 @@ from bot import metrics
 from bot.core import texts
 from bot.core.commands import ProfileOptions, profile_options
 from bot.core.moderation import Moderation, quota_chat
-from bot.core.platform import Delivery, Person, ProfileOrder
+from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, Person, ProfileOrder
+from bot.core.selfies import prepare_selfie
 from bot.core.status import StatusEdit, StatusEdits, StatusPacer
 from bot.queue import JobQueue
 from bot.settings import BotSettings
@@ -36,9 +37,8 @@ from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
-#: Pauses between attempts to deliver a finished job while the platform fails.
-DELIVERY_RETRY_FIRST_SECONDS = 2.0
-DELIVERY_RETRY_MAX_SECONDS = 300.0
+#: The longest the one private message about a job given up may take (a hung platform must not hold the follower).
+DIRECT_MESSAGE_TIMEOUT_SECONDS = 30.0
 #: The longest one status edit may hold up the follower (a hung platform must not hold up the pictures).
 STATUS_EDIT_TIMEOUT_SECONDS = 10.0
 ACCEPTED_MIME_TYPES = frozenset(photo.mime_type for photo in ACCEPTED_PHOTO_TYPES)
@@ -86,6 +86,7 @@ class Jobs:
         self.moderation = moderation
         self._clock = clock
         self.status_edits = StatusEdits(monotonic)
+        self._monotonic = monotonic
         self._deliveries: dict[str, Delivery] = {}
         self._followers: dict[int, asyncio.Task[None]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
@@ -157,9 +158,13 @@ class Jobs:
         if not order.photo:
             raise MmppError(ErrorCode.NOT_AN_IMAGE, "Attach a selfie: one clear photo of your face.")
         check_photo(None, order.photo_type)
+        # The upright, downscaled copy is what the job keeps and sends (bot.core.selfies says why).
+        selfie = await asyncio.to_thread(prepare_selfie, order.photo)
+        metrics.SELFIE_BYTES.labels("received").observe(selfie.received_bytes)
+        metrics.SELFIE_BYTES.labels("kept").observe(len(selfie.data))
         return await self._create_job(
             order.requester, order.event_key, quota_chat(order.chat_id, order.server_id), order.reply_context,
-            style.name, options.prompt, options.mode, options.count, options.seed, order.photo, parent_job_id=None,
+            style.name, options.prompt, options.mode, options.count, options.seed, selfie.data, parent_job_id=None,
         )  # fmt: skip
 
     async def reroll(
@@ -271,22 +276,72 @@ class Jobs:
         task.add_done_callback(lambda _: self._followers.pop(job.id, None))
 
     async def _follow_job(self, job_id: int) -> None:
-        """Follow until delivered, retrying with a growing pause while the platform or broker fails.
+        """Follow until delivered, retrying with a growing pause while the platform or broker fails, within bounds.
 
-        Safe to repeat: a delivered job is never delivered again, and Discord's
-        channel sends carry a nonce.
+        Safe to repeat: a delivered job is never delivered again, a picture that has its message is
+        never posted again, and Discord's channel sends carry a nonce.  Bounded, because a platform
+        that keeps refusing must not be asked forever (Discord bans a bot for a while after about
+        10,000 refused requests in 10 minutes): a refusal for good (:class:`DeliveryRefused`) ends
+        the job at once; other failures are retried at most ``delivery_attempts`` times and not
+        later than ``delivery_retry_seconds`` after the first, and then end it too (:meth:`_give_up`).
         """
-        pause = DELIVERY_RETRY_FIRST_SECONDS
+        settings = self.settings
+        pause = settings.delivery_pause_first_seconds
+        failures = 0
+        first_failure_at: float | None = None
         while True:
             try:
                 await self._follow_until_delivered(job_id)
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("following job %s failed; trying again in %.0f s", job_id, pause)
+            except DeliveryRefused as refusal:
+                logger.warning("the platform refused job %s for good (%s); not trying again", job_id, refusal)
+                await self._give_up(job_id)
+                return
+            except Exception as error:  # any other failure may pass: retried within the bounds
+                failures += 1
+                now = self._monotonic()
+                first_failure_at = now if first_failure_at is None else first_failure_at
+                out_of_time = now + pause - first_failure_at > settings.delivery_retry_seconds
+                if failures >= settings.delivery_attempts or out_of_time:
+                    what = type(error).__name__
+                    logger.warning("following job %s failed %d times (%s); giving up", job_id, failures, what)
+                    await self._give_up(job_id)
+                    return
+                # The traceback once per job; the type alone afterwards (the same failure, again).
+                logger.warning(
+                    "following job %s failed (%s); trying again in %.1f s", job_id, type(error).__name__, pause,
+                    exc_info=failures == 1,
+                )  # fmt: skip
             await asyncio.sleep(pause)
-            pause = min(pause * 2, DELIVERY_RETRY_MAX_SECONDS)
+            pause = min(pause * 2, settings.delivery_pause_max_seconds)
+
+    async def _give_up(self, job_id: int) -> None:
+        """End a job whose outcome cannot be delivered: once, recorded as DELIVERY_FAILED, counted, and told
+        to its requester in private where the platform offers that (one attempt, bounded in time).
+
+        ``delivered_at`` is set too: the delivery is over, so a restarted bot does not resume it;
+        the row's state and code say how it ended.
+        """
+        job = await self.storage.job(job_id)
+        if job is None or job.delivered_at is not None:
+            return
+        code, text = ErrorCode.DELIVERY_FAILED, texts.delivery_failed(job.id)
+        await self.storage.update_job(
+            job.id, state="failed", error_code=code.value, error_message=text,
+            finished_at=job.finished_at or timestamp(), delivered_at=timestamp(),
+        )  # fmt: skip
+        if job.state in {"queued", "running"}:  # the job never finished: nothing will re-roll from its selfie
+            await self.storage.release_selfie(job.id, timedelta(0))
+        metrics.JOBS_FINISHED.labels("failed", code.value).inc()
+        delivery = self._deliveries.get(job.platform)
+        if not isinstance(delivery, DirectMessages):
+            return
+        try:
+            await asyncio.wait_for(delivery.post_direct(job, code, text), DIRECT_MESSAGE_TIMEOUT_SECONDS)
+        except Exception as error:  # noqa: BLE001 - best effort: the failure is recorded whatever happens here
+            logger.warning("telling the requester of job %s in private failed too (%s)", job.id, type(error).__name__)
 
     async def _follow_until_delivered(self, job_id: int) -> None:
         job = await self.storage.job(job_id)

@@ -8,7 +8,7 @@ import aiohttp
 
 from bot.app import metrics_server
 from bot.core import ChatCore, Person, ProfileOrder
-from tests.bot.conftest import bot_settings
+from tests.bot.conftest import SELFIE, bot_settings
 
 
 def free_port() -> int:
@@ -26,7 +26,7 @@ class Adapter:
 
 
 async def test_metrics_count_jobs_and_health_names_the_failing_part(core: ChatCore, tmp_path) -> None:
-    order = ProfileOrder(Person("test", "alice"), "e1", "chat", {}, {"style": "anime"}, b"\xff\xd8selfie")
+    order = ProfileOrder(Person("test", "alice"), "e1", "chat", {}, {"style": "anime"}, SELFIE)
     await core.order_profile(order)
     await core.wait_idle(timeout=5)
     await core.rate_message(Person("test", "bob"), "message-1-1", 5, "reaction")
