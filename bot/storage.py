@@ -417,6 +417,24 @@ class Storage:
         )
         return int(rows[0][0]) if rows else None
 
+
+    async def chat_notice_given(self, platform: str, chat_id: str, notice: str) -> bool:
+        """Whether ``notice`` was given in this chat (a read, so the caller can skip asking the platform)."""
+        rows = await fetch_all(
+            self._db,
+            "SELECT 1 FROM chat_notices WHERE platform = ? AND chat_id = ? AND notice = ?",
+            (platform, chat_id, notice),
+        )
+        return bool(rows)
+
+    async def take_chat_notice(self, platform: str, chat_id: str, notice: str) -> bool:
+        """True exactly once per chat and notice, across restarts: the first time, the notice is due."""
+        async with self.write() as db:
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO chat_notices (platform, chat_id, notice, given_at) VALUES (?, ?, ?, ?)",
+                (platform, chat_id, notice, timestamp()),
+            )
+        return cursor.rowcount == 1
     async def ratings_export(self) -> list[dict[str, Any]]:
         rows = await fetch_all(
             self._db,

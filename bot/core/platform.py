@@ -55,11 +55,15 @@ class EditPace:
     what a bot sends to a chat, edits included, so every job in one chat shares the pace).
     ``by_chat_kind`` gives other intervals for some kinds of chat, named as the adapter names
     them in the job's reply context under :data:`CHAT_KIND`; a job without one gets ``seconds``.
+    ``room``, where the platform counts what a bot sends to a chat, asks the adapter whether the
+    job's chat has room for an edit right now with enough left over for pictures and replies; the
+    core then skips the edit (and makes it later) rather than let it take what they need.
     """
 
     seconds: float
     per: Literal["message", "chat"] = "message"
     by_chat_kind: Mapping[str, float] = field(default_factory=dict)
+    room: Callable[[Job], bool] | None = field(default=None, compare=False)
 
     def interval(self, chat_kind: str | None) -> float:
         return self.by_chat_kind.get(chat_kind, self.seconds) if chat_kind else self.seconds

@@ -8,7 +8,8 @@ forwards, so adapters (and tests) call one object whatever part decides.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +24,9 @@ from bot.queue import JobQueue
 from bot.settings import BotSettings
 from bot.storage import Job, Storage, StoredPicture, utc_now
 from mmpp.catalogue import Catalogue, Style, load_catalogue
+
+#: How long a chat where the bot sees reactions is believed to stay so before the platform is asked again.
+REACTIONS_RECHECK_SECONDS = 3600.0
 
 
 class ChatCore:
@@ -45,6 +49,9 @@ class ChatCore:
         self.jobs = Jobs(storage, queue, settings, self.catalogue, self.moderation, clock)
         self.ratings = Ratings(storage, self.jobs)
         self.pending_choices = PendingChoices()
+        self._monotonic = time.monotonic
+        #: Chats where the bot was found to see reactions, and when (see :meth:`reactions_notice`).
+        self._reactions_seen: dict[tuple[str, str], float] = {}
 
     @property
     def admins(self) -> set[tuple[str, str]]:
@@ -73,6 +80,36 @@ class ChatCore:
     async def wait_idle(self, timeout: float | None = None) -> None:
         """Wait until every followed job has been delivered (console and tests)."""
         await self.jobs.wait_idle(timeout)
+
+    def rate_limited(self, platform: str, chat_id: str, retry_after: float) -> None:
+        """The platform refused a request in a chat as too many: its status edits wait and then slow down
+        (:meth:`bot.core.status.StatusEdits.hold`), so pictures and replies keep the chat's budget."""
+        self.jobs.status_edits.hold(platform, chat_id, retry_after)
+
+    async def reactions_notice(
+        self, platform: str, chat_id: str, bot_sees_reactions: Callable[[], Awaitable[bool]]
+    ) -> str | None:
+        """The line to post in a chat where people's reactions never reach the bot, once per chat (durably);
+        ``None`` when it was given before or is not needed.
+
+        ``bot_sees_reactions`` asks the platform (a request): it is asked only while the notice has
+        not been given, and a chat where the bot sees them is asked again after
+        :data:`REACTIONS_RECHECK_SECONDS` (it may lose the rights that made it see them).
+        """
+        chat = (platform, chat_id)
+        checked = self._reactions_seen.get(chat)
+        if checked is not None and self._monotonic() - checked < REACTIONS_RECHECK_SECONDS:
+            return None
+        if await self.storage.chat_notice_given(platform, chat_id, texts.REACTIONS_UNSEEN_NOTICE):
+            return None
+        if await bot_sees_reactions():
+            if len(self._reactions_seen) > 4096:
+                self._reactions_seen.clear()
+            self._reactions_seen[chat] = self._monotonic()
+            return None
+        if not await self.storage.take_chat_notice(platform, chat_id, texts.REACTIONS_UNSEEN_NOTICE):
+            return None  # another update of the same chat took it meanwhile
+        return texts.REACTIONS_UNSEEN
 
     # ------------------------------------------------------------------ ordering
 

@@ -24,6 +24,14 @@ ASK_FOR_STYLE = "Which style?"
 RATE_THEM = "Rate them (1 = poor, 5 = love it):"
 STALE_BUTTON = "That button is not valid anymore."
 REROLLING = "Re-rolling…"
+#: Said once in a group where the platform never shows the bot people's reactions (Telegram: only to bots
+#: that administer the group), so nobody rates by reacting and wonders why nothing counts.
+REACTIONS_UNSEEN = (
+    "Reactions in this group don't reach me (only bots that are administrators get them), "
+    "so rate the pictures with the buttons under them; make me an administrator to count reactions too."
+)
+#: The notice :data:`REACTIONS_UNSEEN` is remembered under, once per chat.
+REACTIONS_UNSEEN_NOTICE = "reactions-unseen"
 
 
 def accepted_photos() -> str:
@@ -47,6 +55,15 @@ def help_text(style_names: Iterable[str], retention_hours: float, how_to_order: 
         "Styles: " + ", ".join(style_names) + ".\n"
         f"Rate the pictures 1-5 ({RATING_SCALE}); /history lists your jobs; /forget deletes everything about you.\n"
         f"Your selfie is kept only for re-rolls, {retention_hours:g} h at most, then deleted."
+    )
+
+
+def how_to_order_in_a_group(addressed_command: str) -> str:
+    """How to order in a group, naming the form of the command that always reaches this bot there
+    (``/profile@ThisBot``): with several bots in a group, a plain ``/profile`` may go to another one."""
+    return (
+        f"In a group, send a selfie with the caption {addressed_command} STYLE "
+        f"(for example {addressed_command} anime): with several bots here, only that form surely reaches me."
     )
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from bot.console_app import ConsoleDelivery
 from bot.core import CHAT_KIND, ChatCore, EditPace
-from bot.core.status import PREVIEW_REFUSALS_TO_STOP, StatusEdit, StatusEdits
+from bot.core.status import MAX_SLOWDOWN, PREVIEW_REFUSALS_TO_STOP, StatusEdit, StatusEdits
 from bot.discord_app import DiscordDelivery
 from bot.storage import Job, Storage
 from bot.telegram_app import TelegramDelivery
@@ -109,6 +109,44 @@ def test_a_chat_pace_is_shared_by_the_jobs_of_the_chat_and_a_message_pace_is_not
     per_message = EditPace(2.0)
     first, second = edits.follow(job(4), per_message), edits.follow(job(5), per_message)
     assert first.next_edit("a", None) is not None and second.next_edit("b", None) is not None
+
+
+def test_a_too_many_requests_holds_the_chats_edits_then_slows_them_and_successes_ease_it(clock: Clock) -> None:
+    edits = StatusEdits(clock)
+    pace = EditPace(2.0, per="chat")
+    pacer, elsewhere = edits.follow(job(1), pace), edits.follow(job(2, chat="chat-2"), pace)
+    assert pacer.next_edit("painting 10%", None) is not None
+    edits.hold("test", "chat-1", 5.0)  # the platform refused something in chat-1: retry after 5 s
+    clock.now += 4.9
+    assert pacer.next_edit("painting 20%", None) is None  # held, though the pace alone would allow it
+    assert elsewhere.next_edit("painting 20%", None) is not None  # another chat is not held
+    clock.now += 0.1
+    edit = pacer.next_edit("painting 30%", None)
+    assert edit is not None
+    pacer.outcome(edit, made=True)  # taken: the slowdown eases from 2x back to the pace
+    clock.now += 2.0
+    assert pacer.next_edit("painting 40%", None) is not None
+
+    for _ in range(5):  # refusal after refusal: slower each time, up to MAX_SLOWDOWN
+        edits.hold("test", "chat-1", 1.0)
+    clock.now += 1.0
+    assert edits.slowdown(("test", "chat-1")) == MAX_SLOWDOWN
+    clock.now += 2.0 * MAX_SLOWDOWN - 1.5
+    assert pacer.next_edit("painting 50%", None) is None
+    clock.now += 0.5
+    assert pacer.next_edit("painting 50%", None) is not None
+
+
+def test_an_edit_waits_while_the_adapter_says_the_chat_has_no_room(clock: Clock) -> None:
+    room = {"chat-1": False}
+    pace = EditPace(1.0, per="chat", room=lambda item: room[item.chat_id])
+    pacer = StatusEdits(clock).follow(job(), pace)
+    assert pacer.next_edit("painting 10%", tiny_jpeg(1)) is None  # no room: not even tried
+    clock.now += 5.0
+    assert pacer.next_edit("painting 20%", tiny_jpeg(2)) is None
+    room["chat-1"] = True
+    assert pacer.next_edit("painting 20%", tiny_jpeg(2)) == StatusEdit("painting 20%", tiny_jpeg(2))
+    assert pacer.previews_on  # skipped edits are not refusals
 
 
 def test_the_pace_can_depend_on_the_kind_of_chat(clock: Clock) -> None:
