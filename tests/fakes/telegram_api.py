@@ -23,9 +23,16 @@ Kept from the real server, because bots depend on it:
   later call's offset passes it), remembers ``allowed_updates`` between calls, leaves out
   ``message_reaction``/``message_reaction_count``/``chat_member`` unless asked for, and answers an
   older, still-waiting poll with 409 Conflict when a new one arrives.
-* Group privacy mode (on by default, as for every new bot): in groups the bot sees only commands
-  (``/cmd`` or ``/cmd@ThisBot``, also in a photo's caption) and replies to its own messages; a plain
-  photo in a group never reaches it. ``message_reaction`` in groups needs the bot to be an admin.
+* Group privacy mode (on by default, as for every new bot), by Telegram's documented rules: in a
+  group the bot gets commands addressed to it (``/cmd@ThisBot``, also in a photo's caption), plain
+  commands (``/cmd``) only while it is the group's only bot or the last bot that wrote there (see
+  :meth:`FakeTelegram.bot_writes`), and replies to its messages or to messages meant for it; a
+  plain photo never reaches it.  A bot that administers the group gets every message.
+  ``message_reaction`` updates from a group exist only for bots that administer it, and
+  ``getChatMember`` / ``getChatAdministrators`` say whether it does.
+* Callback queries: ``answerCallbackQuery`` is taken once per query and only within
+  ``callback_query_timeout`` seconds of the press; later (or twice) it is the 400 Telegram answers,
+  "query is too old and response timeout expired or query ID is invalid".
 * Limits: ``getFile`` refuses files over 20 MB, ``sendPhoto`` photos over 10 MB, multipart requests
   over 50 MB; text 4096, caption 1024, callback data 64 bytes, callback answer text 200.
 * ``editMessageMedia`` (Bot API 10.1): replaces the photo or document of a message, or turns a text
@@ -47,8 +54,9 @@ Deliberate differences (see the module's tests for what they mean in practice):
 * The largest ``PhotoSize`` keeps the uploaded bytes unchanged (Telegram recompresses to JPEG and
   caps the side at 1280/2560 px); its ``file_path`` still ends in ``.jpg``.
 * The flood limits are off unless ``per_chat_interval`` / ``group_per_minute`` are given; then they
-  are plain rules ("one message per interval per chat", "at most N per rolling minute in a group"),
-  counting sends and edits alike as Telegram does, cruder than Telegram's bursts.
+  are plain rules ("at most ``per_chat_burst`` requests in any ``per_chat_burst`` intervals per
+  chat", "at most N messages per rolling minute in a group", an album counting each of its
+  messages), counting sends and edits alike as Telegram does; Telegram publishes no exact rule.
 * Inline-mode messages, channels, forum topics, videos and other media are not modelled.
 """
 
@@ -155,6 +163,12 @@ _API_PATH = re.compile(r"/bot([^/]+)/([^/]*)")
 _FILE_PATH = re.compile(r"/file/bot([^/]+)/(.+)")
 _COMMAND = re.compile(r"(?<!\S)/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{1,64})?")
 _BOT_COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")
+_ADMINISTRATOR_RIGHTS = (
+    "can_manage_chat", "can_delete_messages", "can_manage_video_chats", "can_restrict_members",
+    "can_promote_members", "can_change_info", "can_invite_users", "can_post_stories", "can_edit_stories",
+    "can_delete_stories", "can_pin_messages",
+)  # fmt: skip
+"""The rights of a ``ChatMemberAdministrator`` (those Bot API 10.1 requires, and pinning)."""
 _INLINE_BUTTON_ACTIONS = frozenset(
     {
         "callback_data", "url", "web_app", "login_url", "switch_inline_query", "switch_inline_query_current_chat",
@@ -267,7 +281,9 @@ class FakeUser:
 
 @dataclass
 class FakeChat:
-    """A chat. ``bot_is_admin`` matters for groups: reaction updates need it, as on Telegram."""
+    """A chat. ``bot_is_admin`` matters for groups: reaction updates need it, as on Telegram, and an
+    administrator bot sees every message; ``other_bots`` are the group's other bots (privacy mode then
+    gives a plain ``/command`` only to the last bot that wrote); ``owner`` its creator."""
 
     id: int
     type: str
@@ -276,6 +292,8 @@ class FakeChat:
     first_name: str | None = None
     last_name: str | None = None
     bot_is_admin: bool = False
+    other_bots: list[FakeUser] = field(default_factory=list)
+    owner: FakeUser | None = None
 
     def to_api(self) -> Json:
         data: Json = {"id": self.id, "type": self.type}
@@ -351,10 +369,14 @@ class FakeTelegram:
         privacy_mode: Telegram's group privacy mode (on for every new bot).
         max_long_poll: cap in seconds on how long ``getUpdates`` holds a request, whatever
             ``timeout`` the bot asked for, so tests never wait long.
-        per_chat_interval: if set, a send or edit in a chat sooner than this after the previous
-            one answers 429 with ``retry_after``, like Telegram's flood control.
-        group_per_minute: if set, the send or edit in a group that would be the N+1st within 60 s
-            answers 429 (Telegram: about 20 a minute per group).
+        per_chat_interval: if set, a send or edit in a chat that would be the ``per_chat_burst``+1st
+            within ``per_chat_burst`` of these intervals answers 429 with ``retry_after``, like
+            Telegram's flood control (about one a second per chat, short bursts tolerated).
+        per_chat_burst: how many sends or edits in a row a chat takes (1: one per interval, no burst).
+        group_per_minute: if set, a send or edit in a group that would make more than N messages
+            within 60 s answers 429 (Telegram: about 20 a minute per group; an album counts its size).
+        callback_query_timeout: seconds after a button press within which ``answerCallbackQuery``
+            is taken (Telegram does not publish its figure; clients give up after about 10-15 s).
     """
 
     def __init__(
@@ -366,7 +388,9 @@ class FakeTelegram:
         privacy_mode: bool = True,
         max_long_poll: float = 5.0,
         per_chat_interval: float | None = None,
+        per_chat_burst: int = 1,
         group_per_minute: int | None = None,
+        callback_query_timeout: float = 10.0,
     ) -> None:
         bot_id, _, secret = token.partition(":")
         if not bot_id.isdigit() or not secret:
@@ -376,7 +400,9 @@ class FakeTelegram:
         self.privacy_mode = privacy_mode
         self.max_long_poll = max_long_poll
         self.per_chat_interval = per_chat_interval
+        self.per_chat_burst = per_chat_burst
         self.group_per_minute = group_per_minute
+        self.callback_query_timeout = callback_query_timeout
 
         self.dropped: list[Dropped] = []
         """Updates the bot never got, with the reason."""
@@ -413,9 +439,11 @@ class FakeTelegram:
         self._media_group_ids = itertools.count(13_700_000_000_000_001)
         self._faults: dict[str, deque[_Fault]] = {}
         self._commands: dict[tuple[str, str], list[Json]] = {}
-        self._open_queries: set[str] = set()
-        self._last_send: dict[int, float] = {}
+        self._open_queries: dict[str, float] = {}
+        self._chat_sends: dict[int, deque[float]] = {}
         self._group_sends: dict[int, deque[float]] = {}
+        self._last_bot_to_write: dict[int, int] = {}
+        self._meant_for_bot: set[tuple[int, int]] = set()
         handlers: dict[str, Handler] = {
             "getMe": self._get_me,
             "getUpdates": self._get_updates,
@@ -437,6 +465,8 @@ class FakeTelegram:
             "answerCallbackQuery": self._answer_callback_query,
             "setMessageReaction": self._set_message_reaction,
             "deleteMessage": self._delete_message,
+            "getChatMember": self._get_chat_member,
+            "getChatAdministrators": self._get_chat_administrators,
         }
         # Bot API method names are case-insensitive.
         self._methods = {name.lower(): (name, handler) for name, handler in handlers.items()}
@@ -607,11 +637,25 @@ class FakeTelegram:
         supergroup: bool = True,
         bot_is_admin: bool = False,
         username: str | None = None,
+        other_bots: Sequence[FakeUser] = (),
+        owner: FakeUser | None = None,
     ) -> FakeChat:
-        """A group the bot is a member of (supergroup ids start with -100)."""
-        chat = FakeChat(chat_id, "supergroup" if supergroup else "group", title, username, bot_is_admin=bot_is_admin)
+        """A group the bot is a member of (supergroup ids start with -100), with the other bots in it."""
+        if any(not bot.is_bot for bot in other_bots):
+            raise ValueError("other_bots are bots: FakeUser(..., is_bot=True)")
+        chat = FakeChat(
+            chat_id, "supergroup" if supergroup else "group", title, username, bot_is_admin=bot_is_admin,
+            other_bots=list(other_bots), owner=owner,
+        )  # fmt: skip
         self._chats[chat_id] = chat
         return chat
+
+    def bot_writes(self, chat: FakeChat, bot: FakeUser, text: str) -> Json:
+        """Another bot of ``chat`` posts ``text``: this bot never sees it (bots do not see bots' messages), but
+        it is now the last bot that wrote, so privacy mode gives plain ``/commands`` to it, not to this bot."""
+        if bot not in chat.other_bots:
+            raise ValueError(f"{bot.username or bot.id} is not one of the group's other bots")
+        return self._new_message(chat, bot, text=text)
 
     def add_photo(self, data: bytes, width: int | None = None, height: int | None = None) -> str:
         """Register a photo as if a user had sent it; returns the largest size's ``file_id``.
@@ -733,7 +777,7 @@ class FakeTelegram:
         if callback_data not in offered:
             raise ValueError(f"message {key[1]} has no button with callback_data {callback_data!r}; it has {offered}")
         query_id = str(secrets.randbits(62))
-        self._open_queries.add(query_id)
+        self._open_queries[query_id] = time.monotonic()
         payload = {
             "id": query_id,
             "from": user.to_api(),
@@ -901,10 +945,19 @@ class FakeTelegram:
             self.dropped.append(Dropped("message", copy.deepcopy(msg), reason))
 
     def _privacy_reason(self, chat: FakeChat, msg: Json) -> str | None:
-        if not chat.is_group or not self.privacy_mode:
+        """Why privacy mode keeps ``msg`` from the bot, or ``None`` when it reaches the bot.
+
+        Telegram's rules (core.telegram.org/bots/features#privacy-mode): a bot with privacy mode
+        gets commands explicitly meant for it (``/command@this_bot``), general commands only if it
+        was the last bot to send a message to the group (or is the group's only bot), and replies
+        to messages meant for it; a bot that administers the group gets every message.
+        """
+        if not chat.is_group or not self.privacy_mode or chat.bot_is_admin:
             return None
         reply = msg.get("reply_to_message")
-        if reply and reply.get("from", {}).get("id") == self.bot_user.id:
+        if reply and (
+            reply.get("from", {}).get("id") == self.bot_user.id or (chat.id, reply["message_id"]) in self._meant_for_bot
+        ):
             return None
         text = msg.get("text") or msg.get("caption") or ""
         entities = msg.get("entities") or msg.get("caption_entities") or []
@@ -914,6 +967,10 @@ class FakeTelegram:
         target = text[: first["length"]].partition("@")[2]
         if target and target.lower() != (self.bot_user.username or "").lower():
             return f"privacy mode: the command is addressed to @{target}"
+        last = self._last_bot_to_write.get(chat.id)
+        if not target and chat.other_bots and last != self.bot_user.id:
+            return "privacy mode: a plain command goes only to the last bot that wrote in the group"
+        self._meant_for_bot.add((chat.id, msg["message_id"]))
         return None
 
     def _take_batch(self, offset: int, limit: int, request: web.Request) -> list[Json]:
@@ -1102,7 +1159,7 @@ class FakeTelegram:
         if len(kinds) > 1:
             raise bad_request("documents can't be mixed with other media types in an album")
         reply = self._reply_target(params, chat)
-        self._check_flood(chat)
+        self._check_flood(chat, len(contents))
         group_id = str(next(self._media_group_ids))
         return [
             self._new_message(chat, self.bot_user, reply_to_message=reply, media_group_id=group_id, **content)
@@ -1164,13 +1221,51 @@ class FakeTelegram:
 
     async def _answer_callback_query(self, call: Call, request: web.Request) -> bool:
         query_id = str(call.params.get("callback_query_id") or "")
-        if query_id not in self._open_queries:
+        pressed = self._open_queries.get(query_id)
+        if pressed is None or call.at - pressed > self.callback_query_timeout:
+            self._open_queries.pop(query_id, None)
             raise ApiError(400, QUERY_TOO_OLD)
         if len(str(call.params.get("text") or "")) > MAX_CALLBACK_ANSWER:
             raise bad_request("MESSAGE_TOO_LONG")
-        self._open_queries.discard(query_id)
+        del self._open_queries[query_id]
         self.callback_answers[query_id] = dict(call.params)
         return True
+
+    def _member(self, chat: FakeChat, user_id: int) -> Json:
+        """``ChatMember`` as Telegram describes one: owner, administrator (every right the type requires),
+        member, or left for someone who is not in the chat."""
+        if user_id == self.bot_user.id:
+            if chat.is_group and chat.bot_is_admin:
+                rights = dict.fromkeys(_ADMINISTRATOR_RIGHTS, True)
+                return {"status": "administrator", "user": self.bot_user.to_api(), **rights, "can_be_edited": False,
+                        "is_anonymous": False}  # fmt: skip
+            return {"status": "member", "user": self.bot_user.to_api()}
+        if chat.owner is not None and chat.owner.id == user_id:
+            return {"status": "creator", "user": chat.owner.to_api(), "is_anonymous": False}
+        for bot in chat.other_bots:
+            if bot.id == user_id:
+                return {"status": "member", "user": bot.to_api()}
+        if not chat.is_group and chat.id == user_id:
+            return {"status": "member", "user": {"id": user_id, "is_bot": False, "first_name": chat.first_name or ""}}
+        for (chat_id, _), msg in self.messages.items():
+            if chat_id == chat.id and msg["from"]["id"] == user_id:
+                return {"status": "member", "user": copy.deepcopy(msg["from"])}
+        return {"status": "left", "user": {"id": user_id, "is_bot": False, "first_name": ""}}
+
+    async def _get_chat_member(self, call: Call, request: web.Request) -> Json:
+        chat = self._chat(call.params.get("chat_id"))
+        if call.params.get("user_id") in (None, ""):
+            raise bad_request("user_id is empty")
+        return self._member(chat, _as_int(call.params.get("user_id"), 0))
+
+    async def _get_chat_administrators(self, call: Call, request: web.Request) -> list[Json]:
+        chat = self._chat(call.params.get("chat_id"))
+        if not chat.is_group:
+            raise bad_request("there are no administrators in the private chat")
+        administrators = [self._member(chat, chat.owner.id)] if chat.owner is not None else []
+        if chat.bot_is_admin:
+            administrators.append(self._member(chat, self.bot_user.id))
+        return administrators
 
     async def _set_message_reaction(self, call: Call, request: web.Request) -> bool:
         chat = self._chat(call.params.get("chat_id"))
@@ -1230,6 +1325,8 @@ class FakeTelegram:
         return chat
 
     def _new_message(self, chat: FakeChat, sender: FakeUser, **content: Any) -> Json:
+        if sender.is_bot and chat.is_group:
+            self._last_bot_to_write[chat.id] = sender.id
         counter = self._message_ids.setdefault(chat.id, itertools.count(1))
         msg: Json = {
             "message_id": next(counter),
@@ -1313,21 +1410,28 @@ class FakeTelegram:
             raise bad_request("message caption is too long")
         return plain, entities
 
-    def _check_flood(self, chat: FakeChat) -> None:
-        """Flood control for one send or edit in ``chat`` (off unless configured; see the module docstring)."""
+    def _check_flood(self, chat: FakeChat, messages: int = 1) -> None:
+        """Flood control for one send or edit of ``messages`` messages in ``chat`` (off unless configured; see
+        the module docstring).  Refused requests do not count."""
         now = time.monotonic()
+        in_chat = self._chat_sends.setdefault(chat.id, deque())
         if self.per_chat_interval is not None:
-            last = self._last_send.get(chat.id)
-            if last is not None and now - last < self.per_chat_interval:
-                raise too_many_requests(max(1, math.ceil(self.per_chat_interval - (now - last))))
+            window = self.per_chat_interval * self.per_chat_burst
+            while in_chat and now - in_chat[0] >= window:
+                in_chat.popleft()
+            if len(in_chat) >= self.per_chat_burst:
+                raise too_many_requests(max(1, math.ceil(window - (now - in_chat[-self.per_chat_burst]))))
+        in_group = self._group_sends.setdefault(chat.id, deque())
         if self.group_per_minute is not None and chat.is_group:
-            recent = self._group_sends.setdefault(chat.id, deque())
-            while recent and now - recent[0] >= 60.0:
-                recent.popleft()
-            if len(recent) >= self.group_per_minute:
-                raise too_many_requests(max(1, math.ceil(60.0 - (now - recent[0]))))
-            recent.append(now)
-        self._last_send[chat.id] = now
+            while in_group and now - in_group[0] >= 60.0:
+                in_group.popleft()
+            leaving = len(in_group) + messages - self.group_per_minute
+            if leaving > 0:
+                oldest = in_group[min(leaving, len(in_group)) - 1] if in_group else now
+                raise too_many_requests(max(1, math.ceil(60.0 - (now - oldest))))
+            in_group.extend([now] * messages)
+        if self.per_chat_interval is not None:
+            in_chat.append(now)
 
     def _upload(self, value: Any, files: dict[str, UploadedFile], field_name: str, missing: str) -> UploadedFile | str:
         """The uploaded part a parameter refers to, or the string it holds (a file_id or URL)."""

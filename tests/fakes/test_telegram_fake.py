@@ -619,3 +619,117 @@ async def test_flood_control_counts_edits_and_group_minutes() -> None:
             with pytest.raises(RetryAfter):
                 await app.bot.send_message(group.id, "a fourth within the minute")
     assert fake.calls("sendMessage")[-1].response["parameters"]["retry_after"] >= 59
+
+
+OTHER_BOT = FakeUser(555, "Other bot", "OtherBot", is_bot=True)
+
+
+async def test_a_callback_query_is_answered_once_and_only_in_time() -> None:
+    """Telegram takes an answer only for a few seconds after the press, and only once; then the 400 it sends."""
+    async with FakeTelegram(token=TOKEN, max_long_poll=1.0, callback_query_timeout=0.3) as fake:
+        app = build_app(fake)
+        async with app:
+            chat = fake.private_chat(ALICE)
+            keyboard = InlineKeyboardMarkup([[InlineKeyboardButton("1★", callback_data="rate:1:1")]])
+            message = (await app.bot.send_message(chat.id, "Rate it", reply_markup=keyboard)).to_dict()
+            in_time = await fake.press_button(message, ALICE, "rate:1:1")
+            late = await fake.press_button(message, ALICE, "rate:1:1")
+            assert await app.bot.answer_callback_query(in_time, "Thanks")
+            with pytest.raises(BadRequest, match=r"(?i)query is too old and response timeout expired"):
+                await app.bot.answer_callback_query(in_time, "again")  # once only
+            await asyncio.sleep(0.4)
+            with pytest.raises(BadRequest, match=r"(?i)query is too old and response timeout expired"):
+                await app.bot.answer_callback_query(late, "Thanks")
+
+    refused = fake.calls("answerCallbackQuery")[-1]
+    assert refused.status == 400 and refused.response == {
+        "ok": False,
+        "error_code": 400,
+        "description": "Bad Request: query is too old and response timeout expired or query ID is invalid",
+    }
+    assert list(fake.callback_answers) == [in_time]
+
+
+async def test_privacy_mode_with_several_bots_in_a_group(fake: FakeTelegram) -> None:
+    """A plain /command reaches only the last bot that wrote in the group; /command@ThisBot always reaches it;
+    replies to messages meant for the bot reach it; an administrator bot gets everything."""
+    handled: list[str] = []
+
+    async def anything(update: Update, context: Context) -> None:
+        handled.append(update.message.text or update.message.caption or "photo")
+
+    app = build_app(fake)
+    app.add_handler(MessageHandler(filters.ALL, anything))
+    group = fake.group(-1005550001, "Two bots", other_bots=[OTHER_BOT])
+    alone = fake.group(-1005550002, "One bot")
+    async with polling(app, fake):
+        await fake.send_message(alone, ALICE, "/help")  # the only bot there: a plain command is for it
+        fake.bot_writes(group, OTHER_BOT, "I am the other bot")
+        await fake.send_message(group, ALICE, "/help")
+        addressed = await fake.send_message(group, ALICE, "/help@MmppTestBot")
+        await fake.send_message(group, BOB, "and me?", reply_to=addressed)  # a reply to a message meant for it
+        await until(lambda: len(handled) == 3)
+        await app.bot.send_message(group.id, "here is the help")  # now this bot wrote last
+        await fake.send_message(group, ALICE, "/styles")
+        await until(lambda: len(handled) == 4)
+        fake.bot_writes(group, OTHER_BOT, "me again")
+        await fake.send_message(group, ALICE, "/history")
+        group.bot_is_admin = True
+        await fake.send_photo(group, BOB, png(32, 32))
+        await until(lambda: len(handled) == 5)
+
+    assert handled == ["/help", "/help@MmppTestBot", "and me?", "/styles", "photo"]
+    plain = "privacy mode: a plain command goes only to the last bot that wrote in the group"
+    assert [(d.payload.get("text"), d.reason) for d in fake.dropped] == [("/help", plain), ("/history", plain)]
+    with pytest.raises(ValueError, match="not one of the group's other bots"):
+        fake.bot_writes(alone, OTHER_BOT, "not here")
+
+
+async def test_chat_members_administrators_and_who_gets_reactions(fake: FakeTelegram) -> None:
+    """getChatMember / getChatAdministrators as the Bot API answers them, read by PTB; reactions from a group
+    exist only for a bot that administers it."""
+    from telegram import ChatMemberAdministrator, ChatMemberMember, ChatMemberOwner
+
+    owner = FakeUser(1003, "Olga", "olga")
+    group = fake.group(owner=owner)
+    app = build_app(fake)
+    async with polling(app, fake, allowed_updates=[Update.MESSAGE, Update.MESSAGE_REACTION]):
+        bot_id = app.bot.id
+        assert isinstance(await app.bot.get_chat_member(group.id, bot_id), ChatMemberMember)
+        assert [member.user.id for member in await app.bot.get_chat_administrators(group.id)] == [owner.id]
+        sent = await app.bot.send_message(group.id, "a picture")
+        assert await fake.react(group, sent.message_id, ALICE, new=["👍"]) is None
+        group.bot_is_admin = True
+        administrator = await app.bot.get_chat_member(group.id, bot_id)
+        assert isinstance(administrator, ChatMemberAdministrator) and administrator.can_delete_messages
+        owners, bots = await app.bot.get_chat_administrators(group.id)
+        assert isinstance(owners, ChatMemberOwner) and bots.user.id == bot_id
+        assert await fake.react(group, sent.message_id, ALICE, new=["👍"]) is not None
+        assert (await app.bot.get_chat_member(group.id, 424242)).status == "left"
+        with pytest.raises(BadRequest, match="no administrators in the private chat"):
+            await app.bot.get_chat_administrators(fake.private_chat(ALICE).id)
+        with pytest.raises(BadRequest, match=r"(?i)chat not found"):
+            await app.bot.get_chat_member(-1009999, bot_id)
+    assert [d.reason for d in fake.dropped] == ["the bot is not an administrator of the group"]
+
+
+async def test_flood_control_allows_short_bursts_and_counts_album_messages() -> None:
+    async with FakeTelegram(token=TOKEN, per_chat_interval=1.0, per_chat_burst=3, group_per_minute=6) as fake:
+        private, group = fake.private_chat(ALICE), fake.group()
+        app = build_app(fake)
+        async with app:
+            for n in range(3):
+                await app.bot.send_message(private.id, f"burst {n}")
+            with pytest.raises(RetryAfter):
+                await app.bot.send_message(private.id, "a fourth within three seconds")
+            fake.per_chat_interval = None
+            album = [InputMediaPhoto(png(20, 20)) for _ in range(4)]
+            await app.bot.send_media_group(group.id, album)
+            await app.bot.send_message(group.id, "the fifth message")
+            with pytest.raises(RetryAfter):
+                await app.bot.send_media_group(group.id, album[:2])  # 7 messages within the minute
+            await app.bot.send_message(group.id, "the sixth")
+    refused = [call for call in fake.calls() if call.status == 429]
+    assert [call.method for call in refused] == ["sendMessage", "sendMediaGroup"]
+    assert refused[0].response["parameters"]["retry_after"] == 3
+    assert refused[1].response["parameters"]["retry_after"] >= 59
