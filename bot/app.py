@@ -18,11 +18,10 @@ from bot import metrics
 from bot.core import ChatCore
 from bot.metrics import MetricsServer
 from bot.queue import CeleryJobQueue, make_client
-from bot.redact import install_secret_filter
 from bot.settings import BotSettings
 from bot.storage import Storage
 from mmpp.errors import ErrorCode
-from mmpp.logs import is_error_line
+from mmpp.logs import SecretFilter, install_secret_filter, is_error_line
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,8 @@ class WorkerProcess:
     With a ``log_file`` its output (Celery's banner, library warnings, its log)
     is appended there by a reader thread, which also copies each error line to
     the terminal and says so there when the worker ends before it is stopped;
-    without one the output goes straight to the terminal's stderr.
+    without one the output goes straight to the terminal's stderr.  Those lines
+    bypass this process's log handlers, so the reader redacts ``secrets`` itself.
     """
 
     process: subprocess.Popen[bytes]
@@ -55,11 +55,15 @@ class WorkerProcess:
     terminal: TextIO = field(default_factory=lambda: sys.stderr)
     stopping: bool = False
     reader: threading.Thread | None = None
+    secrets: list[str] = field(default_factory=list)
 
     def copy_output(self) -> None:
         assert self.process.stdout is not None and self.log_file is not None
+        redactor = SecretFilter(self.secrets)
         with self.log_file.open("ab") as log:
             for line in self.process.stdout:
+                if redactor.secrets:
+                    line = redactor.redact(line.decode("utf-8", "replace")).encode("utf-8")
                 log.write(line)
                 log.flush()
                 text = line.decode("utf-8", "replace").rstrip()
@@ -75,16 +79,27 @@ class WorkerProcess:
             )
 
 
+#: What the worker never needs: it talks to the broker, not to the chats.
+CHAT_TOKEN_VARIABLES = ("DISCORD_TOKEN", "TELEGRAM_TOKEN")
+
+
+def worker_environment(settings: BotSettings) -> dict[str, str]:
+    """This process's environment for the worker child, without the chat tokens (nothing there can leak them)."""
+    env = {name: value for name, value in os.environ.items() if name not in CHAT_TOKEN_VARIABLES}
+    env["MMPP_QUEUE"] = settings.queue
+    return env
+
+
 def start_worker_process(settings: BotSettings, log_file: Path | None = None) -> WorkerProcess:
     """Start ``mmpp worker`` for this bot's queue; its output goes to ``log_file`` when given (see WorkerProcess)."""
     command = [sys.executable, "-m", "mmpp.cli", "worker", "--pool", "solo", "--loglevel", "WARNING"]
-    env = {**os.environ, "MMPP_QUEUE": settings.queue}
+    env = worker_environment(settings)
     if log_file is None:
         return WorkerProcess(subprocess.Popen(command, env=env, stdout=sys.stderr))
     log_file.parent.mkdir(parents=True, exist_ok=True)
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the file (and errors the terminal) as they are written
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    worker = WorkerProcess(process, log_file)
+    worker = WorkerProcess(process, log_file, secrets=settings.secrets())
     worker.reader = threading.Thread(target=worker.copy_output, name="worker-output", daemon=True)
     worker.reader.start()
     return worker
@@ -148,7 +163,8 @@ async def serve(settings: BotSettings, *, with_console: bool | None = None) -> N
     telegram_token = settings.telegram_token.get_secret_value()
     if with_console is None:
         with_console = not discord_token and not telegram_token
-    install_secret_filter([discord_token, telegram_token])
+    # `mmpp run` installed the filter with its logging; this covers any other caller and any handler since.
+    install_secret_filter(settings.secrets())
     async with open_core(settings) as core:
         adapters: list[Adapter] = []
         if discord_token:

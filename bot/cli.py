@@ -54,13 +54,21 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 OWN_LOGGERS = ("bot", "mmpp")
 
 
+def set_up_logging(command: str, verbose: bool, settings: BotSettings) -> Path | None:
+    """The logging of a chat-side command, tokens redacted on every handler; the log file, if any.
+
+    `mmpp run` is a conversation on the terminal: the worker's and the libraries' output
+    goes to a file unless -v asks for all of it here.
+    """
+    log_file = settings.run_log_file if command == "run" and not verbose else None
+    configure_logging(verbose, settings.log_format, log_file=log_file, own=OWN_LOGGERS, secrets=settings.secrets())
+    return log_file
+
+
 def main(command: str, argv: list[str]) -> int:
     arguments = build_parser(command).parse_args(argv)
     settings = BotSettings()
-    # `mmpp run` is a conversation on the terminal: the worker's and the libraries' output
-    # goes to a file unless -v asks for all of it here.
-    log_file = settings.run_log_file if command == "run" and not arguments.verbose else None
-    configure_logging(arguments.verbose, settings.log_format, log_file=log_file, own=OWN_LOGGERS)
+    log_file = set_up_logging(command, arguments.verbose, settings)
     return run_reporting_errors(lambda: asyncio.run(_dispatch(command, arguments, settings, log_file)), logger)
 
 

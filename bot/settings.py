@@ -8,6 +8,7 @@ Tokens keep their conventional names (``DISCORD_TOKEN``, ``TELEGRAM_TOKEN``,
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,3 +66,9 @@ class BotSettings(BaseSettings):
     def run_log_file(self) -> Path:
         """Where ``mmpp run`` writes the worker's and the libraries' output (``-v`` shows it on the terminal)."""
         return self.state_dir / "log" / "mmpp-run.log"
+
+    def secrets(self) -> list[str]:
+        """What must never reach a log: the chat tokens and the broker's password (see ``mmpp.logs.SecretFilter``)."""
+        password = urlsplit(self.redis_url).password if self.redis_url else None
+        tokens = [self.discord_token.get_secret_value(), self.telegram_token.get_secret_value()]
+        return [secret for secret in [*tokens, password or ""] if secret]

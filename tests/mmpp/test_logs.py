@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.redact import REDACTED, SecretFilter
-from mmpp.logs import JsonFormatter, configure_logging, is_error_line
+from mmpp.logs import REDACTED, JsonFormatter, SecretFilter, configure_logging, is_error_line
 
 
 def test_json_lines_carry_the_job_id() -> None:
