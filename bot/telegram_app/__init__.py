@@ -19,10 +19,15 @@ URLs or exception texts from the HTTP layer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from telegram import (
@@ -35,12 +40,12 @@ from telegram import (
     ReactionTypeEmoji,
     Update,
 )
-from telegram.constants import ChatType
+from telegram.constants import ChatMemberStatus, ChatType
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
 from telegram.ext import (
-    AIORateLimiter,
     Application,
     ApplicationBuilder,
+    BaseRateLimiter,
     CallbackQueryHandler,
     CommandHandler,
     ContextTypes,
@@ -77,8 +82,12 @@ COMMANDS = [
     ("history", "your recent jobs"),
     ("forget", "delete everything about you"),
 ]
+#: Attempts at one request (the first included) when Telegram answers 429 or the network fails.
 SEND_ATTEMPTS = 4
-#: ``rate_limit_args`` of a request made once: a 429 comes straight back (see :class:`RateLimiter`).
+#: The longest ``retry_after`` waited out; a longer one is raised at once (the core's delivery retries, bounded,
+#: come back later), so no reply sits in a loop for an hour.
+MAX_RETRY_AFTER_SECONDS = 60.0
+#: ``rate_limit_args`` of a best-effort request (a status edit): never waits, tried once (see :class:`FloodLimits`).
 ONE_ATTEMPT = -1
 NO_TEXT_TO_EDIT = "there is no text in the message to edit"
 #: Callback data of the inline buttons (at most 64 bytes), one kind per button, each routed to its own
@@ -90,6 +99,10 @@ STYLE_BUTTON = "style:{token}:{style}"
 RATE_PATTERN = r"^(?:rate|r):(?P<picture>[0-9]+):(?P<stars>[1-5])$"
 REROLL_PATTERN = r"^(?:reroll|rr):(?P<job>[0-9]+)$"
 STYLE_PATTERN = r"^(?:style|s):(?P<token>[A-Za-z0-9_-]+):(?P<style>[a-z0-9-]+)$"
+#: The longest text of a callback query's answer (Bot API: 0-200 characters).
+MAX_ANSWER_CHARACTERS = 200
+GROUP_CHATS = frozenset({ChatType.GROUP.value, ChatType.SUPERGROUP.value})
+ADMINISTRATORS = frozenset({ChatMemberStatus.ADMINISTRATOR.value, ChatMemberStatus.OWNER.value})
 
 
 def person_of(user: Any) -> Person:
@@ -104,38 +117,182 @@ def message_ref(chat_id: int | str, message_id: int | str) -> str:
     return f"{chat_id}:{message_id}"
 
 
-async def with_retries(action: Any, *arguments: Any, **keywords: Any) -> Any:
-    """Call the Bot API, waiting out 429s and retrying network failures.
+def retry_after_seconds(error: RetryAfter) -> float:
+    delay = error.retry_after
+    return delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
 
-    ``RetryAfter`` means the message was not sent, so retrying cannot post it
-    twice; a timeout is retried too, accepting a rare duplicate over a lost
-    reply.
+
+async def with_retries(action: Any, *arguments: Any, **keywords: Any) -> Any:
+    """Call the Bot API at most :data:`SEND_ATTEMPTS` times, waiting out a 429 or a network failure between.
+
+    ``RetryAfter`` means the message was not sent, so retrying cannot post it twice; its
+    ``retry_after`` is honoured up to :data:`MAX_RETRY_AFTER_SECONDS` (a longer one is raised at
+    once).  A timeout is retried too, accepting a rare duplicate over a lost reply; a refusal
+    (400, 403) is final.  The last attempt's error is raised.
     """
-    for attempt in range(SEND_ATTEMPTS):
+    for attempt in range(1, SEND_ATTEMPTS + 1):
         try:
             return await action(*arguments, **keywords)
         except RetryAfter as error:
-            delay = error.retry_after
-            await asyncio.sleep(delay.total_seconds() if hasattr(delay, "total_seconds") else float(delay))
-        except (TimedOut, NetworkError) as error:
-            if isinstance(error, BadRequest | Forbidden) or attempt == SEND_ATTEMPTS - 1:
+            pause = retry_after_seconds(error)
+            if attempt == SEND_ATTEMPTS or pause > MAX_RETRY_AFTER_SECONDS:
                 raise
-            await asyncio.sleep(0.5 * 2**attempt)
-    return await action(*arguments, **keywords)
+        except (TimedOut, NetworkError) as error:
+            if isinstance(error, BadRequest | Forbidden) or attempt == SEND_ATTEMPTS:
+                raise
+            pause = 0.5 * 2 ** (attempt - 1)
+        await asyncio.sleep(pause)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-class _RefusedOnceError(Exception):
-    def __init__(self, error: RetryAfter) -> None:
-        super().__init__()
-        self.error = error
+class NoRoomError(Exception):
+    """A best-effort request was not sent: the chat's flood budget had no room for it beside the sends."""
 
 
-class RateLimiter(AIORateLimiter):
-    """PTB's AIORateLimiter (throttling to Telegram's limits, waiting out 429s and retrying), except for
-    requests sent with ``rate_limit_args=ONE_ATTEMPT``: those are throttled alike but tried once, their
-    429 raised at once instead of held up (and holding up every other request) until Telegram allows
-    them.  Best-effort edits use it; PTB itself reads ``0`` as "the default number of retries".
+@dataclass
+class SlidingWindow:
+    """At most ``count`` requests in any ``seconds``: how Telegram is believed to count (and the fake counts).
+
+    Not a leaky bucket: a bucket that refills steadily lets nearly twice its size through within
+    one window, which a limit per window refuses.
     """
+
+    count: int
+    seconds: float
+    times: deque[float] = field(default_factory=deque)
+
+    def _expire(self, now: float) -> None:
+        while self.times and now - self.times[0] >= self.seconds:
+            self.times.popleft()
+
+    def free(self, now: float) -> int:
+        self._expire(now)
+        return self.count - len(self.times)
+
+    def wait(self, now: float, amount: int) -> float:
+        """Seconds until ``amount`` more fit (0: now)."""
+        self._expire(now)
+        leaving = len(self.times) + min(amount, self.count) - self.count
+        return 0.0 if leaving <= 0 else self.times[leaving - 1] + self.seconds - now
+
+    def take(self, now: float, amount: int) -> None:
+        self.times.extend([now] * min(amount, self.count))
+
+
+#: Telegram's flood limits as this bot keeps them (Telegram publishes no exact rule): about 30 requests a
+#: second overall; about one message a second per chat, short bursts tolerated (here: 3 in 3 s); 20
+#: messages a minute in a group, an album counting each of its messages.  Each window is a little
+#: longer than the rule, so the time a request takes to reach Telegram never makes two look closer there.
+OVERALL_PER_SECOND = 30
+CHAT_BURST = 3
+CHAT_BURST_SECONDS = 3.0
+GROUP_PER_MINUTE = 20
+WINDOW_MARGIN_SECONDS = 0.25
+#: What a best-effort request must leave free of each limit for the sends that may come right after it.
+OVERALL_RESERVE = 10
+CHAT_RESERVE = 1
+GROUP_RESERVE = 5
+#: The most times one send re-checks the limits before going anyway (another chat's sends can take the
+#: overall budget meanwhile); a 429 then is still handled by the caller.
+MAX_TURN_WAITS = 50
+_COUNTED = ("send", "edit", "copy", "forward")
+
+
+class FloodLimits(BaseRateLimiter[int]):
+    """Telegram's flood limits kept on the bot's side, so a request waits its turn here instead of being refused.
+
+    Sends (pictures, replies, notices) wait for their turn, in order within a chat.  Best-effort
+    requests, sent with ``rate_limit_args=ONE_ATTEMPT`` (the status edits), never wait: when the
+    chat lacks room for them and a reserve for the sends (or a send is waiting there), they are
+    refused at once with :class:`NoRoomError`, without reaching Telegram, so a picture never
+    queues behind a status edit; :meth:`has_room` lets the core see that before it tries.  A 429
+    that Telegram still answers blocks the chat's best-effort requests for its ``retry_after``,
+    goes to ``on_refused(chat_id, seconds)`` (the core holds the chat's status edits) and is
+    raised: nothing here retries, the callers do, bounded (:func:`with_retries`).
+    """
+
+    def __init__(
+        self,
+        on_refused: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.on_refused = on_refused
+        self._clock = clock
+        self._sleep = sleep
+        self._overall = SlidingWindow(OVERALL_PER_SECOND, 1.0 + WINDOW_MARGIN_SECONDS)
+        self._chats: dict[str, SlidingWindow] = {}
+        self._groups: dict[str, SlidingWindow] = {}
+        self._blocked_until: dict[str, float] = {}
+        self._turns: dict[str, asyncio.Lock] = {}
+
+    async def initialize(self) -> None:
+        """Nothing to set up."""
+
+    async def shutdown(self) -> None:
+        """Nothing to close."""
+
+    @staticmethod
+    def is_group(chat_id: str) -> bool:
+        """Groups, supergroups (and channels) have negative ids or are named by ``@username``."""
+        return chat_id.startswith(("-", "@"))
+
+    def _windows(self, chat_id: str) -> list[tuple[SlidingWindow, int, int]]:
+        """Each limit a request in the chat counts against: ``(window, reserve, counts an album as its size)``."""
+        if len(self._chats) > 1024:
+            now = self._clock()
+            for name in [name for name, window in self._chats.items() if window.free(now) == window.count]:
+                del self._chats[name]
+                self._groups.pop(name, None)
+        chat = self._chats.setdefault(chat_id, SlidingWindow(CHAT_BURST, CHAT_BURST_SECONDS + WINDOW_MARGIN_SECONDS))
+        windows = [(self._overall, OVERALL_RESERVE, 0), (chat, CHAT_RESERVE, 0)]
+        if self.is_group(chat_id):
+            group = self._groups.setdefault(chat_id, SlidingWindow(GROUP_PER_MINUTE, 60.0 + WINDOW_MARGIN_SECONDS))
+            windows.append((group, GROUP_RESERVE, 1))
+        return windows
+
+    def has_room(self, chat_id: str) -> bool:
+        """Whether a best-effort request in the chat would be sent now (and leave the reserves free)."""
+        now = self._clock()
+        if now < self._blocked_until.get(chat_id, 0.0):
+            return False
+        turn = self._turns.get(chat_id)
+        if turn is not None and turn.locked():
+            return False  # a send is waiting for its turn: it gets the next slot
+        return all(window.free(now) >= 1 + reserve for window, reserve, _ in self._windows(chat_id))
+
+    def _turn(self, chat_id: str) -> asyncio.Lock:
+        if len(self._turns) > 1024:
+            for name in [name for name, lock in self._turns.items() if not lock.locked()]:
+                del self._turns[name]
+        return self._turns.setdefault(chat_id, asyncio.Lock())
+
+    def _take(self, chat_id: str, messages: int) -> None:
+        now = self._clock()
+        for window, _, by_size in self._windows(chat_id):
+            window.take(now, messages if by_size else 1)
+
+    def _delay(self, chat_id: str, messages: int) -> float:
+        now = self._clock()
+        waits = [window.wait(now, messages if by_size else 1) for window, _, by_size in self._windows(chat_id)]
+        return max([self._blocked_until.get(chat_id, 0.0) - now, *waits])
+
+    async def _wait_turn(self, chat_id: str, messages: int) -> None:
+        async with self._turn(chat_id):
+            for _ in range(MAX_TURN_WAITS):
+                delay = self._delay(chat_id, messages)
+                if delay <= 0:
+                    break
+                await self._sleep(delay)
+            self._take(chat_id, messages)
+
+    def _refused(self, chat_id: str, seconds: float) -> None:
+        self._blocked_until[chat_id] = max(self._blocked_until.get(chat_id, 0.0), self._clock() + seconds)
+        if self.on_refused is not None:
+            try:
+                self.on_refused(chat_id, seconds)
+            except Exception:  # reporting must never turn a 429 into another error
+                logger.warning("reporting a 429 in a chat failed", exc_info=True)
 
     async def process_request(
         self,
@@ -146,19 +303,22 @@ class RateLimiter(AIORateLimiter):
         data: dict[str, Any],
         rate_limit_args: int | None,
     ) -> bool | dict[str, Any] | list[dict[str, Any]]:
-        if rate_limit_args != ONE_ATTEMPT:
-            return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
-
-        async def once(*arguments: Any, **keywords: Any) -> bool | dict[str, Any] | list[dict[str, Any]]:
-            try:
-                return await callback(*arguments, **keywords)
-            except RetryAfter as error:
-                raise _RefusedOnceError(error) from None  # not a RetryAfter: the limiter does not retry it
-
+        chat = data.get("chat_id")
+        if chat is None or not endpoint.startswith(_COUNTED) or endpoint == "sendChatAction":
+            return await callback(*args, **kwargs)  # Telegram counts messages sent and edited, not the rest
+        chat_id = str(chat)
+        messages = len(data.get("media") or ()) if endpoint == "sendMediaGroup" else 1
+        if rate_limit_args == ONE_ATTEMPT:
+            if not self.has_room(chat_id):
+                raise NoRoomError(f"no room in the chat's flood budget for {endpoint}")
+            self._take(chat_id, messages)
+        else:
+            await self._wait_turn(chat_id, messages)
         try:
-            return await super().process_request(once, args, kwargs, endpoint, data, None)
-        except _RefusedOnceError as refused:
-            raise refused.error from None
+            return await callback(*args, **kwargs)
+        except RetryAfter as error:
+            self._refused(chat_id, retry_after_seconds(error))
+            raise
 
 
 # --------------------------------------------------------------------------- the core → Telegram
@@ -167,14 +327,22 @@ class RateLimiter(AIORateLimiter):
 class TelegramDelivery:
     platform = PLATFORM
     #: Telegram allows a bot about one message a second per chat and 20 a minute in a group, edits included.
-    #: Status edits take half of that (one per 2 s in private chats, 10 a minute elsewhere), shared by every
-    #: job of the chat, so the pictures and replies to others still fit.
-    status_edit_pace = EditPace(6.0, per="chat", by_chat_kind={ChatType.PRIVATE.value: 2.0})
+    #: Status edits take at most half of a private chat's (one per 2 s) and a quarter of a group's (5 a
+    #: minute), shared by every job of the chat, and only when the chat's budget has room for them beside
+    #: the pictures and replies (the instance's pace asks its :class:`FloodLimits`).
+    status_edit_pace = EditPace(12.0, per="chat", by_chat_kind={ChatType.PRIVATE.value: 2.0})
 
     def __init__(self, application: Application) -> None:
         self.application = application
         #: Status messages that carry a photo now, so their text is a caption.
         self._captioned: set[str] = set()
+        limits = application.bot.rate_limiter
+        self.limits = limits if isinstance(limits, FloodLimits) else None
+        if self.limits is not None:
+            self.status_edit_pace = dataclasses.replace(type(self).status_edit_pace, room=self._room_for_status)
+
+    def _room_for_status(self, job: Job) -> bool:
+        return self.limits is None or self.limits.has_room(str(job.reply_context["chat_id"]))
 
     @property
     def bot(self) -> Any:
@@ -296,8 +464,41 @@ async def reply_line(update: Update, text: str) -> None:
         await with_retries(update.effective_message.reply_text, text)
 
 
+def in_a_group(message: Message | None) -> bool:
+    return message is not None and str(message.chat.type) in GROUP_CHATS
+
+
 async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    await reply_line(update, core_of(context).help_text(HOW_TO_ORDER))
+    """``/start`` and ``/help``; in a group they name ``/profile@ThisBot``, the form that reaches this bot
+    whichever bot spoke last (privacy mode gives a plain ``/profile`` only to the last bot that wrote)."""
+    how_to_order = HOW_TO_ORDER
+    if in_a_group(update.effective_message):
+        how_to_order = texts.how_to_order_in_a_group(f"/profile@{context.bot.username}")
+    await reply_line(update, core_of(context).help_text(how_to_order))
+
+
+async def on_group_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Before anything else a command in a group does: once per group, say so where reactions never reach the bot.
+
+    Telegram sends ``message_reaction`` updates from a group only to bots that administer it; the
+    core asks (through ``getChatMember``) only while the group has not been told, and remembers.
+    Best effort: a failure here never stops the command itself.
+    """
+    message = update.effective_message
+    if message is None:
+        return
+    chat_id = message.chat.id
+
+    async def bot_sees_reactions() -> bool:
+        member = await with_retries(context.bot.get_chat_member, chat_id, context.bot.id)
+        return str(member.status) in ADMINISTRATORS
+
+    try:
+        notice = await core_of(context).reactions_notice(PLATFORM, str(chat_id), bot_sees_reactions)
+        if notice is not None:
+            await with_retries(context.bot.send_message, chat_id=chat_id, text=notice)
+    except Exception as error:  # noqa: BLE001 - the command goes on whatever happened to the notice
+        logger.warning("the reactions notice in a group failed (%s)", type(error).__name__)
 
 
 async def on_styles(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -378,23 +579,68 @@ def style_keyboard(core: ChatCore, token: str) -> InlineKeyboardMarkup:
     return InlineKeyboardMarkup([buttons[index : index + 2] for index in range(0, len(buttons), 2)])
 
 
-ButtonHandler = Callable[[CallbackQuery, re.Match[str], ContextTypes.DEFAULT_TYPE], Awaitable[None]]
+class QueryAnswer:
+    """Answers one callback query, once, in one attempt, and never fails.
+
+    Telegram takes the answer only for a few seconds after the press ("query is too old and
+    response timeout expired" after that), so each button answers first and works after; a late
+    or refused answer is logged, and what the button did is then shown in the chat instead.
+    """
+
+    def __init__(self, query: CallbackQuery) -> None:
+        self._query = query
+        self.tried = False
+
+    async def __call__(self, text: str | None = None, *, alert: bool = False) -> bool:
+        """Whether Telegram took the answer; ``False`` also when the query was answered (or tried) before."""
+        if self.tried:
+            return False
+        self.tried = True
+        try:
+            await self._query.answer(text[:MAX_ANSWER_CHARACTERS] if text else None, show_alert=alert)
+        except (RetryAfter, NetworkError) as error:  # BadRequest (a NetworkError) is "query is too old"
+            logger.info("could not answer a callback query (%s)", type(error).__name__)
+            return False
+        return True
+
+
+ButtonHandler = Callable[[CallbackQuery, re.Match[str], ContextTypes.DEFAULT_TYPE, QueryAnswer], Awaitable[None]]
+
+
+async def post_button_outcome(query: CallbackQuery, context: ContextTypes.DEFAULT_TYPE, text: str) -> None:
+    """What a button did, as a message under the button's message (its query answered already, or too old)."""
+    if query.message is not None:
+        chat_id: int = query.message.chat.id
+        reply_to: int | None = query.message.message_id
+    else:
+        chat_id, reply_to = query.from_user.id, None
+    await with_retries(
+        context.bot.send_message, chat_id=chat_id, text=text, reply_to_message_id=reply_to,
+        allow_sending_without_reply=True,
+    )  # fmt: skip
 
 
 def button(handler: ButtonHandler) -> Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, None]]:
-    """A handler for one kind of button: the pattern's match goes in, an error comes back as an alert."""
+    """A handler for one kind of button.  It answers the query itself (as soon as it can, see
+    :class:`QueryAnswer`); an error before that becomes an alert, one after (or one that does not fit
+    an alert) a one-line message in the chat; an unanswered query is answered empty at the end."""
 
     @functools.wraps(handler)
-    async def answer(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def on_press(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         query = update.callback_query
         if query is None or context.match is None:
             return
+        answer = QueryAnswer(query)
         try:
-            await handler(query, context.match, context)
+            await handler(query, context.match, context, answer)
         except MmppError as error:
-            await query.answer(f"{error.message} ({error.code.value})"[:200], show_alert=True)
+            alert = f"{error.message} ({error.code.value})"
+            if answer.tried or len(alert) > MAX_ANSWER_CHARACTERS or not await answer(alert, alert=True):
+                await post_button_outcome(query, context, failure_text(error.code, error.message))
+        finally:
+            await answer()
 
-    return answer
+    return on_press
 
 
 def _where(query: CallbackQuery) -> tuple[int, dict[str, Any]]:
@@ -405,26 +651,38 @@ def _where(query: CallbackQuery) -> tuple[int, dict[str, Any]]:
 
 
 @button
-async def on_rate_button(query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE) -> None:
+async def on_rate_button(
+    query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE, answer: QueryAnswer
+) -> None:
+    """A rating is one local write (milliseconds, no request), so its outcome can ride on the answer."""
     stars = int(match["stars"])
     await core_of(context).rate(person_of(query.from_user), int(match["picture"]), stars, "button")
-    await query.answer(texts.thanks_for_rating(stars))
+    await answer(texts.thanks_for_rating(stars))
 
 
 @button
-async def on_reroll_button(query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE) -> None:
+async def on_reroll_button(
+    query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE, answer: QueryAnswer
+) -> None:
+    """Answered first: ordering (the database, the status message, the queue) can outlast Telegram's wait.
+    The job's status message, or a one-line error, is the outcome."""
+    await answer(texts.REROLLING)
     chat_id, reply_context = _where(query)
     await core_of(context).reroll(
         person_of(query.from_user), int(match["job"]), f"callback:{query.id}", str(chat_id), reply_context
     )
-    await query.answer(texts.REROLLING)
 
 
 @button
-async def on_style_button(query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE) -> None:
+async def on_style_button(
+    query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE, answer: QueryAnswer
+) -> None:
+    """The waiting photo is taken from memory (a stale button still gets an alert), then the query is
+    answered, before the download (up to 20 MB) and the order; their outcome shows in the chat."""
     core = core_of(context)
     chooser = person_of(query.from_user)
     choice = core.take_style_choice(match["token"], chooser, match["style"])
+    await answer(texts.order_taken(match["style"]))
     data = await _download(context, *choice.photo)
     chat_id, reply_context = _where(query)
     await core.order_profile(
@@ -433,7 +691,6 @@ async def on_style_button(query: CallbackQuery, match: re.Match[str], context: C
             photo_type=choice.photo[2],
         )
     )  # fmt: skip
-    await query.answer(texts.order_taken(match["style"]))
 
 
 async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -455,6 +712,10 @@ async def on_reaction(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Every failure ends as one line to the person; the exception is logged, the bot goes on."""
     error = context.error
+    if isinstance(error, RetryAfter):
+        # Telegram kept refusing after the bounded retries: a reply about it would be refused too.
+        logger.warning("telegram kept refusing a reply as too many requests; it was not sent")
+        return
     if isinstance(error, MmppError):
         text = failure_text(error.code, error.message)
     else:
@@ -474,11 +735,14 @@ def build_application(core: ChatCore, settings: BotSettings, token: str | None =
         .token(token or settings.telegram_token.get_secret_value())
         .base_url(settings.telegram_base_url)
         .base_file_url(settings.telegram_base_file_url)
-        .rate_limiter(RateLimiter(max_retries=3))
+        .rate_limiter(FloodLimits(on_refused=functools.partial(core.rate_limited, PLATFORM)))
         .concurrent_updates(True)
         .build()
     )
     application.bot_data["core"] = core
+    # Group -1 runs before the handlers below, for every command (or command caption) in a group.
+    group_command = filters.ChatType.GROUPS & (filters.COMMAND | filters.CaptionRegex(r"^/"))
+    application.add_handler(MessageHandler(group_command, on_group_command), group=-1)
     application.add_handler(CommandHandler(["start", "help"], on_start))
     application.add_handler(CommandHandler("styles", on_styles))
     application.add_handler(CommandHandler("history", on_history))

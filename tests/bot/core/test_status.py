@@ -184,7 +184,7 @@ def test_discord_stays_within_5_edits_per_5_s_per_message_with_room_for_the_last
     assert most_in_a_window(times, 5.0) <= 4  # the edit that says the pictures are there makes 5 at most
 
 
-@pytest.mark.parametrize(("kind", "per_minute"), [("private", 30), ("group", 10), ("supergroup", 10)])
+@pytest.mark.parametrize(("kind", "per_minute"), [("private", 30), ("group", 5), ("supergroup", 5)])
 def test_telegram_stays_within_one_per_second_per_chat_and_20_a_minute_in_groups(kind: str, per_minute: int) -> None:
     pace = TelegramDelivery.status_edit_pace
     # Three jobs in one chat: the chat's budget is shared, not multiplied.

@@ -491,13 +491,14 @@ async def test_refused_preview_edits_change_nothing_about_delivery(
     fake: FakeTelegram, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Telegram answers the first three preview edits 400, 429 and 500: each is tried once (PTB's rate limiter
-    alone would wait out the 429 and hold every other request meanwhile), the text edits go on, the picture
-    arrives once.  A scripted queue paints for some seconds with a new preview at every poll."""
+    alone would wait out the 429 and hold every other request meanwhile); after the 429 the chat's status edits
+    wait its retry_after, the text edits go on, the picture arrives once.  A scripted queue paints for some
+    seconds with a new preview at every poll."""
     monkeypatch.setattr(status_rule, "PREVIEW_REFUSALS_TO_STOP", 3)
     fake.fail_next("editMessageMedia", 400, description="Bad Request: MEDIA_EMPTY")
-    fake.fail_next("editMessageMedia", 429, retry_after=5)
+    fake.fail_next("editMessageMedia", 429, retry_after=2)
     fake.fail_next("editMessageMedia", 500)
-    started = await start_bot(fake, tmp_path, "unused", ScriptedQueue(progress_polls=100, previews_every=1))
+    started = await start_bot(fake, tmp_path, "unused", ScriptedQueue(progress_polls=150, previews_every=1))
     try:
         chat = fake.private_chat(ALICE)
         await fake.send_photo(chat, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime")
@@ -508,7 +509,7 @@ async def test_refused_preview_edits_change_nothing_about_delivery(
         assert [call.status for call in attempts] == [400, 429, 500]  # then previews stop for this job
         uploads = [next(iter(call.files.values())).data for call in attempts]
         assert len(uploads) == len(set(uploads))  # none sent again
-        assert attempts[2].at - attempts[1].at < 5.0  # the 429's retry_after was not waited out
+        assert attempts[2].at - attempts[1].at >= 2.0  # the chat's status edits waited the 429's retry_after
         texts_after = [call for call in fake.calls("editMessageText") if call.at > attempts[-1].at and call.ok]
         assert texts_after  # still text (no preview was taken), still updated
         assert_within_telegram_limits(status_edits(fake, chat.id, status_id), spacing=1.0)
