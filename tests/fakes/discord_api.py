@@ -75,6 +75,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import aiohttp
 from aiohttp import web
 
+from tests.fakes.spec_validation import discord_refusal
+
 if TYPE_CHECKING:
     import discord
 
@@ -994,6 +996,10 @@ class FakeDiscord:
         route, params = matched
         if route.auth and request.headers.get("Authorization") != f"Bot {self.token}":
             return self._respond(rec, *_error(401, "401: Unauthorized"))
+        # Discord's own OpenAPI description: a field, type or limit it refuses is a 400 50035 here too.
+        refusal = discord_refusal(rec.method, path, rec.query, request.content_type, rec.json, [f.field for f in files])
+        if refusal is not None:
+            return self._respond(rec, refusal.status, refusal.body)
         fault = self._take_fault(request.method, path, rec)
         if fault is not None and fault.when == "before":
             rec.fault = fault

@@ -83,6 +83,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes.spec_validation import telegram_refusal
+
 try:  # The official list of reactions a bot may set; without PTB the fake accepts any emoji.
     from telegram.constants import ReactionEmoji
 
@@ -853,6 +855,10 @@ class FakeTelegram:
                 raise ApiError(404, "Not Found")
             call.params, call.files = await _read_params(request)
             self._record(call)
+            # The Bot API's own description: an unknown parameter, a missing one or a wrong type is a 400 here too.
+            refusal = telegram_refusal(method, call.params, call.files)
+            if refusal is not None:
+                raise ApiError(refusal.status, refusal.body["description"])
             fault = self._pop_fault(method)
             if fault is not None:
                 if fault.delay:
