@@ -356,10 +356,8 @@ class DiscordPlatform(Platform):
                 return
             if not any(PICTURE_FILE.match(item.get("filename", "")) for item in message.get("attachments", [])):
                 continue
-            # A person clicks the keycap the bot put under the picture: wait until that one is there.
-            if any(
-                item.get("me") and item["emoji"].get("name") == cycle.reaction for item in message.get("reactions", [])
-            ):
+            # The bot adds no reactions (its rating buttons come with the message): a person reacts at once.
+            if message.get("components"):
                 cycle.picture_ref = str(message_id)
                 cycle.pictures_seconds = time.monotonic() - cycle.sent_at
                 cycle.finish()

@@ -61,6 +61,14 @@ class BotSettings(BaseSettings):
     discord_guild_ready_timeout: float = 2.0
     #: Discord guild to register commands in at once (global registration takes up to an hour).
     discord_guild_id: str = ""
+    #: Delivering a job while the platform fails (429, 5xx, a network error): at most this many attempts, and
+    #: no new one later than ``delivery_retry_seconds`` after the first failure, with pauses doubling from
+    #: the first to the longest.  A refusal for good (403, 404, 400) ends the delivery at once; either way
+    #: the job then ends as DELIVERY_FAILED, once, and the requester is told in private where possible.
+    delivery_attempts: int = Field(default=8, ge=1)
+    delivery_retry_seconds: float = Field(default=900.0, ge=0)
+    delivery_pause_first_seconds: float = Field(default=2.0, gt=0)
+    delivery_pause_max_seconds: float = Field(default=120.0, gt=0)
 
     @property
     def run_log_file(self) -> Path:

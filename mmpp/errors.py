@@ -31,11 +31,13 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     PROMPT_BLOCKED = "PROMPT_BLOCKED"
     NOT_ALLOWED = "NOT_ALLOWED"
+    #: The platform would not take the outcome of a job (no permission to post there, retries exhausted).
+    DELIVERY_FAILED = "DELIVERY_FAILED"
 
 
 #: Codes that mean "our fault, or the machine's", not the user's: they exit with
 #: :data:`EXIT_INTERNAL` rather than :data:`EXIT_BAD_INPUT`.
-INTERNAL_CODES = frozenset({ErrorCode.INTERNAL, ErrorCode.TIMEOUT})
+INTERNAL_CODES = frozenset({ErrorCode.INTERNAL, ErrorCode.TIMEOUT, ErrorCode.DELIVERY_FAILED})
 
 
 class MmppError(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from bot.storage import Job, StoredPicture
 from mmpp.errors import ErrorCode
@@ -69,6 +69,20 @@ class EditPace:
         return self.by_chat_kind.get(chat_kind, self.seconds) if chat_kind else self.seconds
 
 
+class DeliveryRefused(Exception):  # noqa: N818 - a refusal, not an error of ours
+    """The platform refused a delivery for good: no permission to post there, an unknown chat, a request it will
+    never take.  Sending the same again cannot succeed (and Discord counts every refused request towards a
+    ban), so an adapter raises this instead of its library's error and the core stops at once."""
+
+
+@runtime_checkable
+class DirectMessages(Protocol):
+    """What an adapter whose platform lets a bot write to someone in private implements (Discord's DMs)."""
+
+    async def post_direct(self, job: Job, code: ErrorCode, text: str) -> None:
+        """Tell the job's requester, in private, how the job ended; raise if the platform refused."""
+
+
 class Delivery(Protocol):
     """What an adapter implements so the core can talk on its platform."""
 
@@ -93,7 +107,10 @@ class Delivery(Protocol):
 
         Right away, before adding rating controls: people react within
         milliseconds, and a reaction on a message the core does not know yet
-        would be lost.
+        would be lost.  A picture whose ``message_ref`` is set was posted by an
+        earlier attempt: never post it again (all are given, so that the caption
+        and the controls stay where they belong).  Raise :class:`DeliveryRefused`
+        for a refusal that retrying cannot change; anything else is retried.
         """
 
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None: ...

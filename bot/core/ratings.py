@@ -15,9 +15,11 @@ from bot.storage import Storage, StoredPicture
 from mmpp.errors import ErrorCode, MmppError
 from mmpp.feedback import summarise
 
-#: Reactions that count as ratings.  Discord offers the keycaps 1️⃣-5️⃣ under
-#: each picture; Telegram only allows its fixed reaction set, so common ones
-#: are mapped onto the same 1-5 scale.  Any other reaction is not a rating.
+#: Reactions that count as ratings.  On Discord people rate with the 1-5 buttons
+#: under each picture or react with the keycaps 1️⃣-5️⃣ themselves (the bot adds
+#: none: Discord allows about one reaction add per 0.25 s per channel);
+#: Telegram only allows its fixed reaction set, so common ones are mapped onto
+#: the same 1-5 scale.  Any other reaction is not a rating.
 REACTION_SCORES: dict[str, int] = {
     "1️⃣": 1, "2️⃣": 2, "3️⃣": 3, "4️⃣": 4, "5️⃣": 5,
     "🔥": 5, "😍": 5, "🤩": 5, "🏆": 5, "💯": 5, "❤": 5, "❤️": 5, "❤‍🔥": 5,
@@ -27,6 +29,8 @@ REACTION_SCORES: dict[str, int] = {
     "💩": 1, "🤮": 1, "😡": 1, "🤡": 1,
 }  # fmt: skip
 RATING_KEYCAPS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣"]
+#: The scores a rating control offers, lowest first.
+RATING_SCORES = (1, 2, 3, 4, 5)
 #: How many times a reaction on a not-yet-known message looks again (about 1.5 s in all).
 REACTION_WAIT_ATTEMPTS = 5
 

@@ -113,6 +113,20 @@ def status_line(job: Job, style: Style | None, jobs_ahead: int) -> str:
     return f"{label}: {count} queued, starting soon"
 
 
+def shorten(text: str, most: int) -> str:
+    """``text`` cut to ``most`` characters at most, an ellipsis where it was cut: platforms refuse a longer
+    message outright (Discord: 2000 characters), and a cut message still says most of what it meant."""
+    return text if len(text) <= most else text[: max(0, most - 1)].rstrip() + "…"
+
+
+def delivery_failed(job_id: int) -> str:
+    """Why a job ended as DELIVERY_FAILED, told to its requester in private."""
+    return (
+        f"I could not post the outcome of job {job_id} in the chat where you asked for it "
+        "(I may not be allowed to post there); ask an admin to let me post, then try again."
+    )
+
+
 def pictures_done(count: int) -> str:
     """What the status message says once the pictures are posted below it."""
     return f"Done: {count} pictures below. Rate them: {RATING_SCALE}."

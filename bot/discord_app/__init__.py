@@ -12,6 +12,15 @@ interaction's webhook while the token lives, as a channel message afterwards.
 While a job paints, its live preview is that message's one attachment (each
 new preview replaces the last); when the pictures are posted it says so and
 the preview is removed.
+
+Each picture carries its rating buttons (one row, 1-5); the last one also the
+re-roll button and the another-style menu.  The bot adds no reactions of its
+own: Discord allows about one reaction add per 0.25 s per channel, so five per
+picture would hold back every other job's pictures in a busy channel (and
+need permissions many servers do not give); people's own 1️⃣-5️⃣ reactions
+still count.  What Discord refuses for good (403, 404, 400) is raised as the
+core's :class:`DeliveryRefused`, so the core stops instead of asking again; the
+texts sent are cut to Discord's limits (2000 characters, 25 choices...).
 """
 
 from __future__ import annotations
@@ -21,13 +30,16 @@ import io
 import logging
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import discord
 from discord import app_commands
 
 from bot.core import ChatCore, EditPace, Person, PostedCallback, ProfileOrder, texts
-from bot.core.ratings import RATING_KEYCAPS
+from bot.core.platform import DeliveryRefused
+from bot.core.ratings import RATING_SCORES
 from bot.discord_app.endpoints import EndpointHTTPClient, Endpoints
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
@@ -39,16 +51,45 @@ logger = logging.getLogger(__name__)
 PLATFORM = "discord"
 #: Interaction tokens last 15 minutes; stop using one a minute before.
 TOKEN_LIFETIME_SECONDS = 14 * 60
-HOW_TO_ORDER = "Use /profile with a style and your selfie as the photo; rate the pictures with the 1️⃣-5️⃣ reactions."
+HOW_TO_ORDER = (
+    "Use /profile with a style and your selfie as the photo; rate the pictures with the 1-5 buttons under them "
+    "(or react with 1️⃣-5️⃣)."
+)
+#: Discord's limits on what a bot sends (its API refuses more with 400 Invalid Form Body).
+CONTENT_MAX = 2000
+CHOICES_MAX = 25  # autocomplete choices, and options of a select menu
+CHOICE_NAME_MAX = 100  # an autocomplete choice's name, a select option's label and value
+EMBED_FIELDS_MAX = 25
+EMBEDS_MAX = 10
+EMBED_CHARACTERS_MAX = 6000  # all embeds of a message together
+#: Room a failure line keeps for what goes around its text (a mention, the code).
+FAILURE_TEXT_MAX = CONTENT_MAX - 100
 
 
 def person_of(user: discord.abc.User) -> Person:
     return Person(PLATFORM, str(user.id), getattr(user, "display_name", "") or user.name)
 
 
+def fit(text: str) -> str:
+    """Message content within Discord's 2000 characters."""
+    return texts.shorten(text, CONTENT_MAX)
+
+
 def failure_line(code: ErrorCode, text: str) -> str:
-    """One line, whatever the message held: the code last, where people quote it from."""
-    return f"⚠️ {' '.join(text.split())} (`{code.value}`)"
+    """One line, whatever the message held, cut to fit a message: the code last, where people quote it from."""
+    return f"⚠️ {texts.shorten(' '.join(text.split()), FAILURE_TEXT_MAX)} (`{code.value}`)"
+
+
+@contextmanager
+def refusals_are_final() -> Iterator[None]:
+    """Discord's refusals that asking again cannot change (403, 404, 400...: not 429, not 5xx) as the core's
+    :class:`DeliveryRefused`; 429s and 5xx that discord.py gave up on, and network errors, pass as they are."""
+    try:
+        yield
+    except discord.HTTPException as error:
+        if 400 <= error.status < 500 and error.status != 429:
+            raise DeliveryRefused(f"Discord answered {error.status} (code {error.code})") from error
+        raise
 
 
 def preview_filename(job: Job) -> str:
@@ -103,7 +144,7 @@ class DiscordDelivery:
         if not token_alive(context):
             return None
         with self.client.endpoints.active():
-            message = await self._webhook(context).edit_message(int(context["original_message_id"]), content=text)
+            message = await self._webhook(context).edit_message(int(context["original_message_id"]), content=fit(text))
         return str(message.id)
 
     async def edit_status(self, job: Job, message_ref: str, text: str, preview: bytes | None = None) -> None:
@@ -112,7 +153,7 @@ class DiscordDelivery:
         if preview is not None:
             attachments = [discord.File(io.BytesIO(preview), filename=preview_filename(job), description="preview")]
         with self.client.endpoints.one_attempt():
-            await self._edit_status_message(job, int(message_ref), text, attachments)
+            await self._edit_status_message(job, int(message_ref), fit(text), attachments)
 
     async def _edit_status_message(
         self, job: Job, message_id: int, text: str, attachments: list[discord.File] | None
@@ -142,24 +183,27 @@ class DiscordDelivery:
     async def post_pictures(
         self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
     ) -> None:
-        with self.client.endpoints.active():
+        with self.client.endpoints.active(), refusals_are_final():
             await self._post_pictures(job, pictures, caption, on_posted)
 
     async def _post_pictures(
         self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
     ) -> None:
+        """Each picture not yet posted, recorded as posted the moment its message exists (before anything else)."""
         context = job.reply_context
         for index, picture in enumerate(pictures):
+            if picture.message_ref is not None:
+                continue  # posted by an earlier attempt: never again
             is_last = index == len(pictures) - 1
             content = caption if index == 0 else None
             if index == 0 and not token_alive(context):
                 content = f"<@{context.get('user_id')}> {caption}"
             file = discord.File(io.BytesIO(picture.png), filename=f"mmpp-{job.id}-{picture.position}.png")
-            view = job_view(job.id, self.client.core) if is_last else None
-            message = await self._send(context, content=content, file=file, view=view, nonce=f"{job.id}-{index}")
+            view = picture_view(job.id, picture.id, self.client.core, with_job_controls=is_last)
+            message = await self._send(
+                context, content=fit(content) if content else None, file=file, view=view, nonce=f"{job.id}-{index}"
+            )
             await on_posted(picture, str(message.id))
-            for keycap in RATING_KEYCAPS:
-                await message.add_reaction(keycap)
         if job.status_message_id:
             try:  # says where the pictures are, and takes the last preview away
                 await self._edit_status_message(
@@ -190,11 +234,17 @@ class DiscordDelivery:
         """Only the person sees it: an ephemeral follow-up while the interaction lives."""
         if token_alive(job.reply_context):
             with self.client.endpoints.active():
-                await self._webhook(job.reply_context).send(content=text, ephemeral=True, wait=True)
+                await self._webhook(job.reply_context).send(content=fit(text), ephemeral=True, wait=True)
 
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
-        with self.client.endpoints.active():
+        with self.client.endpoints.active(), refusals_are_final():
             await self._post_failure(job, code, text)
+
+    async def post_direct(self, job: Job, code: ErrorCode, text: str) -> None:
+        """A direct message to the requester (``POST /users/@me/channels``, then the message): where the bot
+        may not post in the channel any more, the one place left to say how the job ended."""
+        channel = await self.client.create_dm(discord.Object(id=int(job.reply_context["user_id"])))
+        await channel.send(content=failure_line(code, text))
 
     async def _post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
         context = job.reply_context
@@ -219,20 +269,58 @@ class DiscordDelivery:
 # --------------------------------------------------------------------------- buttons and menus (survive restarts)
 
 
-def job_view(job_id: int, core: ChatCore) -> discord.ui.View:
+def picture_view(job_id: int, picture_id: int, core: ChatCore, *, with_job_controls: bool) -> discord.ui.View:
+    """A picture's controls: a row of rating buttons; on the job's last picture also re-roll and another style
+    (three action rows of Discord's five)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(job_id))
-    view.add_item(RestyleSelect(job_id, core))
+    for score in RATING_SCORES:
+        view.add_item(RateButton(picture_id, score))
+    if with_job_controls:
+        view.add_item(RerollButton(job_id))
+        view.add_item(RestyleSelect(job_id, core))
     return view
+
+
+class RateButton(
+    discord.ui.DynamicItem[discord.ui.Button], template=r"mmpp:rate:(?P<picture>[0-9]+):(?P<score>[0-9]+)"
+):
+    """One score for one picture; the core's rating path decides (one rating per rater and picture, the last
+    choice wins).  The answer is private and one line."""
+
+    def __init__(self, picture_id: int, score: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=str(score), style=discord.ButtonStyle.secondary, custom_id=f"mmpp:rate:{picture_id}:{score}",
+                row=0,
+            )
+        )  # fmt: skip
+        self.picture_id = picture_id
+        self.score = score
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> RateButton:
+        return cls(int(match["picture"]), int(match["score"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        client: MmppClient = interaction.client  # type: ignore[assignment]
+        try:
+            await client.core.rate(person_of(interaction.user), self.picture_id, self.score, "button")
+        except MmppError as error:
+            await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
+            return
+        await interaction.response.send_message(texts.thanks_for_rating(self.score), ephemeral=True)
 
 
 class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"mmpp:reroll:(?P<job>[0-9]+)"):
     def __init__(self, job_id: int) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Re-roll", emoji="🔁", style=discord.ButtonStyle.secondary, custom_id=f"mmpp:reroll:{job_id}"
+                label="Re-roll", emoji="🔁", style=discord.ButtonStyle.secondary, custom_id=f"mmpp:reroll:{job_id}",
+                row=1,
             )
-        )
+        )  # fmt: skip
         self.job_id = job_id
 
     @classmethod
@@ -248,12 +336,15 @@ class RerollButton(discord.ui.DynamicItem[discord.ui.Button], template=r"mmpp:re
 class RestyleSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"mmpp:restyle:(?P<job>[0-9]+)"):
     def __init__(self, job_id: int, core: ChatCore | None = None) -> None:
         options = [
-            discord.SelectOption(label=item.display_name, value=item.name, emoji=item.emoji or None)
+            discord.SelectOption(
+                label=texts.shorten(item.display_name, CHOICE_NAME_MAX), value=item.name, emoji=item.emoji or None
+            )
             for item in (core.styles.values() if core else [])
-        ][:25]
+            if len(item.name) <= CHOICE_NAME_MAX
+        ][:CHOICES_MAX]
         select: discord.ui.Select = discord.ui.Select(
             placeholder="🎨 Another style", custom_id=f"mmpp:restyle:{job_id}",
-            options=options or [discord.SelectOption(label="anime", value="anime")],
+            options=options or [discord.SelectOption(label="anime", value="anime")], row=2,
         )  # fmt: skip
         super().__init__(select)
         self.job_id = job_id
@@ -316,7 +407,7 @@ class MmppClient(discord.Client):
         register_commands(self)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(RerollButton, RestyleSelect)
+        self.add_dynamic_items(RateButton, RerollButton, RestyleSelect)
         if self.settings.discord_guild_id:
             guild = discord.Object(id=int(self.settings.discord_guild_id))
             self.tree.copy_global_to(guild=guild)
@@ -329,7 +420,7 @@ class MmppClient(discord.Client):
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         if self.user is not None and payload.user_id == self.user.id:
-            return  # the keycaps the bot itself puts under each picture
+            return  # the bot's own reactions are no ratings (it adds none, but a server admin could make it)
         rater = Person(PLATFORM, str(payload.user_id), payload.member.display_name if payload.member else "")
         await self.core.reaction_added(rater, str(payload.message_id), str(payload.emoji))
 
@@ -412,23 +503,21 @@ def register_commands(client: MmppClient) -> None:
         # waiting up to an hour for Discord to pick up re-registered commands.
         typed = typed.lower().strip()
         return [
-            app_commands.Choice(name=f"{item.emoji} {item.display_name}", value=item.name)
+            app_commands.Choice(
+                name=texts.shorten(f"{item.emoji} {item.display_name}", CHOICE_NAME_MAX), value=item.name
+            )
             for item in core.styles.values()
             if typed in item.name or typed in item.display_name.lower()
-        ][:25]
+        ][:CHOICES_MAX]
 
     @client.tree.command(name="styles", description="List the styles")
     async def styles(interaction: discord.Interaction) -> None:
-        embed = discord.Embed(title="Styles", colour=discord.Colour.blurple())
-        for item in core.styles.values():
-            embed.add_field(
-                name=f"{item.emoji} {item.display_name} (`{item.name}`)", value=item.description, inline=False
-            )
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        await interaction.response.send_message(embeds=style_embeds(core), ephemeral=True)
 
     @client.tree.command(name="history", description="Your recent jobs")
     async def history(interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(await core.history_text(person_of(interaction.user)), ephemeral=True)
+        text = await core.history_text(person_of(interaction.user))
+        await interaction.response.send_message(fit(text), ephemeral=True)
 
     @client.tree.command(name="forget", description="Delete everything this bot stored about you")
     async def forget(interaction: discord.Interaction) -> None:
@@ -437,7 +526,25 @@ def register_commands(client: MmppClient) -> None:
 
     @client.tree.command(name="help", description="How to use this bot")
     async def help_command(interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(core.help_text(HOW_TO_ORDER), ephemeral=True)
+        await interaction.response.send_message(fit(core.help_text(HOW_TO_ORDER)), ephemeral=True)
+
+
+def style_embeds(core: ChatCore) -> list[discord.Embed]:
+    """The catalogue as embeds within Discord's limits: 25 fields an embed, 10 embeds, 6000 characters in all
+    (a catalogue too long for one message lists what fits; the autocomplete still offers every style)."""
+    embeds: list[discord.Embed] = []
+    characters = len("Styles")
+    for item in core.styles.values():
+        name, value = f"{item.emoji} {item.display_name} (`{item.name}`)", item.description
+        characters += len(name) + len(value)
+        if characters > EMBED_CHARACTERS_MAX:
+            break
+        if not embeds or len(embeds[-1].fields) == EMBED_FIELDS_MAX:
+            if len(embeds) == EMBEDS_MAX:
+                break
+            embeds.append(discord.Embed(title=None if embeds else "Styles", colour=discord.Colour.blurple()))
+        embeds[-1].add_field(name=name, value=value, inline=False)
+    return embeds
 
 
 class DiscordAdapter:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,12 +17,19 @@ from typing import Any
 import pytest
 
 import bot.discord_app as discord_app
+from bot import metrics
 from bot.core import ChatCore
 from bot.settings import BotSettings
 from bot.storage import Storage
 from tests.bot.conftest import ScriptedQueue
 from tests.conftest import SAMPLE_SELFIE
-from tests.fakes.discord_api import FakeDiscord
+from tests.fakes.discord_api import (
+    BOT_PERMISSIONS,
+    PERMISSION_ADD_REACTIONS,
+    PERMISSION_SEND_MESSAGES,
+    FakeDiscord,
+    RecordedRequest,
+)
 from tests.fakes.telegram_api import FakeTelegram
 from tests.faults.conftest import ALICE, replies_in, telegram_bot, wait_until
 
@@ -96,11 +104,11 @@ async def test_telegram_5xx_outage_longer_than_the_send_retries_still_delivers(
 
 
 @contextlib.asynccontextmanager
-async def discord_bot(fake: FakeDiscord, tmp_path: Path) -> AsyncIterator[tuple[ChatCore, Storage]]:
+async def discord_bot(fake: FakeDiscord, tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[ChatCore, Storage]]:
     settings = BotSettings(
         _env_file=None, database=tmp_path / "mmpp.sqlite3", state_dir=tmp_path / "state",
         discord_api_base=fake.api_base, discord_gateway_url=fake.gateway_url, discord_guild_ready_timeout=0.05,
-        poll_interval_seconds=0.05,
+        poll_interval_seconds=0.05, **overrides,
     )  # fmt: skip
     storage = await Storage.open(settings.database)
     core = ChatCore(storage, ScriptedQueue(), settings)
@@ -179,3 +187,139 @@ async def test_discord_503_on_a_channel_message_still_delivers_once(tmp_path: Pa
             await wait_until(lambda: picture_messages(fake), 10, "the picture after the 503")
         assert len(picture_messages(fake)) == 1
         await wait_marked_delivered_once(fake, storage)
+
+
+SELFIE = {"photo": ("selfie.jpg", SAMPLE_SELFIE.read_bytes(), "image/jpeg")}
+#: Delivery retries in a test: quick pauses, few attempts (the defaults wait minutes).
+QUICK_RETRIES = {"delivery_pause_first_seconds": 0.05, "delivery_pause_max_seconds": 0.2}
+
+
+def picture_posts(fake: FakeDiscord) -> list[RecordedRequest]:
+    """Every request that tried to post a picture (webhook follow-up or channel send), answered or refused."""
+    return [
+        request
+        for request in fake.requests
+        if request.method == "POST" and any(file.filename.startswith("mmpp-") for file in request.files)
+    ]
+
+
+def finished(outcome: str, code: str) -> float:
+    return metrics.JOBS_FINISHED.labels(outcome, code)._value.get()
+
+
+async def job_delivered(storage: Storage, job_id: int = 1) -> bool:
+    job = await storage.job(job_id)
+    return job is not None and job.delivered_at is not None
+
+
+async def test_discord_refused_reactions_post_each_picture_once_and_ratings_still_work(tmp_path: Path) -> None:
+    """A channel where the bot may post but not add reactions (common in real servers): each picture is posted
+    exactly once, the job is delivered, and people rate with the buttons under the pictures or their own
+    reactions."""
+    async with FakeDiscord() as fake, discord_bot(fake, tmp_path, **QUICK_RETRIES) as (core, storage):
+        fake.app_permissions = BOT_PERMISSIONS & ~PERMISSION_ADD_REACTIONS
+        await fake.send_slash_command("profile", {"style": "anime", "count": 2}, attachments=SELFIE)
+        await wait_until(lambda: job_delivered(storage), 20, "the job marked delivered")
+        await core.wait_idle(timeout=10)
+        posted = sorted(file.filename for request in picture_posts(fake) for file in request.files)
+        assert posted == ["mmpp-1-1.png", "mmpp-1-2.png"]  # each picture posted exactly once
+        assert len(picture_messages(fake)) == 2
+        assert not [request for request in fake.requests if "/reactions/" in request.path]  # none seeded
+
+        pictures = await storage.pictures(1)
+        assert [picture.message_ref for picture in pictures] == [message["id"] for message in picture_messages(fake)]
+        carol = fake.add_user("carol")
+        click = await fake.click_button(int(pictures[1].message_ref or 0), f"mmpp:rate:{pictures[1].id}:4", user=carol)
+        reply = await fake.wait_for_callback(click)
+        assert reply.accepted and reply.ephemeral and "\n" not in reply.data["content"]
+        await fake.add_reaction(int(pictures[0].message_ref or 0), "5️⃣", carol)
+
+        async def ratings() -> list[int | None]:
+            rater = await storage.find_user("discord", str(carol.id))
+            return [None, None] if rater is None else [await storage.rating(p.id, rater) for p in pictures]
+
+        await wait_until(lambda: _equals(ratings, [5, 4]), 10, "both ratings stored")
+
+
+async def _equals(read: Any, expected: Any) -> bool:
+    return await read() == expected
+
+
+async def test_discord_a_failed_picture_is_sent_again_without_reposting_the_ones_before(tmp_path: Path) -> None:
+    """Picture 2's follow-up is rate limited until discord.py gives up on it: the core tries the delivery again,
+    and only picture 2 goes out again; picture 1, which already has its message, is never posted twice."""
+    async with FakeDiscord() as fake, discord_bot(fake, tmp_path, **QUICK_RETRIES) as (core, storage):
+        fake.fail_next(
+            "POST", r"^/webhooks/\d+/[^/]+$", status=429, retry_after=0.01, times=5,
+            where=lambda request: any(file.filename == "mmpp-1-2.png" for file in request.files),
+        )  # fmt: skip
+        await fake.send_slash_command("profile", {"style": "anime", "count": 2}, attachments=SELFIE)
+        await wait_until(lambda: job_delivered(storage), 20, "the job marked delivered")
+        await core.wait_idle(timeout=10)
+        sent = [(file.filename, request.status) for request in picture_posts(fake) for file in request.files]
+        assert sent == [("mmpp-1-1.png", 200), *[("mmpp-1-2.png", 429)] * 5, ("mmpp-1-2.png", 200)]
+        assert len(picture_messages(fake)) == 2
+
+
+async def test_discord_past_the_token_without_send_permission_the_job_ends_once_with_a_dm(
+    tmp_path: Path, expired_tokens: None
+) -> None:
+    """The interaction token has expired and the bot may not post in the channel: Discord's 403 is final, so the
+    job ends at once, recorded as DELIVERY_FAILED and counted, and the requester is told in a direct message."""
+    before = finished("failed", "DELIVERY_FAILED")
+    async with FakeDiscord() as fake, discord_bot(fake, tmp_path, **QUICK_RETRIES) as (core, storage):
+        fake.app_permissions = BOT_PERMISSIONS & ~PERMISSION_SEND_MESSAGES
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments=SELFIE)
+        await wait_until(lambda: job_delivered(storage), 20, "the job ended")
+        await core.wait_idle(timeout=10)
+        await asyncio.sleep(0.5)  # nothing more happens afterwards
+        job = await storage.job(1)
+        assert job is not None and job.state == "failed" and job.error_code == "DELIVERY_FAILED"
+        assert job.error_message
+        refused = [
+            request for request in channel_posts(fake) if request.path.startswith(f"/channels/{fake.channel_id}")
+        ]
+        assert [request.status for request in refused] == [403]  # one attempt: a permanent refusal is not retried
+        assert refused[0].response["code"] == 50013
+        assert finished("failed", "DELIVERY_FAILED") == before + 1
+        direct = fake.dm_messages(fake.default_user)
+        assert len(direct) == 1 and "DELIVERY_FAILED" in direct[0]["content"] and "\n" not in direct[0]["content"]
+
+
+async def test_discord_past_the_token_with_dms_closed_the_job_still_ends_once(
+    tmp_path: Path, expired_tokens: None
+) -> None:
+    async with FakeDiscord() as fake, discord_bot(fake, tmp_path, **QUICK_RETRIES) as (core, storage):
+        fake.app_permissions = BOT_PERMISSIONS & ~PERMISSION_SEND_MESSAGES
+        fake.closed_dms.add(fake.default_user.id)
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments=SELFIE)
+        await wait_until(lambda: job_delivered(storage), 20, "the job ended")
+        await core.wait_idle(timeout=10)
+        await asyncio.sleep(0.5)
+        job = await storage.job(1)
+        assert job is not None and job.error_code == "DELIVERY_FAILED"
+        dm_channel = fake.dm_channels[fake.default_user.id]
+        dm_attempts = [request for request in channel_posts(fake) if request.path == f"/channels/{dm_channel}/messages"]
+        assert [request.status for request in dm_attempts] == [403]  # tried once, refused, not retried
+        assert len(channel_posts(fake)) == 2
+
+
+async def test_discord_a_channel_that_keeps_failing_is_given_up_within_the_bound(
+    tmp_path: Path, expired_tokens: None
+) -> None:
+    """503 on every channel send (discord.py does not retry a 503 itself): the core tries again with growing
+    pauses, at most ``delivery_attempts`` times, then ends the job as DELIVERY_FAILED, once."""
+    async with FakeDiscord() as fake, discord_bot(fake, tmp_path, delivery_attempts=3, **QUICK_RETRIES) as (
+        core, storage,
+    ):  # fmt: skip
+        fake.fail_next("POST", CHANNEL_MESSAGES.pattern, status=503, times=1000)
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments=SELFIE)
+        await wait_until(lambda: job_delivered(storage), 20, "the job given up")
+        await core.wait_idle(timeout=10)
+        await asyncio.sleep(0.5)
+        attempts = [request for request in picture_posts(fake) if request.path.startswith("/channels/")]
+        assert [request.status for request in attempts] == [503, 503, 503]
+        pauses = [later.time - earlier.time for earlier, later in itertools.pairwise(attempts)]
+        assert pauses[1] > pauses[0]  # growing pauses
+        job = await storage.job(1)
+        assert job is not None and job.error_code == "DELIVERY_FAILED"

@@ -25,7 +25,6 @@ from tests.conftest import REDIS_URL, SAMPLE_SELFIE
 from tests.fakes.discord_api import FakeDiscord, RecordedRequest
 
 MESSAGE_CONTENT_INTENT = 1 << 15
-KEYCAPS = ["1️⃣", "2️⃣", "3️⃣", "4️⃣", "5️⃣"]
 
 
 @dataclass
@@ -110,7 +109,15 @@ async def test_commands_are_registered_without_privileged_intents(running: Runni
     assert [choice["value"] for choice in suggestions] == ["pixel-art"]
 
 
-async def test_profile_is_deferred_at_once_and_the_pictures_arrive_with_rating_reactions(running: RunningBot) -> None:
+def custom_ids(message: dict) -> list[list[str]]:
+    """The custom ids of a message's components, row by row."""
+    return [[item["custom_id"] for item in row["components"]] for row in message.get("components", [])]
+
+
+async def test_profile_is_deferred_at_once_and_the_pictures_arrive_with_rating_buttons(running: RunningBot) -> None:
+    """Each picture carries a row of 1-5 rating buttons (the bot adds no reactions); the last one also re-roll
+    and another style.  A button rates through the core (the last choice wins) with a private one-line answer,
+    and people's own keycap reactions still count."""
     fake, storage = running.fake, running.storage
     interaction = await fake.send_slash_command(
         "profile", {"style": "anime", "count": 2}, attachments=selfie_attachment()
@@ -123,18 +130,26 @@ async def test_profile_is_deferred_at_once_and_the_pictures_arrive_with_rating_r
     files = [fake.message_files(message)[0] for message in pictures]
     assert all(Image.open(io.BytesIO(file.data)).format == "PNG" for file in files)
     assert "Anime" in pictures[0]["content"] and "noise" in pictures[0]["content"]
-    for message in pictures:
-        assert {emoji for message_id, emoji in fake.bot_reactions if message_id == int(message["id"])} == set(KEYCAPS)
-    components = pictures[-1]["components"]
-    custom_ids = {item["custom_id"] for row in components for item in row["components"]}
+    assert fake.bot_reactions == [] and not [request for request in fake.requests if "/reactions/" in request.path]
     job = (await storage.recent_jobs(1))[0]
-    assert {f"mmpp:reroll:{job.id}", f"mmpp:restyle:{job.id}"} <= custom_ids
+    stored = await storage.pictures(job.id)
+    for message, picture in zip(pictures, stored, strict=True):
+        assert custom_ids(message)[0] == [f"mmpp:rate:{picture.id}:{score}" for score in range(1, 6)]
+        assert [item["label"] for item in message["components"][0]["components"]] == ["1", "2", "3", "4", "5"]
+    assert len(custom_ids(pictures[0])) == 1
+    assert custom_ids(pictures[-1])[1:] == [[f"mmpp:reroll:{job.id}"], [f"mmpp:restyle:{job.id}"]]
 
     rater = fake.add_user("carol")
     first = int(pictures[0]["id"])
-    picture = (await storage.pictures(job.id))[0]
-    await fake.add_reaction(first, "4️⃣", rater)
+    picture = stored[0]
+    three = await fake.click_button(first, f"mmpp:rate:{picture.id}:3", user=rater)
+    answer = await fake.wait_for_callback(three)
+    assert answer.type == 4 and answer.ephemeral and answer.data["content"] == "Thanks: 3★"
     carol = await wait_for_user(storage, str(rater.id))
+    await wait_until(lambda: storage.rating(picture.id, carol), 3)
+    await fake.wait_for_callback(await fake.click_button(first, f"mmpp:rate:{picture.id}:2", user=rater))
+    await wait_until(lambda: storage.rating(picture.id, carol), 2)  # the last choice wins, one rating
+    await fake.add_reaction(first, "4️⃣", rater)
     await wait_until(lambda: storage.rating(picture.id, carol), 4)
     await fake.add_reaction(first, "5️⃣", rater)
     await wait_until(lambda: storage.rating(picture.id, carol), 5)
@@ -296,7 +311,7 @@ async def test_the_client_reaches_the_fake_without_changing_discord_py_for_the_p
         await running.core.wait_idle(timeout=30)
         assert library == (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
         assert any(request.path.startswith("/webhooks/") for request in fake.requests)  # follow-ups reached it
-        assert any("/reactions/" in request.path for request in fake.requests)  # REST reached it
+        assert any(request.path.startswith("/applications/") for request in fake.requests)  # REST reached it
     finally:
         await stop_bot(running)
     assert library == (discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY)
@@ -438,5 +453,67 @@ async def test_a_job_failing_past_the_token_leaves_no_status_behind(
         assert status_id is not None and preview_edits(fake, status_id)  # it showed previews meanwhile
         assert failure["content"].startswith(f"<@{fake.default_user.id}>")
         assert status_id in fake.deleted_message_ids and status_id not in fake.messages
+    finally:
+        await stop_bot(running)
+
+
+# --------------------------------------------------------------------------- Discord's limits, respected
+
+
+def many_styles_catalogue(folder: Path, count: int) -> Path:
+    """A catalogue of ``count`` styles with the longest names the catalogue allows (40-character display names)."""
+    lines = ["[defaults]", "fast_steps = 4", "fast_guidance = 1.0", "quality_steps = 25", "quality_guidance = 6.0", ""]
+    for index in range(count):
+        lines += [
+            f"[styles.style-{index:02d}]",
+            f'display_name = "{("Style number " + str(index)).ljust(40, "x")}"',
+            'emoji = "🎨"',
+            f'description = "{"A long description of the style. " * 3}"',
+            'prompt = "portrait of {subject}"',
+            "style_scale = 0.5",
+            "portrait_scale = 0.5",
+            "ip_adapter_scale = 0.6",
+            'mode = "fast"',
+            "",
+        ]
+    path = folder / "styles.toml"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+async def test_a_catalogue_over_discords_limits_is_cut_to_fit(fake: FakeDiscord, tmp_path: Path) -> None:
+    """30 styles: the autocomplete answers 25 choices, /styles and the another-style menu stay within Discord's
+    limits (the fake refuses more with 400), and the pictures still come."""
+    styles_file = many_styles_catalogue(tmp_path, 30)
+    running = await start_bot(fake, tmp_path, "unused", job_queue=ScriptedQueue(), styles_file=styles_file)
+    try:
+        typed = await fake.send_autocomplete("profile", {"style": ""}, "style")
+        answer = await fake.wait_for_callback(typed)
+        assert answer.accepted and len(answer.data["choices"]) == 25
+        assert all(len(choice["name"]) <= 100 for choice in answer.data["choices"])
+        listing = await fake.wait_for_callback(await fake.send_slash_command("styles"))
+        assert listing.accepted and [len(embed["fields"]) for embed in listing.data["embeds"]] == [25, 5]
+        await fake.send_slash_command("profile", {"style": "style-29"}, attachments=selfie_attachment())
+        await fake.wait_until(lambda: picture_messages(fake) or None, timeout=60)
+        await running.core.wait_idle(timeout=30)
+        menu = picture_messages(fake)[-1]["components"][-1]["components"][0]
+        assert menu["type"] == 3 and len(menu["options"]) == 25
+    finally:
+        await stop_bot(running)
+
+
+async def test_an_overlong_failure_is_cut_to_one_message_with_its_code(fake: FakeDiscord, tmp_path: Path) -> None:
+    """A worker's failure text longer than a Discord message: the person gets one line of at most 2000
+    characters, still ending with the code (the fake refuses a longer message, as Discord does)."""
+    queue = ScriptedQueue(error=MmppError(ErrorCode.INTERNAL, "the worker said " + "very " * 800 + "much"))
+    running = await start_bot(fake, tmp_path, "unused", job_queue=queue)
+    try:
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+        failure = await fake.wait_for_message(lambda item: "`INTERNAL`" in item.get("content", ""), timeout=60)
+        await running.core.wait_idle(timeout=30)
+        assert len(failure["content"]) <= 2000 and failure["content"].endswith("(`INTERNAL`)")
+        assert "\n" not in failure["content"] and failure["flags"] & 64
+        job = (await running.storage.recent_jobs(1))[0]
+        assert job.error_code == "INTERNAL" and job.delivered_at
     finally:
         await stop_bot(running)
