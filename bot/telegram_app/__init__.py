@@ -41,7 +41,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatMemberStatus, ChatType
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TimedOut
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -598,7 +598,7 @@ class QueryAnswer:
         self.tried = True
         try:
             await self._query.answer(text[:MAX_ANSWER_CHARACTERS] if text else None, show_alert=alert)
-        except (RetryAfter, NetworkError) as error:  # BadRequest (a NetworkError) is "query is too old"
+        except TelegramError as error:  # mostly BadRequest: "query is too old and response timeout expired"
             logger.info("could not answer a callback query (%s)", type(error).__name__)
             return False
         return True
