@@ -345,15 +345,14 @@ class Storage:
         )
         return bytes(rows[0][0]) if rows else None
 
-    async def release_selfie(self, job_id: int, keep_for: timedelta) -> None:
-        """After the job: delete the selfie, or keep it for re-rolls until a deadline."""
+    async def release_selfie(self, job_id: int, keep_for: timedelta, now: datetime | None = None) -> None:
+        """After the job: delete the selfie, or keep it for re-rolls until ``keep_for`` after ``now``."""
+        deadline = (now or utc_now()) + keep_for
         async with self.write() as db:
             if keep_for <= timedelta(0):
                 await db.execute("DELETE FROM selfies WHERE job_id = ?", (job_id,))
             else:
-                await db.execute(
-                    "UPDATE selfies SET expires_at = ? WHERE job_id = ?", (timestamp(utc_now() + keep_for), job_id)
-                )
+                await db.execute("UPDATE selfies SET expires_at = ? WHERE job_id = ?", (timestamp(deadline), job_id))
 
     async def purge_expired_selfies(self, now: datetime | None = None) -> int:
         async with self.write() as db:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: The longest the one private message about a job given up may take (a hung platform must not hold the follower).
 DIRECT_MESSAGE_TIMEOUT_SECONDS = 30.0
+#: How often the running bot deletes the selfies past their retention (it also does at start).
+SELFIE_PURGE_INTERVAL_SECONDS = 600.0
 #: The longest one status edit may hold up the follower (a hung platform must not hold up the pictures).
 STATUS_EDIT_TIMEOUT_SECONDS = 10.0
 ACCEPTED_MIME_TYPES = frozenset(photo.mime_type for photo in ACCEPTED_PHOTO_TYPES)
@@ -77,6 +79,7 @@ class Jobs:
         moderation: Moderation,
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.storage = storage
         self.queue = queue
@@ -85,6 +88,8 @@ class Jobs:
         self.styles = {style.name: style for style in catalogue}
         self.moderation = moderation
         self._clock = clock
+        #: How the housekeeping waits between purges: with ``clock``, what a test turns to run the schedule.
+        self._sleep = sleep
         self.status_edits = StatusEdits(monotonic)
         self._monotonic = monotonic
         self._deliveries: dict[str, Delivery] = {}
@@ -103,7 +108,7 @@ class Jobs:
 
     async def start(self) -> None:
         """Resume every undelivered job of the attached platforms."""
-        await self.storage.purge_expired_selfies()
+        await self.storage.purge_expired_selfies(self._clock())  # the selfies that expired while the bot was down
         for job in await self.storage.undelivered_jobs(list(self._deliveries)):
             logger.info("resuming job %s (%s)", job.id, job.state)
             if job.enqueued_at is None and job.state == "queued":
@@ -128,10 +133,12 @@ class Jobs:
             await asyncio.wait(list(self._followers.values()), timeout=remaining)
 
     async def _purge_periodically(self) -> None:
+        """Delete the selfies past their retention every :data:`SELFIE_PURGE_INTERVAL_SECONDS`, for as long as the
+        bot runs: a selfie is biometric data and its deadline is a promise made to its owner."""
         while True:
-            await asyncio.sleep(600)
+            await self._sleep(SELFIE_PURGE_INTERVAL_SECONDS)
             try:
-                await self.storage.purge_expired_selfies()
+                await self.storage.purge_expired_selfies(self._clock())
             except Exception:
                 logger.exception("purging expired selfies failed")
 
@@ -424,7 +431,7 @@ class Jobs:
             job.id, state="done", finished_at=timestamp(), result_meta=meta,
             progress_done=job.progress_total, error_code=None, error_message=None,
         )  # fmt: skip
-        await self.storage.release_selfie(job.id, timedelta(hours=self.settings.selfie_retention_hours))
+        await self.storage.release_selfie(job.id, timedelta(hours=self.settings.selfie_retention_hours), self._clock())
         await self._deliver(await self._reload(job))
 
     async def _finish_failed(self, job: Job, code: ErrorCode, message: str) -> None:

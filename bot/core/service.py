@@ -8,6 +8,7 @@ forwards, so adapters (and tests) call one object whatever part decides.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
@@ -37,7 +38,10 @@ class ChatCore:
         settings: BotSettings,
         catalogue: Catalogue | None = None,
         clock: Callable[[], datetime] = utc_now,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        """``clock`` is the core's now (quotas, selfie retention), ``sleep`` how it waits between selfie purges;
+        tests turn both by hand."""
         self.storage = storage
         self.queue = queue
         self.settings = settings
@@ -46,7 +50,7 @@ class ChatCore:
         self.catalogue = catalogue if catalogue is not None else load_catalogue(settings.styles_file)
         self.styles = {style.name: style for style in self.catalogue}
         self.moderation = Moderation(storage, settings, clock)
-        self.jobs = Jobs(storage, queue, settings, self.catalogue, self.moderation, clock)
+        self.jobs = Jobs(storage, queue, settings, self.catalogue, self.moderation, clock, sleep=sleep)
         self.ratings = Ratings(storage, self.jobs)
         self.pending_choices = PendingChoices()
         self._monotonic = time.monotonic
