@@ -310,6 +310,11 @@ class RateButton(
         except MmppError as error:
             await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
             return
+        except Exception:  # ours (the database...): the person gets the one line, the log the traceback
+            logger.exception("rating picture %s failed", self.picture_id)
+            text = failure_line(ErrorCode.INTERNAL, texts.SOMETHING_WENT_WRONG)
+            await interaction.response.send_message(text, ephemeral=True)
+            return
         await interaction.response.send_message(texts.thanks_for_rating(self.score), ephemeral=True)
 
 

@@ -517,3 +517,31 @@ async def test_an_overlong_failure_is_cut_to_one_message_with_its_code(fake: Fak
         assert job.error_code == "INTERNAL" and job.delivered_at
     finally:
         await stop_bot(running)
+
+
+async def test_a_rating_button_that_cannot_rate_answers_one_private_line(
+    fake: FakeDiscord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A picture deleted meanwhile (/forget) answers NOT_FOUND; a failure of ours answers INTERNAL: each as one
+    ephemeral line with its code, never an unanswered interaction."""
+    running = await start_bot(fake, tmp_path, "unused", job_queue=ScriptedQueue())
+    try:
+        await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+        await fake.wait_until(lambda: picture_messages(fake) or None, timeout=60)
+        await running.core.wait_idle(timeout=30)
+        message = picture_messages(fake)[0]
+        button = custom_ids(message)[0][4]
+
+        async def broken(*arguments: object) -> None:
+            raise RuntimeError("database is locked")
+
+        with monkeypatch.context() as patch:
+            patch.setattr(running.core, "rate", broken)
+            failed = await fake.wait_for_callback(await fake.click_button(int(message["id"]), button))
+        assert failed.ephemeral and failed.data["content"].endswith("(`INTERNAL`)")
+        await fake.wait_for_callback(await fake.send_slash_command("forget"))
+        await wait_until(lambda: running.storage.count("pictures"), 0)
+        gone = await fake.wait_for_callback(await fake.click_button(int(message["id"]), button))
+        assert gone.ephemeral and gone.data["content"].endswith("(`NOT_FOUND`)") and "\n" not in gone.data["content"]
+    finally:
+        await stop_bot(running)
