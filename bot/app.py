@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 async def open_core(settings: BotSettings) -> AsyncIterator[ChatCore]:
     """The core over the real database and broker; migrations are applied on open."""
     storage = await Storage.open(settings.database)
-    queue = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir))
+    # A job no worker has started by the end of the bot's patience is dropped by the worker, not painted for nobody.
+    client = make_client(settings.redis_url, settings.state_dir)
+    queue = CeleryJobQueue(client, expires_after=settings.job_timeout_seconds)
     core = ChatCore(storage, queue, settings)
     try:
         yield core
@@ -139,17 +141,31 @@ def metrics_server(settings: BotSettings, core: ChatCore, adapters: list[Adapter
     async def broker_ok() -> bool:
         return await queue.ping() if isinstance(queue, CeleryJobQueue) else True
 
+    async def broker_accepts_jobs() -> bool:
+        """False while the broker refuses jobs (full, unreachable): they wait in the database meanwhile."""
+        return core.jobs.admission.refusal is None
+
     async def adapters_ok() -> bool:
         return all(adapter.healthy() for adapter in adapters)
 
     async def refresh() -> None:
         for state, count in (await core.storage.job_counts_by_state()).items():
             metrics.JOBS_BY_STATE.labels(state).set(count)
+        load = await core.storage.broker_load()
+        for name in {*queues, *load}:
+            held, waiting = load.get(name, (0, 0))
+            metrics.JOBS_IN_BROKER.labels(name).set(held)
+            metrics.JOBS_WAITING.labels(name).set(waiting)
         if isinstance(queue, CeleryJobQueue):
             for name, depth in (await queue.depths(queues)).items():
                 metrics.QUEUE_DEPTH.labels(name).set(depth)
 
-    checks = {"database": database_ok, "broker": broker_ok, "adapters": adapters_ok}
+    checks = {
+        "database": database_ok,
+        "broker": broker_ok,
+        "broker_accepts_jobs": broker_accepts_jobs,
+        "adapters": adapters_ok,
+    }
     return MetricsServer(settings.metrics_port, checks, refresh)
 
 

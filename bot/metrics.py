@@ -2,9 +2,11 @@
 
 ``/metrics``: jobs by state (read from the database every scrape interval),
 jobs finished by outcome and error code, time from request to delivery,
-ratings stored, queue depth per Celery queue (with Redis).  ``/healthz``:
-200 when the database answers, the broker answers and every adapter is
-connected; 503 with the failing part named otherwise.
+ratings stored, queue depth per Celery queue (with Redis), jobs holding a
+place in the broker and jobs waiting for one per queue, whether the broker
+takes jobs and how often it refused one, the selfie bytes received and kept.
+``/healthz``: 200 when the database answers, the broker answers and takes
+jobs, and every adapter is connected; 503 with the failing part named otherwise.
 """
 
 from __future__ import annotations
@@ -30,6 +32,16 @@ DELIVERY_SECONDS = Histogram(
 )
 RATINGS = Counter("mmpp_bot_ratings_total", "Ratings stored or withdrawn, by source", ["source"])
 QUEUE_DEPTH = Gauge("mmpp_queue_depth", "Messages waiting in a Celery queue", ["queue"])
+BROKER_ACCEPTING = Gauge("mmpp_bot_broker_accepting", "1 while the broker takes jobs, 0 while it refuses them")
+BROKER_REFUSALS = Counter(
+    "mmpp_bot_broker_refusals_total", "Jobs the broker refused to take (full, unreachable, refused)", ["kind"]
+)
+JOBS_IN_BROKER = Gauge(
+    "mmpp_bot_jobs_in_broker", "Unfinished jobs holding one of their queue's places in the broker", ["queue"]
+)
+JOBS_WAITING = Gauge(
+    "mmpp_bot_jobs_waiting_for_broker", "Jobs waiting in the database for a place in their queue", ["queue"]
+)
 SELFIE_BYTES = Histogram(
     "mmpp_bot_selfie_bytes",
     "Bytes of each ordered selfie: as received, and as kept and sent (upright, at most 1024 px)",

@@ -23,6 +23,19 @@ from mmpp.contract import CELERY_WIRE_SETTINGS, GENERATE_TASK_NAME, broker_urls
 #: The worker's previews are JPEGs of at most 256 px (~10-30 KB); anything far larger is not one.
 MAX_PREVIEW_BYTES = 512 * 1024
 JPEG_MAGIC = b"\xff\xd8\xff"
+#: Room in one job's broker message for everything but the selfie: the other fields (a 500-character
+#: prompt escaped to JSON), Celery's headers, kombu's envelope.
+MESSAGE_OVERHEAD_BYTES = 8192
+
+
+def broker_message_bytes(selfie_bytes: int) -> int:
+    """An upper bound of what one job with a selfie of this size takes in the broker.
+
+    The selfie travels as base64 inside the JSON payload, which kombu's Redis transport base64-encodes
+    once more: 16/9 of its size; twice its size leaves room for Redis's own bookkeeping.  Admission
+    control (:mod:`bot.core.admission`) counts a queue's bytes with this.
+    """
+    return 2 * selfie_bytes + MESSAGE_OVERHEAD_BYTES
 
 
 @dataclass(frozen=True)
@@ -85,12 +98,23 @@ def make_client(redis_url: str, state_dir: Path) -> Celery:
 
 
 class CeleryJobQueue:
-    def __init__(self, app: Celery) -> None:
+    """``expires_after``: seconds after sending when a worker that has not started a job drops it (the bot,
+    whose patience is that long, has given up on it by then); ``None``: never."""
+
+    def __init__(self, app: Celery, expires_after: float | None = None) -> None:
         self._app = app
+        self._expires_after = expires_after
 
     async def submit(self, task_id: str, payload: dict[str, Any], queue: str) -> None:
         """Send by name with our own task id, so a re-send after a crash is the same job."""
-        await asyncio.to_thread(self._app.send_task, GENERATE_TASK_NAME, args=[payload], task_id=task_id, queue=queue)
+        await asyncio.to_thread(
+            self._app.send_task,
+            GENERATE_TASK_NAME,
+            args=[payload],
+            task_id=task_id,
+            queue=queue,
+            expires=self._expires_after,
+        )
 
     async def status(self, task_id: str) -> QueueStatus:
         return await asyncio.to_thread(self._status, task_id)

@@ -51,6 +51,11 @@ class BotSettings(BaseSettings):
     job_timeout_seconds: float = DEFAULT_JOB_TIMEOUT_SECONDS
     #: How often the bot asks the result backend about a running job.
     poll_interval_seconds: float = 0.5
+    #: Admission control, per Celery queue: at most this many jobs in the broker at once (waiting or
+    #: running) and this many bytes of their messages; the others wait in the database and are sent
+    #: oldest first as jobs finish.  Keep the count above the number of worker processes on the queue.
+    broker_max_jobs: int = Field(default=16, ge=1)
+    broker_max_bytes: int = Field(default=32 * 2**20, ge=1)
     #: Platform API addresses; tests point them at loopback fakes.
     discord_api_base: str = "https://discord.com/api/v10"
     telegram_base_url: str = "https://api.telegram.org/bot"

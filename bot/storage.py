@@ -12,7 +12,7 @@ import asyncio
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -69,6 +69,10 @@ class Job:
     enqueued_at: str | None
     finished_at: str | None
     delivered_at: str | None
+    #: The Celery queue it goes to; ``None`` only for rows older than migration 0004 (filled in at start).
+    queue: str | None = None
+    #: When it was given one of its queue's places in the broker (``enqueued_at``: when the broker took it).
+    admitted_at: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -225,6 +229,7 @@ class Storage:
         selfie: bytes,
         reply_context: dict[str, Any],
         parent_job_id: int | None = None,
+        queue: str | None = None,
     ) -> tuple[Job, bool]:
         """Write the job and its selfie before anything is enqueued.
 
@@ -239,11 +244,11 @@ class Storage:
                 return Job.from_row(existing[0]), False
             cursor = await db.execute(
                 "INSERT INTO jobs (task_id, user_id, platform, event_key, chat_id, style, prompt, mode, "
-                "picture_count, seed, parent_job_id, state, reply_context, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?)",
+                "picture_count, seed, parent_job_id, state, reply_context, created_at, queue) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                 (
                     task_id, user_id, platform, event_key, chat_id, style, prompt, mode,
-                    picture_count, seed, parent_job_id, json.dumps(reply_context), timestamp(),
+                    picture_count, seed, parent_job_id, json.dumps(reply_context), timestamp(), queue,
                 ),
             )  # fmt: skip
             job_id = cursor.lastrowid
@@ -264,7 +269,7 @@ class Storage:
     async def update_job(self, job_id: int, **fields: Any) -> None:
         allowed = {
             "state", "progress_done", "progress_total", "error_code", "error_message", "status_message_id",
-            "enqueued_at", "finished_at", "delivered_at", "result_meta", "reply_context",
+            "enqueued_at", "finished_at", "delivered_at", "result_meta", "reply_context", "queue", "admitted_at",
         }  # fmt: skip
         unknown = set(fields) - allowed
         if unknown:
@@ -286,11 +291,108 @@ class Storage:
         return [Job.from_row(row) for row in rows]
 
     async def queue_position(self, job: Job) -> int:
-        """Jobs enqueued before this one and not yet finished (any platform)."""
+        """Jobs of the same queue ordered before this one and not yet finished (any platform).
+
+        Each queue is fed oldest first (:meth:`admit_waiting`) and its workers take its jobs in order,
+        so these are the jobs that will be painted before this one; jobs of other queues do not count.
+        """
         rows = await fetch_all(
-            self._db, "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND id < ?", (job.id,)
+            self._db,
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND queue IS ? AND id < ?",
+            (job.queue, job.id),
         )
         return int(rows[0][0])
+
+    # ------------------------------------------------------------------ admission to the broker
+
+    async def admit_waiting(
+        self, platforms: Sequence[str], max_jobs: int, max_bytes: int, message_bytes: Callable[[int], int]
+    ) -> list[int]:
+        """Give the oldest waiting jobs of ``platforms`` a place in the broker; their ids, oldest first.
+
+        Queue by queue, a job is admitted while its queue's admitted, unfinished jobs stay within
+        ``max_jobs`` and ``max_bytes`` (each job counted as ``message_bytes(len(selfie))``), strictly
+        oldest first: a job that does not fit holds back the younger ones, so a large selfie is never
+        overtaken for ever, and a queue with nothing admitted takes its oldest job whatever its size.
+        One ``BEGIN IMMEDIATE`` transaction, so bot processes sharing the database never hand out the
+        same place twice.  Jobs of other platforms are left to the process that serves them.
+        """
+        if not platforms:
+            return []
+        marks = ",".join("?" for _ in platforms)
+        admitted: list[int] = []
+        async with self.write() as db:
+            load: dict[str | None, tuple[int, int]] = {}
+            for queue, selfie_bytes in await fetch_all(
+                db,
+                "SELECT jobs.queue, LENGTH(selfies.data) FROM jobs LEFT JOIN selfies ON selfies.job_id = jobs.id "
+                "WHERE jobs.state IN ('queued', 'running') AND jobs.admitted_at IS NOT NULL",
+            ):
+                count, size = load.get(queue, (0, 0))
+                load[queue] = (count + 1, size + message_bytes(int(selfie_bytes or 0)))
+            queues = await fetch_all(
+                db,
+                "SELECT DISTINCT queue FROM jobs WHERE state = 'queued' AND admitted_at IS NULL "
+                f"AND queue IS NOT NULL AND platform IN ({marks})",
+                platforms,
+            )
+            for (queue,) in queues:
+                count, size = load.get(queue, (0, 0))
+                if count >= max_jobs:
+                    continue
+                waiting = await fetch_all(
+                    db,
+                    "SELECT jobs.id, LENGTH(selfies.data) FROM jobs LEFT JOIN selfies ON selfies.job_id = jobs.id "
+                    "WHERE jobs.state = 'queued' AND jobs.queue = ? AND jobs.admitted_at IS NULL "
+                    f"AND jobs.platform IN ({marks}) ORDER BY jobs.id LIMIT ?",
+                    (queue, *platforms, max_jobs - count),
+                )
+                for job_id, selfie_bytes in waiting:
+                    needed = message_bytes(int(selfie_bytes or 0))
+                    if count and size + needed > max_bytes:
+                        break
+                    count, size = count + 1, size + needed
+                    admitted.append(int(job_id))
+            if admitted:
+                await db.execute(
+                    f"UPDATE jobs SET admitted_at = ? WHERE id IN ({','.join('?' for _ in admitted)})",
+                    (timestamp(), *admitted),
+                )
+        return sorted(admitted)
+
+    async def admitted_unsent(self, platforms: Sequence[str]) -> list[Job]:
+        """Jobs of ``platforms`` holding a place in the broker that the broker has not taken yet, oldest first."""
+        if not platforms:
+            return []
+        marks = ",".join("?" for _ in platforms)
+        rows = await fetch_all(
+            self._db,
+            "SELECT * FROM jobs WHERE state = 'queued' AND admitted_at IS NOT NULL AND enqueued_at IS NULL "
+            f"AND platform IN ({marks}) ORDER BY id",
+            platforms,
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def jobs_without_queue(self, platforms: Sequence[str]) -> list[Job]:
+        """Unfinished jobs written before jobs named their queue (migration 0004)."""
+        if not platforms:
+            return []
+        marks = ",".join("?" for _ in platforms)
+        rows = await fetch_all(
+            self._db,
+            f"SELECT * FROM jobs WHERE state IN ('queued', 'running') AND queue IS NULL AND platform IN ({marks})",
+            platforms,
+        )
+        return [Job.from_row(row) for row in rows]
+
+    async def broker_load(self) -> dict[str, tuple[int, int]]:
+        """Per queue: unfinished jobs holding a place in the broker, and jobs waiting for one (for /metrics)."""
+        rows = await fetch_all(
+            self._db,
+            "SELECT queue, SUM(admitted_at IS NOT NULL), SUM(admitted_at IS NULL) FROM jobs "
+            "WHERE state IN ('queued', 'running') AND queue IS NOT NULL GROUP BY queue",
+        )
+        return {str(queue): (int(held), int(waiting)) for queue, held, waiting in rows}
 
     async def pending_jobs(self, user_id: int) -> int:
         rows = await fetch_all(
@@ -313,6 +415,24 @@ class Storage:
             cursor = await db.execute(
                 "UPDATE users SET privacy_notice_at = ? WHERE id = ? AND privacy_notice_at IS NULL",
                 (timestamp(), user_id),
+            )
+        return cursor.rowcount == 1
+
+    async def chat_notice_given(self, platform: str, chat_id: str, notice: str) -> bool:
+        """Whether ``notice`` was given in this chat (a read, so the caller can skip asking the platform)."""
+        rows = await fetch_all(
+            self._db,
+            "SELECT 1 FROM chat_notices WHERE platform = ? AND chat_id = ? AND notice = ?",
+            (platform, chat_id, notice),
+        )
+        return bool(rows)
+
+    async def take_chat_notice(self, platform: str, chat_id: str, notice: str) -> bool:
+        """True exactly once per chat and notice, across restarts: the first time, the notice is due."""
+        async with self.write() as db:
+            cursor = await db.execute(
+                "INSERT OR IGNORE INTO chat_notices (platform, chat_id, notice, given_at) VALUES (?, ?, ?, ?)",
+                (platform, chat_id, notice, timestamp()),
             )
         return cursor.rowcount == 1
 
@@ -416,24 +536,6 @@ class Storage:
         )
         return int(rows[0][0]) if rows else None
 
-
-    async def chat_notice_given(self, platform: str, chat_id: str, notice: str) -> bool:
-        """Whether ``notice`` was given in this chat (a read, so the caller can skip asking the platform)."""
-        rows = await fetch_all(
-            self._db,
-            "SELECT 1 FROM chat_notices WHERE platform = ? AND chat_id = ? AND notice = ?",
-            (platform, chat_id, notice),
-        )
-        return bool(rows)
-
-    async def take_chat_notice(self, platform: str, chat_id: str, notice: str) -> bool:
-        """True exactly once per chat and notice, across restarts: the first time, the notice is due."""
-        async with self.write() as db:
-            cursor = await db.execute(
-                "INSERT OR IGNORE INTO chat_notices (platform, chat_id, notice, given_at) VALUES (?, ?, ?, ?)",
-                (platform, chat_id, notice, timestamp()),
-            )
-        return cursor.rowcount == 1
     async def ratings_export(self) -> list[dict[str, Any]]:
         rows = await fetch_all(
             self._db,

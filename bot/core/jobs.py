@@ -23,6 +23,7 @@ from typing import Any
 
 from bot import metrics
 from bot.core import texts
+from bot.core.admission import Admission
 from bot.core.commands import ProfileOptions, profile_options
 from bot.core.moderation import Moderation, quota_chat
 from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, Person, ProfileOrder
@@ -43,6 +44,10 @@ DIRECT_MESSAGE_TIMEOUT_SECONDS = 30.0
 SELFIE_PURGE_INTERVAL_SECONDS = 600.0
 #: The longest one status edit may hold up the follower (a hung platform must not hold up the pictures).
 STATUS_EDIT_TIMEOUT_SECONDS = 10.0
+#: How often the status of a job waiting in the database for its place in the broker is looked at again
+#: (its queue position, and whether the broker is busy); it is sent as soon as it gets a place whatever this is.
+WAITING_REFRESH_SECONDS = 1.0
+TOOK_TOO_LONG = "The job took too long; please try again later."
 ACCEPTED_MIME_TYPES = frozenset(photo.mime_type for photo in ACCEPTED_PHOTO_TYPES)
 
 
@@ -95,6 +100,8 @@ class Jobs:
         self._deliveries: dict[str, Delivery] = {}
         self._followers: dict[int, asyncio.Task[None]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
+        #: The feeder that hands jobs to the broker within its limits (bot.core.admission says why).
+        self.admission = Admission(storage, settings, self._enqueue)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -107,16 +114,20 @@ class Jobs:
         return bool(self._followers)
 
     async def start(self) -> None:
-        """Resume every undelivered job of the attached platforms."""
+        """Resume every undelivered job of the attached platforms, and feeding the waiting ones to the broker."""
         await self.storage.purge_expired_selfies(self._clock())  # the selfies that expired while the bot was down
-        for job in await self.storage.undelivered_jobs(list(self._deliveries)):
+        platforms = list(self._deliveries)
+        for job in await self.storage.jobs_without_queue(platforms):  # written before jobs named their queue
+            await self.storage.update_job(job.id, queue=self._queue_of(job.style, job.mode))
+        for job in await self.storage.undelivered_jobs(platforms):
             logger.info("resuming job %s (%s)", job.id, job.state)
-            if job.enqueued_at is None and job.state == "queued":
-                await self._enqueue(job)
             self._follow(job)
+        self.admission.platforms.update(platforms)
+        self.admission.start()
         self._housekeeping = asyncio.create_task(self._purge_periodically())
 
     async def stop(self) -> None:
+        await self.admission.stop()
         tasks = [*self._followers.values(), *([self._housekeeping] if self._housekeeping else [])]
         for task in tasks:
             task.cancel()
@@ -220,7 +231,7 @@ class Jobs:
         job, created = await self.storage.create_job(
             task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
             chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed, selfie=selfie,
-            reply_context=reply_context, parent_job_id=parent_job_id,
+            reply_context=reply_context, parent_job_id=parent_job_id, queue=self._queue_of(style, mode),
         )  # fmt: skip
         if not created:
             return job, False
@@ -243,28 +254,34 @@ class Jobs:
                 await delivery.post_notice(job, texts.privacy_notice(self.settings.selfie_retention_hours))
             except Exception:
                 logger.exception("posting the privacy notice of job %s failed", job.id)
-        await self._enqueue(job)
+        # Sent now if its queue has room in the broker; otherwise it waits here for its turn, in order.
+        self.admission.platforms.add(job.platform)
+        await self.admission.feed_now()
         self._follow(job)
         return job, True
 
+    def _queue_of(self, style_name: str, mode: str | None) -> str:
+        """The Celery queue of a job: its mode's, or its style's default mode's."""
+        style = self.styles.get(style_name)
+        return queue_for(self.settings.queue, mode or (style.mode if style else None))
+
     async def _enqueue(self, job: Job) -> None:
+        """Send one job that holds a place in the broker; the feeder (:mod:`bot.core.admission`) calls this.
+
+        Raises when the broker refuses it: the job keeps its place, and the feeder tries again.
+        """
+        fresh = await self.storage.job(job.id)
+        if fresh is None or fresh.state != "queued" or fresh.enqueued_at is not None:
+            return  # deleted (/forget), timed out meanwhile, or sent already
         selfie = await self.storage.selfie(job.id)
-        if selfie is None:
-            await self._finish_failed(job, ErrorCode.NOT_FOUND, "The selfie for this job is gone; send it again.")
+        if selfie is None:  # its follower tells the person
+            await self._record_failure(fresh, ErrorCode.NOT_FOUND, "The selfie for this job is gone; send it again.")
             return
         request = GenerateRequest(
             selfie=selfie, style=job.style, prompt=job.prompt, mode=Mode(job.mode) if job.mode else None,
             count=job.picture_count, seed=job.seed, job_id=str(job.id),
         )  # fmt: skip
-        style = self.styles.get(job.style)
-        mode = job.mode or (style.mode if style else None)
-        try:
-            await self.queue.submit(job.task_id, request.to_payload(), queue_for(self.settings.queue, mode))
-        except Exception:
-            # The broker is down: the job stays queued and unenqueued, and the
-            # follower retries the submission until the job times out.
-            logger.exception("enqueueing job %s failed; will retry", job.id)
-            return
+        await self.queue.submit(job.task_id, request.to_payload(), fresh.queue or self._queue_of(job.style, job.mode))
         await self.storage.update_job(job.id, enqueued_at=timestamp())
 
     async def _reload(self, job: Job) -> Job:
@@ -278,9 +295,15 @@ class Jobs:
     def _follow(self, job: Job) -> None:
         if job.id in self._followers:
             return
+        self.admission.expect(job.id)
         task = asyncio.create_task(self._follow_job(job.id), name=f"follow-job-{job.id}")
         self._followers[job.id] = task
-        task.add_done_callback(lambda _: self._followers.pop(job.id, None))
+
+        def followed(_: asyncio.Task[None]) -> None:
+            self._followers.pop(job.id, None)
+            self.admission.discard(job.id)
+
+        task.add_done_callback(followed)
 
     async def _follow_job(self, job_id: int) -> None:
         """Follow until delivered, retrying with a growing pause while the platform or broker fails, within bounds.
@@ -367,20 +390,34 @@ class Jobs:
 
     async def _poll_until_delivered(self, job: Job, delivery: Delivery | None, pacer: StatusPacer | None) -> None:
         created = datetime.fromisoformat(job.created_at)
+        backend_unreachable = False
         while True:
             if job.enqueued_at is None:
-                await self._enqueue(job)
+                # Waiting in the database for its place in the broker: nothing to ask the result backend yet.
+                if job.state in {"done", "failed"}:  # its turn came and its selfie was gone
+                    await self._deliver(job)
+                    return
+                if (self._clock() - created).total_seconds() > self.settings.job_timeout_seconds:
+                    await self._finish_failed(job, ErrorCode.TIMEOUT, TOOK_TOO_LONG)
+                    return
+                await self._show_status(job, delivery, pacer, None)
+                wait = max(self.settings.poll_interval_seconds, WAITING_REFRESH_SECONDS)
+                await self.admission.wait_sent(job.id, wait)
                 job = await self._reload(job)
+                continue
             try:
                 status = await self.queue.status(job.task_id)
-            except Exception:
-                logger.warning("result backend unreachable for job %s; retrying", job.id, exc_info=True)
-                status = None
+            except Exception as error:  # noqa: BLE001 - the backend is outside this process: retried until the timeout
+                if not backend_unreachable:  # once per outage, not once per poll
+                    logger.warning("result backend unreachable for job %s (%s); retrying", job.id, type(error).__name__)
+                backend_unreachable, status = True, None
+            else:
+                backend_unreachable = False
             if status is not None and status.ready:
                 await self._complete(job, status.result if status.state == "SUCCESS" else None)
                 return
             if (self._clock() - created).total_seconds() > self.settings.job_timeout_seconds:
-                await self._finish_failed(job, ErrorCode.TIMEOUT, "The job took too long; please try again later.")
+                await self._finish_failed(job, ErrorCode.TIMEOUT, TOOK_TOO_LONG)
                 return
             if status is not None and status.state == "PROGRESS" and job.state != "running":
                 await self.storage.update_job(job.id, state="running")
@@ -389,11 +426,17 @@ class Jobs:
                     job.id, progress_done=status.done_steps, progress_total=status.total_steps
                 )
             job = await self._reload(job)
-            if delivery is not None and pacer is not None and job.status_message_id:
-                edit = pacer.next_edit(await self._status_text(job), status.preview if status is not None else None)
-                if edit is not None:
-                    pacer.outcome(edit, await self._edit_status(delivery, job, job.status_message_id, edit))
+            await self._show_status(job, delivery, pacer, status.preview if status is not None else None)
             await asyncio.sleep(self.settings.poll_interval_seconds)
+
+    async def _show_status(
+        self, job: Job, delivery: Delivery | None, pacer: StatusPacer | None, preview: bytes | None
+    ) -> None:
+        """Edit the status message if its text changed or a new preview came, at the platform's pace."""
+        if delivery is not None and pacer is not None and job.status_message_id:
+            edit = pacer.next_edit(await self._status_text(job), preview)
+            if edit is not None:
+                pacer.outcome(edit, await self._edit_status(delivery, job, job.status_message_id, edit))
 
     async def _edit_status(self, delivery: Delivery, job: Job, message_ref: str, edit: StatusEdit) -> bool:
         """One attempt at one edit, bounded in time; whether the platform took it.  Failing changes nothing else."""
@@ -411,7 +454,8 @@ class Jobs:
     async def _status_text(self, job: Job) -> str:
         running = job.state == "running" and job.progress_total
         ahead = 0 if running else await self.storage.queue_position(job)
-        return texts.status_line(job, self.styles.get(job.style), ahead)
+        busy = not running and self.admission.refusal is not None
+        return texts.status_line(job, self.styles.get(job.style), ahead, busy)
 
     async def _complete(self, job: Job, payload: dict[str, Any] | None) -> None:
         if payload is None:
@@ -431,15 +475,35 @@ class Jobs:
             job.id, state="done", finished_at=timestamp(), result_meta=meta,
             progress_done=job.progress_total, error_code=None, error_message=None,
         )  # fmt: skip
+        await self._forget_result(job)
+        self.admission.wake()  # its place in the broker is free
         await self.storage.release_selfie(job.id, timedelta(hours=self.settings.selfie_retention_hours), self._clock())
         await self._deliver(await self._reload(job))
 
     async def _finish_failed(self, job: Job, code: ErrorCode, message: str) -> None:
+        await self._record_failure(job, code, message)
+        await self._deliver(await self._reload(job))
+
+    async def _record_failure(self, job: Job, code: ErrorCode, message: str) -> None:
         await self.storage.update_job(
             job.id, state="failed", error_code=code.value, error_message=message, finished_at=timestamp()
         )
         await self.storage.release_selfie(job.id, timedelta(0))
-        await self._deliver(await self._reload(job))
+        await self._forget_result(job)
+        self.admission.wake()
+
+    async def _forget_result(self, job: Job) -> None:
+        """Delete the job's result (and its progress state) from the result backend, now that the outcome is
+        in the database: left there, every result holds its pictures in Redis (about 0.7 MB each as base64)
+        until it expires.  Best effort: one that stays expires by itself (``result_expires``)."""
+        try:
+            await self.queue.forget(job.task_id)
+        except Exception as error:  # noqa: BLE001 - the outcome is stored; the leftover expires on its own
+            logger.warning(
+                "forgetting the result of job %s in the result backend failed (%s); it expires on its own",
+                job.id,
+                type(error).__name__,
+            )
 
     async def _deliver(self, job: Job) -> None:
         """Hand the outcome to the adapter once; mark it delivered right after."""
@@ -475,6 +539,7 @@ class Jobs:
             if follower is not None:
                 follower.cancel()
         task_ids = await self.storage.forget_user(user_id)
+        self.admission.wake()  # their places in the broker are free
         for task_id in task_ids:
             try:
                 await self.queue.forget(task_id)

@@ -149,7 +149,9 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
         return image
     if mode in _HIGH_BIT_DEPTH:
         wide = image.convert("I") if mode.startswith("I;16") else image
-        top = 65535.0 if mode.startswith("I;16") or (wide.getextrema()[1] or 0) > 255 else 255.0
+        highest = wide.getextrema()[1]
+        brightest = float(highest) if isinstance(highest, int | float) else 0.0
+        top = 65535.0 if mode.startswith("I;16") or brightest > 255 else 255.0
         return wide.point(lambda value: value * (255.0 / top)).convert("L").convert("RGB")
     if mode in _WITH_ALPHA or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

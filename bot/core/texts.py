@@ -101,15 +101,22 @@ def caption(job: Job, style: Style | None) -> str:
     return text
 
 
-def status_line(job: Job, style: Style | None, jobs_ahead: int) -> str:
-    """The status message of a job while it waits or runs."""
+def status_line(job: Job, style: Style | None, jobs_ahead: int, busy: bool = False) -> str:
+    """The status message of a job while it waits or runs.
+
+    ``busy``: the broker refuses jobs right now (full or unreachable); the job is safe in the
+    database and keeps its place, and the person is told so rather than left looking at "starting soon".
+    """
     label = style_label(style, job.style)
     count = f"{job.picture_count} picture{'s' if job.picture_count != 1 else ''}"
     if job.state == "running" and job.progress_total:
         percent = int(100 * job.progress_done / job.progress_total)
         return f"{label}: painting {count}… {percent}%"
+    ahead = f"{jobs_ahead} job{'s' if jobs_ahead != 1 else ''} ahead"
+    if busy:
+        return f"{label}: {count} queued. We are busy right now: your job is queued and keeps its place, {ahead}"
     if jobs_ahead:
-        return f"{label}: {count} queued, {jobs_ahead} job{'s' if jobs_ahead != 1 else ''} ahead"
+        return f"{label}: {count} queued, {ahead}"
     return f"{label}: {count} queued, starting soon"
 
 

@@ -59,12 +59,16 @@ def unique_queue() -> str:
 
 
 class PrivateRedis:
-    """A ``redis-server`` of our own that tests may kill and restart on the same port and data folder."""
+    """A ``redis-server`` of our own that tests may kill and restart on the same port and data folder.
 
-    def __init__(self, folder: Path) -> None:
+    ``arguments`` go to ``redis-server`` after ours (e.g. ``--maxmemory 8mb --maxmemory-policy noeviction``).
+    """
+
+    def __init__(self, folder: Path, arguments: tuple[str, ...] = ()) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.arguments = arguments
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -77,7 +81,7 @@ class PrivateRedis:
     def start(self) -> None:
         command = [
             "redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-            "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log"),
+            "--dir", str(self.folder), "--logfile", str(self.folder / "redis.log"), *self.arguments,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15

@@ -30,6 +30,7 @@ async def test_a_job_is_written_before_it_is_enqueued_and_delivered_once(
 
     queue.submit = checking_submit  # type: ignore[method-assign]
     job, created = await core.order_profile(order(count="2", seed="11", prompt="a pirate"))
+    await core.wait_idle(timeout=5)
     assert created and seen_at_submit == [(True, SELFIE)]
     request = GenerateRequest.from_payload(queue.submitted[job.task_id])
     assert queue.queues[job.task_id] == "mmpp.fast"  # anime's default mode picks the fast queue
@@ -40,7 +41,6 @@ async def test_a_job_is_written_before_it_is_enqueued_and_delivered_once(
         "a pirate",
         SELFIE,
     )
-    await core.wait_idle(timeout=5)
     final = await storage.job(job.id)
     assert final.state == "done" and final.delivered_at is not None
     assert len(delivery.pictures) == 1
@@ -186,6 +186,7 @@ async def test_forget_removes_everything_about_a_person(core: ChatCore, storage:
     await core.wait_idle(timeout=5)
     await core.rate_message(ALICE, f"message-{other.id}-1", 5, "reaction")
     await core.rate_message(BOB, f"message-{job.id}-1", 3, "reaction")
+    forgotten_before = len(queue.forgotten)  # each result was forgotten once its pictures were stored
     reply = await core.forget(ALICE)
     assert "deleted" in reply
     assert await storage.find_user("test", "alice") is None
@@ -193,7 +194,7 @@ async def test_forget_removes_everything_about_a_person(core: ChatCore, storage:
     assert await storage.count("pictures", "job_id = ?", (job.id,)) == 0
     assert await storage.count("selfies", "job_id = ?", (job.id,)) == 0
     assert await storage.count("ratings") == 0  # hers, and Bob's on her picture
-    assert queue.forgotten == [job.task_id]
+    assert queue.forgotten[forgotten_before:] == [job.task_id]
     assert await storage.count("jobs") == 1  # Bob's stays
     assert await core.forget(ALICE) == "I had nothing stored about you."
 
@@ -242,3 +243,27 @@ async def test_an_accepted_declared_type_is_ordered(core: ChatCore, queue: Scrip
     job, created = await core.order_profile(webp)
     await core.wait_idle(timeout=5)
     assert created and job.task_id in queue.submitted
+
+
+async def test_each_result_is_forgotten_in_the_result_backend_once_its_outcome_is_stored(
+    core: ChatCore, storage: Storage, queue: ScriptedQueue, delivery: RecordingDelivery
+) -> None:
+    """A result left in Redis holds its pictures there until it expires: it is deleted right after the pictures
+    (or the failure) are written to the database, before they are posted."""
+    stored_when_forgotten: list[tuple[str, int]] = []
+    original_forget = queue.forget
+
+    async def checking_forget(task_id: str) -> None:
+        job = next(job for job in [await storage.job(job_id) for job_id in (1, 2)] if job and job.task_id == task_id)
+        stored_when_forgotten.append((job.state, await storage.count("pictures", "job_id = ?", (job.id,))))
+        await original_forget(task_id)
+
+    queue.forget = checking_forget  # type: ignore[method-assign]
+    done, _ = await core.order_profile(order("e1", count="2"))
+    await core.wait_idle(timeout=5)
+    assert stored_when_forgotten == [("done", 2)] and len(delivery.pictures) == 1
+    queue.error = MmppError(ErrorCode.NO_FACE, "No face was found in the photo.")
+    failed, _ = await core.order_profile(order("e2", person=BOB))
+    await core.wait_idle(timeout=5)
+    assert stored_when_forgotten == [("done", 2), ("failed", 0)]
+    assert queue.forgotten == [done.task_id, failed.task_id]
