@@ -12,6 +12,7 @@ from mmpp.commandline import EXIT_BAD_INPUT, EXIT_OK
 BENCHMARKS = {
     "engine": ("bench.engine", "what the engine costs on top of a plain diffusers call"),
     "bots": ("bench.bots", "how the chat side holds up under many people at once"),
+    "soak": ("bench.soak", "whether a burst of large photos can fill a small noeviction Redis"),
 }
 
 

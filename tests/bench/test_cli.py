@@ -19,7 +19,9 @@ def test_bench_help_names_both_benchmarks(capsys: pytest.CaptureFixture[str]) ->
     assert "mmpp bench BENCHMARK" in out and "engine" in out and "bots" in out
 
 
-@pytest.mark.parametrize(("benchmark", "option"), [("engine", "--shape"), ("bots", "--users")])
+@pytest.mark.parametrize(
+    ("benchmark", "option"), [("engine", "--shape"), ("bots", "--users"), ("soak", "--maxmemory-mb")]
+)
 def test_each_benchmark_has_its_own_help(benchmark: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert mmpp_main(["bench", benchmark, "--help"]) == 0
     out = capsys.readouterr().out
