@@ -43,6 +43,7 @@ from engine.settings import EngineSettings
 from mmpp.catalogue import GUIDANCE_BOUNDS, STEP_BOUNDS, Catalogue, Style, load_catalogue
 from mmpp.contract import GenerateRequest, GenerateResult, Mode, Picture
 from mmpp.errors import ErrorCode, MmppError
+from mmpp.prompts import MAX_PROMPT_WEIGHT, MIN_PROMPT_WEIGHT
 
 logger = logging.getLogger(__name__)
 
@@ -280,8 +281,12 @@ class Engine:
         return engine
 
     def _build_compel(self) -> Any:
+        import pyparsing
         from compel import CompelForSD, CompelForSDXL
 
+        # Compel's prompt grammar backtracks: without pyparsing's memo its time grows exponentially with the
+        # nesting of parentheses (six levels take seconds, ten hours).  Process-wide and idempotent.
+        pyparsing.ParserElement.enable_packrat()
         if self.family == "sdxl":
             return CompelForSDXL(self.pipeline)
         return CompelForSD(self.pipeline)
@@ -526,7 +531,7 @@ class Engine:
             mode=mode,
             steps=steps,
             guidance=guidance,
-            prompt=style.render_prompt(_clean_prompt(request.prompt)),
+            prompt=style.compose_prompt(request.prompt),  # INVALID_REQUEST for weights out of bounds
             negative_prompt=style.negative_prompt,
             seeds=seeds,
             adapters=adapters,
@@ -570,7 +575,13 @@ class Engine:
         )
 
     def encode_prompt(self, prompt: str, negative_prompt: str) -> dict[str, torch.Tensor]:
-        """Compel conditioning as keyword arguments for the pipeline call."""
+        """Compel conditioning as keyword arguments for the pipeline call.
+
+        The prompt weights were bounded before (``mmpp.prompts``); should anything still push an embedding
+        out of range (a non-finite value, or one float16 cannot hold), the job fails with INVALID_REQUEST
+        here, before the UNet paints a black picture from it: refused, not clamped, because a clamped
+        embedding is no longer the prompt that was asked for.
+        """
         try:
             with torch.no_grad():
                 conditioning = self._compel(prompt, negative_prompt=negative_prompt or "")
@@ -582,6 +593,14 @@ class Engine:
         if self.family == "sdxl":
             arguments["pooled_prompt_embeds"] = conditioning.pooled_embeds
             arguments["negative_pooled_prompt_embeds"] = conditioning.negative_pooled_embeds
+        for name, embedding in arguments.items():
+            if embedding is not None and not embedding_in_range(embedding):
+                which = "negative prompt" if name.startswith("negative") else "prompt"
+                raise MmppError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"The {which}'s weights push its embedding out of range; lower them "
+                    f"(between {MIN_PROMPT_WEIGHT:g} and {MAX_PROMPT_WEIGHT:g}).",
+                )
         return arguments
 
     def output_size(self) -> tuple[int, int]:
@@ -857,9 +876,15 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def _clean_prompt(prompt: str) -> str:
-    """Drop control characters and squeeze whitespace; Compel syntax stays."""
-    return " ".join("".join(ch if ch.isprintable() else " " for ch in prompt).split())
+#: The largest magnitude an embedding may hold: float16's largest finite value.  Beyond it the UNet, in
+#: float16 on most GPUs, would read infinities; nothing a bounded prompt weight gives comes near it.
+EMBEDDING_LIMIT = float(torch.finfo(torch.float16).max)
+
+
+def embedding_in_range(embedding: torch.Tensor) -> bool:
+    """Whether every value is finite and within :data:`EMBEDDING_LIMIT` (checked in float32, as computed)."""
+    values = embedding.detach().float()
+    return bool(torch.isfinite(values).all()) and float(values.abs().max()) <= EMBEDDING_LIMIT
 
 
 def _scaled(state: dict[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:

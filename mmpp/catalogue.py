@@ -20,6 +20,7 @@ from typing import Any
 
 from mmpp.contract import Mode
 from mmpp.errors import ErrorCode, MmppError
+from mmpp.prompts import check_prompt_weights, clean_prompt
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 SUBJECT_PLACEHOLDER = "{subject}"
@@ -61,6 +62,15 @@ class Style:
 
     def render_prompt(self, subject: str) -> str:
         return self.prompt.replace(SUBJECT_PLACEHOLDER, subject.strip() or DEFAULT_SUBJECT)
+
+    def compose_prompt(self, subject: str) -> str:
+        """The prompt Compel embeds for a person's ``subject`` (cleaned) in this style, checked as a whole:
+        the template's weights multiply the subject's where it sits inside a weighted group.  Raises
+        INVALID_REQUEST when a weight leaves the bounds of :mod:`mmpp.prompts`; the bot asks this before a
+        job exists, the worker again before it embeds anything."""
+        prompt = self.render_prompt(clean_prompt(subject))
+        check_prompt_weights(prompt)
+        return prompt
 
     def default_steps(self, mode: Mode) -> int:
         return self.fast_steps if mode is Mode.FAST else self.quality_steps
@@ -179,6 +189,15 @@ def _parse_style(name: str, table: Any, defaults: dict[str, Any], source: str) -
     prompt = text("prompt")
     if SUBJECT_PLACEHOLDER not in prompt:
         raise fail("prompt", f"must contain the placeholder {SUBJECT_PLACEHOLDER}")
+    negative_prompt = text("negative_prompt", required=False)
+    for field, template in (
+        ("prompt", prompt.replace(SUBJECT_PLACEHOLDER, DEFAULT_SUBJECT)),
+        ("negative_prompt", negative_prompt),
+    ):
+        try:
+            check_prompt_weights(template)
+        except MmppError as error:
+            raise fail(field, error.message) from None
     mode_text = text("mode")
     try:
         mode = Mode(mode_text)
@@ -193,7 +212,7 @@ def _parse_style(name: str, table: Any, defaults: dict[str, Any], source: str) -
         emoji=text("emoji", max_length=8),
         description=text("description", max_length=120),
         prompt=prompt,
-        negative_prompt=text("negative_prompt", required=False),
+        negative_prompt=negative_prompt,
         lora=lora.strip() if lora else None,
         style_scale=float(number("style_scale", *SCALE_BOUNDS["style_scale"])),
         portrait_scale=float(number("portrait_scale", *SCALE_BOUNDS["portrait_scale"])),

@@ -163,7 +163,9 @@ class Jobs:
     def check_profile(self, options: dict[str, str]) -> tuple[ProfileOptions, Style]:
         """The checks that need no photo, so adapters can refuse before downloading one."""
         parsed = profile_options(options)
-        return parsed, self.check_style(parsed.style)
+        style = self.check_style(parsed.style)
+        style.compose_prompt(parsed.prompt)  # its weights, before a photo is downloaded
+        return parsed, style
 
     async def order_profile(self, order: ProfileOrder) -> tuple[Job, bool]:
         """Validate, check quotas, write the job, post its status and enqueue it.
@@ -220,6 +222,7 @@ class Jobs:
         self.moderation.check_allowed(requester)
         try:
             request.validate()
+            self.check_style(style).compose_prompt(prompt)  # the worker's own check, before a job exists
         except MmppError as error:
             raise MmppError(error.code, error.message) from None
         self.moderation.check_prompt(prompt)

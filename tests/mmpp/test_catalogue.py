@@ -55,6 +55,8 @@ def shipped() -> dict:
         ("ip_adapter_scale", "high", "number"),
         ("mode", "turbo", "fast' or 'quality"),
         ("prompt", "a portrait without placeholder", "{subject}"),
+        ("prompt", "portrait of {subject}, (soft glow)5", "Prompt weights must stay between 0 and 3"),
+        ("negative_prompt", "blurry" + "+" * 40, "Prompt weights must stay between 0 and 3"),
         ("fast_steps", 4.5, "integer"),
         ("colour", "red", "unknown field"),
     ],
