@@ -41,6 +41,10 @@ FEED_EVERY_SECONDS = 2.0
 FEED_ERROR_PAUSE_SECONDS = 5.0
 
 
+class BrokerRefusal(Exception):  # noqa: N818 - the broker's answer, not an error of ours
+    """The broker did not take a job (raised from what the Celery client raised: ``__cause__``)."""
+
+
 def refusal_of(error: BaseException) -> tuple[str, str]:
     """``(kind, description)`` of a failed send: ``full``, ``unreachable`` or ``refused``, in words for the log.
 
@@ -69,7 +73,8 @@ async def _wait(event: asyncio.Event, timeout: float) -> None:
 class Admission:
     """The feeder: hands waiting jobs to the broker within the limits, oldest first, one task per core.
 
-    ``send`` enqueues one job (it raises when the broker refuses it); :attr:`sleep` waits the pause
+    ``send`` enqueues one job (it raises :class:`BrokerRefusal` when the broker does not take it; anything
+    else it raises is a failure of ours, logged, and the round is tried again later); :attr:`sleep` waits the pause
     between attempts while the broker refuses (tests put a recording one there).
     """
 
@@ -177,8 +182,8 @@ class Admission:
         for job in await self.storage.admitted_unsent(platforms):
             try:
                 await self._send(job)
-            except Exception as error:  # noqa: BLE001 - whatever the broker answers, the job waits for the next try
-                self._refused(job, error)
+            except BrokerRefusal as refusal:  # the job keeps its place and waits for the next try
+                self._refused(job, refusal.__cause__ or refusal)
                 return
             self._accepted()
             event = self._left_waiting.get(job.id)

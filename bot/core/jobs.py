@@ -23,7 +23,7 @@ from typing import Any
 
 from bot import metrics
 from bot.core import texts
-from bot.core.admission import Admission
+from bot.core.admission import Admission, BrokerRefusal
 from bot.core.commands import ProfileOptions, profile_options
 from bot.core.moderation import Moderation, quota_chat
 from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, Person, ProfileOrder
@@ -271,7 +271,9 @@ class Jobs:
     async def _enqueue(self, job: Job) -> None:
         """Send one job that holds a place in the broker; the feeder (:mod:`bot.core.admission`) calls this.
 
-        Raises when the broker refuses it: the job keeps its place, and the feeder tries again.
+        Raises :class:`BrokerRefusal` when the broker does not take it: the job keeps its place, and the
+        feeder tries again.  A job that cannot even be put into words (a damaged row) fails on its own
+        instead of holding up its queue.
         """
         fresh = await self.storage.job(job.id)
         if fresh is None or fresh.state != "queued" or fresh.enqueued_at is not None:
@@ -280,11 +282,19 @@ class Jobs:
         if selfie is None:  # its follower tells the person
             await self._record_failure(fresh, ErrorCode.NOT_FOUND, "The selfie for this job is gone; send it again.")
             return
-        request = GenerateRequest(
-            selfie=selfie, style=job.style, prompt=job.prompt, mode=Mode(job.mode) if job.mode else None,
-            count=job.picture_count, seed=job.seed, job_id=str(job.id),
-        )  # fmt: skip
-        await self.queue.submit(job.task_id, request.to_payload(), fresh.queue or self._queue_of(job.style, job.mode))
+        try:
+            payload = GenerateRequest(
+                selfie=selfie, style=job.style, prompt=job.prompt, mode=Mode(job.mode) if job.mode else None,
+                count=job.picture_count, seed=job.seed, job_id=str(job.id),
+            ).to_payload()  # fmt: skip
+        except Exception:
+            logger.exception("job %s cannot be sent (its row does not make a request); it fails", job.id)
+            await self._record_failure(fresh, ErrorCode.INTERNAL, texts.SOMETHING_WENT_WRONG)
+            return
+        try:
+            await self.queue.submit(job.task_id, payload, fresh.queue or self._queue_of(job.style, job.mode))
+        except Exception as error:
+            raise BrokerRefusal(f"job {job.id}") from error
         await self.storage.update_job(job.id, enqueued_at=timestamp())
 
     async def _reload(self, job: Job) -> Job:

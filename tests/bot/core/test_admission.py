@@ -257,3 +257,23 @@ async def test_a_job_whose_turn_never_comes_times_out_once(storage: Storage, tmp
         assert await storage.count("selfies") == 0 and not queue.submitted
     finally:
         await core.stop()
+
+
+async def test_a_damaged_job_fails_on_its_own_instead_of_holding_up_its_queue(
+    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    user_id = await storage.ensure_user("test", "mallory")
+    damaged, _ = await storage.create_job(
+        task_id="damaged", user_id=user_id, platform="test", event_key="d", chat_id="c", style="anime", prompt="",
+        mode="turbo", picture_count=1, seed=None, selfie=SELFIE, reply_context={}, queue="mmpp.fast",
+    )  # fmt: skip
+    queue = ScriptedQueue()
+    core = await started_core(storage, queue, tmp_path, broker_max_jobs=1)
+    try:
+        good, _ = await core.order_profile(order("e1", person(1)))
+        await core.wait_idle(timeout=5)
+        failures = delivery_of(core).failures
+        assert [(job_id, code.value) for job_id, code, _ in failures] == [(damaged.id, "INTERNAL")]
+        assert list(queue.submitted) == [good.task_id] and core.jobs.admission.refusal is None
+    finally:
+        await core.stop()
