@@ -72,3 +72,33 @@ async def test_progress_states_from_the_backend(
         assert final.ready and final.preview is None  # the result replaced the preview
     finally:
         await queue.forget(task_id)
+
+
+async def test_a_sent_job_takes_what_admission_control_counts_for_it_and_expires_with_the_bots_patience(
+    backend: tuple[CeleryJobQueue, Any], tmp_path: Path
+) -> None:
+    """broker_message_bytes is an upper bound of one job's message in Redis, and not far above it; with
+    expires_after the message carries an expiry, so a worker drops a job nobody waits for any more."""
+    import json
+
+    import redis
+
+    from bot.queue import broker_message_bytes
+    from mmpp.contract import GenerateRequest
+
+    client = redis.Redis.from_url(REDIS_URL)
+    app = make_client(REDIS_URL, tmp_path / "state")
+    queue = CeleryJobQueue(app, expires_after=600)
+    name = f"message-size-{uuid.uuid4().hex[:8]}"
+    try:
+        for size in (60_000, 400_000):
+            payload = GenerateRequest(selfie=bytes(range(256)) * (size // 256), style="anime", prompt="é" * 500)
+            await queue.submit(str(uuid.uuid4()), payload.to_payload(), name)
+            message = client.lindex(name, 0)
+            assert message is not None
+            estimate = broker_message_bytes(len(payload.selfie))
+            assert len(message) <= estimate <= 1.25 * len(message) + 8192
+            assert json.loads(message)["headers"]["expires"] is not None
+    finally:
+        client.delete(name)
+        app.close()
