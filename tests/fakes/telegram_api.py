@@ -42,6 +42,12 @@ Kept from the real server, because bots depend on it:
   on a media message and ``editMessageCaption`` on a text message are refused as on Telegram.
 * Photos come back as several ``PhotoSize`` variants (90/320/800/1280 px thumbnails, made with
   Pillow when it is installed, plus the original), each with its own ``file_id``.
+* A chat the bot may no longer write to: a user who blocked the bot (:meth:`FakeTelegram.block_bot`) or a
+  group that removed it (:meth:`FakeTelegram.remove_bot`) refuses every request naming it with
+  Telegram's 403 ("Forbidden: bot was blocked by the user", "... was kicked from the supergroup
+  chat"); a group that does not let the bot send photos (:meth:`FakeTelegram.forbid_photos`)
+  refuses them with 400 "not enough rights to send photos to the chat"; an unknown chat is 400
+  "chat not found".
 * ``parse_mode="HTML"`` is parsed (tags become entities; a stray ``<`` is a 400), MarkdownV2's
   reserved characters must be escaped; editing to identical content is "message is not modified";
   editing text without ``reply_markup`` removes the inline keyboard.
@@ -138,11 +144,15 @@ NOT_MODIFIED = (
 )
 PHOTO_TOO_BIG = "Bad Request: PHOTO_SAVE_FILE_INVALID"
 """What oversized ``sendPhoto`` uploads get (the MTProto error the Bot API passes through)."""
+BLOCKED_BY_THE_USER = "Forbidden: bot was blocked by the user"
+KICKED_FROM_THE_GROUP = "Forbidden: bot was kicked from the group chat"
+KICKED_FROM_THE_SUPERGROUP = "Forbidden: bot was kicked from the supergroup chat"
+NO_RIGHTS_TO_SEND_PHOTOS = "Bad Request: not enough rights to send photos to the chat"
 
 _STATUS_DESCRIPTIONS = {
     400: "Bad Request: injected by FakeTelegram.fail_next",
     401: "Unauthorized",
-    403: "Forbidden: bot was blocked by the user",
+    403: BLOCKED_BY_THE_USER,
     404: "Not Found",
     409: CONFLICT,
     413: "Request Entity Too Large",
@@ -285,7 +295,10 @@ class FakeUser:
 class FakeChat:
     """A chat. ``bot_is_admin`` matters for groups: reaction updates need it, as on Telegram, and an
     administrator bot sees every message; ``other_bots`` are the group's other bots (privacy mode then
-    gives a plain ``/command`` only to the last bot that wrote); ``owner`` its creator."""
+    gives a plain ``/command`` only to the last bot that wrote); ``owner`` its creator.  ``forbidden``:
+    the bot may not write here any more (the user blocked it, the group removed it), and every request
+    naming the chat answers Telegram's 403 with this description; ``bot_can_send_photos``: whether the
+    group's permissions let the bot send photos (Telegram's 400 "not enough rights" otherwise)."""
 
     id: int
     type: str
@@ -296,6 +309,8 @@ class FakeChat:
     bot_is_admin: bool = False
     other_bots: list[FakeUser] = field(default_factory=list)
     owner: FakeUser | None = None
+    forbidden: str | None = None
+    bot_can_send_photos: bool = True
 
     def to_api(self) -> Json:
         data: Json = {"id": self.id, "type": self.type}
@@ -651,6 +666,27 @@ class FakeTelegram:
         )  # fmt: skip
         self._chats[chat_id] = chat
         return chat
+
+    def block_bot(self, user: FakeUser) -> FakeChat:
+        """``user`` blocks the bot: from now on every request in their private chat is refused with Telegram's
+        403 "Forbidden: bot was blocked by the user"."""
+        chat = self.private_chat(user)
+        chat.forbidden = BLOCKED_BY_THE_USER
+        return chat
+
+    def remove_bot(self, chat: FakeChat) -> None:
+        """Someone removes the bot from the group: from now on every request naming it is refused with
+        Telegram's 403 "Forbidden: bot was kicked from the (super)group chat"."""
+        if not chat.is_group:
+            raise ValueError("only a group can remove the bot; a person blocks it (block_bot)")
+        chat.forbidden = KICKED_FROM_THE_SUPERGROUP if chat.type == "supergroup" else KICKED_FROM_THE_GROUP
+
+    def forbid_photos(self, chat: FakeChat) -> None:
+        """The group's permissions no longer let the bot send photos: ``sendPhoto``, a photo album and a photo
+        edit are refused with Telegram's 400 "not enough rights to send photos to the chat"."""
+        if not chat.is_group:
+            raise ValueError("only a group restricts what members may send")
+        chat.bot_can_send_photos = False
 
     def bot_writes(self, chat: FakeChat, bot: FakeUser, text: str) -> Json:
         """Another bot of ``chat`` posts ``text``: this bot never sees it (bots do not see bots' messages), but
@@ -1108,6 +1144,7 @@ class FakeTelegram:
     async def _send_photo(self, call: Call, request: web.Request) -> Json:
         params = call.params
         chat = self._chat(params.get("chat_id"))
+        self._check_may_send_photos(chat)
         sizes = self._photo_input(params.get("photo"), call.files, "photo")
         caption, entities = self._caption(params)
         markup = _check_markup(params.get("reply_markup"))
@@ -1155,6 +1192,7 @@ class FakeTelegram:
             kind = item.get("type") if isinstance(item, dict) else None
             caption, entities = self._caption(item)
             if kind == "photo":
+                self._check_may_send_photos(chat)
                 content: Json = {"photo": [s.photo_size() for s in self._photo_input(item.get("media"), call.files)]}
             elif kind == "document":
                 content = {"document": self._document_input(item.get("media"), call.files).document()}
@@ -1203,6 +1241,8 @@ class FakeTelegram:
             raise bad_request("can't parse InputMedia: unsupported media type")
         if kind not in ("photo", "document"):
             raise bad_request(f"unsupported media type {kind!r} (FakeTelegram models photos and documents)")
+        if kind == "photo":
+            self._check_may_send_photos(self._chat(params.get("chat_id")))
         if msg.get("media_group_id") and (kind == "document") != ("document" in msg):
             raise bad_request("can't edit the media of an album message to another kind of media")
         caption, entities = self._caption(media)
@@ -1328,7 +1368,14 @@ class FakeTelegram:
         chat = self._chats.get(chat_id)
         if chat is None:
             raise bad_request("chat not found")
+        if chat.forbidden is not None:
+            raise ApiError(403, chat.forbidden)
         return chat
+
+    @staticmethod
+    def _check_may_send_photos(chat: FakeChat) -> None:
+        if not chat.bot_can_send_photos:
+            raise ApiError(400, NO_RIGHTS_TO_SEND_PHOTOS)
 
     def _new_message(self, chat: FakeChat, sender: FakeUser, **content: Any) -> Json:
         if sender.is_bot and chat.is_group:

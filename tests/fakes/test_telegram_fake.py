@@ -733,3 +733,40 @@ async def test_flood_control_allows_short_bursts_and_counts_album_messages() -> 
     assert [call.method for call in refused] == ["sendMessage", "sendMediaGroup"]
     assert refused[0].response["parameters"]["retry_after"] == 3
     assert refused[1].response["parameters"]["retry_after"] >= 59
+
+
+async def test_a_chat_that_refused_the_bot_refuses_every_request_as_telegram_does(fake: FakeTelegram) -> None:
+    """A user who blocked the bot, a group that removed it: 403 with Telegram's words on every request naming the
+    chat; a group that does not let it send photos: 400 on photos only, text still goes."""
+    from telegram.error import Forbidden
+
+    private, group = fake.private_chat(ALICE), fake.group()
+    basic, restricted = fake.group(-4242, supergroup=False), fake.group(-1005555)
+    app = build_app(fake)
+    async with app:
+        before = await app.bot.send_message(private.id, "before the block")
+        fake.block_bot(ALICE)
+        with pytest.raises(Forbidden, match="bot was blocked by the user"):
+            await app.bot.send_message(private.id, "after the block")
+        with pytest.raises(Forbidden, match="bot was blocked by the user"):
+            await app.bot.edit_message_text("edited", private.id, before.message_id)
+        with pytest.raises(Forbidden, match="bot was blocked by the user"):
+            await app.bot.send_media_group(private.id, [InputMediaPhoto(png(20, 20)) for _ in range(2)])
+        fake.remove_bot(group)
+        fake.remove_bot(basic)
+        with pytest.raises(Forbidden, match="bot was kicked from the supergroup chat"):
+            await app.bot.send_photo(group.id, png(20, 20))
+        with pytest.raises(Forbidden, match="bot was kicked from the group chat"):
+            await app.bot.send_message(basic.id, "hello?")
+        fake.forbid_photos(restricted)
+        with pytest.raises(BadRequest, match="Not enough rights to send photos to the chat"):
+            await app.bot.send_photo(restricted.id, png(20, 20))
+        with pytest.raises(BadRequest, match="Not enough rights to send photos to the chat"):
+            await app.bot.send_media_group(restricted.id, [InputMediaPhoto(png(20, 20)) for _ in range(2)])
+        await app.bot.send_message(restricted.id, "text still goes")
+    with pytest.raises(ValueError, match="only a group"):
+        fake.remove_bot(private)
+    assert [call.status for call in fake.calls() if call.method.startswith(("send", "edit"))] == [
+        200, 403, 403, 403, 403, 403, 400, 400, 200,
+    ]  # fmt: skip
+    assert fake.calls("sendMediaGroup")[0].response["description"] == "Forbidden: bot was blocked by the user"
