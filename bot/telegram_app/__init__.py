@@ -12,6 +12,13 @@ texts the caption (``editMessageCaption``).  One message from the first reply
 to the last, so nothing is left behind: when the pictures are posted (or the
 job fails) the status message is deleted, as before.
 
+The pictures are recorded as posted the moment their message exists (an
+album, which Telegram takes all or nothing, as soon as it is sent); a retried
+delivery posts only what has no message yet, and the rating keyboard that
+follows an album.  What Telegram refuses for good (400, 403: the bot was
+blocked, removed from the group, may not send photos there) is raised as the
+core's :class:`DeliveryRefused`, so the core stops instead of asking again.
+
 The bot token is part of every Bot API and file URL, so nothing here logs
 URLs or exception texts from the HTTP layer.
 """
@@ -25,7 +32,8 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -41,7 +49,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatMemberStatus, ChatType
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
+from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TelegramError, TimedOut
 from telegram.ext import (
     Application,
     ApplicationBuilder,
@@ -65,6 +73,7 @@ from bot.core import (
     photo_order,
     texts,
 )
+from bot.core.platform import DeliveryRefused
 from bot.settings import BotSettings
 from bot.storage import Job, StoredPicture
 from mmpp.errors import ErrorCode, MmppError
@@ -102,6 +111,8 @@ STYLE_PATTERN = r"^(?:style|s):(?P<token>[A-Za-z0-9_-]+):(?P<style>[a-z0-9-]+)$"
 #: The longest text of a callback query's answer (Bot API: 0-200 characters).
 MAX_ANSWER_CHARACTERS = 200
 GROUP_CHATS = frozenset({ChatType.GROUP.value, ChatType.SUPERGROUP.value})
+#: The key of a job's reply context that holds the requester's Telegram user id (their private chat's id).
+REQUESTER = "user_id"
 ADMINISTRATORS = frozenset({ChatMemberStatus.ADMINISTRATOR.value, ChatMemberStatus.OWNER.value})
 
 
@@ -143,6 +154,19 @@ async def with_retries(action: Any, *arguments: Any, **keywords: Any) -> Any:
             pause = 0.5 * 2 ** (attempt - 1)
         await asyncio.sleep(pause)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+@contextmanager
+def refusals_are_final() -> Iterator[None]:
+    """Telegram's refusals that asking again cannot change, as the core's :class:`DeliveryRefused`: 403 (the
+    bot was blocked by the user, kicked from the group, is no member of it), 400 (chat not found, not enough
+    rights to send photos, a request it will never take) and a group that became a supergroup (a new chat
+    id).  A 429 beyond :func:`with_retries`, a 5xx and a network failure pass as they are: retried, bounded."""
+    try:
+        yield
+    except (BadRequest, Forbidden, ChatMigrated) as error:
+        # Telegram's description only (it never holds the token-bearing URL).
+        raise DeliveryRefused(f"Telegram refused it: {error.message}") from error
 
 
 class NoRoomError(Exception):
@@ -397,41 +421,76 @@ class TelegramDelivery:
     async def post_pictures(
         self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
     ) -> None:
+        with refusals_are_final():
+            await self._post_pictures(job, pictures, caption, on_posted)
+
+    async def _post_pictures(
+        self, job: Job, pictures: list[StoredPicture], caption: str, on_posted: PostedCallback
+    ) -> None:
+        """The pictures not posted yet, then (for several) the rating keyboard, which an album cannot carry.
+
+        One picture goes with its keyboard in one message.  Several go as an album, which Telegram
+        takes all or nothing: each is recorded as posted as soon as it returns, so when the keyboard
+        fails after it, the retry sends only the keyboard.  (A bot stopped halfway through recording
+        leaves a few unrecorded: only those go again, as one album or one photo.)
+        """
         chat_id = job.reply_context["chat_id"]
         reply_to = job.reply_context.get("message_id")
+        unposted = [picture for picture in pictures if picture.message_ref is None]
+        # The caption goes with the first picture; once that is out, it is not repeated.
+        first_caption = caption if unposted and unposted[0] is pictures[0] else None
         if len(pictures) == 1:
+            if unposted:
+                message = await with_retries(
+                    self.bot.send_photo, chat_id=chat_id, photo=pictures[0].png, caption=caption,
+                    reply_markup=rating_keyboard(job, pictures), reply_to_message_id=reply_to,
+                    allow_sending_without_reply=True,
+                )  # fmt: skip
+                await on_posted(pictures[0], message_ref(chat_id, message.message_id))
+            await self._remove_status(job)
+            return
+        if len(unposted) == 1:  # an album needs two at least
             message = await with_retries(
-                self.bot.send_photo, chat_id=chat_id, photo=pictures[0].png, caption=caption,
-                reply_markup=rating_keyboard(job, pictures), reply_to_message_id=reply_to,
-                allow_sending_without_reply=True,
+                self.bot.send_photo, chat_id=chat_id, photo=unposted[0].png, caption=first_caption,
+                reply_to_message_id=reply_to, allow_sending_without_reply=True,
             )  # fmt: skip
-            await on_posted(pictures[0], message_ref(chat_id, message.message_id))
-        else:
+            await on_posted(unposted[0], message_ref(chat_id, message.message_id))
+        elif unposted:
             media = [
-                InputMediaPhoto(picture.png, caption=caption if index == 0 else None)
-                for index, picture in enumerate(pictures)
+                InputMediaPhoto(picture.png, caption=first_caption if index == 0 else None)
+                for index, picture in enumerate(unposted)
             ]
             messages = await with_retries(
                 self.bot.send_media_group, chat_id=chat_id, media=media, reply_to_message_id=reply_to,
                 allow_sending_without_reply=True,
             )  # fmt: skip
-            for picture, message in zip(pictures, messages, strict=False):
+            for picture, message in zip(unposted, messages, strict=True):
                 await on_posted(picture, message_ref(chat_id, message.message_id))
-            await with_retries(
-                self.bot.send_message, chat_id=chat_id, text=texts.RATE_THEM,
-                reply_markup=rating_keyboard(job, pictures),
-            )  # fmt: skip
+        await with_retries(
+            self.bot.send_message, chat_id=chat_id, text=texts.RATE_THEM, reply_markup=rating_keyboard(job, pictures),
+        )  # fmt: skip
         await self._remove_status(job)
 
     async def post_notice(self, job: Job, text: str) -> None:
         await with_retries(self.bot.send_message, chat_id=job.reply_context["chat_id"], text=text)
 
     async def post_failure(self, job: Job, code: ErrorCode, text: str) -> None:
-        await with_retries(
-            self.bot.send_message, chat_id=job.reply_context["chat_id"], text=failure_text(code, text),
-            reply_to_message_id=job.reply_context.get("message_id"), allow_sending_without_reply=True,
-        )  # fmt: skip
+        with refusals_are_final():
+            await with_retries(
+                self.bot.send_message, chat_id=job.reply_context["chat_id"], text=failure_text(code, text),
+                reply_to_message_id=job.reply_context.get("message_id"), allow_sending_without_reply=True,
+            )  # fmt: skip
         await self._remove_status(job)  # the failure says it all; no half-painted preview is left above it
+
+    async def post_direct(self, job: Job, code: ErrorCode, text: str) -> None:
+        """Where the job's chat is a group that refused the bot: the requester's private chat with it, the one
+        place left to say how the job ended.  Telegram lets a bot write there only to someone who started it
+        (else 403 "bot can't initiate conversation with a user", raised).  A job ordered in private has no
+        other chat (the one that refused is the private one), nor has one whose requester is not known."""
+        requester = job.reply_context.get(REQUESTER)
+        if requester is None or str(requester) == str(job.reply_context["chat_id"]):
+            return
+        await with_retries(self.bot.send_message, chat_id=requester, text=failure_text(code, text))
 
 
 def failure_text(code: ErrorCode, text: str) -> str:
@@ -557,11 +616,12 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     core.check_profile(options)
     data = await _download(context, *photo)
+    where = {"chat_id": message.chat_id, "message_id": message.message_id, CHAT_KIND: str(message.chat.type)}
     order = ProfileOrder(
         requester=requester,
         event_key=f"update:{update.update_id}",
         chat_id=str(message.chat_id),
-        reply_context={"chat_id": message.chat_id, "message_id": message.message_id, CHAT_KIND: str(message.chat.type)},
+        reply_context={**where, REQUESTER: update.effective_user.id},
         options=options,
         photo=data,
         photo_type=photo[2],
@@ -647,7 +707,7 @@ def _where(query: CallbackQuery) -> tuple[int, dict[str, Any]]:
     chat_id = query.message.chat.id if query.message else query.from_user.id
     reply_to = query.message.message_id if query.message else None
     kind = str(query.message.chat.type) if query.message else ChatType.PRIVATE.value  # no message: the user's chat
-    return chat_id, {"chat_id": chat_id, "message_id": reply_to, CHAT_KIND: kind}
+    return chat_id, {"chat_id": chat_id, "message_id": reply_to, CHAT_KIND: kind, REQUESTER: query.from_user.id}
 
 
 @button

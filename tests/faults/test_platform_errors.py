@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 import bot.discord_app as discord_app
+import bot.telegram_app as telegram_app
 from bot import metrics
-from bot.core import ChatCore
+from bot.core import ChatCore, texts
 from bot.settings import BotSettings
 from bot.storage import Storage
 from tests.bot.conftest import ScriptedQueue
@@ -31,7 +32,7 @@ from tests.fakes.discord_api import (
     RecordedRequest,
 )
 from tests.fakes.telegram_api import FakeTelegram
-from tests.faults.conftest import ALICE, replies_in, telegram_bot, wait_until
+from tests.faults.conftest import ALICE, BOB, BOT_USERNAME, replies_in, telegram_bot, wait_until
 
 CHANNEL_MESSAGES = re.compile(r"^/channels/\d+/messages$")
 
@@ -98,6 +99,120 @@ async def test_telegram_5xx_outage_longer_than_the_send_retries_still_delivers(
         with contextlib.suppress(AssertionError):
             await wait_until(lambda: replies_in(fake, ALICE.id), 10, "a reply after the outage")
         assert replies_in(fake, ALICE.id) == ["pictures"] and photos_sent_to(fake, ALICE.id) == 1
+
+
+TELEGRAM_ORDER = f"/profile@{BOT_USERNAME} anime"
+
+
+async def telegram_job_running(storage: Storage) -> bool:
+    """Job 1 has been ordered (its status and any notice are sent) and the worker reports progress."""
+    job = await storage.job(1)
+    return job is not None and job.state == "running"
+
+
+@pytest.mark.parametrize(
+    ("refusal", "count", "method"),
+    [("blocked", 2, "sendMediaGroup"), ("kicked", 1, "sendPhoto"), ("no photo rights", 2, "sendMediaGroup")],
+)
+async def test_telegram_a_chat_that_refuses_the_bot_for_good_ends_the_job_once(
+    fake_telegram: FakeTelegram, tmp_path: Path, refusal: str, count: int, method: str
+) -> None:
+    """While the job runs the person blocks the bot, or the group removes it or stops it sending photos.
+    Telegram's 403 / 400 cannot change by asking again: the pictures are tried once, not up to the retry bound,
+    the job ends as DELIVERY_FAILED (recorded, counted once), and where the chat was a group the requester, who
+    has a private chat with the bot, is told there."""
+    fake = fake_telegram
+    before = finished("failed", "DELIVERY_FAILED")
+    queue = ScriptedQueue(progress_polls=20)
+    async with telegram_bot(fake, tmp_path, job_queue=queue, **QUICK_RETRIES) as bot:
+        await fake.send_message(None, ALICE, "/start")  # Alice's private chat with the bot exists
+        await fake.wait_for(lambda call: call.method == "sendMessage" and call.params["chat_id"] == ALICE.id)
+        chat = fake.private_chat(ALICE) if refusal == "blocked" else fake.group()
+        caption = f"anime count:{count}" if refusal == "blocked" else f"{TELEGRAM_ORDER} count:{count}"
+        await fake.send_photo(chat, ALICE, SAMPLE_SELFIE.read_bytes(), caption=caption)
+        await wait_until(lambda: telegram_job_running(bot.storage), 30, "the job running")
+        if refusal == "blocked":
+            fake.block_bot(ALICE)
+        elif refusal == "kicked":
+            fake.remove_bot(chat)
+        else:
+            fake.forbid_photos(chat)
+        await wait_until(lambda: job_delivered(bot.storage), 30, "the job ended")
+        await bot.core.wait_idle(timeout=10)
+        await asyncio.sleep(0.5)  # nothing more happens afterwards
+
+        job = await bot.storage.job(1)
+        assert job is not None and job.state == "failed" and job.error_code == "DELIVERY_FAILED"
+        attempts = [call.status for call in fake.calls(method)]
+        assert attempts == [400 if refusal == "no photo rights" else 403]  # once: a refusal for good is final
+        assert photos_sent_to(fake, chat.id) == 0
+        assert finished("failed", "DELIVERY_FAILED") == before + 1
+        told = [call for call in fake.calls("sendMessage") if "DELIVERY_FAILED" in str(call.params.get("text"))]
+        if refusal == "blocked":
+            assert told == []  # the private chat is the one that refused: nowhere else to say it
+        else:
+            assert [(call.params["chat_id"], call.status) for call in told] == [(ALICE.id, 200)]
+            assert "\n" not in told[0].params["text"]
+
+
+async def test_telegram_a_group_the_requester_never_wrote_privately_in_still_ends_the_job_once(
+    fake_telegram: FakeTelegram, tmp_path: Path
+) -> None:
+    """The bot is removed from the group and may not start a private chat with the requester: the job ends once
+    all the same, its DM tried once and refused."""
+    fake = fake_telegram
+    async with telegram_bot(fake, tmp_path, job_queue=ScriptedQueue(progress_polls=20), **QUICK_RETRIES) as bot:
+        group = fake.group()
+        await fake.send_photo(group, ALICE, SAMPLE_SELFIE.read_bytes(), caption=TELEGRAM_ORDER)
+        await wait_until(lambda: telegram_job_running(bot.storage), 30, "the job running")
+        fake.remove_bot(group)
+        await wait_until(lambda: job_delivered(bot.storage), 30, "the job ended")
+        await bot.core.wait_idle(timeout=10)
+        await asyncio.sleep(0.5)
+        job = await bot.storage.job(1)
+        assert job is not None and job.error_code == "DELIVERY_FAILED"
+        assert [call.status for call in fake.calls("sendPhoto")] == [403]
+        direct = [call for call in fake.calls("sendMessage") if call.params["chat_id"] == ALICE.id]
+        assert [call.status for call in direct] == [400]  # "chat not found": tried once, not retried
+
+
+@pytest.mark.parametrize("status", [503, 429])
+async def test_telegram_an_album_is_not_posted_again_when_the_message_after_it_failed(
+    fake_telegram: FakeTelegram, tmp_path: Path, status: int
+) -> None:
+    """Telegram takes the album (all or nothing), then the rating keyboard's message fails beyond the adapter's
+    own retries (5xx, or 429 after its bounded waits): the core tries the delivery again and only the keyboard
+    goes out again.  Each picture appears exactly once, the job is delivered, and the keyboard rates them."""
+    fake = fake_telegram
+    async with telegram_bot(fake, tmp_path, job_queue=ScriptedQueue(progress_polls=20), **QUICK_RETRIES) as bot:
+        await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="anime count:3")
+        await wait_until(lambda: telegram_job_running(bot.storage), 30, "the job running")
+        fake.fail_next("sendMessage", status=status, retry_after=1, times=telegram_app.SEND_ATTEMPTS)
+        await wait_until(lambda: job_delivered(bot.storage), 30, "the job delivered")
+        await bot.core.wait_idle(timeout=10)
+        await asyncio.sleep(0.5)
+
+        albums = fake.calls("sendMediaGroup")
+        assert [call.status for call in albums] == [200]  # posted once, never again
+        assert photos_sent_to(fake, ALICE.id) == 3
+        keyboards = [call for call in fake.calls("sendMessage") if call.params.get("text") == texts.RATE_THEM]
+        assert [call.status for call in keyboards] == [status] * telegram_app.SEND_ATTEMPTS + [200]
+        job = await bot.storage.job(1)
+        assert job is not None and job.state == "done" and job.delivered_at
+        pictures = await bot.storage.pictures(1)
+        assert [picture.message_ref for picture in pictures] == [
+            f"{ALICE.id}:{message['message_id']}" for message in albums[0].result
+        ]
+        assert job.status_message_id and (ALICE.id, int(job.status_message_id)) not in fake.messages  # removed
+
+        await fake.press_button(keyboards[-1].result, BOB, f"rate:{pictures[2].id}:4")
+        await fake.wait_for("answerCallbackQuery")
+
+        async def bobs_rating() -> int | None:
+            rater = await bot.storage.find_user("telegram", str(BOB.id))
+            return None if rater is None else await bot.storage.rating(pictures[2].id, rater)
+
+        await wait_until(lambda: _equals(bobs_rating, 4), 10, "the rating stored")
 
 
 # ---------------------------------------------------------------------------------------------- Discord
