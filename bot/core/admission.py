@@ -12,7 +12,8 @@ a job's place is written before its message is sent (``admitted_at``, then ``enq
 that had its place but was never sent is sent first.
 
 A broker that refuses a job (full, unreachable) is retried with pauses growing from 0.5 s to 30 s,
-the jobs keep their places and their order, and the change is logged once, not once per attempt;
+the jobs keep their places and their order, and the change is logged once, not once per attempt
+(a broker at its limit that takes every other job is summarised at most once a minute);
 while it lasts, :attr:`Admission.refusal` says why, for the status lines people see ("busy, your
 job is queued"), ``/healthz`` and the metrics.
 """
@@ -39,6 +40,9 @@ BROKER_RETRY_MAX_SECONDS = 30.0
 FEED_EVERY_SECONDS = 2.0
 #: The pause after the database itself failed a feeding round.
 FEED_ERROR_PAUSE_SECONDS = 5.0
+#: A broker at its limit takes one job and refuses the next: refusals for the same reason this soon after
+#: the last line about them are counted, not logged, and the next line says how many there were.
+FLAPPING_QUIET_SECONDS = 60.0
 
 
 class BrokerRefusal(Exception):  # noqa: N818 - the broker's answer, not an error of ours
@@ -96,6 +100,10 @@ class Admission:
         self._refusal_kind = ""
         self._refused_since = 0.0
         self._refused_attempts = 0
+        self._last_reason = ""
+        self._last_logged_at = float("-inf")
+        self._episode_logged = False
+        self._brief_refusals = 0
         self._pause = BROKER_RETRY_FIRST_SECONDS
         self._wake = asyncio.Event()
         self._feeding = asyncio.Lock()  # one round at a time: a job is never sent twice
@@ -198,25 +206,37 @@ class Admission:
         self.wake()  # the feeder's next attempt waits the pause, whoever tried this one
         if description == self.refusal:
             return
+        now = time.monotonic()
+        flapping = self.refusal is None and description == self._last_reason
         if self.refusal is None:
-            self._refused_since = time.monotonic()
+            self._refused_since = now
         self.refusal, self._refusal_kind, self._pause = description, kind, BROKER_RETRY_FIRST_SECONDS
+        self._last_reason = description
+        if flapping and now - self._last_logged_at < FLAPPING_QUIET_SECONDS:
+            self._brief_refusals += 1
+            self._episode_logged = False
+            return
+        brief = f" ({self._brief_refusals} brief refusals before this one since the last report)" if flapping else ""
         logger.warning(
             "enqueueing job %s failed: the broker %s; the jobs wait in the database with their places and are "
-            "sent, oldest first, once it takes them (retrying with pauses growing to %.0f s)",
+            "sent, oldest first, once it takes them (retrying with pauses growing to %.0f s)%s",
             job.id,
             description,
             BROKER_RETRY_MAX_SECONDS,
+            brief,
         )
+        self._last_logged_at, self._episode_logged, self._brief_refusals = now, True, 0
 
     def _accepted(self) -> None:
         if self.refusal is None:
             return
-        logger.warning(
-            "the broker takes jobs again, after %.0f s and %d refused attempts",
-            time.monotonic() - self._refused_since,
-            self._refused_attempts,
-        )
+        if self._episode_logged:
+            logger.warning(
+                "the broker takes jobs again, after %.0f s and %d refused attempts",
+                time.monotonic() - self._refused_since,
+                self._refused_attempts,
+            )
+            self._last_logged_at = time.monotonic()
         self.refusal, self._refusal_kind, self._refused_attempts = None, "", 0
         self._pause = BROKER_RETRY_FIRST_SECONDS
         metrics.BROKER_ACCEPTING.set(1)

@@ -277,3 +277,38 @@ async def test_a_damaged_job_fails_on_its_own_instead_of_holding_up_its_queue(
         assert list(queue.submitted) == [good.task_id] and core.jobs.admission.refusal is None
     finally:
         await core.stop()
+
+
+@dataclass
+class FlappingQueue(ScriptedQueue):
+    """A Redis right at its limit: every other send is refused, the next one taken."""
+
+    sends: int = 0
+
+    async def submit(self, task_id: str, payload: dict, queue: str) -> None:
+        self.sends += 1
+        if self.sends % 2:
+            raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+        await super().submit(task_id, payload, queue)
+
+
+async def test_a_broker_flapping_at_its_limit_does_not_write_two_lines_per_job(
+    storage: Storage, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    queue = FlappingQueue()
+    core = await started_core(storage, queue, tmp_path, broker_max_jobs=1)
+
+    async def quick(seconds: float) -> None:
+        await asyncio.sleep(0.005)
+
+    core.jobs.admission.sleep = quick
+    try:
+        jobs = [(await core.order_profile(order(f"e{n}", person(n))))[0] for n in range(10)]
+        await core.wait_idle(timeout=30)
+        assert list(queue.submitted) == [job.task_id for job in jobs] and queue.sends >= 19
+    finally:
+        await core.stop()
+    lines = [record.getMessage() for record in caplog.records if record.name == "bot.core.admission"]
+    assert len(lines) == 2, lines  # the first refusal and the first recovery; the others are counted
+    assert lines[0].startswith("enqueueing job 1 failed") and lines[1].startswith("the broker takes jobs again")
