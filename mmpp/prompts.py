@@ -23,6 +23,7 @@ seconds), so nesting is bounded too.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -495,14 +496,24 @@ def prompt_weights(prompt: str) -> tuple[WeightedText, ...]:
         ) from None
 
 
-def check_prompt_weights(prompt: str) -> None:
-    """Refuse (INVALID_REQUEST, one line) a prompt with a fragment weighted outside the bounds."""
+@functools.lru_cache(maxsize=4096)
+def _first_fragment_out_of_bounds(prompt: str) -> WeightedText | None:
+    """Memoised: most orders carry no prompt of their own, so the same few rendered style prompts are read on
+    every command, on the bot's event loop before the platform is answered (about 3 ms a read)."""
     for fragment in prompt_weights(prompt):
         if not MIN_PROMPT_WEIGHT <= fragment.weight <= MAX_PROMPT_WEIGHT:
-            words = " ".join(fragment.text.split())
-            shown = words if len(words) <= 30 else words[:29] + "…"
-            raise MmppError(
-                ErrorCode.INVALID_REQUEST,
-                f"Prompt weights must stay between {MIN_PROMPT_WEIGHT:g} and {MAX_PROMPT_WEIGHT:g}; "
-                f"'{shown}' would weigh {fragment.weight:.3g}.",
-            )
+            return fragment
+    return None
+
+
+def check_prompt_weights(prompt: str) -> None:
+    """Refuse (INVALID_REQUEST, one line) a prompt with a fragment weighted outside the bounds."""
+    fragment = _first_fragment_out_of_bounds(prompt)
+    if fragment is not None:
+        words = " ".join(fragment.text.split())
+        shown = words if len(words) <= 30 else words[:29] + "…"
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST,
+            f"Prompt weights must stay between {MIN_PROMPT_WEIGHT:g} and {MAX_PROMPT_WEIGHT:g}; "
+            f"'{shown}' would weigh {fragment.weight:.3g}.",
+        )
