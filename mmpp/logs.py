@@ -167,6 +167,9 @@ def configure_logging(
         handler.addFilter(TerminalFilter(own))
         root.setLevel(logging.INFO)
     # Python's warnings go through the handlers too: printed straight to stderr they would bypass the redaction.
+    # Off, then on: captureWarnings(True) does nothing when it thinks it is already on, even if something
+    # (a warnings.catch_warnings block that has ended, a library) has put another showwarning in place since.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     # httpx logs request URLs at INFO, and Telegram's contain the bot token: kept out twice over.
     logging.getLogger("httpx").setLevel(logging.WARNING)

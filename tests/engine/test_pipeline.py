@@ -48,8 +48,15 @@ def test_each_picture_of_a_job_has_its_own_reproducible_seed(tiny_engine: Engine
     result = tiny_engine.generate(request(selfie_bytes, count=3, seed=100))
     assert [picture.seed for picture in result.pictures] == [100, 101, 102]
     assert len({picture.png for picture in result.pictures}) == 3
+    again = tiny_engine.generate(request(selfie_bytes, count=3, seed=100))
+    assert [picture.png for picture in again.pictures] == [picture.png for picture in result.pictures]
+    # The same seed alone paints the same picture, up to rounding: a batch of 3 and a batch of 1 may run
+    # different CPU kernels (with AVX-512 they do), whose sums differ in the last bits of float32.
     alone = tiny_engine.generate(request(selfie_bytes, count=1, seed=102))
-    assert alone.pictures[0].png == result.pictures[2].png
+    difference = np.abs(pixels(alone.pictures[0].png) - pixels(result.pictures[2].png))
+    assert difference.max() <= 2, difference.max()
+    between_seeds = np.abs(pixels(result.pictures[1].png) - pixels(result.pictures[2].png)).mean()
+    assert between_seeds > 10 * max(difference.mean(), 0.01)
 
 
 def test_random_seed_is_recorded(tiny_engine: Engine, selfie_bytes: bytes) -> None:

@@ -88,3 +88,16 @@ def test_error_lines_are_told_from_the_rest_of_a_process_output() -> None:
     ]
     assert all(is_error_line(line) for line in errors)
     assert not any(is_error_line(line) for line in others)
+
+
+def test_warnings_reach_the_log_even_after_an_earlier_capture_was_undone(
+    tmp_path: Path, restored_root_logger: None
+) -> None:
+    """``logging.captureWarnings(True)`` is a no-op when it thinks it is on; a ``catch_warnings`` block that ended
+    since (pytest wraps every test in one, libraries use them) has put the plain printer back meanwhile."""
+    with warnings.catch_warnings():
+        logging.captureWarnings(True)
+    log_file = tmp_path / "run.log"
+    configure_logging(False, "text", log_file=log_file, own=("bot", "mmpp"))
+    warnings.warn("a notice after the undone capture", UserWarning, stacklevel=1)
+    assert "a notice after the undone capture" in log_file.read_text(encoding="utf-8")
