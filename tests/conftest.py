@@ -6,6 +6,7 @@ it to ``var/cache`` so reruns skip the build) or to a session temp folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -86,3 +87,21 @@ def redis_worker(cache_dir: Path) -> Iterator[str]:
     alive = worker.poll() is None
     stop_worker(worker)
     assert alive, "the worker died during the tests"
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The root logger's handlers and level, httpx's level and warnings capture as they were: the logging
+    set-up under test (configure_logging, set_up_logging) replaces them for the whole process."""
+    root, httpx = logging.getLogger(), logging.getLogger("httpx")
+    handlers, level, httpx_level = list(root.handlers), root.level, httpx.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        if handler not in handlers:
+            handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    httpx.setLevel(httpx_level)
+    logging.captureWarnings(False)

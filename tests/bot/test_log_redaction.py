@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -43,23 +43,6 @@ ALICE = FakeUser(1001, "Alice", username="alice")
 def assert_no_secret(text: str, where: str) -> None:
     for secret in SECRETS:
         assert secret not in text, f"{where} holds {secret!r}"
-
-
-@pytest.fixture
-def restored_logging() -> Iterator[None]:
-    """The root logger's handlers and level, and httpx's level, as they were (set_up_logging replaces them)."""
-    root, httpx = logging.getLogger(), logging.getLogger("httpx")
-    handlers, level, httpx_level = list(root.handlers), root.level, httpx.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        if handler not in handlers:
-            handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    httpx.setLevel(httpx_level)
-    logging.captureWarnings(False)
 
 
 def log_what_the_libraries_log() -> None:

@@ -19,11 +19,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import redis
 from PIL import Image
 
+from bench.soak import large_photo
 from bot.core import ChatCore, Person, ProfileOrder
 from bot.queue import CeleryJobQueue, broker_message_bytes, make_client
 from bot.settings import BotSettings
@@ -34,16 +34,6 @@ from tests.faults.conftest import PrivateRedis, Worker, spawn_worker, unique_que
 
 MAXMEMORY = 8 * 2**20
 JOBS = 20
-
-
-def large_photo(seed: int = 1) -> bytes:
-    """A several-MB phone-sized JPEG: random noise (which compresses badly) around the sample selfie's face."""
-    noise = np.random.default_rng(seed).integers(0, 256, (1800, 2400, 3), dtype=np.uint8)
-    photo = Image.fromarray(noise)
-    photo.paste(Image.open(SAMPLE_SELFIE).resize((1300, 1300), Image.Resampling.LANCZOS), (550, 250))
-    buffer = io.BytesIO()
-    photo.save(buffer, "JPEG", quality=92)
-    return buffer.getvalue()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,23 +33,8 @@ def test_the_secret_filter_redacts_messages_and_tracebacks() -> None:
     assert token not in record.exc_text and REDACTED in record.exc_text
 
 
-@pytest.fixture
-def restored_root_logger() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-        if handler not in handlers:
-            handler.close()
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
-    logging.captureWarnings(False)
-
-
 def test_with_a_log_file_the_terminal_keeps_errors_and_our_warnings(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], restored_root_logger: None
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], restored_logging: None
 ) -> None:
     log_file = tmp_path / "log" / "run.log"
     configure_logging(False, "text", log_file=log_file, own=("bot", "mmpp"))
@@ -91,7 +75,7 @@ def test_error_lines_are_told_from_the_rest_of_a_process_output() -> None:
 
 
 def test_warnings_reach_the_log_even_after_an_earlier_capture_was_undone(
-    tmp_path: Path, restored_root_logger: None
+    tmp_path: Path, restored_logging: None
 ) -> None:
     """``logging.captureWarnings(True)`` is a no-op when it thinks it is on; a ``catch_warnings`` block that ended
     since (pytest wraps every test in one, libraries use them) has put the plain printer back meanwhile."""
