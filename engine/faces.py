@@ -12,7 +12,6 @@ network, no torch and no GPU, which keeps this module usable in any worker.
 from __future__ import annotations
 
 import importlib.util
-import io
 import math
 import threading
 import warnings
@@ -21,16 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps
 
-from mmpp.contract import (
-    ACCEPTED_PHOTO_TYPES,
-    MAX_IMAGE_PIXELS,
-    MAX_UPLOAD_BYTES,
-    MIN_IMAGE_SIDE,
-    accepted_photos_text,
-)
+from mmpp.contract import MAX_UPLOAD_BYTES
 from mmpp.errors import ErrorCode, MmppError
+from mmpp.photos import ACCEPTED_FORMATS, not_an_image, open_photo_header, to_rgb8, too_many_pixels
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -52,8 +46,6 @@ __all__ = [
 #: which also keeps rarely used (and historically buggy) Pillow plugins away from uploads.
 #: A JPEG with extra pictures appended (MPO, written by many phones) opens through the JPEG
 #: plugin under the format name "MPO" and is accepted as the still photo it is.
-ACCEPTED_FORMATS = tuple(photo.pillow_format for photo in ACCEPTED_PHOTO_TYPES)
-_ACCEPTED_TEXT = accepted_photos_text()
 
 #: dlib's documented decision threshold for its 128-d embedding: two faces whose Euclidean
 #: distance is below 0.6 are the same person (99.38 % on LFW).  Measured here: the astronaut
@@ -111,33 +103,6 @@ def locate_face_model_files() -> tuple[Path, Path]:
     )
 
 
-def _not_an_image(detail: str = "") -> MmppError:
-    prefix = f"{detail} " if detail else "The file is not a photo we can read. "
-    return MmppError(ErrorCode.NOT_AN_IMAGE, f"{prefix}Send a still {_ACCEPTED_TEXT} photo.")
-
-
-def _sniff(data: bytes) -> str | None:
-    """Name the format from its magic bytes, so a refusal can say what was wrong with it."""
-    signatures = {
-        b"\xff\xd8\xff": "JPEG",
-        b"\x89PNG\r\n\x1a\n": "PNG",
-        b"GIF87a": "GIF",
-        b"GIF89a": "GIF",
-        b"BM": "BMP",
-        b"II*\x00": "TIFF",
-        b"MM\x00*": "TIFF",
-        b"%PDF": "PDF",
-    }
-    for magic, name in signatures.items():
-        if data.startswith(magic):
-            return name
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"hevc", b"avif"):
-        return "HEIC/AVIF"
-    return None
-
-
 def decode_image(data: bytes) -> Image.Image:
     """Decode an uploaded photo into a fresh, upright, 8-bit RGB image without metadata.
 
@@ -148,10 +113,10 @@ def decode_image(data: bytes) -> Image.Image:
     travel further into logs or outputs.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
-        raise _not_an_image()
+        raise not_an_image()
     data = bytes(data)
     if not data:
-        raise _not_an_image("The upload is empty.")
+        raise not_an_image("The upload is empty.")
     if len(data) > MAX_UPLOAD_BYTES:
         raise MmppError(
             ErrorCode.IMAGE_TOO_LARGE,
@@ -161,84 +126,21 @@ def decode_image(data: bytes) -> Image.Image:
     # filters early the warning merely logs, and the explicit pixel check below still refuses.
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open_checked(data)
+        image = open_photo_header(data)
         try:
             image.load()  # Pillow decodes lazily: force it here so truncation surfaces now.
         except Image.DecompressionBombError:
-            raise _too_many_pixels(image.size) from None
+            raise too_many_pixels(image.size) from None
         except Exception:  # noqa: BLE001 - corrupt data makes decoders raise almost anything.
-            raise _not_an_image("The photo is damaged or incomplete.") from None
+            raise not_an_image("The photo is damaged or incomplete.") from None
     try:
         upright = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels.
         upright = image
-    rgb = _to_rgb8(upright)
+    rgb = to_rgb8(upright)
     fresh = Image.new("RGB", rgb.size)
     fresh.paste(rgb)
     return fresh
-
-
-def _too_many_pixels(size: tuple[int, int]) -> MmppError:
-    width, height = size
-    return MmppError(
-        ErrorCode.IMAGE_TOO_LARGE,
-        f"The photo is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.",
-    )
-
-
-def _open_checked(data: bytes) -> Image.Image:
-    """Open the header only and refuse by format, animation and size before decoding."""
-    try:
-        image = Image.open(io.BytesIO(data), formats=list(ACCEPTED_FORMATS))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise MmppError(
-            ErrorCode.IMAGE_TOO_LARGE,
-            f"The photo has too many pixels; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.",
-        ) from None
-    except UnidentifiedImageError:
-        sniffed = _sniff(data)
-        if sniffed in ACCEPTED_FORMATS:
-            raise _not_an_image("The photo is damaged or incomplete.") from None
-        if sniffed:
-            raise _not_an_image(f"{sniffed} files are not accepted.") from None
-        raise _not_an_image() from None
-    except Exception:  # noqa: BLE001 - a damaged header raises SyntaxError, struct.error, ...
-        raise _not_an_image("The photo is damaged or incomplete.") from None
-    # MPO (a JPEG with a depth map or preview appended) is a still photo: keep the first frame.
-    if image.format != "MPO" and (getattr(image, "is_animated", False) or getattr(image, "n_frames", 1) > 1):
-        raise _not_an_image("Animated images are not accepted.")
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise _too_many_pixels(image.size)
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise MmppError(
-            ErrorCode.IMAGE_TOO_SMALL,
-            f"The photo is {width}x{height} pixels; each side needs at least {MIN_IMAGE_SIDE}.",
-        )
-    return image
-
-
-def _to_rgb8(image: Image.Image) -> Image.Image:
-    """Convert any mode Pillow gives for JPEG/PNG/WebP to 8-bit RGB without losing contrast.
-
-    Pillow's own ``convert`` clips 16- and 32-bit greyscale to 0..255 instead of scaling it,
-    which turns a 16-bit PNG almost white; transparency is composited on white because a
-    transparent background usually means "no background", and black would darken the crop.
-    """
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        values = np.asarray(image).astype(np.float64)
-        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in image.info)
-    if has_alpha:
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 @dataclass(frozen=True)

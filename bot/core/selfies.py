@@ -15,7 +15,7 @@ decoder does (16-bit greys scaled, transparency on white), shrunk with a Lanczos
 a quality-90 JPEG.  Large JPEGs are decoded at a reduced scale first (DCT scaling), which makes
 shrinking a 12-megapixel photo cost tens of milliseconds.
 
-The checks are the worker's limits from the kernel (:mod:`mmpp.contract`), answered here at once
+The checks are the worker's own (:mod:`mmpp.photos`, the limits in :mod:`mmpp.contract`), answered here at once
 with the same error codes; the worker still decodes defensively, since anyone who can reach the
 broker can send it a payload.
 """
@@ -26,16 +26,11 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from mmpp.contract import (
-    ACCEPTED_PHOTO_TYPES,
-    MAX_IMAGE_PIXELS,
-    MAX_UPLOAD_BYTES,
-    MIN_IMAGE_SIDE,
-    accepted_photos_text,
-)
+from mmpp.contract import MAX_UPLOAD_BYTES, MIN_IMAGE_SIDE
 from mmpp.errors import ErrorCode, MmppError
+from mmpp.photos import not_an_image, open_photo_header, to_rgb8
 
 #: The long side of the copy the bot keeps and sends.
 MAX_SIDE = 1024
@@ -46,9 +41,6 @@ HARMLESS_JPEG_INFO = frozenset(
     {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "progressive", "progression"}
     | {"adobe", "adobe_transform"}
 )
-_FORMATS = [photo.pillow_format for photo in ACCEPTED_PHOTO_TYPES]
-_HIGH_BIT_DEPTH = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
-_WITH_ALPHA = frozenset({"RGBA", "LA", "La", "RGBa", "PA"})
 _ORIENTATION_TAG = 0x0112
 
 
@@ -63,10 +55,6 @@ class PreparedSelfie:
     reencoded: bool
 
 
-def _unreadable(detail: str = "The file is not a photo I can read.") -> MmppError:
-    return MmppError(ErrorCode.NOT_AN_IMAGE, f"{detail} Send a still {accepted_photos_text()} photo.")
-
-
 def prepare_selfie(data: bytes) -> PreparedSelfie:
     """The copy of an uploaded photo that the job keeps; a one-line :class:`MmppError` if it is not one.
 
@@ -76,7 +64,7 @@ def prepare_selfie(data: bytes) -> PreparedSelfie:
         raise MmppError(ErrorCode.IMAGE_TOO_LARGE, f"The photo is over {MAX_UPLOAD_BYTES // 2**20} MiB.")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        image = _open(data)
+        image = open_photo_header(data)
         keep = (
             image.format == "JPEG"
             and max(image.size) <= MAX_SIDE
@@ -89,44 +77,15 @@ def prepare_selfie(data: bytes) -> PreparedSelfie:
         try:
             image.load()
         except Exception:  # noqa: BLE001 - damaged data makes decoders raise almost anything
-            raise _unreadable("The photo is damaged or incomplete.") from None
+            raise not_an_image("The photo is damaged or incomplete.") from None
     if keep:
         return PreparedSelfie(data, len(data), image.width, image.height, reencoded=False)
     upright = _upright(image)
-    rgb = _to_rgb8(upright)
+    rgb = to_rgb8(upright)
     shrunk = _shrink(rgb)
     buffer = io.BytesIO()
     shrunk.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return PreparedSelfie(buffer.getvalue(), len(data), shrunk.width, shrunk.height, reencoded=True)
-
-
-def _open(data: bytes) -> Image.Image:
-    """The photo's header, refused by format, animation and pixel count before any pixel is decoded."""
-    try:
-        image = Image.open(io.BytesIO(data), formats=_FORMATS)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise MmppError(
-            ErrorCode.IMAGE_TOO_LARGE, f"The photo has over {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels."
-        ) from None
-    except UnidentifiedImageError:
-        raise _unreadable() from None
-    except Exception:  # noqa: BLE001 - a damaged header raises SyntaxError, struct.error, ...
-        raise _unreadable("The photo is damaged or incomplete.") from None
-    # MPO (a JPEG with a depth map or preview appended, written by many phones) is a still photo.
-    if image.format != "MPO" and (getattr(image, "is_animated", False) or getattr(image, "n_frames", 1) > 1):
-        raise _unreadable("Animated images are not accepted.")
-    width, height = image.size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise MmppError(
-            ErrorCode.IMAGE_TOO_LARGE,
-            f"The photo is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.",
-        )
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise MmppError(
-            ErrorCode.IMAGE_TOO_SMALL,
-            f"The photo is {width}x{height} pixels; each side needs at least {MIN_IMAGE_SIDE}.",
-        )
-    return image
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -136,28 +95,6 @@ def _upright(image: Image.Image) -> Image.Image:
         return ImageOps.exif_transpose(image) if orientation != 1 else image
     except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
         return image
-
-
-def _to_rgb8(image: Image.Image) -> Image.Image:
-    """8-bit RGB as the worker's decoder makes it, so the copy shows the worker what the original would.
-
-    16- and 32-bit greys are scaled to 0..255 (Pillow's ``convert`` would clip them, turning a
-    16-bit photo almost white); transparency is composited on white.
-    """
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _HIGH_BIT_DEPTH:
-        wide = image.convert("I") if mode.startswith("I;16") else image
-        highest = wide.getextrema()[1]
-        brightest = float(highest) if isinstance(highest, int | float) else 0.0
-        top = 65535.0 if mode.startswith("I;16") or brightest > 255 else 255.0
-        return wide.point(lambda value: value * (255.0 / top)).convert("L").convert("RGB")
-    if mode in _WITH_ALPHA or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")
 
 
 def _shrink(image: Image.Image) -> Image.Image:
