@@ -30,6 +30,11 @@ MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 BOT_TABLES = ("jobs", "pictures", "ratings")
 
 
+def _placeholders(values: Sequence[Any]) -> str:
+    """``?,?,?`` for an ``IN (...)`` list: values always travel as parameters, never inside the SQL text."""
+    return ",".join("?" for _ in values)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -282,7 +287,7 @@ class Storage:
             await db.execute(f"UPDATE jobs SET {assignments} WHERE id = ?", (*values, job_id))
 
     async def undelivered_jobs(self, platforms: list[str]) -> list[Job]:
-        marks = ",".join("?" for _ in platforms)
+        marks = _placeholders(platforms)
         rows = await fetch_all(
             self._db,
             f"SELECT * FROM jobs WHERE delivered_at IS NULL AND platform IN ({marks}) ORDER BY id",
@@ -319,7 +324,7 @@ class Storage:
         """
         if not platforms:
             return []
-        marks = ",".join("?" for _ in platforms)
+        marks = _placeholders(platforms)
         admitted: list[int] = []
         async with self.write() as db:
             load: dict[str | None, tuple[int, int]] = {}
@@ -355,7 +360,7 @@ class Storage:
                     admitted.append(int(job_id))
             if admitted:
                 await db.execute(
-                    f"UPDATE jobs SET admitted_at = ? WHERE id IN ({','.join('?' for _ in admitted)})",
+                    f"UPDATE jobs SET admitted_at = ? WHERE id IN ({_placeholders(admitted)})",
                     (timestamp(), *admitted),
                 )
         return sorted(admitted)
@@ -364,7 +369,7 @@ class Storage:
         """Jobs of ``platforms`` holding a place in the broker that the broker has not taken yet, oldest first."""
         if not platforms:
             return []
-        marks = ",".join("?" for _ in platforms)
+        marks = _placeholders(platforms)
         rows = await fetch_all(
             self._db,
             "SELECT * FROM jobs WHERE state = 'queued' AND admitted_at IS NOT NULL AND enqueued_at IS NULL "
@@ -377,7 +382,7 @@ class Storage:
         """Unfinished jobs written before jobs named their queue (migration 0004)."""
         if not platforms:
             return []
-        marks = ",".join("?" for _ in platforms)
+        marks = _placeholders(platforms)
         rows = await fetch_all(
             self._db,
             f"SELECT * FROM jobs WHERE state IN ('queued', 'running') AND queue IS NULL AND platform IN ({marks})",
