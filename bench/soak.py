@@ -41,7 +41,6 @@ import logging
 import os
 import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +57,7 @@ from bench.cli import parse_options
 from bench.machine import busy_cpu_seconds, cpu_name
 from mmpp.commandline import EXIT_OK, EXIT_TARGET_MISSED, OneLineParser, run_reporting_errors
 from mmpp.errors import ErrorCode, MmppError
+from mmpp.processes import stop_process
 
 logger = logging.getLogger("bench.soak")
 
@@ -163,13 +163,8 @@ class SmallRedis:
         raise SoakError(ErrorCode.INTERNAL, f"redis-server did not answer on port {self.port} within 15 s.")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, grace_seconds=10)
 
 
 class MemoryWatch:
@@ -219,13 +214,7 @@ def start_worker(redis_url: str, queue: str, log: Path) -> subprocess.Popen[byte
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+    stop_process(worker, grace_seconds=60)
 
 
 # --------------------------------------------------------------------------- the run

@@ -22,6 +22,7 @@ from bot.settings import BotSettings
 from bot.storage import Storage
 from mmpp.errors import ErrorCode
 from mmpp.logs import SecretFilter, install_secret_filter, is_error_line
+from mmpp.processes import stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +110,7 @@ def start_worker_process(settings: BotSettings, log_file: Path | None = None) ->
 
 def stop_worker_process(worker: WorkerProcess) -> None:
     worker.stopping = True
-    worker.process.terminate()
-    try:
-        worker.process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        worker.process.kill()
-        worker.process.wait()
+    stop_process(worker.process, grace_seconds=20)
     if worker.reader is not None:
         worker.reader.join(timeout=10)
 
