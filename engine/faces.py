@@ -20,17 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image, ImageFilter
 
 from mmpp.contract import MAX_UPLOAD_BYTES
 from mmpp.errors import ErrorCode, MmppError
-from mmpp.photos import ACCEPTED_FORMATS, not_an_image, open_photo_header, to_rgb8, too_many_pixels
+from mmpp.photos import not_an_image, open_photo_header, to_rgb8, too_many_pixels, upright
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 __all__ = [
-    "ACCEPTED_FORMATS",
     "CONFIDENT_FACE_SCORE",
     "SAME_PERSON_DISTANCE",
     "SIMILAR_FACE_AREA_RATIO",
@@ -41,11 +40,6 @@ __all__ = [
     "decode_image",
     "default_analyzer",
 ]
-
-#: Pillow format names we decode.  Everything else is refused before a decoder for it runs,
-#: which also keeps rarely used (and historically buggy) Pillow plugins away from uploads.
-#: A JPEG with extra pictures appended (MPO, written by many phones) opens through the JPEG
-#: plugin under the format name "MPO" and is accepted as the still photo it is.
 
 #: dlib's documented decision threshold for its 128-d embedding: two faces whose Euclidean
 #: distance is below 0.6 are the same person (99.38 % on LFW).  Measured here: the astronaut
@@ -133,11 +127,7 @@ def decode_image(data: bytes) -> Image.Image:
             raise too_many_pixels(image.size) from None
         except Exception:  # noqa: BLE001 - corrupt data makes decoders raise almost anything.
             raise not_an_image("The photo is damaged or incomplete.") from None
-    try:
-        upright = ImageOps.exif_transpose(image)
-    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels.
-        upright = image
-    rgb = to_rgb8(upright)
+    rgb = to_rgb8(upright(image))
     fresh = Image.new("RGB", rgb.size)
     fresh.paste(rgb)
     return fresh

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import io
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mmpp.contract import ACCEPTED_PHOTO_TYPES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE, accepted_photos_text
 from mmpp.errors import ErrorCode, MmppError
 
-#: Pillow's names of the formats we decode; anything else is refused before a pixel is read.
+#: Pillow format names we decode.  Everything else is refused before a decoder for it runs,
+#: which also keeps rarely used (and historically buggy) Pillow plugins away from uploads.
+#: A JPEG with extra pictures appended (MPO, written by many phones) opens through the JPEG
+#: plugin under the format name "MPO" and is accepted as the still photo it is.
 ACCEPTED_FORMATS = tuple(photo.pillow_format for photo in ACCEPTED_PHOTO_TYPES)
 _HIGH_BIT_DEPTH = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _WITH_ALPHA = frozenset({"RGBA", "LA", "La", "RGBa", "PA"})
+_ORIENTATION_TAG = 0x0112
 _SIGNATURES = {
     b"\xff\xd8\xff": "JPEG",
     b"\x89PNG\r\n\x1a\n": "PNG",
@@ -115,3 +119,12 @@ def to_rgb8(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The EXIF orientation applied: phones store portraits sideways and say so in a tag."""
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
+        return ImageOps.exif_transpose(image) if orientation != 1 else image
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
+        return image

@@ -26,11 +26,11 @@ import io
 import warnings
 from dataclasses import dataclass
 
-from PIL import Image, ImageOps
+from PIL import Image
 
 from mmpp.contract import MAX_UPLOAD_BYTES, MIN_IMAGE_SIDE
 from mmpp.errors import ErrorCode, MmppError
-from mmpp.photos import not_an_image, open_photo_header, to_rgb8
+from mmpp.photos import not_an_image, open_photo_header, to_rgb8, upright
 
 #: The long side of the copy the bot keeps and sends.
 MAX_SIDE = 1024
@@ -41,7 +41,6 @@ HARMLESS_JPEG_INFO = frozenset(
     {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "progressive", "progression"}
     | {"adobe", "adobe_transform"}
 )
-_ORIENTATION_TAG = 0x0112
 
 
 @dataclass(frozen=True)
@@ -80,21 +79,11 @@ def prepare_selfie(data: bytes) -> PreparedSelfie:
             raise not_an_image("The photo is damaged or incomplete.") from None
     if keep:
         return PreparedSelfie(data, len(data), image.width, image.height, reencoded=False)
-    upright = _upright(image)
-    rgb = to_rgb8(upright)
+    rgb = to_rgb8(upright(image))
     shrunk = _shrink(rgb)
     buffer = io.BytesIO()
     shrunk.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return PreparedSelfie(buffer.getvalue(), len(data), shrunk.width, shrunk.height, reencoded=True)
-
-
-def _upright(image: Image.Image) -> Image.Image:
-    """The EXIF orientation applied (phones store portraits sideways and say so in a tag)."""
-    try:
-        orientation = image.getexif().get(_ORIENTATION_TAG, 1)
-        return ImageOps.exif_transpose(image) if orientation != 1 else image
-    except Exception:  # noqa: BLE001 - a broken EXIF block is no reason to refuse the pixels
-        return image
 
 
 def _shrink(image: Image.Image) -> Image.Image:
