@@ -94,6 +94,8 @@ class JobPlan:
     decoder: str = "full"
     #: The seeds split into pipeline calls of at most ``max_batch_size`` pictures each.
     batches: list[list[int]] = field(default_factory=list)
+    #: An upscale job's input (``None`` for a picture painted from noise).
+    upscale: UpscalePlan | None = None
 
     @property
     def classifier_free_guidance(self) -> bool:
@@ -101,8 +103,30 @@ class JobPlan:
         return self.guidance > 1.0
 
     @property
+    def painted_steps(self) -> int:
+        """The denoising steps one pipeline call runs: an image-to-image pass skips the first ``1 - strength``
+        of its schedule (diffusers' ``int(steps * strength)``), so its progress counts only the rest."""
+        return int(self.steps * self.upscale.strength) if self.upscale is not None else self.steps
+
+    @property
     def total_steps(self) -> int:
-        return self.steps * len(self.batches)
+        return self.painted_steps * len(self.batches)
+
+
+@dataclass
+class UpscalePlan:
+    """What an upscale starts from: its picture at twice the size, and how much of it is painted again.
+
+    ``identity`` feeds the IP-Adapter in place of the selfie's face crop.  It is the picture itself, not
+    the selfie: the selfie may be deleted after its retention while the picture stays, and the picture
+    already holds the identity the first pass put there, in the style, so an upscale is the same
+    whether or not the selfie is still kept.  It is not face-detected either (a detector misses many
+    stylised faces); the image encoder sees the whole portrait, which the first pass framed on the face.
+    """
+
+    image: Image.Image
+    identity: Image.Image
+    strength: float
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -178,6 +202,7 @@ class Engine:
         tiny_decoder: Any = None,
         preview_every_steps: int = 2,
         preview_min_seconds: float = 1.0,
+        upscale_strength: float = 0.3,
     ) -> None:
         self.pipeline = pipeline
         self.family = family
@@ -192,6 +217,9 @@ class Engine:
         self.tiny_decoder = tiny_decoder
         self.preview_every_steps = preview_every_steps
         self.preview_min_seconds = preview_min_seconds
+        self.upscale_strength = upscale_strength
+        #: The image-to-image pipeline of upscales, built on first use from this pipeline's own components.
+        self._image_to_image: Any = None
         #: Under compile, the IP-Adapter's value projections at strength 1, to scale in place.
         self._ip_value_weights: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
         self._ip_strength: float | None = None
@@ -265,6 +293,7 @@ class Engine:
             tiny_decoder=load_tiny_decoder(sources.tiny_decoder, device, dtype),
             preview_every_steps=settings.preview_every_steps,
             preview_min_seconds=settings.preview_min_seconds,
+            upscale_strength=settings.upscale_strength,
         )
         engine.safety = SafetyFilter.load(settings.safety_checker, settings.safety_checker_model, device, dtype)
         engine.load_adapters()
@@ -488,7 +517,8 @@ class Engine:
     def plan(self, request: GenerateRequest, overrides: ScaleOverrides | None = None) -> JobPlan:
         """Validate the request against the style and fix every setting."""
         request.validate()
-        style = self.catalogue.get(request.style)
+        # A variant keeps its style's name, so the style's LoRA, availability and adapter slot are the same.
+        style = self.catalogue.get(request.style).with_variant(request.variant)
         if style.name in self.unavailable_styles:
             raise MmppError(
                 ErrorCode.MODEL_UNAVAILABLE,
@@ -729,6 +759,7 @@ class Engine:
         return GenerateResult(
             pictures=pictures,
             style=plan.style.name,
+            variant=plan.style.variant,
             mode=plan.mode.value,
             steps=plan.steps,
             guidance=plan.guidance,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from mmpp.prompts import check_prompt_weights, clean_prompt
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 SUBJECT_PLACEHOLDER = "{subject}"
+#: The variant that is the style exactly as its table is written; every style has it.
+BASE_VARIANT = "base"
 DEFAULT_SUBJECT = "a person"
 
 #: Bounds for per-request overrides, per mode.  LCM degrades above guidance 2
@@ -59,6 +61,31 @@ class Style:
     fast_guidance: float
     quality_steps: int
     quality_guidance: float
+    #: Which of the style's variants this is: ``base`` for the table as written.
+    variant: str = BASE_VARIANT
+    #: The style's other variants, each a whole validated style that differs in the fields it overrides.
+    #: Only the base style carries them, so that a variant cannot name variants of its own.
+    other_variants: Mapping[str, Style] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        """``base`` first, then the catalogue's variants in file order."""
+        return (BASE_VARIANT, *self.other_variants)
+
+    def with_variant(self, name: str | None) -> Style:
+        """This style with a variant's overrides applied; ``None``, ``""`` and ``base`` are the style as written.
+
+        The bot names the variant in the job and the worker resolves it here, against the same catalogue,
+        so both agree on what the variant's scales and steps are without the job carrying them."""
+        if not name or name == BASE_VARIANT:
+            return self
+        try:
+            return self.other_variants[name]
+        except KeyError:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"The style '{self.name}' has no variant '{name[:40]}'; it has: {', '.join(self.variant_names)}.",
+            ) from None
 
     def render_prompt(self, subject: str) -> str:
         return self.prompt.replace(SUBJECT_PLACEHOLDER, subject.strip() or DEFAULT_SUBJECT)
@@ -148,10 +175,28 @@ _KNOWN_FIELDS = {
     "fast_guidance",
     "quality_steps",
     "quality_guidance",
+    "variants",
 }
+#: What a variant may change: the settings that decide how the picture looks, not how the style is
+#: presented or which LoRA file it loads (a different LoRA is a different style).
+VARIANT_FIELDS = frozenset(
+    {
+        "prompt",
+        "negative_prompt",
+        "style_scale",
+        "portrait_scale",
+        "ip_adapter_scale",
+        "fast_steps",
+        "fast_guidance",
+        "quality_steps",
+        "quality_guidance",
+    }
+)
 
 
 def _parse_style(name: str, table: Any, defaults: dict[str, Any], source: str) -> Style:
+    """A style and its variants; a variant is the style's table with its overrides, validated the same way."""
+
     def fail(field: str, problem: str) -> CatalogueError:
         return CatalogueError(f"{source}: style '{name}', field '{field}': {problem}")
 
@@ -162,6 +207,42 @@ def _parse_style(name: str, table: Any, defaults: dict[str, Any], source: str) -
     unknown = set(table) - _KNOWN_FIELDS
     if unknown:
         raise fail(sorted(unknown)[0], f"unknown field (known: {', '.join(sorted(_KNOWN_FIELDS))})")
+    variants_table = table.get("variants", {})
+    if not isinstance(variants_table, dict):
+        raise fail("variants", "must be a table of [styles.NAME.variants.VARIANT] tables")
+    table = {key: value for key, value in table.items() if key != "variants"}
+    base = _parse_fields(name, table, defaults, source, fail)
+    variants: dict[str, Style] = {}
+    for variant_name, overrides in variants_table.items():
+
+        def fail_variant(field: str, problem: str, variant_name: str = variant_name) -> CatalogueError:
+            return CatalogueError(f"{source}: style '{name}', variant '{variant_name}', field '{field}': {problem}")
+
+        if not NAME_PATTERN.match(variant_name) or variant_name == BASE_VARIANT:
+            raise fail_variant("name", f"use 1-32 lower-case letters, digits and '-', other than '{BASE_VARIANT}'")
+        if not isinstance(overrides, dict) or not overrides:
+            raise fail_variant("name", "must be a table that overrides at least one field")
+        not_variable = set(overrides) - VARIANT_FIELDS
+        if not_variable:
+            raise fail_variant(
+                sorted(not_variable)[0], f"a variant may override only: {', '.join(sorted(VARIANT_FIELDS))}"
+            )
+        variant = _parse_fields(name, {**table, **overrides}, defaults, source, fail_variant)
+        if variant == base:
+            raise fail_variant(sorted(overrides)[0], "changes nothing: every override equals the style's own value")
+        variants[variant_name] = replace(variant, variant=variant_name)
+    return replace(base, other_variants=variants)
+
+
+def _parse_fields(
+    name: str,
+    table: dict[str, Any],
+    defaults: dict[str, Any],
+    source: str,
+    fail: Callable[[str, str], CatalogueError],
+) -> Style:
+    """One style's fields, validated; shared by a style and each of its variants so a variant is held to
+    exactly the bounds its style is."""
     merged = {**defaults, **table}
 
     def text(field: str, *, required: bool = True, max_length: int = 400) -> str:
@@ -190,14 +271,14 @@ def _parse_style(name: str, table: Any, defaults: dict[str, Any], source: str) -
     if SUBJECT_PLACEHOLDER not in prompt:
         raise fail("prompt", f"must contain the placeholder {SUBJECT_PLACEHOLDER}")
     negative_prompt = text("negative_prompt", required=False)
-    for field, template in (
+    for field_name, template in (
         ("prompt", prompt.replace(SUBJECT_PLACEHOLDER, DEFAULT_SUBJECT)),
         ("negative_prompt", negative_prompt),
     ):
         try:
             check_prompt_weights(template)
         except MmppError as error:
-            raise fail(field, error.message) from None
+            raise fail(field_name, error.message) from None
     mode_text = text("mode")
     try:
         mode = Mode(mode_text)

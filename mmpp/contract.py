@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,9 @@ def queue_for(base: str, mode: str | None) -> str:
 
 
 #: Bumped whenever a field changes meaning, so an old worker can refuse a new
-#: payload loudly instead of misreading it.
-CONTRACT_VERSION = 1
+#: payload loudly instead of misreading it.  Version 2 added ``variant``: an old worker would render the
+#: base style for a job that asked for a variant, silently.
+CONTRACT_VERSION = 2
 
 MIN_PICTURES = 1
 MAX_PICTURES = 4
@@ -47,6 +49,15 @@ MAX_IMAGE_PIXELS = 40_000_000
 #: A face needs some pixels to be recognisable; below this we refuse early.
 MIN_IMAGE_SIDE = 64
 MAX_SEED = 2**32 - 1
+#: An upscale paints its picture again at this many times its width and height.
+UPSCALE_FACTOR = 2
+#: The longest side of a picture that may be upscaled: twice it is the largest picture a worker paints
+#: (SDXL's native 1024 becomes 2048).  Checked on the PNG header, before a pixel is decoded.
+MAX_UPSCALE_SOURCE_SIDE = 1024
+#: The worker paints sides in multiples of 8 (its autoencoder's scale); a source whose sides are not is
+#: no picture of ours, and its double would be resized silently instead of being exactly twice the size.
+UPSCALE_SIDE_MULTIPLE = 8
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Seconds the bot waits for a job before it tells the person the job failed (``MMPP_JOB_TIMEOUT_SECONDS``).
 #: The worker reads the same setting: a result older than this has no reader left, so it expires then.
 DEFAULT_JOB_TIMEOUT_SECONDS = 1800.0
@@ -101,10 +112,17 @@ class GenerateRequest:
     steps: int | None = None
     guidance: float | None = None
     job_id: str = ""
+    #: The style's variant to render (see :meth:`mmpp.catalogue.Style.with_variant`); "" is the style as written.
+    variant: str = ""
+    #: An upscale job: the picture (PNG, as a worker painted it) to paint again at :data:`UPSCALE_FACTOR` times
+    #: its size, with its own ``seed``.  ``selfie`` is then not needed: it may be gone after its retention.
+    upscale_source: bytes | None = None
 
     def validate(self) -> None:
         """Checks that need no model, so the bot can refuse before enqueueing."""
-        if not isinstance(self.selfie, bytes | bytearray) or not self.selfie:
+        if self.upscale_source is not None:
+            self._validate_upscale()
+        elif not isinstance(self.selfie, bytes | bytearray) or not self.selfie:
             raise MmppError(ErrorCode.NOT_AN_IMAGE, "No photo was attached.")
         if len(self.selfie) > MAX_UPLOAD_BYTES:
             raise MmppError(
@@ -125,6 +143,37 @@ class GenerateRequest:
             )
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
             raise MmppError(ErrorCode.INVALID_REQUEST, f"The seed must lie between 0 and {MAX_SEED}.")
+        if not isinstance(self.variant, str) or len(self.variant) > 32:
+            raise MmppError(ErrorCode.INVALID_REQUEST, "The variant must be a name of at most 32 characters.")
+
+    def _validate_upscale(self) -> None:
+        """The source of an upscale, bounded by its header alone (a forged PNG costs nothing to refuse)."""
+        source = self.upscale_source
+        if not isinstance(source, bytes | bytearray) or not source:
+            raise MmppError(ErrorCode.NOT_AN_IMAGE, "There is no picture to upscale.")
+        if len(source) > MAX_UPLOAD_BYTES:
+            raise MmppError(
+                ErrorCode.IMAGE_TOO_LARGE,
+                f"The picture to upscale is {len(source) / 2**20:.1f} MiB; the limit is "
+                f"{MAX_UPLOAD_BYTES / 2**20:.0f} MiB.",
+            )
+        width, height = png_size(bytes(source))
+        if max(width, height) > MAX_UPSCALE_SOURCE_SIDE:
+            raise MmppError(
+                ErrorCode.IMAGE_TOO_LARGE,
+                f"The picture is {width}x{height} pixels; only pictures up to {MAX_UPSCALE_SOURCE_SIDE} pixels "
+                "a side can be upscaled.",
+            )
+        if min(width, height) < MIN_IMAGE_SIDE or width % UPSCALE_SIDE_MULTIPLE or height % UPSCALE_SIDE_MULTIPLE:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"The picture is {width}x{height} pixels; an upscale takes a picture this bot made "
+                f"(sides of at least {MIN_IMAGE_SIDE}, in multiples of {UPSCALE_SIDE_MULTIPLE}).",
+            )
+        if self.count != 1:
+            raise MmppError(ErrorCode.INVALID_REQUEST, "An upscale makes one picture.")
+        if self.seed is None:
+            raise MmppError(ErrorCode.INVALID_REQUEST, "An upscale needs the seed of the picture it repaints.")
 
     def to_payload(self) -> dict[str, Any]:
         """JSON-safe dict for Celery's JSON serialiser."""
@@ -139,6 +188,10 @@ class GenerateRequest:
             "steps": self.steps,
             "guidance": self.guidance,
             "job_id": self.job_id,
+            "variant": self.variant,
+            "upscale_source_b64": (
+                None if self.upscale_source is None else base64.b64encode(bytes(self.upscale_source)).decode("ascii")
+            ),
         }
 
     @classmethod
@@ -156,6 +209,12 @@ class GenerateRequest:
             selfie = base64.b64decode(payload.get("selfie_b64") or "", validate=True)
         except (binascii.Error, ValueError, TypeError):
             raise MmppError(ErrorCode.NOT_AN_IMAGE, "The photo in the job is not valid base64.") from None
+        upscale_source = None
+        if payload.get("upscale_source_b64") is not None:
+            try:
+                upscale_source = base64.b64decode(payload["upscale_source_b64"], validate=True)
+            except (binascii.Error, ValueError, TypeError):
+                raise MmppError(ErrorCode.NOT_AN_IMAGE, "The picture to upscale is not valid base64.") from None
         mode_value = payload.get("mode")
         try:
             mode = Mode(mode_value) if mode_value is not None else None
@@ -172,9 +231,19 @@ class GenerateRequest:
                 steps=None if payload.get("steps") is None else int(payload["steps"]),
                 guidance=None if payload.get("guidance") is None else float(payload["guidance"]),
                 job_id=str(payload.get("job_id") or ""),
+                variant=str(payload.get("variant") or ""),
+                upscale_source=upscale_source,
             )
         except (TypeError, ValueError):
             raise MmppError(ErrorCode.INVALID_REQUEST, "The job payload has a field of the wrong type.") from None
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` as a PNG's header declares them, read without decoding anything."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        raise MmppError(ErrorCode.NOT_AN_IMAGE, "The picture to upscale is not a PNG.")
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
 
 
 @dataclass
@@ -196,6 +265,8 @@ class GenerateResult:
 
     pictures: list[Picture] = field(default_factory=list)
     style: str = ""
+    #: The variant of the style that was rendered ("base" for the style as written).
+    variant: str = ""
     mode: str = ""
     steps: int = 0
     guidance: float = 0.0
@@ -240,6 +311,7 @@ class GenerateResult:
                 for item in payload.get("pictures", [])
             ],
             style=payload.get("style", ""),
+            variant=str(payload.get("variant", "")),
             mode=payload.get("mode", ""),
             steps=int(payload.get("steps", 0)),
             guidance=float(payload.get("guidance", 0.0)),

@@ -353,3 +353,18 @@ def tiny_engine_pipeline_copy(cache_dir, sources):
     pipeline, _ = load_base_pipeline(sources, torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+def test_a_variant_is_rendered_with_its_own_scales_and_recorded(tiny_engine: Engine, selfie_bytes: bytes) -> None:
+    base = tiny_engine.generate(request(selfie_bytes))
+    variant = tiny_engine.generate(request(selfie_bytes, variant="more-likeness"))
+    assert (base.variant, variant.variant) == ("base", "more-likeness")
+    assert (variant.scales["style_lora"], variant.scales["ip_adapter"]) == (0.7, 0.7)
+    assert (base.scales["style_lora"], base.scales["ip_adapter"]) == (0.8, 0.6)
+    # The tiny models move little for a 0.1 change of two scales, but they move.
+    assert np.abs(pixels(variant.pictures[0].png) - pixels(base.pictures[0].png)).mean() > 0.1
+    again = tiny_engine.generate(request(selfie_bytes, variant="more-likeness"))
+    assert again.pictures[0].png == variant.pictures[0].png
+    with pytest.raises(MmppError) as raised:
+        tiny_engine.generate(request(selfie_bytes, variant="louder"))
+    assert raised.value.code is ErrorCode.INVALID_REQUEST

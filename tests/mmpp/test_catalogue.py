@@ -95,3 +95,46 @@ def test_a_broken_file_is_reported_with_its_path(tmp_path) -> None:
         load_catalogue(broken)
     with pytest.raises(CatalogueError, match="does not exist"):
         load_catalogue(tmp_path / "missing.toml")
+
+
+def test_a_variant_is_its_style_with_only_its_overrides_changed() -> None:
+    anime = load_catalogue().get("anime")
+    assert anime.variant == "base" and anime.variant_names == ("base", "more-likeness")
+    variant = anime.with_variant("more-likeness")
+    assert (variant.name, variant.variant) == ("anime", "more-likeness")
+    assert (variant.style_scale, variant.ip_adapter_scale) == (0.7, 0.7)
+    assert (anime.style_scale, anime.ip_adapter_scale) == (0.8, 0.6)
+    assert (variant.prompt, variant.portrait_scale, variant.lora) == (anime.prompt, anime.portrait_scale, anime.lora)
+    assert anime.with_variant("") is anime and anime.with_variant("base") is anime
+    assert variant.variant_names == ("base",)  # a variant names no variants of its own
+    with pytest.raises(MmppError) as raised:
+        anime.with_variant("louder")
+    assert raised.value.code is ErrorCode.INVALID_REQUEST
+    assert "more-likeness" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"style_scale": 3.0}, "between"),
+        ({"lora": "other/repo:x.safetensors"}, "may override only"),
+        ({"display_name": "Louder"}, "may override only"),
+        ({}, "at least one field"),
+        ({"style_scale": 0.7}, "changes nothing"),
+        ({"prompt": "anime of a cat"}, "{subject}"),
+    ],
+)
+def test_a_bad_variant_is_named_with_its_style_and_field(overrides: dict, complaint: str) -> None:
+    document = shipped()
+    document["styles"]["watercolor"]["variants"] = {"louder": overrides}
+    with pytest.raises(CatalogueError) as raised:
+        parse_catalogue(document)
+    message = str(raised.value)
+    assert "style 'watercolor', variant 'louder'" in message and complaint in message
+
+
+def test_a_variant_cannot_be_called_base() -> None:
+    document = shipped()
+    document["styles"]["watercolor"]["variants"] = {"base": {"style_scale": 0.5}}
+    with pytest.raises(CatalogueError, match="other than 'base'"):
+        parse_catalogue(document)
