@@ -78,6 +78,8 @@ class Job:
     queue: str | None = None
     #: When it was given one of its queue's places in the broker (``enqueued_at``: when the broker took it).
     admitted_at: str | None = None
+    #: The variant of its style it renders (``base``: the style as written); all its pictures share it.
+    variant: str = "base"
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -85,6 +87,46 @@ class Job:
         data["reply_context"] = json.loads(data["reply_context"] or "{}")
         data["result_meta"] = json.loads(data["result_meta"]) if data["result_meta"] else None
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class VariantControl:
+    """An operator's decision about one variant (``mmpp variants pause`` / ``floor``)."""
+
+    style: str
+    variant: str
+    paused: bool
+    ineligible_reason: str | None
+    changed_at: str
+
+
+@dataclass(frozen=True)
+class VariantPromotion:
+    """A variant made its style's default, by the ratings or by an operator, with the evidence."""
+
+    id: int
+    style: str
+    variant: str
+    decided_by: str
+    evidence: dict[str, Any]
+    created_at: str
+    rolled_back_at: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> VariantPromotion:
+        return cls(**{**dict(row), "evidence": json.loads(row["evidence"] or "{}")})
+
+
+@dataclass(frozen=True)
+class PersonSettings:
+    """A person's defaults for their orders (``/settings``); ``None``: no default, the order's or the style's."""
+
+    user_id: int
+    style: str | None
+    mode: str | None
+    picture_count: int | None
+    prompt_suffix: str | None
+    updated_at: str
 
 
 @dataclass(frozen=True)
@@ -235,6 +277,7 @@ class Storage:
         reply_context: dict[str, Any],
         parent_job_id: int | None = None,
         queue: str | None = None,
+        variant: str = "base",
     ) -> tuple[Job, bool]:
         """Write the job and its selfie before anything is enqueued.
 
@@ -249,11 +292,11 @@ class Storage:
                 return Job.from_row(existing[0]), False
             cursor = await db.execute(
                 "INSERT INTO jobs (task_id, user_id, platform, event_key, chat_id, style, prompt, mode, "
-                "picture_count, seed, parent_job_id, state, reply_context, created_at, queue) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                "picture_count, seed, parent_job_id, state, reply_context, created_at, queue, variant) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
                 (
                     task_id, user_id, platform, event_key, chat_id, style, prompt, mode,
-                    picture_count, seed, parent_job_id, json.dumps(reply_context), timestamp(), queue,
+                    picture_count, seed, parent_job_id, json.dumps(reply_context), timestamp(), queue, variant,
                 ),
             )  # fmt: skip
             job_id = cursor.lastrowid
@@ -574,6 +617,135 @@ class Storage:
             ),
         )
 
+    # ------------------------------------------------------------------ per-person settings
+
+    async def person_settings(self, user_id: int) -> PersonSettings | None:
+        rows = await fetch_all(self._db, "SELECT * FROM person_settings WHERE user_id = ?", (user_id,))
+        return PersonSettings(**dict(rows[0])) if rows else None
+
+    async def save_person_settings(
+        self, user_id: int, *, style: str | None, mode: str | None, picture_count: int | None,
+        prompt_suffix: str | None,
+    ) -> PersonSettings:  # fmt: skip
+        """The person's whole row, replaced: the core merges what was typed with what was stored before."""
+        async with self.write() as db:
+            await db.execute(
+                "INSERT INTO person_settings (user_id, style, mode, picture_count, prompt_suffix, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET style = excluded.style, "
+                "mode = excluded.mode, picture_count = excluded.picture_count, "
+                "prompt_suffix = excluded.prompt_suffix, updated_at = excluded.updated_at",
+                (user_id, style, mode, picture_count, prompt_suffix, timestamp()),
+            )
+            rows = await fetch_all(db, "SELECT * FROM person_settings WHERE user_id = ?", (user_id,))
+        return PersonSettings(**dict(rows[0]))
+
+    async def clear_person_settings(self, user_id: int) -> bool:
+        """Whether there was a row to delete."""
+        async with self.write() as db:
+            cursor = await db.execute("DELETE FROM person_settings WHERE user_id = ?", (user_id,))
+            return cursor.rowcount > 0
+
+    # ------------------------------------------------------------------ variants
+
+    async def variant_observations(self, style: str) -> list[tuple[str, int, int]]:
+        """Every rating of one style's pictures as ``(variant, rater_id, score)``, oldest first: what the
+        assignment and the promotion rule read on each order and rating."""
+        rows = await fetch_all(
+            self._db,
+            "SELECT jobs.variant, ratings.rater_id, ratings.score FROM jobs "
+            "JOIN pictures ON pictures.job_id = jobs.id JOIN ratings ON ratings.picture_id = pictures.id "
+            "WHERE jobs.style = ? ORDER BY ratings.created_at, ratings.picture_id, ratings.rater_id",
+            (style,),
+        )
+        return [(str(variant), int(rater), int(score)) for variant, rater, score in rows]
+
+    async def variant_controls(self, style: str | None = None) -> dict[tuple[str, str], VariantControl]:
+        """Operators' decisions, by ``(style, variant)``; a variant without a row is active and eligible."""
+        where, parameters = ("WHERE style = ?", (style,)) if style is not None else ("", ())
+        rows = await fetch_all(self._db, f"SELECT * FROM variant_controls {where}", parameters)
+        return {
+            (row["style"], row["variant"]): VariantControl(
+                row["style"], row["variant"], bool(row["paused"]), row["ineligible_reason"], row["changed_at"]
+            )
+            for row in rows
+        }
+
+    async def set_variant_paused(self, style: str, variant: str, paused: bool) -> None:
+        """Pause a variant (not served, never promoted) or resume it."""
+        await self._set_variant_control(style, variant, "paused", int(paused))
+
+    async def set_variant_ineligible(self, style: str, variant: str, reason: str | None) -> None:
+        """Record why a variant falls below the operator's floor of measured figures, or clear it (``None``)."""
+        await self._set_variant_control(style, variant, "ineligible_reason", reason)
+
+    async def _set_variant_control(self, style: str, variant: str, column: str, value: Any) -> None:
+        if column not in {"paused", "ineligible_reason"}:
+            raise ValueError(column)
+        async with self.write() as db:
+            await db.execute(
+                f"INSERT INTO variant_controls (style, variant, {column}, changed_at) VALUES (?, ?, ?, ?) "
+                f"ON CONFLICT (style, variant) DO UPDATE SET {column} = excluded.{column}, "
+                "changed_at = excluded.changed_at",
+                (style, variant, value, timestamp()),
+            )
+
+    async def current_promotion(self, style: str) -> VariantPromotion | None:
+        """The style's default variant as promoted (newest not rolled back), or ``None`` while variants share
+        traffic."""
+        rows = await fetch_all(
+            self._db,
+            "SELECT * FROM variant_promotions WHERE style = ? AND rolled_back_at IS NULL ORDER BY id DESC LIMIT 1",
+            (style,),
+        )
+        return VariantPromotion.from_row(rows[0]) if rows else None
+
+    async def promotions(self, style: str | None = None) -> list[VariantPromotion]:
+        """Every promotion, rolled back or not, oldest first: the record of what was decided and why."""
+        where, parameters = ("WHERE style = ?", (style,)) if style is not None else ("", ())
+        rows = await fetch_all(self._db, f"SELECT * FROM variant_promotions {where} ORDER BY id", parameters)
+        return [VariantPromotion.from_row(row) for row in rows]
+
+    async def promote_variant(
+        self, style: str, variant: str, decided_by: str, evidence: dict[str, Any], *, only_if_none: bool = False
+    ) -> VariantPromotion | None:
+        """Make ``variant`` the style's default.  ``only_if_none`` (the ratings' own promotions) promotes only while
+        no promotion stands, checked in the same transaction, so two ratings at once promote once."""
+        async with self.write() as db:
+            if only_if_none:
+                standing = await fetch_all(
+                    db, "SELECT 1 FROM variant_promotions WHERE style = ? AND rolled_back_at IS NULL", (style,)
+                )
+                if standing:
+                    return None
+            cursor = await db.execute(
+                "INSERT INTO variant_promotions (style, variant, decided_by, evidence, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (style, variant, decided_by, json.dumps(evidence, sort_keys=True), timestamp()),
+            )
+            rows = await fetch_all(db, "SELECT * FROM variant_promotions WHERE id = ?", (cursor.lastrowid,))
+        return VariantPromotion.from_row(rows[0])
+
+    async def roll_back_promotion(self, style: str) -> VariantPromotion | None:
+        """Undo the style's standing promotion (kept on record, marked rolled back) and pause its variant, so the
+        same evidence does not promote it again at the next rating; returns what was rolled back."""
+        async with self.write() as db:
+            rows = await fetch_all(
+                db,
+                "SELECT * FROM variant_promotions WHERE style = ? AND rolled_back_at IS NULL ORDER BY id DESC LIMIT 1",
+                (style,),
+            )
+            if not rows:
+                return None
+            now = timestamp()
+            await db.execute("UPDATE variant_promotions SET rolled_back_at = ? WHERE id = ?", (now, rows[0]["id"]))
+            await db.execute(
+                "INSERT INTO variant_controls (style, variant, paused, changed_at) VALUES (?, ?, 1, ?) "
+                "ON CONFLICT (style, variant) DO UPDATE SET paused = 1, changed_at = excluded.changed_at",
+                (style, rows[0]["variant"], now),
+            )
+            rows = await fetch_all(db, "SELECT * FROM variant_promotions WHERE id = ?", (rows[0]["id"],))
+        return VariantPromotion.from_row(rows[0])
+
     # ------------------------------------------------------------------ forgetting
 
     async def forget_user(self, user_id: int) -> list[str]:
@@ -584,12 +756,14 @@ class Storage:
             # selfies, pictures and the ratings on those), then the person.
             await db.execute("DELETE FROM ratings WHERE rater_id = ?", (user_id,))
             await db.execute("DELETE FROM jobs WHERE user_id = ?", (user_id,))
+            # Also by the cascade; said here so that forgetting does not hang on a pragma being on.
+            await db.execute("DELETE FROM person_settings WHERE user_id = ?", (user_id,))
             await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
         return task_ids
 
     async def count(self, table: str, where: str = "1", parameters: tuple[Any, ...] = ()) -> int:
         """Row counts for tests and reports; ``table`` is one of ours, never user input."""
-        if table not in {"users", "jobs", "selfies", "pictures", "ratings"}:
+        if table not in {"users", "jobs", "selfies", "pictures", "ratings", "person_settings"}:
             raise ValueError(table)
         rows = await fetch_all(self._db, f"SELECT COUNT(*) FROM {table} WHERE {where}", parameters)
         return int(rows[0][0])

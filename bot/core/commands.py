@@ -14,9 +14,18 @@ from dataclasses import dataclass, field
 from mmpp.contract import MAX_PICTURES, MAX_SEED, MIN_PICTURES, Mode
 from mmpp.errors import ErrorCode, MmppError
 
-COMMANDS = ("profile", "styles", "history", "rate", "forget", "help", "start")
+COMMANDS = ("profile", "styles", "history", "rate", "forget", "help", "start", "settings")
 OPTION_KEYS = ("style", "photo", "prompt", "count", "mode", "seed")
-_OPTION_SPLIT = re.compile(r"(?:^|\s+)(" + "|".join(OPTION_KEYS) + r"):", re.IGNORECASE)
+#: The keys of ``/settings`` (bot/core/person_settings.py): a person's defaults for their orders.
+SETTINGS_KEYS = ("style", "mode", "count", "suffix")
+
+
+def _option_split(keys: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"(?:^|\s+)(" + "|".join(keys) + r"):", re.IGNORECASE)
+
+
+_OPTION_SPLIT = _option_split(OPTION_KEYS)
+_SETTINGS_SPLIT = _option_split(SETTINGS_KEYS)
 #: Longest command line we read; anything longer is refused, not truncated.
 MAX_LINE_CHARACTERS = 4000
 
@@ -34,13 +43,15 @@ def _strip_controls(text: str) -> str:
     return "".join(character if character.isprintable() or character in "\n\t" else " " for character in text)
 
 
-def split_options(text: str) -> tuple[tuple[str, ...], dict[str, str]]:
+def split_options(text: str, keys: tuple[str, ...] = OPTION_KEYS) -> tuple[tuple[str, ...], dict[str, str]]:
     """``"1 2 style:anime prompt:a red hat"`` → ``(("1", "2"), {"style": "anime", "prompt": "a red hat"})``.
 
     A value runs until the next known ``key:``, so prompts may hold spaces
-    (and colons that are not one of our keys, such as ``(red:1.2)``).
+    (and colons that are not one of our keys, such as ``(red:1.2)``).  ``keys``: the command's keys
+    (:data:`OPTION_KEYS` of an order, :data:`SETTINGS_KEYS` of ``/settings``).
     """
-    parts = _OPTION_SPLIT.split(text)
+    pattern = _SETTINGS_SPLIT if keys == SETTINGS_KEYS else _OPTION_SPLIT if keys == OPTION_KEYS else None
+    parts = (pattern or _option_split(keys)).split(text)
     positional = tuple(parts[0].split())
     options: dict[str, str] = {}
     for key, value in zip(parts[1::2], parts[2::2], strict=True):
@@ -64,8 +75,13 @@ def parse_console_line(line: str) -> ParsedCommand | None:
     name = head.lower()
     if name not in COMMANDS:
         raise MmppError(ErrorCode.UNKNOWN_COMMAND, f"There is no command /{head[:30]}; try /help.")
-    positional, options = split_options(rest)
+    positional, options = split_options(rest, keys_of(name))
     return ParsedCommand(name, options, positional)
+
+
+def keys_of(command: str) -> tuple[str, ...]:
+    """The ``key:`` options a command takes: ``/settings`` its own, every other command an order's."""
+    return SETTINGS_KEYS if command == "settings" else OPTION_KEYS
 
 
 def parse_caption(text: str | None, bot_username: str = "") -> ParsedCommand | None:
@@ -89,7 +105,7 @@ def parse_caption(text: str | None, bot_username: str = "") -> ParsedCommand | N
         if name not in COMMANDS:
             raise MmppError(ErrorCode.UNKNOWN_COMMAND, f"There is no command /{name[:30]}; try /help.")
         if name != "profile":
-            positional, options = split_options(rest)
+            positional, options = split_options(rest, keys_of(name))
             return ParsedCommand(name, options, positional)
         text = rest.strip()
     positional, options = split_options(text)

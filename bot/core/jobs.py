@@ -26,9 +26,11 @@ from bot.core import texts
 from bot.core.admission import Admission, BrokerRefusal
 from bot.core.commands import ProfileOptions, profile_options
 from bot.core.moderation import Moderation, quota_chat
+from bot.core.person_settings import PersonalDefaults
 from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, Person, ProfileOrder
 from bot.core.selfies import prepare_selfie
 from bot.core.status import StatusEdit, StatusEdits, StatusPacer
+from bot.core.variants import Variants
 from bot.queue import JobQueue
 from bot.settings import BotSettings
 from bot.storage import Job, Storage, StoredPicture, timestamp
@@ -92,6 +94,10 @@ class Jobs:
         self.catalogue = catalogue
         self.styles = {style.name: style for style in catalogue}
         self.moderation = moderation
+        #: Each person's defaults (/settings), which complete every order the same way on every platform.
+        self.defaults = PersonalDefaults(storage, catalogue, moderation)
+        #: Which variant of its style each new job renders (ratings steer it; bot.core.variants says how).
+        self.variants = Variants(storage, catalogue)
         self._clock = clock
         #: How the housekeeping waits between purges: with ``clock``, what a test turns to run the schedule.
         self._sleep = sleep
@@ -172,9 +178,10 @@ class Jobs:
 
         Returns ``(job, created)``; for a duplicate delivery of the same
         platform event the existing job comes back with ``created`` false and
-        nothing is posted or enqueued again.
+        nothing is posted or enqueued again.  The order's options are completed by the person's defaults here,
+        once for every platform (adapters hand over what was typed, not what it was completed with).
         """
-        options, style = self.check_profile(order.options)
+        options, style = self.check_profile(await self.defaults.order_options(order.requester, order.options))
         if not order.photo:
             raise MmppError(ErrorCode.NOT_AN_IMAGE, "Attach a selfie: one clear photo of your face.")
         check_photo(None, order.photo_type)
@@ -210,11 +217,13 @@ class Jobs:
         return await self._create_job(
             requester, event_key, quota_chat(chat_id, server_id), reply_context, chosen, parent.prompt, parent.mode,
             parent.picture_count, None, selfie, parent_job_id=parent.id,
+            preferred_variant=parent.variant if chosen == parent.style else None,
         )  # fmt: skip
 
     async def _create_job(
         self, requester: Person, event_key: str, chat_id: str, reply_context: dict[str, Any], style: str,
         prompt: str, mode: str | None, count: int, seed: int | None, selfie: bytes, parent_job_id: int | None,
+        preferred_variant: str | None = None,
     ) -> tuple[Job, bool]:  # fmt: skip
         request = GenerateRequest(
             selfie=selfie, style=style, prompt=prompt, mode=Mode(mode) if mode else None, count=count, seed=seed
@@ -231,10 +240,12 @@ class Jobs:
         if existing is not None:
             return existing, False
         await self.moderation.check_quotas(requester, user_id, chat_id, count)
+        variant = await self.variants.assign(self.check_style(style), preferred_variant)
         job, created = await self.storage.create_job(
             task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
             chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed, selfie=selfie,
             reply_context=reply_context, parent_job_id=parent_job_id, queue=self._queue_of(style, mode),
+            variant=variant,
         )  # fmt: skip
         if not created:
             return job, False
@@ -285,7 +296,7 @@ class Jobs:
         try:
             payload = GenerateRequest(
                 selfie=selfie, style=job.style, prompt=job.prompt, mode=Mode(job.mode) if job.mode else None,
-                count=job.picture_count, seed=job.seed, job_id=str(job.id),
+                count=job.picture_count, seed=job.seed, job_id=str(job.id), variant=job.variant,
             ).to_payload()  # fmt: skip
         except Exception:
             logger.exception("job %s cannot be sent (its row does not make a request); it fails", job.id)

@@ -19,11 +19,12 @@ from bot.core.choices import PendingChoice, PendingChoices
 from bot.core.commands import ProfileOptions
 from bot.core.jobs import Jobs, check_photo
 from bot.core.moderation import Moderation, PromptFilter
+from bot.core.person_settings import SettingsRequest, parse_settings_text
 from bot.core.platform import Delivery, Person, ProfileOrder
 from bot.core.ratings import Ratings, rating_of_reactions, score_for_reaction
 from bot.queue import JobQueue
 from bot.settings import BotSettings
-from bot.storage import Job, Storage, StoredPicture, utc_now
+from bot.storage import Job, PersonSettings, Storage, StoredPicture, utc_now
 from mmpp.catalogue import Catalogue, Style, load_catalogue
 
 #: How long a chat where the bot sees reactions is believed to stay so before the platform is asked again.
@@ -52,6 +53,7 @@ class ChatCore:
         self.moderation = Moderation(storage, settings, clock)
         self.jobs = Jobs(storage, queue, settings, self.catalogue, self.moderation, clock, sleep=sleep)
         self.ratings = Ratings(storage, self.jobs)
+        self.defaults = self.jobs.defaults
         self.pending_choices = PendingChoices()
         self._monotonic = time.monotonic
         #: Chats where the bot was found to see reactions, and when (see :meth:`reactions_notice`).
@@ -135,6 +137,15 @@ class ChatCore:
         """Validate, check quotas, write the job, post its status and enqueue it; ``(job, created)``."""
         return await self.jobs.order_profile(order)
 
+    async def order_options(self, person: Person, options: dict[str, str]) -> dict[str, str]:
+        """The options an order of ``person`` will have once their defaults complete it (to decide, before a
+        download, whether a style is still missing); hand :meth:`order_profile` the options as typed."""
+        return await self.defaults.order_options(person, options)
+
+    async def check_order(self, person: Person, options: dict[str, str]) -> tuple[ProfileOptions, Style]:
+        """:meth:`check_profile` of the order as the person's defaults complete it, before a photo is downloaded."""
+        return self.check_profile(await self.order_options(person, options))
+
     async def reroll(
         self, requester: Person, job_id: int, event_key: str, chat_id: str, reply_context: dict[str, Any],
         style: str | None = None, server_id: str | None = None,
@@ -186,6 +197,19 @@ class ChatCore:
     async def rate_job_picture(self, rater: Person, job_id: int, position: int, stars: int, source: str) -> None:
         await self.ratings.rate_job_picture(rater, job_id, position, stars, source)
 
+    # ------------------------------------------------------------------ per-person settings
+
+    async def settings_of(self, person: Person) -> PersonSettings | None:
+        return await self.defaults.of(person)
+
+    async def change_settings(self, person: Person, request: SettingsRequest) -> str:
+        """Show, change or clear the person's defaults (:mod:`bot.core.person_settings`); the reply."""
+        return await self.defaults.change(person, request)
+
+    async def settings_command(self, person: Person, arguments: tuple[str, ...], options: dict[str, str]) -> str:
+        """``/settings`` as typed (console, Telegram): ``key:value`` options, ``clear``, or nothing to show them."""
+        return await self.change_settings(person, parse_settings_text(arguments, options))
+
     # ------------------------------------------------------------------ information
 
     def styles_text(self) -> str:
@@ -193,6 +217,11 @@ class ChatCore:
 
     def help_text(self, how_to_order: str) -> str:
         return texts.help_text(self.styles, self.settings.selfie_retention_hours, how_to_order)
+
+    async def help_for(self, person: Person, how_to_order: str) -> str:
+        """The help, with the person's own defaults (/settings) in it."""
+        defaults = texts.settings_text(await self.settings_of(person))
+        return texts.help_text(self.styles, self.settings.selfie_retention_hours, how_to_order, defaults)
 
     def privacy_notice(self) -> str:
         return texts.privacy_notice(self.settings.selfie_retention_hours)

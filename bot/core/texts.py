@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bot.storage import Job
+from bot.storage import Job, PersonSettings
 from mmpp.catalogue import Style
 from mmpp.contract import accepted_photos_text
 
@@ -19,7 +19,7 @@ RATING_SCALE = "1 = poor, 3 = fine, 5 = love it"
 SOMETHING_WENT_WRONG = "Something went wrong on our side; please try again."
 NO_JOBS = "You have no jobs yet."
 FORGOT_NOTHING = "I had nothing stored about you."
-FORGOT_EVERYTHING = "Done: I deleted everything I had about you (jobs, selfies, pictures and ratings)."
+FORGOT_EVERYTHING = "Done: I deleted everything I had about you (jobs, selfies, pictures, ratings and settings)."
 ASK_FOR_STYLE = "Which style?"
 RATE_THEM = "Rate them (1 = poor, 5 = love it):"
 STALE_BUTTON = "That button is not valid anymore."
@@ -32,6 +32,10 @@ REACTIONS_UNSEEN = (
 )
 #: The notice :data:`REACTIONS_UNSEEN` is remembered under, once per chat.
 REACTIONS_UNSEEN_NOTICE = "reactions-unseen"
+#: How /settings is typed (console and Telegram; Discord offers the same as the command's options).
+SETTINGS_USAGE = (
+    'Use /settings style:NAME mode:fast|quality count:N suffix:"TEXT" to set your defaults, or /settings clear.'
+)
 
 
 def accepted_photos() -> str:
@@ -48,11 +52,15 @@ def styles_text(styles: Iterable[Style]) -> str:
     return "\n".join(f"{item.emoji} {item.name}: {item.description}" for item in styles)
 
 
-def help_text(style_names: Iterable[str], retention_hours: float, how_to_order: str) -> str:
+def help_text(style_names: Iterable[str], retention_hours: float, how_to_order: str, defaults: str = "") -> str:
+    """``defaults``: the person's own defaults in words (bot.core.person_settings), a line of its own."""
+    styles = ", ".join(style_names)
+    personal = f"{defaults}\n" if defaults else ""
     return (
         "I turn a selfie into profile pictures in the style you pick.\n"
         f"{how_to_order}\n"
-        "Styles: " + ", ".join(style_names) + ".\n"
+        f"Styles: {styles}.\n"
+        f"{personal}"
         f"Rate the pictures 1-5 ({RATING_SCALE}); /history lists your jobs; /forget deletes everything about you.\n"
         f"Your selfie is kept only for re-rolls, {retention_hours:g} h at most, then deleted."
     )
@@ -145,3 +153,27 @@ def thanks_for_rating(stars: int | str) -> str:
 
 def order_taken(style: str) -> str:
     return f"{style}: on it"
+
+
+def settings_summary(settings: PersonSettings | None) -> str:
+    """``style anime · mode fast · 2 pictures · suffix "with a hat"``; empty when there are no defaults."""
+    if settings is None:
+        return ""
+    parts = []
+    if settings.style:
+        parts.append(f"style {settings.style}")
+    if settings.mode:
+        parts.append(f"mode {settings.mode}")
+    if settings.picture_count:
+        parts.append(f"{settings.picture_count} picture{'s' if settings.picture_count != 1 else ''}")
+    if settings.prompt_suffix:
+        parts.append(f'suffix "{settings.prompt_suffix}"')
+    return " · ".join(parts)
+
+
+def settings_text(settings: PersonSettings | None) -> str:
+    """The reply to ``/settings`` (and the line of ``/help``): the defaults, or that there are none."""
+    summary = settings_summary(settings)
+    if not summary:
+        return "You have no defaults: each order uses its own options and the style's. " + SETTINGS_USAGE
+    return f"Your defaults: {summary}. An option you give in an order wins; /settings clear removes them."
