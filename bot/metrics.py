@@ -30,6 +30,16 @@ DELIVERY_SECONDS = Histogram(
     "Seconds from a request to its delivered reply",
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900),
 )
+VARIANT_ASSIGNMENTS = Counter(
+    "mmpp_bot_variant_assignments_total",
+    "Jobs given a variant of their style, by style and variant",
+    ["style", "variant"],
+)
+VARIANT_PROMOTIONS = Counter(
+    "mmpp_bot_variant_promotions_total",
+    "Variants made their style's default, by style and by whom (ratings or operator)",
+    ["style", "decided_by"],
+)
 RATINGS = Counter("mmpp_bot_ratings_total", "Ratings stored or withdrawn, by source", ["source"])
 QUEUE_DEPTH = Gauge("mmpp_queue_depth", "Messages waiting in a Celery queue", ["queue"])
 BROKER_ACCEPTING = Gauge("mmpp_bot_broker_accepting", "1 while the broker takes jobs, 0 while it refuses them")

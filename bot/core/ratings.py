@@ -4,6 +4,7 @@ counts when someone leaves several (the last one), and the ratings report of ``m
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,8 @@ from bot.core.texts import RATING_SCALE
 from bot.storage import Storage, StoredPicture
 from mmpp.errors import ErrorCode, MmppError
 from mmpp.feedback import summarise
+
+logger = logging.getLogger(__name__)
 
 #: Reactions that count as ratings.  On Discord people rate with the 1-5 buttons
 #: under each picture or react with the keycaps 1️⃣-5️⃣ themselves (the bot adds
@@ -66,6 +69,11 @@ class Ratings:
         rater_id = await self.storage.ensure_user(rater.platform, rater.user_id, rater.display_name)
         await self.storage.set_rating(picture.id, rater_id, stars, source)
         metrics.RATINGS.labels(source).inc()
+        if stars is not None:
+            try:
+                await self.jobs.variants.after_rating(job.style)
+            except Exception:  # the rating is stored; a promotion is asked again at the next one
+                logger.exception("asking whether a variant of %s is now best failed", job.style)
         return picture
 
     async def rate_message(self, rater: Person, message_ref: str, stars: int | None, source: str) -> bool:

@@ -83,7 +83,9 @@ def history_text(jobs: list[Job]) -> str:
         outcome = {"done": f"{job.picture_count} pictures", "failed": f"failed ({job.error_code})"}.get(
             job.state, job.state
         )
-        lines.append(f"job {job.id}: {job.style}, {outcome}, {job.created_at[:16].replace('T', ' ')} UTC")
+        # The variant says which configuration made the pictures: someone comparing their ratings can see it.
+        style = job.style if job.variant == "base" else f"{job.style} (variant {job.variant})"
+        lines.append(f"job {job.id}: {style}, {outcome}, {job.created_at[:16].replace('T', ' ')} UTC")
     return "\n".join(lines)
 
 

@@ -75,7 +75,9 @@ class ScriptedQueue:
         pictures = [Picture(png=tiny_png((index * 40, 0, 0)), seed=seed + index) for index in range(request.count)]
         return QueueStatus(
             "SUCCESS",
-            result=GenerateResult(pictures=pictures, style=request.style, mode="fast", steps=4).to_payload(),
+            result=GenerateResult(
+                pictures=pictures, style=request.style, variant=request.variant or "base", mode="fast", steps=4
+            ).to_payload(),
         )
 
     async def forget(self, task_id: str) -> None:

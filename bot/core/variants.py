@@ -1,0 +1,192 @@
+"""Style variants on live traffic: which variant a new job renders, and promoting one that has earned it.
+
+The decisions are :mod:`mmpp.variants`' (the same code ``mmpp bench feedback`` simulates); this part of the
+core feeds them what the database knows and records what they decide.  All of it lives in SQLite, not in
+memory, so a restart changes nothing: the ratings, the operators' pauses and floors, and the promotions.
+
+A style's state is one of two.  While no promotion stands, its servable variants (not paused, not below the
+operator's floor of measured figures) share its traffic by Thompson sampling, and every rating asks whether
+one of them is now clearly best.  Once a variant is promoted, by the ratings or by an operator, it serves
+every job of the style until an operator rolls it back (which also pauses it, so the same evidence cannot
+promote it again at the next rating) or promotes another.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+from bot import metrics
+from bot.storage import Storage, VariantPromotion
+from mmpp.catalogue import BASE_VARIANT, Catalogue, Style
+from mmpp.errors import ErrorCode, MmppError
+from mmpp.variants import Observation, Rules, VariantSummary, choose_variant, decide_promotion, summarise
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VariantStatus:
+    """One variant as ``mmpp variants`` shows it."""
+
+    style: str
+    variant: str
+    paused: bool
+    ineligible_reason: str | None
+    default: bool
+    summary: VariantSummary | None
+
+
+class Variants:
+    def __init__(
+        self, storage: Storage, catalogue: Catalogue, rules: Rules | None = None, chance: random.Random | None = None
+    ) -> None:
+        """``chance`` is the assignment's random source; tests pass a seeded one to steer it."""
+        self.storage = storage
+        self.catalogue = catalogue
+        self.rules = rules or Rules()
+        self.chance = chance or random.Random()
+
+    async def servable(self, style: Style) -> list[str]:
+        """The style's variants that may serve a job now: in the catalogue, not paused, not below the floor."""
+        controls = await self.storage.variant_controls(style.name)
+        servable = []
+        for name in style.variant_names:
+            control = controls.get((style.name, name))
+            if control is None or not (control.paused or control.ineligible_reason):
+                servable.append(name)
+        return servable
+
+    async def standing_default(self, style: Style) -> VariantPromotion | None:
+        """The style's standing promotion, if its variant is still one the catalogue has (a variant removed from
+        the file cannot be rendered, and its style goes back to sharing traffic, with a log line)."""
+        promotion = await self.storage.current_promotion(style.name)
+        if promotion is not None and promotion.variant not in style.variant_names:
+            logger.warning(
+                "style %s: promoted variant %s is no longer in the catalogue; its variants share traffic again",
+                style.name, promotion.variant,
+            )  # fmt: skip
+            return None
+        return promotion
+
+    async def assign(self, style: Style, preferred: str | None = None) -> str:
+        """The variant the next job of ``style`` renders.  ``preferred`` (a reroll's parent's variant) is kept
+        while it may still be served, so "the same again" is the same configuration."""
+        if len(style.variant_names) == 1:
+            return BASE_VARIANT
+        promotion = await self.standing_default(style)
+        if promotion is not None:
+            chosen = promotion.variant
+        else:
+            servable = await self.servable(style)
+            if preferred in servable:
+                chosen = preferred
+            elif not servable:
+                # Everything paused: the style as written still serves; an operator meant to stop an
+                # experiment, not the style.
+                chosen = BASE_VARIANT
+            else:
+                chosen = choose_variant(servable, await self._observations(style), self.chance, self.rules)
+        metrics.VARIANT_ASSIGNMENTS.labels(style.name, chosen).inc()
+        return chosen
+
+    async def after_rating(self, style_name: str) -> VariantPromotion | None:
+        """Promote a variant if the ratings now say it is best, per :mod:`mmpp.variants`' rule; else nothing."""
+        if style_name not in self.catalogue:
+            return None
+        style = self.catalogue.get(style_name)
+        if len(style.variant_names) == 1 or await self.standing_default(style) is not None:
+            return None
+        servable = await self.servable(style)
+        decision = decide_promotion(servable, await self._observations(style), self.chance, self.rules)
+        if decision is None:
+            return None
+        promotion = await self.storage.promote_variant(
+            style.name, decision.variant, "ratings", decision.evidence(), only_if_none=True
+        )
+        if promotion is not None:
+            metrics.VARIANT_PROMOTIONS.labels(style.name, "ratings").inc()
+            logger.info(
+                "style %s: variant %s promoted to default by the ratings (P(best) %.3f over %d ratings)",
+                style.name, decision.variant, decision.probability_best, decision.ratings,
+            )  # fmt: skip
+        return promotion
+
+    # ------------------------------------------------------------------ operators (mmpp variants)
+
+    def _variant(self, style_name: str, variant: str) -> Style:
+        style = self.catalogue.get(style_name)
+        style.with_variant(variant)  # INVALID_REQUEST naming the style's variants
+        return style
+
+    async def promote(self, style_name: str, variant: str) -> VariantPromotion:
+        """An operator makes ``variant`` the default, with the ratings so far as the evidence on record."""
+        style = self._variant(style_name, variant)
+        control = (await self.storage.variant_controls(style.name)).get((style.name, variant))
+        if control is not None and control.ineligible_reason:
+            raise MmppError(
+                ErrorCode.NOT_ALLOWED,
+                f"Variant '{variant}' of '{style.name}' is below the floor ({control.ineligible_reason}); "
+                "it cannot be promoted.",
+            )
+        evidence = {
+            "variants": [
+                {"variant": s.variant, "ratings": s.ratings, "raw_mean": s.raw_mean, "adjusted_mean": s.adjusted_mean,
+                 "probability_best": round(s.probability_best, 4)}
+                for s in summarise(style.variant_names, await self._observations(style), self.chance, self.rules)
+            ]
+        }  # fmt: skip
+        promotion = await self.storage.promote_variant(style.name, variant, "operator", evidence)
+        assert promotion is not None
+        await self.storage.set_variant_paused(style.name, variant, False)
+        metrics.VARIANT_PROMOTIONS.labels(style.name, "operator").inc()
+        logger.info("style %s: variant %s promoted to default by an operator", style.name, variant)
+        return promotion
+
+    async def pause(self, style_name: str, variant: str, paused: bool = True) -> None:
+        style = self._variant(style_name, variant)
+        await self.storage.set_variant_paused(style.name, variant, paused)
+        logger.info("style %s: variant %s %s by an operator", style.name, variant, "paused" if paused else "resumed")
+
+    async def roll_back(self, style_name: str) -> VariantPromotion:
+        style = self.catalogue.get(style_name)
+        promotion = await self.storage.roll_back_promotion(style.name)
+        if promotion is None:
+            raise MmppError(ErrorCode.NOT_FOUND, f"The style '{style.name}' has no promoted variant to roll back.")
+        logger.info("style %s: promotion of variant %s rolled back (and the variant paused)", style.name,
+                    promotion.variant)  # fmt: skip
+        return promotion
+
+    async def status(self, style_name: str | None = None) -> list[VariantStatus]:
+        """Every variant of every style that has variants (or of one style), with its figures."""
+        styles = [self.catalogue.get(style_name)] if style_name else [s for s in self.catalogue]
+        rows = []
+        for style in styles:
+            if style_name is None and len(style.variant_names) == 1:
+                continue
+            controls = await self.storage.variant_controls(style.name)
+            promotion = await self.standing_default(style)
+            summaries = {
+                s.variant: s
+                for s in summarise(style.variant_names, await self._observations(style), self.chance, self.rules)
+            }
+            for name in style.variant_names:
+                control = controls.get((style.name, name))
+                rows.append(
+                    VariantStatus(
+                        style=style.name,
+                        variant=name,
+                        paused=bool(control and control.paused),
+                        ineligible_reason=control.ineligible_reason if control else None,
+                        default=promotion.variant == name if promotion else False,
+                        summary=summaries.get(name),
+                    )
+                )
+        return rows
+
+    async def _observations(self, style: Style) -> list[Observation]:
+        return [
+            Observation(variant, str(rater), float(score))
+            for variant, rater, score in await self.storage.variant_observations(style.name)
+        ]
