@@ -23,7 +23,8 @@ from mmpp.errors import ErrorCode, MmppError
 PLATFORM = "console"
 USAGE = (
     "Commands: /profile style:NAME photo:PATH [prompt:TEXT] [count:N] [mode:fast|quality] [seed:N]; "
-    "/rate JOB PICTURE STARS; /styles; /history; /forget; /help"
+    "/rate JOB PICTURE STARS; /settings [style:NAME] [mode:fast|quality] [count:N] [suffix:TEXT] (or clear); "
+    "/styles; /history; /forget; /help"
 )
 
 
@@ -118,7 +119,7 @@ class ConsoleAdapter:
             return
         if command.name == "profile":
             photo_path = command.options.pop("photo", "")
-            self.core.check_profile(command.options)
+            await self.core.check_order(self.person, command.options)
             if not photo_path:
                 raise MmppError(ErrorCode.NOT_AN_IMAGE, "Give the selfie as photo:PATH.")
             try:
@@ -133,6 +134,8 @@ class ConsoleAdapter:
             job_id, position, stars = (int(part) for part in command.arguments)
             await self.core.rate_job_picture(self.person, job_id, position, stars, "console")
             self.say(f"rated job {job_id} picture {position}: {stars} stars")
+        elif command.name == "settings":
+            self.say(await self.core.settings_command(self.person, command.arguments, command.options))
         elif command.name == "styles":
             self.say(self.core.styles_text())
         elif command.name == "history":
@@ -140,4 +143,4 @@ class ConsoleAdapter:
         elif command.name == "forget":
             self.say(await self.core.forget(self.person))
         else:  # help, start
-            self.say(self.core.help_text(USAGE))
+            self.say(await self.core.help_for(self.person, USAGE))
