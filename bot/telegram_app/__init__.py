@@ -73,9 +73,11 @@ from bot.core import (
     photo_order,
     texts,
 )
+from bot.core.person_settings import SettingsRequest
 from bot.core.platform import DeliveryRefused
 from bot.settings import BotSettings
-from bot.storage import Job, StoredPicture
+from bot.storage import Job, PersonSettings, StoredPicture
+from mmpp.contract import MAX_PICTURES, MIN_PICTURES
 from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ COMMANDS = [
     ("profile", "make profile pictures: send a selfie with /profile STYLE as caption"),
     ("styles", "list the styles"),
     ("history", "your recent jobs"),
+    ("settings", "your defaults: style, mode, picture count, prompt suffix"),
     ("forget", "delete everything about you"),
 ]
 #: Attempts at one request (the first included) when Telegram answers 429 or the network fails.
@@ -108,6 +111,11 @@ STYLE_BUTTON = "style:{token}:{style}"
 RATE_PATTERN = r"^(?:rate|r):(?P<picture>[0-9]+):(?P<stars>[1-5])$"
 REROLL_PATTERN = r"^(?:reroll|rr):(?P<job>[0-9]+)$"
 STYLE_PATTERN = r"^(?:style|s):(?P<token>[A-Za-z0-9_-]+):(?P<style>[a-z0-9-]+)$"
+#: A /settings keyboard's button: whose keyboard it is (only they may press it), which default, which value.
+SETTINGS_BUTTON = "set:{owner}:{key}:{value}"
+SETTINGS_PATTERN = r"^set:(?P<owner>[0-9]+):(?P<key>style|mode|count|clear):(?P<value>[a-z0-9-]+)$"
+#: The longest callback data Telegram takes (bytes); a button that would need more is left out.
+MAX_CALLBACK_DATA_BYTES = 64
 #: The longest text of a callback query's answer (Bot API: 0-200 characters).
 MAX_ANSWER_CHARACTERS = 200
 GROUP_CHATS = frozenset({ChatType.GROUP.value, ChatType.SUPERGROUP.value})
@@ -533,7 +541,11 @@ async def on_start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     how_to_order = HOW_TO_ORDER
     if in_a_group(update.effective_message):
         how_to_order = texts.how_to_order_in_a_group(f"/profile@{context.bot.username}")
-    await reply_line(update, core_of(context).help_text(how_to_order))
+    core = core_of(context)
+    if update.effective_user is None:
+        await reply_line(update, core.help_text(how_to_order))
+        return
+    await reply_line(update, await core.help_for(person_of(update.effective_user), how_to_order))
 
 
 async def on_group_command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -570,6 +582,56 @@ async def on_history(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
 
 async def on_forget(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     await reply_line(update, await core_of(context).forget(person_of(update.effective_user)))
+
+
+async def on_settings(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """``/settings key:value ...`` or ``/settings clear`` as typed; a bare ``/settings`` shows the defaults with a
+    keyboard to change them (only its owner's presses count)."""
+    message = update.effective_message
+    if message is None or update.effective_user is None:
+        return
+    core = core_of(context)
+    person = person_of(update.effective_user)
+    command = parse_caption(message.text, context.bot.username or "")
+    if command is None:
+        return  # /settings@AnotherBot
+    if command.arguments or command.options:
+        await reply_line(update, await core.settings_command(person, command.arguments, command.options))
+        return
+    current = await core.settings_of(person)
+    keyboard = settings_keyboard(core, update.effective_user.id, current)
+    await with_retries(message.reply_text, texts.settings_text(current), reply_markup=keyboard)
+
+
+def settings_keyboard(core: ChatCore, owner: int, current: PersonSettings | None) -> InlineKeyboardMarkup:
+    """The styles two a row, the modes, the counts, and clear; the value in force marked ✓.  A button whose
+    data would not fit Telegram's 64 bytes (a very long style name) is left out rather than refused."""
+
+    def choice(label: str, key: str, value: str, chosen: bool) -> InlineKeyboardButton | None:
+        data = SETTINGS_BUTTON.format(owner=owner, key=key, value=value)
+        if len(data.encode()) > MAX_CALLBACK_DATA_BYTES:
+            return None
+        return InlineKeyboardButton(f"✓ {label}" if chosen else label, callback_data=data)
+
+    style = current.style if current else None
+    styles = [choice(texts.style_label(item, item.name), "style", item.name, item.name == style)
+              for item in core.styles.values()]  # fmt: skip
+    fitting = [button for button in styles if button is not None]
+    rows = [fitting[index : index + 2] for index in range(0, len(fitting), 2)]
+    mode = current.mode if current else None
+    rows.append([item for value in ("fast", "quality") if (item := choice(value, "mode", value, mode == value))])
+    count = current.picture_count if current else None
+    rows.append(
+        [
+            item
+            for value in range(MIN_PICTURES, MAX_PICTURES + 1)
+            if (item := choice(f"{value} 🖼", "count", str(value), count == value))
+        ]
+    )
+    clear = choice("Clear my defaults", "clear", "all", False)
+    if clear is not None:
+        rows.append([clear])
+    return InlineKeyboardMarkup([row for row in rows if row])
 
 
 async def on_profile_without_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -610,11 +672,12 @@ async def on_photo(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     if options is None:
         return  # not an order for us (in a group, only a /profile caption is)
     requester = person_of(update.effective_user)
-    if not options.get("style"):
+    completed = await core.order_options(requester, options)  # a default style, if they set one, is the style
+    if not completed.get("style"):
         token = core.await_style(requester, photo, options)
         await with_retries(message.reply_text, texts.ASK_FOR_STYLE, reply_markup=style_keyboard(core, token))
         return
-    core.check_profile(options)
+    core.check_profile(completed)
     data = await _download(context, *photo)
     where = {"chat_id": message.chat_id, "message_id": message.message_id, CHAT_KIND: str(message.chat.type)}
     order = ProfileOrder(
@@ -753,6 +816,30 @@ async def on_style_button(
     )  # fmt: skip
 
 
+@button
+async def on_settings_button(
+    query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE, answer: QueryAnswer
+) -> None:
+    """One default changed by a press (a local write, so its outcome rides on the answer), then the keyboard's
+    message shows the new defaults; a press on someone else's keyboard changes nothing."""
+    if int(match["owner"]) != query.from_user.id:
+        raise MmppError(ErrorCode.NOT_ALLOWED, "These buttons are someone else's; send /settings for your own.")
+    core = core_of(context)
+    person = person_of(query.from_user)
+    key = match["key"]
+    request = SettingsRequest({}, clear=True) if key == "clear" else SettingsRequest({key: match["value"]})
+    text = await core.change_settings(person, request)
+    await answer(texts.shorten(text, MAX_ANSWER_CHARACTERS))
+    if query.message is None:
+        return
+    keyboard = settings_keyboard(core, query.from_user.id, await core.settings_of(person))
+    try:
+        await with_retries(query.edit_message_text, text, reply_markup=keyboard)
+    except BadRequest as error:
+        if "not modified" not in error.message.lower():  # the same value pressed again: nothing to show
+            raise
+
+
 async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Any other button data: not one of ours, or from a version that is gone."""
     if update.callback_query is not None:
@@ -807,12 +894,14 @@ def build_application(core: ChatCore, settings: BotSettings, token: str | None =
     application.add_handler(CommandHandler("styles", on_styles))
     application.add_handler(CommandHandler("history", on_history))
     application.add_handler(CommandHandler("forget", on_forget))
+    application.add_handler(CommandHandler("settings", on_settings))
     application.add_handler(MessageHandler(filters.PHOTO | filters.Document.IMAGE, on_photo))
     application.add_handler(CommandHandler("profile", on_profile_without_photo))
     application.add_handler(MessageHandler(filters.COMMAND, on_unknown_command))
     application.add_handler(CallbackQueryHandler(on_rate_button, pattern=RATE_PATTERN))
     application.add_handler(CallbackQueryHandler(on_reroll_button, pattern=REROLL_PATTERN))
     application.add_handler(CallbackQueryHandler(on_style_button, pattern=STYLE_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_settings_button, pattern=SETTINGS_PATTERN))
     application.add_handler(CallbackQueryHandler(on_stale_button))
     application.add_handler(MessageReactionHandler(on_reaction))
     application.add_error_handler(on_error)
