@@ -13,6 +13,7 @@ BENCHMARKS = {
     "engine": ("bench.engine", "what the engine costs on top of a plain diffusers call"),
     "bots": ("bench.bots", "how the chat side holds up under many people at once"),
     "soak": ("bench.soak", "whether a burst of large photos can fill a small noeviction Redis"),
+    "feedback": ("bench.feedback", "whether adaptive variant assignment beats an A/B test (a simulation)"),
 }
 
 
