@@ -18,7 +18,10 @@ One job is one story, in this order: plan (every setting fixed and checked)
 → face (the selfie's aligned crop) → adapters (LoRAs, IP-Adapter strength,
 scheduler, decoder) → conditioning (prompt and face embedded once per job)
 → denoise and decode (one batched pipeline call per ``max_batch_size``
-pictures, one generator per picture) → safety → encode.
+pictures, one generator per picture) → safety → encode.  An upscale tells the same story from a
+picture instead of noise: its plan holds the picture at twice its size, the IP-Adapter sees the picture
+(see :class:`UpscalePlan`), and the denoising is diffusers' img2img pipeline made from the same loaded
+components, in quality mode, for the last ``strength`` of the schedule.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from engine.models import ModelSources, WeightSource, detect_family, model_unava
 from engine.safety import SafetyFilter
 from engine.settings import EngineSettings
 from mmpp.catalogue import GUIDANCE_BOUNDS, STEP_BOUNDS, Catalogue, Style, load_catalogue
-from mmpp.contract import GenerateRequest, GenerateResult, Mode, Picture
+from mmpp.contract import UPSCALE_FACTOR, GenerateRequest, GenerateResult, Mode, Picture, png_size
 from mmpp.errors import ErrorCode, MmppError
 from mmpp.prompts import MAX_PROMPT_WEIGHT, MIN_PROMPT_WEIGHT
 
@@ -525,7 +528,8 @@ class Engine:
                 f"The style '{style.name}' is unavailable on this worker: its LoRA "
                 f"{self.unavailable_styles[style.name]} could not be loaded.",
             )
-        mode = request.mode or style.mode
+        # An upscale is the quality pass of a picture people already chose, whatever mode painted it.
+        mode = Mode.QUALITY if request.upscale_source is not None else request.mode or style.mode
         if mode is Mode.FAST and not self.has_lcm:
             raise MmppError(
                 ErrorCode.MODEL_UNAVAILABLE,
@@ -553,6 +557,12 @@ class Engine:
             adapters[self.style_adapters[style.name]] = style_scale
         if mode is Mode.FAST:
             adapters[LCM_ADAPTER] = 1.0
+        upscale = self._upscale_plan(request.upscale_source) if request.upscale_source is not None else None
+        if upscale is not None and int(steps * upscale.strength) < 1:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"An upscale at strength {upscale.strength:g} paints no step of {steps}; ask for more steps.",
+            )
         base_seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**32)
         seeds = [(base_seed + index) % 2**32 for index in range(request.count)]
         batches = [seeds[start : start + self.max_batch_size] for start in range(0, len(seeds), self.max_batch_size)]
@@ -574,7 +584,35 @@ class Engine:
             },
             decoder="tiny" if mode is Mode.FAST and self.tiny_decoder is not None else "full",
             batches=batches,
+            upscale=upscale,
         )
+
+    def _upscale_plan(self, source: bytes) -> UpscalePlan:
+        """The picture to upscale, decoded (its header was bounded by the contract) and resized to exactly twice
+        its size, the starting point of the image-to-image pass."""
+        try:
+            with Image.open(io.BytesIO(source), formats=["PNG"]) as opened:
+                declared = opened.size
+                picture = opened.convert("RGB")
+        except Exception:  # noqa: BLE001 - Pillow raises many types for a damaged file
+            raise MmppError(ErrorCode.NOT_AN_IMAGE, "The picture to upscale is damaged or not a PNG.") from None
+        if picture.size != png_size(source) or picture.size != declared:
+            raise MmppError(ErrorCode.NOT_AN_IMAGE, "The picture to upscale is damaged.")
+        width, height = picture.size
+        doubled = picture.resize((width * UPSCALE_FACTOR, height * UPSCALE_FACTOR), Image.Resampling.LANCZOS)
+        return UpscalePlan(image=doubled, identity=picture, strength=self.upscale_strength)
+
+    def image_to_image_pipeline(self) -> Any:
+        """The upscales' img2img pipeline: diffusers' own, made from this pipeline's loaded components
+        (``from_pipe`` shares the UNet with its LoRAs and IP-Adapter, the text encoders, the VAE), so nothing
+        is loaded twice and a style switch reaches both."""
+        if self._image_to_image is None:
+            from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+            kind = StableDiffusionXLImg2ImgPipeline if self.family == "sdxl" else StableDiffusionImg2ImgPipeline
+            self._image_to_image = kind.from_pipe(self.pipeline)
+            self._image_to_image.set_progress_bar_config(disable=True)
+        return self._image_to_image
 
     # ------------------------------------------------------------------ per-job state
 
@@ -649,6 +687,10 @@ class Engine:
         self.set_ip_adapter_strength(plan.ip_adapter_scale)
         self.pipeline.scheduler = self.scheduler_for(plan.mode)
         self.use_decoder(plan.decoder)
+        if plan.upscale is not None:  # the img2img pipeline holds its own references to these two
+            image_to_image = self.image_to_image_pipeline()
+            image_to_image.scheduler = self.pipeline.scheduler
+            image_to_image.vae = self.pipeline.vae
 
     def encode_face(self, face_crop: Image.Image, guided: bool) -> dict[str, Any]:
         """The IP-Adapter's image embedding, computed once per job and shared by all its pictures.
@@ -713,7 +755,11 @@ class Engine:
         started = time.perf_counter()
         plan = self.plan(request, overrides)
         mark = time.perf_counter()
-        selfie = self.face_analyzer.prepare_selfie(request.selfie)
+        # What the IP-Adapter sees: the selfie's face crop, or for an upscale the picture itself (UpscalePlan).
+        if plan.upscale is not None:
+            identity = plan.upscale.identity
+        else:
+            identity = self.face_analyzer.prepare_selfie(request.selfie).crop
         timed("face", mark)
         with self._lock:
             mark = time.perf_counter()
@@ -723,7 +769,7 @@ class Engine:
             conditioning = self.encode_prompt(plan.prompt, plan.negative_prompt)
             timed("prompt", mark)
             mark = time.perf_counter()
-            conditioning.update(self.encode_face(selfie.crop, plan.classifier_free_guidance))
+            conditioning.update(self.encode_face(identity, plan.classifier_free_guidance))
             timed("face_embedding", mark)
             images: list[tuple[Image.Image, int]] = []
             for batch_index, seeds in enumerate(plan.batches):
@@ -778,17 +824,18 @@ class Engine:
         draws each picture's starting noise from its own generator, so every
         picture keeps the seed recorded for it, whatever the batch.
         """
-        width, height = self.output_size()
-        return {
+        arguments: dict[str, Any] = {
             **conditioning,
             "num_inference_steps": plan.steps,
             "guidance_scale": plan.guidance,
             "num_images_per_prompt": len(seeds),
             "generator": [torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-            "width": width,
-            "height": height,
             "output_type": "pil",
         }
+        if plan.upscale is not None:  # the size is the doubled picture's
+            return {**arguments, "image": plan.upscale.image, "strength": plan.upscale.strength}
+        width, height = self.output_size()
+        return {**arguments, "width": width, "height": height}
 
     def _denoise_and_decode(
         self,
@@ -808,10 +855,10 @@ class Engine:
         def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
             if deadline is not None and time.monotonic() > deadline:
                 raise MmppError(ErrorCode.TIMEOUT, "The job took too long and was stopped; try fast mode.")
-            done = batch_index * plan.steps + step + 1
+            done = batch_index * plan.painted_steps + step + 1
             if on_progress is not None:
                 on_progress(done, plan.total_steps)
-            if on_preview is not None and self._preview_due(step + 1, plan.steps, last_preview[0]):
+            if on_preview is not None and self._preview_due(step + 1, plan.painted_steps, last_preview[0]):
                 mark = time.perf_counter()
                 last_preview[0] = time.monotonic()
                 self._send_preview(callback_kwargs["latents"], done, plan.total_steps, on_preview)
@@ -820,8 +867,9 @@ class Engine:
             return callback_kwargs
 
         arguments = self.pipeline_arguments(plan, conditioning, seeds)
+        pipeline = self.pipeline if plan.upscale is None else self.image_to_image_pipeline()
         with torch.inference_mode():
-            output = self.pipeline(**arguments, callback_on_step_end=on_step_end)
+            output = pipeline(**arguments, callback_on_step_end=on_step_end)
         finished = time.perf_counter()
         stages = {
             "denoise": denoise_end[0] - started - preview_seconds[0],

@@ -62,6 +62,9 @@ class EngineSettings(BaseSettings):
     #: Live previews while a job paints: at most one every this many steps and seconds (0 steps: off).
     preview_every_steps: int = Field(default=2, ge=0)
     preview_min_seconds: float = Field(default=1.0, ge=0.0)
+    #: How much of a picture an upscale paints again (img2img strength): low, so the double keeps the
+    #: picture people chose and only gains detail; 1 would be a new picture at twice the size.
+    upscale_strength: float = Field(default=0.3, gt=0.0, le=1.0)
     #: NSFW check on the pictures: auto (when its weights load), off, or required (refuse jobs without it).
     safety_checker: Literal["auto", "off", "required"] = "auto"
     safety_checker_model: str = "CompVis/stable-diffusion-safety-checker"

@@ -77,3 +77,50 @@ def test_contracts_import_neither_torch_nor_diffusers() -> None:
     code = "import sys, mmpp.contract; print(sorted(m for m in ('torch','diffusers','PIL') if m in sys.modules))"
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert output.strip() == "[]"
+
+
+def upscale_source(width: int, height: int) -> bytes:
+    """A real PNG of that size (the header is what the contract reads)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 40, 10)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_an_upscale_round_trips_without_a_selfie() -> None:
+    request = GenerateRequest(selfie=b"", style="anime", seed=4, upscale_source=upscale_source(64, 96))
+    request.validate()
+    payload = json.loads(json.dumps(request.to_payload()))
+    assert GenerateRequest.from_payload(payload) == request
+    plain = GenerateRequest(selfie=b"x", style="anime")
+    assert GenerateRequest.from_payload(plain.to_payload()).upscale_source is None
+
+
+@pytest.mark.parametrize(
+    ("source", "fields", "code"),
+    [
+        (b"", {}, ErrorCode.NOT_AN_IMAGE),
+        (b"\xff\xd8\xff\xe0 a JPEG is no picture of ours", {}, ErrorCode.NOT_AN_IMAGE),
+        (upscale_source(1032, 64), {}, ErrorCode.IMAGE_TOO_LARGE),
+        (upscale_source(60, 64), {}, ErrorCode.INVALID_REQUEST),
+        (upscale_source(68, 64), {}, ErrorCode.INVALID_REQUEST),
+        (upscale_source(64, 64), {"count": 2}, ErrorCode.INVALID_REQUEST),
+        (upscale_source(64, 64), {"seed": None}, ErrorCode.INVALID_REQUEST),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * (MAX_UPLOAD_BYTES), {}, ErrorCode.IMAGE_TOO_LARGE),
+    ],
+)
+def test_a_bad_upscale_source_is_refused_before_the_queue(source: bytes, fields: dict[str, object], code) -> None:
+    options: dict[str, object] = {"seed": 4, **fields}
+    with pytest.raises(MmppError) as raised:
+        GenerateRequest(selfie=b"", style="anime", upscale_source=source, **options).validate()  # type: ignore[arg-type]
+    assert raised.value.code is code
+
+
+def test_an_upscale_source_that_is_not_base64_is_refused() -> None:
+    payload = GenerateRequest(selfie=b"", style="anime", seed=4, upscale_source=upscale_source(64, 64)).to_payload()
+    with pytest.raises(MmppError) as raised:
+        GenerateRequest.from_payload({**payload, "upscale_source_b64": "not base64!"})
+    assert raised.value.code is ErrorCode.NOT_AN_IMAGE
