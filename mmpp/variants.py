@@ -101,13 +101,17 @@ class Rules:
 
 @dataclass(frozen=True)
 class VariantSummary:
-    """One variant's figures: ratings, plain mean, mean with rater offsets removed, probability of being best."""
+    """One variant's figures: ratings, plain mean, mean with rater offsets removed, probability of being best.
+
+    ``adjusted_spread`` is the posterior standard deviation of ``adjusted_mean`` (how sure it is).
+    """
 
     variant: str
     ratings: int
     raw_mean: float | None
     adjusted_mean: float | None
     probability_best: float
+    adjusted_spread: float | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class Promotion:
                     "ratings": summary.ratings,
                     "raw_mean": None if summary.raw_mean is None else round(summary.raw_mean, 4),
                     "adjusted_mean": None if summary.adjusted_mean is None else round(summary.adjusted_mean, 4),
+                    "adjusted_spread": None if summary.adjusted_spread is None else round(summary.adjusted_spread, 4),
                     "probability_best": round(summary.probability_best, 4),
                 }
                 for summary in self.summaries
@@ -408,6 +413,7 @@ def summaries_from(posterior: Posterior, random: Random, rules: Rules = Rules())
             raw_mean=posterior.raw_means[index],
             adjusted_mean=posterior.means[index] if posterior.ratings[index] else None,
             probability_best=probabilities[index],
+            adjusted_spread=math.sqrt(posterior.covariance[index][index]) if posterior.ratings[index] else None,
         )
         for index, name in enumerate(posterior.variants)
     )

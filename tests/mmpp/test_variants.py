@@ -225,6 +225,16 @@ def test_the_evidence_is_json_and_names_every_variant() -> None:
     assert evidence["probability_best"] >= 0.95
     assert {entry["variant"] for entry in evidence["variants"]} == {"winner", "other"}
     assert evidence["rules"]["promote_probability"] == 0.95
+    assert all(0 < entry["adjusted_spread"] < 0.5 for entry in evidence["variants"])
+
+
+def test_the_adjusted_spread_narrows_with_more_ratings() -> None:
+    few = summarise(["a", "b"], ratings({"a": 3.0, "b": 3.5}, raters=10, per_rater=4, seed=20), Random(1))
+    many = summarise(["a", "b"], ratings({"a": 3.0, "b": 3.5}, raters=100, per_rater=4, seed=20), Random(1))
+    for small, large in zip(few, many, strict=True):
+        assert small.adjusted_spread is not None and large.adjusted_spread is not None
+        assert large.adjusted_spread < 0.5 * small.adjusted_spread
+    assert summarise(["a", "b", "unrated"], [], Random(1))[2].adjusted_spread is None
 
 
 def test_bad_input_is_refused() -> None:
