@@ -38,6 +38,7 @@ import discord
 from discord import app_commands
 
 from bot.core import ChatCore, EditPace, Person, PostedCallback, ProfileOrder, texts
+from bot.core.person_settings import MAX_SUFFIX_CHARACTERS, SettingsRequest, parse_settings_text
 from bot.core.platform import DeliveryRefused
 from bot.core.ratings import RATING_SCORES
 from bot.discord_app.endpoints import EndpointHTTPClient, Endpoints
@@ -459,25 +460,28 @@ def register_commands(client: MmppClient) -> None:
 
     @client.tree.command(name="profile", description="Turn your selfie into profile pictures")
     @app_commands.describe(
-        style="the style of the pictures",
         photo=f"a clear selfie: one face, {texts.accepted_photos()}",
+        style="the style of the pictures (without it: your default style, see /settings)",
         prompt="who or what you are in the picture (optional)",
         count="how many pictures, 1-4",
         mode="fast (a few seconds) or quality (slower, finer)",
     )
     async def profile(
         interaction: discord.Interaction,
-        style: str,
         photo: discord.Attachment,
+        style: str | None = None,
         prompt: str | None = None,
-        count: app_commands.Range[int, 1, MAX_PICTURES] = 1,
+        count: app_commands.Range[int, 1, MAX_PICTURES] | None = None,
         mode: Literal["fast", "quality"] | None = None,
     ) -> None:
-        options = {"style": style, "prompt": prompt or "", "count": str(count)}
+        # Only what was given: what was not is the person's default (/settings) or the style's.
+        options = {"style": style or "", "prompt": prompt or ""}
+        if count is not None:
+            options["count"] = str(count)
         if mode:
             options["mode"] = mode
         try:
-            core.check_profile(options)
+            await core.check_order(person_of(interaction.user), options)
             core.check_photo(photo.size, photo.content_type)  # before downloading it
         except MmppError as error:
             await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
@@ -531,7 +535,39 @@ def register_commands(client: MmppClient) -> None:
 
     @client.tree.command(name="help", description="How to use this bot")
     async def help_command(interaction: discord.Interaction) -> None:
-        await interaction.response.send_message(fit(core.help_text(HOW_TO_ORDER)), ephemeral=True)
+        text = await core.help_for(person_of(interaction.user), HOW_TO_ORDER)
+        await interaction.response.send_message(fit(text), ephemeral=True)
+
+    # Fixed choices, as Discord shows them (at most 25; a longer catalogue offers its first 25 here, and every
+    # style stays orderable by name in /profile).
+    style_choices = [
+        app_commands.Choice(name=texts.shorten(f"{item.emoji} {item.display_name}", CHOICE_NAME_MAX), value=item.name)
+        for item in core.styles.values()
+        if len(item.name) <= CHOICE_NAME_MAX
+    ][:CHOICES_MAX]
+
+    @client.tree.command(name="settings", description="Your defaults for /profile: style, mode, count, prompt suffix")
+    @app_commands.describe(
+        style="your default style",
+        mode="your default mode: fast or quality",
+        count="how many pictures by default, 1-4",
+        suffix="words added after every prompt of yours (none: remove it)",
+        clear="remove all your defaults (before setting the ones given here)",
+    )
+    @app_commands.choices(style=style_choices)
+    async def settings(
+        interaction: discord.Interaction,
+        style: str | None = None,
+        mode: Literal["fast", "quality"] | None = None,
+        count: app_commands.Range[int, 1, MAX_PICTURES] | None = None,
+        suffix: app_commands.Range[str, 1, MAX_SUFFIX_CHARACTERS] | None = None,
+        clear: bool = False,
+    ) -> None:
+        """Without options it shows the defaults; the reply is private either way."""
+        given = {"style": style, "mode": mode, "count": None if count is None else str(count), "suffix": suffix}
+        typed = parse_settings_text((), {key: value for key, value in given.items() if value is not None})
+        text = await core.change_settings(person_of(interaction.user), SettingsRequest(typed.changes, clear=clear))
+        await interaction.response.send_message(fit(text), ephemeral=True)
 
 
 def style_embeds(core: ChatCore) -> list[discord.Embed]:

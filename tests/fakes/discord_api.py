@@ -1093,10 +1093,20 @@ class FakeDiscord:
         if len(options) > 25:
             return f"{where}: more than 25 options"
         seen_optional = False
+        names: set[str] = set()
         for opt in options:
             name = opt.get("name", "")
             if not _COMMAND_NAME.match(name) or name != name.lower():
                 return f"{where}: invalid option name {name!r}"
+            if name in names:  # Discord: APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS
+                return f"{where}.{name}: option names must be unique"
+            names.add(name)
+            for low, high in (("min_value", "max_value"), ("min_length", "max_length")):
+                if opt.get(low) is not None and opt.get(high) is not None and opt[low] > opt[high]:
+                    return f"{where}.{name}: {low} must be less than or equal to {high}"
+            choice_values = [choice.get("value") for choice in opt.get("choices") or []]
+            if len(set(map(repr, choice_values))) != len(choice_values):
+                return f"{where}.{name}: choice values must be unique"
             if not 1 <= len(opt.get("description") or "") <= 100:
                 return f"{where}.{name}: description must be 1-100 characters"
             if len(opt.get("choices") or []) > 25:
@@ -2138,6 +2148,37 @@ class FakeDiscord:
             return cmd, True
         return self.command(name), False
 
+    @staticmethod
+    def _check_invocation(
+        schema: list[dict[str, Any]], options: Mapping[str, Any], attachments: Mapping[str, Any], focused: str | None
+    ) -> None:
+        """``ValueError`` for an invocation of a registered command that no Discord client could send: an option
+        the command does not have, a required one left out, a value outside its choices, range or length.  (With
+        autocomplete a person may type any value, so such an option's value is not held to anything.)"""
+        by_name = {o.get("name"): o for o in schema}
+        given = {**options, **attachments}
+        for name in given:
+            if name not in by_name:
+                raise ValueError(f"the command has no option {name!r}; it has {sorted(by_name)}")
+        for name, declared in by_name.items():
+            if declared.get("required") and name not in given and focused is None:
+                raise ValueError(f"the required option {name!r} is missing")
+        for name, value in options.items():
+            declared = by_name[name]
+            if name == focused or declared.get("autocomplete") or isinstance(value, FakeUser):
+                continue
+            choices = [choice.get("value") for choice in declared.get("choices") or []]
+            if choices and value not in choices:
+                raise ValueError(f"{name}={value!r} is not one of the choices {choices}")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                low, high = declared.get("min_value"), declared.get("max_value")
+                if (low is not None and value < low) or (high is not None and value > high):
+                    raise ValueError(f"{name}={value!r} is outside {low}..{high}")
+            if isinstance(value, str):
+                shortest, longest = declared.get("min_length"), declared.get("max_length")
+                if (shortest is not None and len(value) < shortest) or (longest is not None and len(value) > longest):
+                    raise ValueError(f"{name} has {len(value)} characters, outside {shortest}..{longest}")
+
     def _build_options(
         self,
         schema: list[dict[str, Any]],
@@ -2147,6 +2188,8 @@ class FakeDiscord:
         channel_id: int,
         focused: str | None,
     ) -> list[dict[str, Any]]:
+        if schema:
+            self._check_invocation(schema, options, attachments, focused)
         by_name = {o.get("name"): o for o in schema}
         out: list[dict[str, Any]] = []
         for name, value in options.items():
