@@ -80,6 +80,14 @@ class Job:
     admitted_at: str | None = None
     #: The variant of its style it renders (``base``: the style as written); all its pictures share it.
     variant: str = "base"
+    #: For an upscale job, the picture it paints again at twice the size (``None`` for every other job).
+    #: Its input travels as its "selfie" row: the picture's PNG, sent in the job's payload and deleted when done.
+    upscale_of_picture_id: int | None = None
+
+    @property
+    def is_upscale(self) -> bool:
+        """Whether this job upscales a picture: it is delivered as a file, and offers no further upscale."""
+        return self.upscale_of_picture_id is not None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
@@ -278,6 +286,7 @@ class Storage:
         parent_job_id: int | None = None,
         queue: str | None = None,
         variant: str = "base",
+        upscale_of_picture_id: int | None = None,
     ) -> tuple[Job, bool]:
         """Write the job and its selfie before anything is enqueued.
 
@@ -300,6 +309,10 @@ class Storage:
                 ),
             )  # fmt: skip
             job_id = cursor.lastrowid
+            if upscale_of_picture_id is not None:  # in the same transaction: no upscale exists without its picture
+                await db.execute(
+                    "UPDATE jobs SET upscale_of_picture_id = ? WHERE id = ?", (upscale_of_picture_id, job_id)
+                )
             await db.execute("INSERT INTO selfies (job_id, data) VALUES (?, ?)", (job_id, selfie))
             rows = await fetch_all(db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]), True
@@ -587,7 +600,7 @@ class Storage:
     async def ratings_export(self) -> list[dict[str, Any]]:
         rows = await fetch_all(
             self._db,
-            "SELECT jobs.style, jobs.mode, jobs.id AS job_id, pictures.position, pictures.seed, "
+            "SELECT jobs.style, jobs.variant, jobs.mode, jobs.id AS job_id, pictures.position, pictures.seed, "
             "raters.platform AS rater_platform, ratings.rater_id, ratings.score, ratings.source, ratings.updated_at, "
             "jobs.result_meta FROM ratings JOIN pictures ON pictures.id = ratings.picture_id "
             "JOIN jobs ON jobs.id = pictures.job_id JOIN users AS raters ON raters.id = ratings.rater_id "
@@ -602,9 +615,12 @@ class Storage:
             self._db,
             "SELECT jobs.style, COUNT(*) FROM pictures JOIN jobs ON jobs.id = pictures.job_id GROUP BY jobs.style",
         )
+        # A database read as it is (``mmpp eval --feedback`` never migrates) may predate variants: all "base".
+        columns = {row[1] for row in await fetch_all(self._db, "PRAGMA table_info(jobs)")}
+        variant = "jobs.variant" if "variant" in columns else "'base'"
         ratings = await fetch_all(
             self._db,
-            "SELECT jobs.id, jobs.style, jobs.mode, jobs.result_meta, pictures.id, ratings.score "
+            f"SELECT jobs.id, jobs.style, jobs.mode, jobs.result_meta, pictures.id, ratings.score, {variant} "
             "FROM ratings JOIN pictures ON pictures.id = ratings.picture_id JOIN jobs ON jobs.id = pictures.job_id "
             "ORDER BY jobs.style, jobs.id, pictures.id",
         )
@@ -612,8 +628,8 @@ class Storage:
             jobs_per_style={str(style): int(count) for style, count in jobs},
             pictures_per_style={str(style): int(count) for style, count in pictures},
             ratings=tuple(
-                Rating(int(job_id), str(style), mode, meta, int(picture_id), int(score))
-                for job_id, style, mode, meta, picture_id, score in ratings
+                Rating(int(job_id), str(style), mode, meta, int(picture_id), int(score), str(variant))
+                for job_id, style, mode, meta, picture_id, score, variant in ratings
             ),
         )
 

@@ -31,6 +31,8 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     PROMPT_BLOCKED = "PROMPT_BLOCKED"
     NOT_ALLOWED = "NOT_ALLOWED"
+    #: Someone pressed a control on another person's picture that only its requester may use (upscale).
+    NOT_YOURS = "NOT_YOURS"
     #: The platform would not take the outcome of a job (no permission to post there, retries exhausted).
     DELIVERY_FAILED = "DELIVERY_FAILED"
 

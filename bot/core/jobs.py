@@ -76,6 +76,11 @@ def check_photo(size: int | None, mime_type: str | None) -> None:
     raise MmppError(ErrorCode.NOT_AN_IMAGE, f"Attach a photo: {texts.accepted_photos()}.")
 
 
+def upscale_event_key(picture_id: int) -> str:
+    """The one event key of a picture's upscale (see :meth:`Jobs.upscale`)."""
+    return f"upscale:{picture_id}"
+
+
 class Jobs:
     def __init__(
         self,
@@ -205,6 +210,8 @@ class Jobs:
         owner = await self.storage.ensure_user(requester.platform, requester.user_id, requester.display_name)
         if owner != parent.user_id:
             raise MmppError(ErrorCode.INVALID_REQUEST, "Only the person who sent the selfie can make more from it.")
+        if parent.is_upscale:
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"Job {job_id} is an upscale; re-roll the job it came from.")
         selfie = await self.storage.selfie(parent.id, self._clock())
         if selfie is None:
             hours = self.settings.selfie_retention_hours
@@ -220,14 +227,51 @@ class Jobs:
             preferred_variant=parent.variant if chosen == parent.style else None,
         )  # fmt: skip
 
+    async def upscale(
+        self, requester: Person, picture_id: int, chat_id: str, reply_context: dict[str, Any],
+        server_id: str | None = None,
+    ) -> tuple[Job, bool]:  # fmt: skip
+        """Paint one delivered picture again at twice its size: a job like any other (the quality queue, the
+        quota, progress, delivery, ratings, /forget), with the picture's own style, prompt, variant and seed.
+
+        Its event key is the picture's, not the press's: however often (and wherever) its control is
+        pressed, a picture makes one upscale job, and a second press gets that job back.
+        """
+        picture = await self.storage.picture(picture_id)
+        original = await self.storage.job(picture.job_id) if picture is not None else None
+        if picture is None or original is None or original.platform != requester.platform:
+            raise MmppError(ErrorCode.NOT_FOUND, f"There is no picture {picture_id}.")
+        if await self.storage.find_user(requester.platform, requester.user_id) != original.user_id:
+            raise MmppError(ErrorCode.NOT_YOURS, "Only the person who ordered this picture can upscale it.")
+        if original.is_upscale:
+            raise MmppError(ErrorCode.INVALID_REQUEST, "This picture is an upscale already.")
+        return await self._create_job(
+            requester, upscale_event_key(picture.id), quota_chat(chat_id, server_id), reply_context, original.style,
+            original.prompt, Mode.QUALITY.value, 1, picture.seed, picture.png, parent_job_id=original.id,
+            preferred_variant=original.variant, upscale_of_picture_id=picture.id,
+        )  # fmt: skip
+
+    async def upscale_job_picture(
+        self, requester: Person, job_id: int, position: int, chat_id: str, reply_context: dict[str, Any]
+    ) -> tuple[Job, bool]:
+        """:meth:`upscale` for a picture named by its job and position (the console names pictures so)."""
+        job = await self.storage.job(job_id)
+        pictures = {picture.position: picture for picture in await self.storage.pictures(job_id)} if job else {}
+        if job is None or job.platform != requester.platform or position not in pictures:
+            raise MmppError(ErrorCode.NOT_FOUND, f"Job {job_id} has no picture {position}.")
+        return await self.upscale(requester, pictures[position].id, chat_id, reply_context)
+
     async def _create_job(
         self, requester: Person, event_key: str, chat_id: str, reply_context: dict[str, Any], style: str,
         prompt: str, mode: str | None, count: int, seed: int | None, selfie: bytes, parent_job_id: int | None,
-        preferred_variant: str | None = None,
+        preferred_variant: str | None = None, upscale_of_picture_id: int | None = None,
     ) -> tuple[Job, bool]:  # fmt: skip
+        """``selfie`` is the job's input: the selfie, or for an upscale (``upscale_of_picture_id``) the picture."""
+        upscale = upscale_of_picture_id is not None
         request = GenerateRequest(
-            selfie=selfie, style=style, prompt=prompt, mode=Mode(mode) if mode else None, count=count, seed=seed
-        )
+            selfie=b"" if upscale else selfie, style=style, prompt=prompt, mode=Mode(mode) if mode else None,
+            count=count, seed=seed, upscale_source=selfie if upscale else None,
+        )  # fmt: skip
         self.moderation.check_allowed(requester)
         try:
             request.validate()
@@ -245,7 +289,7 @@ class Jobs:
             task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
             chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed, selfie=selfie,
             reply_context=reply_context, parent_job_id=parent_job_id, queue=self._queue_of(style, mode),
-            variant=variant,
+            variant=variant, upscale_of_picture_id=upscale_of_picture_id,
         )  # fmt: skip
         if not created:
             return job, False
@@ -295,8 +339,9 @@ class Jobs:
             return
         try:
             payload = GenerateRequest(
-                selfie=selfie, style=job.style, prompt=job.prompt, mode=Mode(job.mode) if job.mode else None,
-                count=job.picture_count, seed=job.seed, job_id=str(job.id), variant=job.variant,
+                selfie=b"" if fresh.is_upscale else selfie, style=job.style, prompt=job.prompt,
+                mode=Mode(job.mode) if job.mode else None, count=job.picture_count, seed=job.seed,
+                job_id=str(job.id), variant=job.variant, upscale_source=selfie if fresh.is_upscale else None,
             ).to_payload()  # fmt: skip
         except Exception:
             logger.exception("job %s cannot be sent (its row does not make a request); it fails", job.id)
@@ -501,7 +546,9 @@ class Jobs:
         )  # fmt: skip
         await self._forget_result(job)
         self.admission.wake()  # its place in the broker is free
-        await self.storage.release_selfie(job.id, timedelta(hours=self.settings.selfie_retention_hours), self._clock())
+        # An upscale's input is a copy of its picture, with nothing to re-roll from it: gone at once.
+        keep = timedelta(0) if job.is_upscale else timedelta(hours=self.settings.selfie_retention_hours)
+        await self.storage.release_selfie(job.id, keep, self._clock())
         await self._deliver(await self._reload(job))
 
     async def _finish_failed(self, job: Job, code: ErrorCode, message: str) -> None:

@@ -153,6 +153,18 @@ class ChatCore:
         """Same selfie, new seed; with ``style``, the same selfie in another style."""
         return await self.jobs.reroll(requester, job_id, event_key, chat_id, reply_context, style, server_id)
 
+    async def upscale(
+        self, requester: Person, picture_id: int, chat_id: str, reply_context: dict[str, Any],
+        server_id: str | None = None,
+    ) -> tuple[Job, bool]:  # fmt: skip
+        """One picture at twice its size, as a job of its own; only its requester may, once per picture."""
+        return await self.jobs.upscale(requester, picture_id, chat_id, reply_context, server_id)
+
+    async def upscale_job_picture(
+        self, requester: Person, job_id: int, position: int, chat_id: str, reply_context: dict[str, Any]
+    ) -> tuple[Job, bool]:
+        return await self.jobs.upscale_job_picture(requester, job_id, position, chat_id, reply_context)
+
     def await_style(self, owner: Person, photo: Any, options: dict[str, str]) -> str:
         """Keep a photo sent without a style until its owner picks one; the token for the buttons."""
         return self.pending_choices.put(owner, photo, options)

@@ -24,6 +24,9 @@ ASK_FOR_STYLE = "Which style?"
 RATE_THEM = "Rate them (1 = poor, 5 = love it):"
 STALE_BUTTON = "That button is not valid anymore."
 REROLLING = "Re-rolling…"
+UPSCALING = "Upscaling: the picture comes at twice its size, as a file…"
+#: The label of the control under a delivered picture that upscales it.
+UPSCALE_LABEL = "2× file"
 #: Said once in a group where the platform never shows the bot people's reactions (Telegram: only to bots
 #: that administer the group), so nobody rates by reacting and wonders why nothing counts.
 REACTIONS_UNSEEN = (
@@ -106,6 +109,8 @@ def caption(job: Job, style: Style | None) -> str:
     """The caption of a job's pictures: style, job number, mode, and a warning for test-sized weights."""
     meta = job.result_meta or {}
     text = f"{style_label(style, job.style)} · job {job.id} · {meta.get('mode', job.mode or '')}".rstrip(" ·")
+    if job.is_upscale:
+        text += f" · 2× upscale of job {job.parent_job_id}, as a file (not recompressed)"
     if meta.get("test_sized_model"):
         text += " · test-sized model: these pictures are noise"
     return text
@@ -118,7 +123,7 @@ def status_line(job: Job, style: Style | None, jobs_ahead: int, busy: bool = Fal
     database and keeps its place, and the person is told so rather than left looking at "starting soon".
     """
     label = style_label(style, job.style)
-    count = f"{job.picture_count} picture{'s' if job.picture_count != 1 else ''}"
+    count = "a 2× upscale" if job.is_upscale else f"{job.picture_count} picture{'s' if job.picture_count != 1 else ''}"
     if job.state == "running" and job.progress_total:
         percent = int(100 * job.progress_done / job.progress_total)
         return f"{label}: painting {count}… {percent}%"
