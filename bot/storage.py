@@ -639,6 +639,16 @@ class Storage:
         rows = await fetch_all(self._db, "SELECT * FROM person_settings WHERE user_id = ?", (user_id,))
         return PersonSettings(**dict(rows[0])) if rows else None
 
+    async def person_settings_of(self, platform: str, platform_user_id: str) -> PersonSettings | None:
+        """One query by the platform's id: every order reads this before its first reply (Discord gives 3 s)."""
+        rows = await fetch_all(
+            self._db,
+            "SELECT person_settings.* FROM person_settings JOIN users ON users.id = person_settings.user_id "
+            "WHERE users.platform = ? AND users.platform_user_id = ?",
+            (platform, platform_user_id),
+        )
+        return PersonSettings(**dict(rows[0])) if rows else None
+
     async def save_person_settings(
         self, user_id: int, *, style: str | None, mode: str | None, picture_count: int | None,
         prompt_suffix: str | None,

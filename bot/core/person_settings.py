@@ -83,8 +83,7 @@ class PersonalDefaults:
 
     async def of(self, person: Person) -> PersonSettings | None:
         """The person's defaults; ``None`` when they have none (a person never seen is not created)."""
-        user_id = await self.storage.find_user(person.platform, person.user_id)
-        return await self.storage.person_settings(user_id) if user_id is not None else None
+        return await self.storage.person_settings_of(person.platform, person.user_id)
 
     def check_suffix(self, suffix: str) -> str:
         """The suffix, cleaned, if a prompt could carry it: bounded, readable weights, nothing the filter refuses."""
