@@ -23,7 +23,8 @@ from mmpp.errors import ErrorCode, MmppError
 PLATFORM = "console"
 USAGE = (
     "Commands: /profile style:NAME photo:PATH [prompt:TEXT] [count:N] [mode:fast|quality] [seed:N]; "
-    "/rate JOB PICTURE STARS; /settings [style:NAME] [mode:fast|quality] [count:N] [suffix:TEXT] (or clear); "
+    "/rate JOB PICTURE STARS; /upscale JOB PICTURE (twice the size, as a file); "
+    "/settings [style:NAME] [mode:fast|quality] [count:N] [suffix:TEXT] (or clear); "
     "/styles; /history; /forget; /help"
 )
 
@@ -38,6 +39,10 @@ class ConsoleDelivery:
         self.stdout = stdout
         self.stderr = stderr
         self._previews_announced: set[int] = set()
+
+    def path(self, job: Job, position: int) -> Path:
+        """Where a picture of a job is written (an upscale's says so in its name)."""
+        return self.out_dir / f"job-{job.id}-{position}{'-2x' if job.is_upscale else ''}.png"
 
     def preview_path(self, job: Job) -> Path:
         return self.out_dir / "previews" / f"job-{job.id}.jpg"
@@ -66,7 +71,7 @@ class ConsoleDelivery:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         paths = []
         for picture in pictures:
-            path = self.out_dir / f"job-{job.id}-{picture.position}.png"
+            path = self.path(job, picture.position)
             path.write_bytes(picture.png)
             paths.append(str(path))
             await on_posted(picture, f"{job.id}:{picture.position}")
@@ -134,6 +139,15 @@ class ConsoleAdapter:
             job_id, position, stars = (int(part) for part in command.arguments)
             await self.core.rate_job_picture(self.person, job_id, position, stars, "console")
             self.say(f"rated job {job_id} picture {position}: {stars} stars")
+        elif command.name == "upscale":
+            # Pictures are named as /rate names them, by job and position: the console shows no other id.
+            if len(command.arguments) != 2 or not all(part.isdigit() for part in command.arguments):
+                raise MmppError(ErrorCode.INVALID_REQUEST, "Use /upscale JOB PICTURE, e.g. /upscale 3 1.")
+            job_id, position = (int(part) for part in command.arguments)
+            job, created = await self.core.upscale_job_picture(self.person, job_id, position, "console", {})
+            what = "upscaling" if created else "already upscaled"
+            written = self.delivery.path(job, 1)
+            self.say(f"job {job.id}: {what} job {job_id} picture {position} (2x, written as {written})")
         elif command.name == "settings":
             self.say(await self.core.settings_command(self.person, command.arguments, command.options))
         elif command.name == "styles":

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from mmpp.contract import MAX_PICTURES, MAX_SEED, MIN_PICTURES, Mode
 from mmpp.errors import ErrorCode, MmppError
 
-COMMANDS = ("profile", "styles", "history", "rate", "forget", "help", "start", "settings")
+COMMANDS = ("profile", "styles", "history", "rate", "forget", "help", "start", "settings", "upscale")
 OPTION_KEYS = ("style", "photo", "prompt", "count", "mode", "seed")
 #: The keys of ``/settings`` (bot/core/person_settings.py): a person's defaults for their orders.
 SETTINGS_KEYS = ("style", "mode", "count", "suffix")
