@@ -6,6 +6,7 @@ person has their own rating offset (normal, spread 0.7) and rates with noise (sp
 ``true mean + offset + noise`` rounded to whole stars and clipped to 1..5, as people rate.  Jobs arrive
 one after another, each from a person drawn at random, with 1-4 pictures (mostly 1 or 2), all from one
 variant (the engine renders a job in one call), and the person rates each picture with probability 0.9.
+``--enthusiasts`` makes a share of the people give everything 5 stars, whatever they are served.
 
 The adaptive side runs *the bot's code*: :func:`mmpp.variants.choose_from` picks each job's variant
 from :func:`mmpp.variants.posterior`, and :func:`mmpp.variants.promotion_from` is asked after every
@@ -55,12 +56,15 @@ from mmpp.variants import Observation, Rules, Tally, choose_from, posterior, pro
 
 logger = logging.getLogger("bench.feedback")
 
-#: The variants' true mean ratings; the last is the best.  "base" is the style as written in styles.toml.
+#: The variants' true mean ratings by default (``--means``); the last is the best.  "base" is the style
+#: as written in styles.toml.
 TRUE_MEANS = {"base": 3.2, "warmer": 3.5, "sharper": 3.9}
 #: How many pictures a job has, and how often (people mostly order one or two).
 PICTURE_WEIGHTS = {1: 0.5, 2: 0.3, 3: 0.1, 4: 0.1}
 #: The A/B test's one-sided significance level for each comparison of the leader with another variant.
 T_TEST_LEVEL = 0.05
+#: An enthusiast's offset: every rating 5 stars whatever the variant and the noise (within 1e-9).
+ENTHUSIAST_OFFSET = 10.0
 TARGET_BEST = 0.95
 TARGET_WORSE = 0.05
 TARGET_RATINGS_RATIO = 0.6
@@ -78,6 +82,15 @@ class World:
     max_ratings: int = 3000
     step: int = 15
     rating_delay: int = 5  # later jobs assigned before a job's ratings are seen
+    true_means: tuple[float, ...] = tuple(TRUE_MEANS.values())
+    enthusiasts: float = 0.0  # share of people who give everything 5 (their offset is +5)
+
+    def variants(self) -> dict[str, float]:
+        """The variants' names and true means: the default names for three, ``variant-N`` otherwise."""
+        names = list(TRUE_MEANS) if len(self.true_means) == len(TRUE_MEANS) else [
+            "base", *(f"variant-{index}" for index in range(2, len(self.true_means) + 1))
+        ]  # fmt: skip
+        return dict(zip(names, self.true_means, strict=True))
 
 
 @dataclass(frozen=True)
@@ -109,8 +122,9 @@ class AdaptiveRun:
 
 def run_adaptive(world: World, rules: Rules, offsets: list[float], jobs: Orders, seed: str) -> AdaptiveRun:
     """One experiment through the bot's assignment and promotion code (``jobs`` grows as it is consumed)."""
-    names = list(TRUE_MEANS)
-    best = max(TRUE_MEANS.values())
+    true_means = world.variants()
+    names = list(true_means)
+    best = max(true_means.values())
     chooser, rater = Random(f"{seed}-choose"), Random(f"{seed}-adaptive-ratings")
     tally = Tally()
     state = posterior(names, tally, rules)
@@ -123,9 +137,9 @@ def run_adaptive(world: World, rules: Rules, offsets: list[float], jobs: Orders,
         given = []
         for rated in job.rated:
             pictures += 1
-            regret += best - TRUE_MEANS[variant]
+            regret += best - true_means[variant]
             if rated:
-                score = stars(TRUE_MEANS[variant], offsets[job.person], world.noise, rater)
+                score = stars(true_means[variant], offsets[job.person], world.noise, rater)
                 given.append(Observation(variant, f"person-{job.person}", score))
         in_flight.append(given)
         if len(in_flight) <= world.rating_delay:
@@ -148,8 +162,9 @@ def run_equal_split(
     world: World, offsets: list[float], jobs: Orders, seed: str
 ) -> tuple[list[str | None], list[float]]:
     """The A/B test on the same people and orders: its decision and regret at every ``step`` of ratings."""
-    names = list(TRUE_MEANS)
-    best = max(TRUE_MEANS.values())
+    true_means = world.variants()
+    names = list(true_means)
+    best = max(true_means.values())
     rater = Random(f"{seed}-equal-ratings")
     counts, sums, squares = [0] * len(names), [0.0] * len(names), [0.0] * len(names)
     decisions: list[str | None] = []
@@ -158,9 +173,9 @@ def run_equal_split(
     for turn, job in enumerate(jobs.replay()):
         index = turn % len(names)  # variants take turns job by job
         for rated in job.rated:
-            regret += best - TRUE_MEANS[names[index]]
+            regret += best - true_means[names[index]]
             if rated:
-                score = stars(TRUE_MEANS[names[index]], offsets[job.person], world.noise, rater)
+                score = stars(true_means[names[index]], offsets[job.person], world.noise, rater)
                 counts[index] += 1
                 sums[index] += score
                 squares[index] += score * score
@@ -212,7 +227,8 @@ def _t_test_decision(names: list[str], counts: list[int], sums: list[float], squ
 
 def simulate(experiments: int, seed: int, rules: Rules, world: World, say: Any = None) -> dict[str, Any]:
     started = time.monotonic()
-    best_name = max(TRUE_MEANS, key=TRUE_MEANS.__getitem__)
+    true_means = world.variants()
+    best_names = {name for name, mean in true_means.items() if mean == max(true_means.values())}
     adaptive: list[AdaptiveRun] = []
     split_decisions: list[list[str | None]] = []
     split_regrets: list[list[float]] = []
@@ -220,6 +236,8 @@ def simulate(experiments: int, seed: int, rules: Rules, world: World, say: Any =
         experiment_seed = f"{seed}-{experiment}"
         people = Random(f"{experiment_seed}-people")
         offsets = [people.gauss(0.0, world.rater_spread) for _ in range(world.people)]
+        enthusiasts = Random(f"{experiment_seed}-enthusiasts")
+        offsets = [ENTHUSIAST_OFFSET if enthusiasts.random() < world.enthusiasts else offset for offset in offsets]
         jobs = Orders(world, Random(f"{experiment_seed}-orders"))
         adaptive.append(run_adaptive(world, rules, offsets, jobs, experiment_seed))
         decisions, regrets = run_equal_split(world, offsets, jobs, experiment_seed)
@@ -228,21 +246,21 @@ def simulate(experiments: int, seed: int, rules: Rules, world: World, say: Any =
         if say is not None and (experiment + 1) % 50 == 0:
             say(f"{experiment + 1}/{experiments} experiments, {time.monotonic() - started:.0f} s")
 
-    best_rate = sum(run.promoted == best_name for run in adaptive) / experiments
-    worse_rate = sum(run.promoted not in (None, best_name) for run in adaptive) / experiments
+    best_rate = sum(run.promoted in best_names for run in adaptive) / experiments
+    worse_rate = sum(run.promoted not in (None, *best_names) for run in adaptive) / experiments
     undecided_rate = sum(run.promoted is None for run in adaptive) / experiments
     to_promotion = sorted(run.ratings if run.promoted is not None else math.inf for run in adaptive)
     median_ratings = statistics.median(to_promotion)
     adaptive_regret = statistics.fmean(run.regret for run in adaptive)
     served_total = sum(sum(run.served.values()) for run in adaptive)
-    served_share = {name: round(sum(run.served[name] for run in adaptive) / served_total, 4) for name in TRUE_MEANS}
+    served_share = {name: round(sum(run.served[name] for run in adaptive) / served_total, 4) for name in true_means}
 
     checkpoints = min(len(decisions) for decisions in split_decisions)
 
     def equal_split_at(required_best: float, allowed_worse: float) -> dict[str, Any] | None:
         for checkpoint in range(checkpoints):
-            right = sum(decisions[checkpoint] == best_name for decisions in split_decisions) / experiments
-            wrong = sum(decisions[checkpoint] not in (None, best_name) for decisions in split_decisions) / experiments
+            right = sum(decisions[checkpoint] in best_names for decisions in split_decisions) / experiments
+            wrong = sum(decisions[checkpoint] not in (None, *best_names) for decisions in split_decisions) / experiments
             if right >= required_best and wrong <= allowed_worse:
                 return {
                     "ratings": (checkpoint + 1) * world.step,
@@ -269,7 +287,7 @@ def simulate(experiments: int, seed: int, rules: Rules, world: World, say: Any =
     return {
         "experiments": experiments,
         "seed": seed,
-        "true_means": TRUE_MEANS,
+        "true_means": true_means,
         "world": asdict(world),
         "rules": asdict(rules),
         "adaptive": {
@@ -345,6 +363,23 @@ def _at_least(low: float, kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _means(text: str) -> tuple[float, ...]:
+    try:
+        means = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text[:40]!r}") from None
+    if len(means) < 2 or not all(1.0 <= mean <= 5.0 for mean in means):
+        raise argparse.ArgumentTypeError("give two or more true means between 1 and 5, e.g. 3.2,3.5,3.9")
+    return means
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], not {text}")
+    return value
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0.0 <= value < 1.0:
@@ -365,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--experiments", type=_at_least(1, int), default=200, help="experiments (default 200)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the whole simulation (default 1)")
+    parser.add_argument(
+        "--means", type=_means, default=World.true_means,
+        help="the variants' true mean ratings, comma-separated (default 3.2,3.5,3.9)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--enthusiasts", type=_fraction, default=World.enthusiasts,
+        help="share of people who give everything 5 stars (default 0)",
+    )  # fmt: skip
     parser.add_argument("--people", type=_at_least(1, int), default=World.people, help="people per experiment")
     parser.add_argument(
         "--max-ratings", type=_at_least(30, int), default=World.max_ratings,
@@ -402,7 +445,13 @@ def main(argv: list[str] | None = None) -> int:
         challenger_share=arguments.challenger_share,
         model_rater_offsets=not arguments.no_rater_offsets,
     )
-    world = World(people=arguments.people, max_ratings=arguments.max_ratings, rating_delay=arguments.rating_delay)
+    world = World(
+        people=arguments.people,
+        max_ratings=arguments.max_ratings,
+        rating_delay=arguments.rating_delay,
+        true_means=arguments.means,
+        enthusiasts=arguments.enthusiasts,
+    )
     started = time.monotonic()
 
     def say(message: str) -> None:

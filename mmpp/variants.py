@@ -346,11 +346,18 @@ def posterior(active: Sequence[str], observations: Sequence[Observation] | Tally
     modelled = list(names) + sorted(set(tally.counts) - set(names))
     total_ratings = sum(tally.counts.values())
     guess_weight = rules.guess_weight
-    # Ratings of one rater on one variant differ by noise alone: their pooled spread estimates sigma^2.
-    within_squares = tally.squares - tally.cell_squares
-    within_freedom = total_ratings - tally.cells
+    if rules.model_rater_offsets:
+        # Ratings of one rater on one variant differ by noise alone: their pooled spread estimates sigma^2.
+        within_squares = tally.squares - tally.cell_squares
+        within_freedom = total_ratings - tally.cells
+        noise_guess = rules.noise_guess**2
+    else:
+        # Without offsets every rating's spread around its variant's mean is noise, offsets included.
+        within_squares = tally.squares - sum(tally.sums[name] ** 2 / count for name, count in tally.counts.items())
+        within_freedom = total_ratings - len(tally.counts)
+        noise_guess = rules.noise_guess**2 + rules.rater_spread_guess**2
     noise_variance = max(
-        (within_squares + guess_weight * rules.noise_guess**2) / (within_freedom + guess_weight),
+        (within_squares + guess_weight * noise_guess) / (within_freedom + guess_weight),
         _SMALLEST_NOISE_SD**2,
     )
     rater_variance = rules.rater_spread_guess**2 if rules.model_rater_offsets else 0.0

@@ -71,5 +71,16 @@ def test_the_t_test_promotes_only_a_clear_leader() -> None:
 def test_bad_options_are_refused_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert mmpp_main(["bench", "feedback", "--experiments", "0"]) == 2
     assert mmpp_main(["bench", "feedback", "--challenger-share", "1"]) == 2
+    assert mmpp_main(["bench", "feedback", "--means", "3.2,six"]) == 2
+    assert mmpp_main(["bench", "feedback", "--means", "3.2"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and all(line.startswith("error[INVALID_REQUEST]: mmpp bench feedback:") for line in lines)
+    assert len(lines) == 4 and all(line.startswith("error[INVALID_REQUEST]: mmpp bench feedback:") for line in lines)
+
+
+def test_other_true_means_and_a_tie_for_best(capsys: pytest.CaptureFixture[str]) -> None:
+    """Two variants tied for best: promoting either is right, so nothing counts as a worse promotion."""
+    mmpp_main(["bench", "feedback", "--experiments", "5", "--means", "3.9,3.0,3.9,3.0", "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["true_means"] == {"base": 3.9, "variant-2": 3.0, "variant-3": 3.9, "variant-4": 3.0}
+    assert result["adaptive"]["worse_promoted_rate"] == 0.0
+    assert result["adaptive"]["best_promoted_rate"] + result["adaptive"]["undecided_rate"] == pytest.approx(1.0)
