@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from bot.core import Person
 from bot.settings import BotSettings
@@ -43,12 +44,30 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.description = "Ratings per style: jobs, pictures, ratings, mean with 95% interval, share positive."
         parser.add_argument("--csv", action="store_true", help="export the raw ratings as CSV instead")
         parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    elif command == "variants":
+        parser.description = (
+            "The styles' variants on live traffic: list them with their figures, or steer them "
+            "(docs/variants.md).  Actions: list [STYLE]; promote STYLE VARIANT; pause STYLE VARIANT; "
+            "resume STYLE VARIANT; rollback STYLE; floor RESULTS.json (from mmpp eval) with "
+            "--min-face-found-rate and/or --max-identity-distance."
+        )
+        parser.add_argument("action", nargs="?", default="list", help=f"one of {', '.join(VARIANT_ACTIONS)}")
+        parser.add_argument("names", nargs="*", metavar="STYLE_OR_VARIANT")
+        parser.add_argument("--json", action="store_true", help="print the list as JSON")
+        parser.add_argument("--min-face-found-rate", type=float, metavar="SHARE", help="floor: e.g. 0.95")
+        parser.add_argument("--max-identity-distance", type=float, metavar="DISTANCE", help="floor: e.g. 0.6")
     elif command == "forget":
         parser.description = "Delete everything stored about one person."
         parser.add_argument("--platform", required=True, choices=["discord", "telegram", "console"])
         parser.add_argument("--user", required=True, help="the platform's user id")
     return parser
 
+
+#: What ``mmpp variants`` does, and the names each action takes.
+VARIANT_ACTIONS = {
+    "list": "[STYLE]", "promote": "STYLE VARIANT", "pause": "STYLE VARIANT", "resume": "STYLE VARIANT",
+    "rollback": "STYLE", "floor": "RESULTS.json",
+}  # fmt: skip
 
 #: Loggers whose warnings ``mmpp run`` keeps on the terminal; everything else but errors goes to its log file.
 OWN_LOGGERS = ("bot", "mmpp")
@@ -86,6 +105,8 @@ async def _dispatch(
         return 0
     if command == "feedback":
         return await _feedback(settings, arguments)
+    if command == "variants":
+        return await _variants(settings, arguments)
     if command == "forget":
         async with open_core(settings) as core:
             print(await core.forget(Person(arguments.platform, arguments.user)))
@@ -137,11 +158,119 @@ async def _feedback(settings: BotSettings, arguments: argparse.Namespace) -> int
         return 0
     print(f"{'style':<16}{'jobs':>6}{'pictures':>10}{'ratings':>9}{'mean':>7}  {'95% interval':<14}{'positive':>9}")
     for row in report:
-        mean = f"{row['mean']:.2f}" if row["mean"] is not None else "-"
-        interval = f"[{row['ci95_low']:.2f},{row['ci95_high']:.2f}]" if row["ci95_low"] is not None else "-"
-        positive = f"{row['positive_share']:.0%}" if row["positive_share"] is not None else "-"
-        print(
-            f"{row['style']:<16}{row['jobs']:>6}{row['pictures']:>10}{row['ratings']:>9}{mean:>7}  "
-            f"{interval:<14}{positive:>9}"
-        )
+        print(f"{row['style']:<16}{row['jobs']:>6}{row['pictures']:>10}{_figures_text(row)}")
+        # A style's variants under it, once any job rendered one other than the style as written.
+        if any(variant["variant"] != "base" for variant in row["variants"]) or row["promoted_variant"]:
+            for variant in row["variants"]:
+                marker = " (default)" if variant["variant"] == row["promoted_variant"] else ""
+                name = f"  {variant['variant']}{marker}"
+                print(f"{name:<16}{variant['jobs']:>6}{'':>10}{_figures_text(variant)}")
+            if row["promotion"]:
+                promotion = row["promotion"]
+                evidence = promotion["evidence"]
+                why = (
+                    f"P(best) {evidence['probability_best']:.3f} over {evidence['ratings']} ratings"
+                    if promotion["decided_by"] == "ratings"
+                    else "by an operator"
+                )
+                print(f"  promoted {row['promoted_variant']} {promotion['at'][:16].replace('T', ' ')} UTC: {why}")
     return 0
+
+
+def _figures_text(row: dict[str, Any]) -> str:
+    mean = f"{row['mean']:.2f}" if row["mean"] is not None else "-"
+    interval = f"[{row['ci95_low']:.2f},{row['ci95_high']:.2f}]" if row["ci95_low"] is not None else "-"
+    positive = f"{row['positive_share']:.0%}" if row["positive_share"] is not None else "-"
+    return f"{row['ratings']:>9}{mean:>7}  {interval:<14}{positive:>9}"
+
+
+async def _variants(settings: BotSettings, arguments: argparse.Namespace) -> int:
+    """``mmpp variants``: the operator's view of the experiments, and their three levers."""
+    from bot.core.variants import Variants
+    from bot.storage import Storage
+    from mmpp.catalogue import load_catalogue
+    from mmpp.errors import ErrorCode, MmppError
+
+    action, names = arguments.action, list(arguments.names)
+    if action not in VARIANT_ACTIONS:  # `mmpp variants anime` lists one style
+        action, names = "list", [action, *names]
+    wanted = VARIANT_ACTIONS[action]
+    if not (len(names) == len(wanted.split()) or (action == "list" and not names)):
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"mmpp variants {action} takes {wanted}.")
+    catalogue = load_catalogue(settings.styles_file)
+    storage = await Storage.open(settings.database)
+    try:
+        variants = Variants(storage, catalogue)
+        if action == "promote":
+            promotion = await variants.promote(names[0], names[1])
+            print(f"{promotion.style}: variant {promotion.variant} is now the default (promoted by an operator).")
+        elif action in {"pause", "resume"}:
+            await variants.pause(names[0], names[1], paused=action == "pause")
+            print(f"{catalogue.get(names[0]).name}: variant {names[1]} {action}d.")
+        elif action == "rollback":
+            promotion = await variants.roll_back(names[0])
+            print(
+                f"{promotion.style}: promotion of variant {promotion.variant} rolled back; the variant is paused "
+                f"(mmpp variants resume {promotion.style} {promotion.variant} serves it again)."
+            )
+        elif action == "floor":
+            await _floor(variants, Path(names[0]), arguments.min_face_found_rate, arguments.max_identity_distance)
+        else:
+            await _list_variants(variants, names[0] if names else None, arguments.json)
+    finally:
+        await storage.close()
+    return 0
+
+
+async def _list_variants(variants: Any, style: str | None, as_json: bool) -> None:
+    rows = await variants.status(style)
+    if as_json:
+        print(json.dumps([
+            {"style": row.style, "variant": row.variant, "state": _state(row), "default": row.default,
+             "ineligible_reason": row.ineligible_reason, "ratings": row.summary.ratings if row.summary else 0,
+             "raw_mean": row.summary.raw_mean if row.summary else None,
+             "adjusted_mean": row.summary.adjusted_mean if row.summary else None,
+             "probability_best": row.summary.probability_best if row.summary else None}
+            for row in rows
+        ], indent=2))  # fmt: skip
+        return
+    if not rows:
+        print("No style has variants.")
+        return
+    print(f"{'style':<16}{'variant':<18}{'state':<12}{'ratings':>8}{'mean':>7}{'adjusted':>10}{'P(best)':>9}")
+    for row in rows:
+        summary = row.summary
+        mean = f"{summary.raw_mean:.2f}" if summary and summary.raw_mean is not None else "-"
+        adjusted = f"{summary.adjusted_mean:.2f}" if summary and summary.adjusted_mean is not None else "-"
+        best = f"{summary.probability_best:.2f}" if summary else "-"
+        print(
+            f"{row.style:<16}{row.variant:<18}{_state(row):<12}{summary.ratings if summary else 0:>8}{mean:>7}"
+            f"{adjusted:>10}{best:>9}" + (f"  ({row.ineligible_reason})" if row.ineligible_reason else "")
+        )
+
+
+def _state(row: Any) -> str:
+    if row.default:
+        return "default"
+    if row.ineligible_reason:
+        return "ineligible"
+    return "paused" if row.paused else "active"
+
+
+async def _floor(
+    variants: Any, results_path: Path, min_face_found_rate: float | None, max_identity_distance: float | None
+) -> None:
+    """Mark each variant measured in an ``mmpp eval`` sweep eligible or not against the operator's floor."""
+    from mmpp.errors import ErrorCode, MmppError
+    from mmpp.variant_floor import variant_figures
+
+    if min_face_found_rate is None and max_identity_distance is None:
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST, "mmpp variants floor needs --min-face-found-rate and/or --max-identity-distance."
+        )
+    for figures in variant_figures(results_path):
+        if figures.style not in variants.catalogue:
+            continue
+        reason = figures.below(min_face_found_rate, max_identity_distance)
+        await variants.storage.set_variant_ineligible(figures.style, figures.variant, reason)
+        print(f"{figures.style} {figures.variant}: {'ineligible: ' + reason if reason else 'eligible'} ({figures})")

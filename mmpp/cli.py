@@ -25,6 +25,7 @@ BOT_COMMANDS = {
     "chat": "the console adapter alone (needs a running worker)",
     "migrate": "apply the database migrations",
     "feedback": "ratings per style (--csv exports the raw ratings)",
+    "variants": "the styles' variants on live traffic: list, promote, pause, resume, rollback, floor",
     "forget": "delete everything about one person (--platform P --user ID)",
 }
 

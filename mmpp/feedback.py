@@ -36,6 +36,8 @@ class Rating:
     result_meta: str | dict[str, Any] | None  # what the finished job recorded (JSON text as stored)
     picture_id: int
     score: int
+    #: The variant of the style the job rendered (every picture of a job shares it).
+    variant: str = "base"
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class Configuration:
     style_scale: float | None
     portrait_scale: float | None
     ip_adapter_scale: float | None
+    variant: str = "base"
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,24 @@ class ConfigurationFeedback:
 
 
 @dataclass(frozen=True)
+class VariantFeedback:
+    """One variant of one style: the plain figures of its ratings (the assignment's rater-adjusted means are
+    ``mmpp variants``')."""
+
+    style: str
+    variant: str
+    jobs: int  # jobs with at least one rated picture
+    pictures_rated: int
+    figures: Figures
+
+
+@dataclass(frozen=True)
 class Feedback:
     ratings: int
     test_sized_model: bool  # some rated pictures came from the tiny test-sized model
     by_style: tuple[StyleFeedback, ...]
     by_configuration: tuple[ConfigurationFeedback, ...]
+    by_variant: tuple[VariantFeedback, ...] = ()
 
 
 def figures_of(scores: Sequence[int]) -> Figures:
@@ -121,6 +137,7 @@ def configuration_of(rating: Rating) -> Configuration:
         style_scale=_scale(meta, "style_lora"),
         portrait_scale=_scale(meta, "portrait_lora"),
         ip_adapter_scale=_scale(meta, "ip_adapter"),
+        variant=rating.variant,
     )
 
 
@@ -138,8 +155,8 @@ class _Bucket:
 
 def _sort_key(configuration: Configuration) -> tuple[str, ...]:
     values = (
-        configuration.style, configuration.mode, configuration.style_scale, configuration.portrait_scale,
-        configuration.ip_adapter_scale,
+        configuration.style, configuration.variant, configuration.mode, configuration.style_scale,
+        configuration.portrait_scale, configuration.ip_adapter_scale,
     )  # fmt: skip
     return tuple("" if value is None else str(value) for value in values)
 
@@ -148,11 +165,13 @@ def summarise(rows: FeedbackRows) -> Feedback:
     """Per style (sorted by name) and per configuration, with means, 95 % intervals and shares >= 4."""
     styles: dict[str, _Bucket] = {style: _Bucket() for style in rows.jobs_per_style}
     configurations: dict[Configuration, _Bucket] = {}
+    variants: dict[tuple[str, str], _Bucket] = {}
     test_sized = False
     for rating in rows.ratings:
         test_sized = test_sized or bool(result_meta(rating.result_meta).get("test_sized_model"))
         styles.setdefault(rating.style, _Bucket()).add(rating)
         configurations.setdefault(configuration_of(rating), _Bucket()).add(rating)
+        variants.setdefault((rating.style, rating.variant), _Bucket()).add(rating)
     by_style = tuple(
         StyleFeedback(
             style=style,
@@ -172,4 +191,14 @@ def summarise(rows: FeedbackRows) -> Feedback:
         )
         for configuration in sorted(configurations, key=_sort_key)
     )
-    return Feedback(len(rows.ratings), test_sized, by_style, by_configuration)
+    by_variant = tuple(
+        VariantFeedback(
+            style=style,
+            variant=variant,
+            jobs=len(bucket.jobs),
+            pictures_rated=len(bucket.pictures),
+            figures=figures_of(bucket.scores),
+        )
+        for (style, variant), bucket in sorted(variants.items())
+    )
+    return Feedback(len(rows.ratings), test_sized, by_style, by_configuration, by_variant)

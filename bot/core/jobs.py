@@ -237,6 +237,16 @@ class Jobs:
         Its event key is the picture's, not the press's: however often (and wherever) its control is
         pressed, a picture makes one upscale job, and a second press gets that job back.
         """
+        picture, original = await self.check_upscale(requester, picture_id)
+        return await self._create_job(
+            requester, upscale_event_key(picture.id), quota_chat(chat_id, server_id), reply_context, original.style,
+            original.prompt, Mode.QUALITY.value, 1, picture.seed, picture.png, parent_job_id=original.id,
+            preferred_variant=original.variant, upscale_of_picture_id=picture.id,
+        )  # fmt: skip
+
+    async def check_upscale(self, requester: Person, picture_id: int) -> tuple[StoredPicture, Job]:
+        """The picture and its job, if ``requester`` may upscale it: a few reads and nothing written, so an
+        adapter can refuse a stranger's press in private (an alert, an ephemeral reply) before it answers."""
         picture = await self.storage.picture(picture_id)
         original = await self.storage.job(picture.job_id) if picture is not None else None
         if picture is None or original is None or original.platform != requester.platform:
@@ -245,11 +255,7 @@ class Jobs:
             raise MmppError(ErrorCode.NOT_YOURS, "Only the person who ordered this picture can upscale it.")
         if original.is_upscale:
             raise MmppError(ErrorCode.INVALID_REQUEST, "This picture is an upscale already.")
-        return await self._create_job(
-            requester, upscale_event_key(picture.id), quota_chat(chat_id, server_id), reply_context, original.style,
-            original.prompt, Mode.QUALITY.value, 1, picture.seed, picture.png, parent_job_id=original.id,
-            preferred_variant=original.variant, upscale_of_picture_id=picture.id,
-        )  # fmt: skip
+        return picture, original
 
     async def upscale_job_picture(
         self, requester: Person, job_id: int, position: int, chat_id: str, reply_context: dict[str, Any]
@@ -539,7 +545,12 @@ class Jobs:
         meta = {
             "mode": result.mode, "steps": result.steps, "guidance": result.guidance, "scales": result.scales,
             "timings": result.timings, "model": result.model, "test_sized_model": result.test_sized_model,
+            "variant": result.variant,
         }  # fmt: skip
+        if result.variant and result.variant != job.variant:
+            # The worker rendered another variant than the job asked for (a worker of another catalogue):
+            # its ratings then belong to what was rendered; say so, the pictures are fine to deliver.
+            logger.warning("job %s asked for variant %s, the worker rendered %s", job.id, job.variant, result.variant)
         await self.storage.update_job(
             job.id, state="done", finished_at=timestamp(), result_meta=meta,
             progress_done=job.progress_total, error_code=None, error_message=None,

@@ -14,7 +14,7 @@ from bot.core.platform import Person
 from bot.core.texts import RATING_SCALE
 from bot.storage import Storage, StoredPicture
 from mmpp.errors import ErrorCode, MmppError
-from mmpp.feedback import summarise
+from mmpp.feedback import Figures, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -121,16 +121,32 @@ class Ratings:
 
 
 async def feedback_report(storage: Storage) -> list[dict[str, Any]]:
-    """Per style: jobs, pictures, ratings, mean with 95 % interval, positive share (``mmpp feedback``).
+    """Per style: jobs, pictures, ratings, mean with 95 % interval, positive share (``mmpp feedback``); and per
+    style its variants' figures and its standing promotion, so an operator sees what the ratings decided.
 
     The figures are ``mmpp.feedback``'s, the same ``mmpp eval --feedback`` reports.
     """
+    feedback = summarise(await storage.feedback_rows())
+    variants: dict[str, list[dict[str, Any]]] = {}
+    for variant in feedback.by_variant:
+        variants.setdefault(variant.style, []).append(
+            {"variant": variant.variant, "jobs": variant.jobs, **_figures(variant.figures)}
+        )
     rows = []
-    for row in summarise(await storage.feedback_rows()).by_style:
-        figures = row.figures
+    for row in feedback.by_style:
+        promotion = await storage.current_promotion(row.style)
         rows.append(
-            {"style": row.style, "jobs": row.jobs, "pictures": row.pictures, "ratings": figures.ratings,
-             "mean": figures.mean, "ci95_low": figures.ci95_low, "ci95_high": figures.ci95_high,
-             "positive_share": figures.positive_share}
+            {"style": row.style, "jobs": row.jobs, "pictures": row.pictures, **_figures(row.figures),
+             "variants": variants.get(row.style, []),
+             "promoted_variant": promotion.variant if promotion else None,
+             "promotion": None if promotion is None else {
+                 "decided_by": promotion.decided_by, "at": promotion.created_at, "evidence": promotion.evidence}}
         )  # fmt: skip
     return rows
+
+
+def _figures(figures: Figures) -> dict[str, Any]:
+    return {
+        "ratings": figures.ratings, "mean": figures.mean, "ci95_low": figures.ci95_low,
+        "ci95_high": figures.ci95_high, "positive_share": figures.positive_share,
+    }  # fmt: skip

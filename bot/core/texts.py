@@ -87,8 +87,8 @@ def history_text(jobs: list[Job]) -> str:
             job.state, job.state
         )
         # The variant says which configuration made the pictures: someone comparing their ratings can see it.
-        style = job.style if job.variant == "base" else f"{job.style} (variant {job.variant})"
-        lines.append(f"job {job.id}: {style}, {outcome}, {job.created_at[:16].replace('T', ' ')} UTC")
+        variant = "" if job.variant == "base" else f", variant {job.variant}"
+        lines.append(f"job {job.id}: {job.style}, {outcome}, {job.created_at[:16].replace('T', ' ')} UTC{variant}")
     return "\n".join(lines)
 
 

@@ -29,6 +29,7 @@ FeedbackReader = Callable[[Path], FeedbackRows]
 CSV_FIELDS = (
     "group",
     "style",
+    "variant",
     "mode",
     "style_scale",
     "portrait_scale",
@@ -73,6 +74,7 @@ def read_feedback(path: Path, read_rows: FeedbackReader) -> dict[str, Any]:
         {
             "group": "configuration",
             "style": row.configuration.style,
+            "variant": row.configuration.variant,
             "mode": row.configuration.mode,
             "style_scale": row.configuration.style_scale,
             "portrait_scale": row.configuration.portrait_scale,
@@ -83,6 +85,11 @@ def read_feedback(path: Path, read_rows: FeedbackReader) -> dict[str, Any]:
         }
         for row in feedback.by_configuration
     ]
+    by_variant = [
+        {"group": "variant", "style": row.style, "variant": row.variant, "jobs": row.jobs,
+         "pictures_rated": row.pictures_rated, **_figures(row.figures)}
+        for row in feedback.by_variant
+    ]  # fmt: skip
     return {
         "kind": "mmpp-eval-feedback",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -93,6 +100,7 @@ def read_feedback(path: Path, read_rows: FeedbackReader) -> dict[str, Any]:
         "positive": POSITIVE_TEXT,
         "by_style": by_style,
         "by_configuration": by_configuration,
+        "by_variant": by_variant,
     }
 
 
@@ -126,9 +134,13 @@ def format_table(feedback: dict[str, Any]) -> str:
     ]
     table("per style", [("style", "style"), ("jobs", "jobs"), *shared], feedback["by_style"])
     table(
+        "per variant", [("style", "style"), ("variant", "variant"), ("jobs", "jobs"), *shared], feedback["by_variant"]
+    )
+    table(
         "per configuration",
         [
             ("style", "style"),
+            ("variant", "variant"),
             ("mode", "mode"),
             ("style scale", "style_scale"),
             ("portrait", "portrait_scale"),
@@ -141,13 +153,13 @@ def format_table(feedback: dict[str, Any]) -> str:
 
 
 def write_feedback(feedback: dict[str, Any], out_dir: Path) -> list[Path]:
-    """``feedback.json`` and ``feedback.csv`` (one row per style, then per configuration)."""
+    """``feedback.json`` and ``feedback.csv`` (one row per style, then per variant, then per configuration)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / "feedback.json", out_dir / "feedback.csv"
     json_path.write_text(json.dumps(feedback, indent=2), encoding="utf-8")
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        for row in [*feedback["by_style"], *feedback["by_configuration"]]:
+        for row in [*feedback["by_style"], *feedback["by_variant"], *feedback["by_configuration"]]:
             writer.writerow({name: "" if row.get(name) is None else row.get(name) for name in CSV_FIELDS})
     return [json_path, csv_path]

@@ -23,6 +23,7 @@ PICTURE_FIELDS = (
     "config_id",
     "selfie",
     "style",
+    "variant",
     "mode",
     "style_scale",
     "portrait_scale",
@@ -281,6 +282,7 @@ def _sweep_sections(results: dict[str, Any]) -> list[str]:
             [
                 ("config", "config_id"),
                 ("style", "style"),
+                ("variant", "variant"),
                 ("mode", "mode"),
                 ("style scale", "style_scale"),
                 ("portrait scale", "portrait_scale"),
@@ -296,7 +298,7 @@ def _sweep_sections(results: dict[str, Any]) -> list[str]:
                 ("KID", "kid_mean"),
             ],
             results["configurations"],
-            frozenset({"config_id", "style", "mode"}),
+            frozenset({"config_id", "style", "variant", "mode"}),
         )
     )
     parts.append("<h2>Pictures per configuration</h2>")
@@ -336,6 +338,7 @@ def _sweep_sections(results: dict[str, Any]) -> list[str]:
                 [
                     ("selfie", "selfie"),
                     ("style", "style"),
+                    ("variant", "variant"),
                     ("mode", "mode"),
                     ("style scale", "style_scale"),
                     ("portrait scale", "portrait_scale"),
@@ -372,10 +375,17 @@ def _feedback_sections(feedback: dict[str, Any]) -> list[str]:
         f"{escape(feedback['database'])}. {escape(feedback['interval'])}.</p>",
         "<h3>Per style</h3>",
         _table([("style", "style"), ("jobs", "jobs"), *shared], feedback["by_style"], frozenset({"style"})),
+        "<h3>Per variant (the style's variants tried on live traffic)</h3>",
+        _table(
+            [("style", "style"), ("variant", "variant"), ("jobs", "jobs"), *shared],
+            feedback.get("by_variant", []),
+            frozenset({"style", "variant"}),
+        ),
         "<h3>Per configuration (mode and scales the jobs ran with)</h3>",
         _table(
             [
                 ("style", "style"),
+                ("variant", "variant"),
                 ("mode", "mode"),
                 ("style scale", "style_scale"),
                 ("portrait scale", "portrait_scale"),
@@ -383,6 +393,6 @@ def _feedback_sections(feedback: dict[str, Any]) -> list[str]:
                 *shared,
             ],
             feedback["by_configuration"],
-            frozenset({"style", "mode"}),
+            frozenset({"style", "variant", "mode"}),
         ),
     ]

@@ -48,7 +48,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 THUMBNAIL_SIDE = 256
 #: The sweep file's keys; anything else is a typo and is refused by name.
 SWEEP_FIELDS = (
-    "styles", "style_scale", "portrait_scale", "ip_adapter_scale", "modes", "seeds", "steps", "count", "prompt",
+    "styles", "variants", "style_scale", "portrait_scale", "ip_adapter_scale", "modes", "seeds", "steps", "count",
+    "prompt",
 )  # fmt: skip
 TINY_LABEL = "test-sized model: pictures are noise, figures are meaningless"
 
@@ -70,14 +71,20 @@ class SweepConfig:
     steps: dict[Mode, int] = field(default_factory=dict)
     count: int = 1
     prompt: str = ""
+    #: Per style, the variants to render (``["base"]``: the style as written; the file's ``variants = "all"``
+    #: renders every variant, so ``mmpp variants floor`` can judge them all on the same selfies).
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
-    def combinations(self) -> list[tuple[str, float | None, float | None, float | None, Mode | None, int]]:
-        """styles x style scale x portrait scale x IP-Adapter scale x mode x seed, in that order."""
-        return list(
-            itertools.product(
-                self.styles, self.style_scales, self.portrait_scales, self.ip_adapter_scales, self.modes, self.seeds
+    def combinations(self) -> list[tuple[str, str, float | None, float | None, float | None, Mode | None, int]]:
+        """styles x their variants x style scale x portrait scale x IP-Adapter scale x mode x seed, in that order."""
+        return [
+            (style, variant, *rest)
+            for style in self.styles
+            for variant in self.variants.get(style, ["base"])
+            for rest in itertools.product(
+                self.style_scales, self.portrait_scales, self.ip_adapter_scales, self.modes, self.seeds
             )
-        )
+        ]
 
 
 def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
@@ -87,6 +94,7 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
     milliseconds, not a model load.  Keys::
 
         styles = ["anime", "watercolor"]      # required
+        variants = "all"                      # optional: "all", or a list of names; omitted = ["base"]
         style_scale = [0.5, 1.0]              # optional lists; omitted = each style's own value
         portrait_scale = [0.4]
         ip_adapter_scale = [0.6]
@@ -117,6 +125,22 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
         if name not in catalogue:
             raise _bad(path, "styles", f"names '{name}', which is not in the catalogue ({', '.join(catalogue.names)})")
     styles = [catalogue.get(name).name for name in styles]
+    variants: dict[str, list[str]] = {}
+    if "variants" in document:
+        wanted = document["variants"]
+        if wanted == "all":
+            variants = {name: list(catalogue.get(name).variant_names) for name in styles}
+        elif isinstance(wanted, list) and wanted and all(isinstance(item, str) for item in wanted):
+            for name in styles:
+                known = catalogue.get(name).variant_names
+                variants[name] = [variant for variant in wanted if variant in known]
+                if not variants[name]:
+                    raise _bad(path, "variants", f"names none of the variants of '{name}' ({', '.join(known)})")
+            for variant in wanted:
+                if not any(variant in names for names in variants.values()):
+                    raise _bad(path, "variants", f"names '{variant}', which no style of the sweep has")
+        else:
+            raise _bad(path, "variants", "must be \"all\" or a non-empty list of variant names")
 
     def scales(name: str) -> list[float | None]:
         if name not in document:
@@ -188,6 +212,7 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
         steps=steps,
         count=count,
         prompt=prompt,
+        variants=variants,
     )
 
 
@@ -248,7 +273,10 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def config_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """Pictures with equal key were made the same way (seed aside)."""
-    return (row["style"], row["mode"], row["style_scale"], row["portrait_scale"], row["ip_adapter_scale"], row["steps"])
+    return (
+        row["style"], row.get("variant", "base"), row["mode"], row["style_scale"], row["portrait_scale"],
+        row["ip_adapter_scale"], row["steps"],
+    )  # fmt: skip
 
 
 def run_sweep(
@@ -300,8 +328,9 @@ def run_sweep(
     from engine.pipeline import ScaleOverrides
 
     for selfie in usable:
-        for style, style_scale, portrait_scale, ip_scale, mode, seed in combinations:
+        for style, variant, style_scale, portrait_scale, ip_scale, mode, seed in combinations:
             request = GenerateRequest(
+                variant=variant,
                 selfie=selfie.data,
                 style=style,
                 prompt=config.prompt,
@@ -314,7 +343,8 @@ def run_sweep(
                 style_scale=style_scale, portrait_scale=portrait_scale, ip_adapter_scale=ip_scale
             )
             wanted = {
-                "selfie": selfie.path.name, "style": style, "mode": mode.value if mode else "(style default)",
+                "selfie": selfie.path.name, "style": style, "variant": variant,
+                "mode": mode.value if mode else "(style default)",
                 "style_scale": style_scale, "portrait_scale": portrait_scale, "ip_adapter_scale": ip_scale,
                 "seed": seed,
             }  # fmt: skip
@@ -326,7 +356,7 @@ def run_sweep(
                 continue
             test_sized = test_sized or result.test_sized_model
             per_picture = result.timings.get("total", 0.0) / max(1, len(result.pictures))
-            prompt = engine.catalogue.get(style).render_prompt(config.prompt)
+            prompt = engine.catalogue.get(style).with_variant(variant).render_prompt(config.prompt)
             images = [Image.open(io.BytesIO(picture.png)).convert("RGB") for picture in result.pictures]
             clip_scores: list[float | None] = [None] * len(images)
             if scorers.clip is not None:
@@ -344,6 +374,7 @@ def run_sweep(
                         "selfie": selfie.path.name,
                         "selfie_index": selfie.index,
                         "style": result.style,
+                        "variant": result.variant,
                         "mode": result.mode,
                         "style_scale": result.scales.get("style_lora"),
                         "portrait_scale": result.scales.get("portrait_lora"),
@@ -377,6 +408,7 @@ def run_sweep(
         "test_sized_note": TINY_LABEL if test_sized else "",
         "sweep": {
             "styles": config.styles,
+            "variants": config.variants,
             "style_scale": config.style_scales,
             "portrait_scale": config.portrait_scales,
             "ip_adapter_scale": config.ip_adapter_scales,
@@ -411,7 +443,7 @@ def summarise(pictures: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(config_key(row), []).append(row)
     rows = []
     for number, (key, members) in enumerate(groups.items(), start=1):
-        style, mode, style_scale, portrait_scale, ip_scale, steps = key
+        style, variant, mode, style_scale, portrait_scale, ip_scale, steps = key
         config_id = f"c{number:03d}"
         for member in members:
             member["config_id"] = config_id
@@ -420,6 +452,7 @@ def summarise(pictures: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "config_id": config_id,
                 "style": style,
+                "variant": variant,
                 "mode": mode,
                 "style_scale": style_scale,
                 "portrait_scale": portrait_scale,

@@ -65,3 +65,80 @@ def test_migrate_feedback_and_forget(tmp_path: Path) -> None:
 
     bad = mmpp("forget", "--platform", "myspace", "--user", "1", database=database)
     assert bad.returncode == 2 and bad.stderr.startswith("error[INVALID_REQUEST]") and len(bad.stderr.splitlines()) == 1
+
+
+async def seed_variants(database: Path) -> None:
+    """Anime jobs of both variants, each rated by its owner: base 2 stars, more-likeness 5."""
+    storage = await Storage.open(database)
+    for index in range(6):
+        variant = "more-likeness" if index % 2 else "base"
+        owner = await storage.ensure_user("console", f"p{index}")
+        job, _ = await storage.create_job(
+            task_id=f"task-{index}", user_id=owner, platform="console", event_key=f"e{index}", chat_id="c",
+            style="anime", prompt="", mode="fast", picture_count=1, seed=1, selfie=b"x", reply_context={},
+            variant=variant,
+        )  # fmt: skip
+        (picture,) = await storage.store_pictures(job.id, [(1, b"png")])
+        await storage.update_job(job.id, state="done")
+        await storage.set_rating(picture.id, owner, 5 if variant != "base" else 2, "button")
+    await storage.close()
+
+
+def test_variants_are_listed_steered_and_floored_from_the_command_line(tmp_path: Path) -> None:
+    database = tmp_path / "mmpp.sqlite3"
+    assert mmpp("migrate", database=database).returncode == 0
+    asyncio.run(seed_variants(database))
+
+    rows = {
+        (row["style"], row["variant"]): row for row in json.loads(mmpp("variants", "--json", database=database).stdout)
+    }
+    assert set(rows) == {("anime", "base"), ("anime", "more-likeness"), ("watercolor", "base"),
+                         ("watercolor", "firmer-face")}  # fmt: skip
+    assert rows["anime", "more-likeness"]["ratings"] == 3 and rows["anime", "more-likeness"]["raw_mean"] == 5.0
+    assert rows["anime", "base"]["state"] == "active"
+    table = mmpp("variants", "anime", database=database).stdout
+    assert "more-likeness" in table and "watercolor" not in table
+
+    promoted = mmpp("variants", "promote", "anime", "more-likeness", database=database)
+    assert promoted.returncode == 0 and "now the default" in promoted.stdout
+    feedback = mmpp("feedback", database=database).stdout
+    assert "more-likeness (default)" in feedback and "by an operator" in feedback
+    report = json.loads(mmpp("feedback", "--json", database=database).stdout)
+    anime = next(row for row in report if row["style"] == "anime")
+    assert anime["promoted_variant"] == "more-likeness"
+    assert {v["variant"]: v["mean"] for v in anime["variants"]} == {"base": 2.0, "more-likeness": 5.0}
+
+    rolled_back = mmpp("variants", "rollback", "anime", database=database)
+    assert rolled_back.returncode == 0 and "rolled back" in rolled_back.stdout
+    states = {
+        row["variant"]: row["state"]
+        for row in json.loads(mmpp("variants", "anime", "--json", database=database).stdout)
+    }
+    assert states == {"base": "active", "more-likeness": "paused"}
+    assert mmpp("variants", "resume", "anime", "more-likeness", database=database).returncode == 0
+
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"kind": "mmpp-eval-sweep", "pictures": [
+        {"style": "anime", "variant": "base", "face_found": True, "identity_distance": 0.4},
+        {"style": "anime", "variant": "more-likeness", "face_found": False, "identity_distance": None},
+    ]}))  # fmt: skip
+    floored = mmpp("variants", "floor", str(results), "--min-face-found-rate", "0.95", database=database)
+    assert floored.returncode == 0 and "more-likeness: ineligible: face found in 0%" in floored.stdout
+    states = {
+        row["variant"]: row["state"]
+        for row in json.loads(mmpp("variants", "anime", "--json", database=database).stdout)
+    }
+    assert states == {"base": "active", "more-likeness": "ineligible"}
+    refused = mmpp("variants", "promote", "anime", "more-likeness", database=database)
+    assert refused.returncode == 2 and refused.stderr.startswith("error[NOT_ALLOWED]")
+
+    for arguments, code in [
+        (("variants", "promote", "anime"), "INVALID_REQUEST"),
+        (("variants", "promote", "anime", "louder"), "INVALID_REQUEST"),
+        (("variants", "rollback", "anime"), "NOT_FOUND"),
+        (("variants", "pause", "building", "x"), "UNKNOWN_STYLE"),
+        (("variants", "floor", str(results)), "INVALID_REQUEST"),
+    ]:
+        bad = mmpp(*arguments, database=database)
+        assert bad.returncode == 2 and bad.stderr.startswith(f"error[{code}]"), (arguments, bad.stderr)
+        assert len(bad.stderr.splitlines()) == 1

@@ -545,3 +545,20 @@ async def test_a_rating_button_that_cannot_rate_answers_one_private_line(
         assert gone.ephemeral and gone.data["content"].endswith("(`NOT_FOUND`)") and "\n" not in gone.data["content"]
     finally:
         await stop_bot(running)
+
+
+async def test_a_variant_goes_through_the_real_worker_and_its_ratings_count_for_it(running: RunningBot) -> None:
+    """As on Telegram: the core's variant reaches the worker, which renders it, and a button rating counts for it."""
+    fake, storage = running.fake, running.storage
+    await running.core.jobs.variants.promote("anime", "more-likeness")
+    await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+    await fake.wait_until(lambda: picture_messages(fake) or None, timeout=120)
+    await running.core.wait_idle(timeout=30)
+    job = (await storage.recent_jobs(1))[0]
+    assert job.variant == "more-likeness" and job.result_meta is not None
+    assert job.result_meta["variant"] == "more-likeness" and job.result_meta["scales"]["style_lora"] == 0.7
+    picture = (await storage.pictures(job.id))[0]
+    message = picture_messages(fake)[0]
+    await fake.wait_for_callback(await fake.click_button(int(message["id"]), f"mmpp:rate:{picture.id}:4"))
+    rater = await wait_for_user(storage, str(fake.default_user.id))
+    await wait_until(lambda: storage.variant_observations("anime"), [("more-likeness", rater, 4)])

@@ -564,3 +564,30 @@ async def test_a_failed_job_leaves_no_status_or_preview_behind(fake: FakeTelegra
         assert (chat.id, status_id) not in fake.messages
     finally:
         await started.close()
+
+
+async def test_a_variant_goes_through_the_real_worker_and_its_ratings_count_for_it(running: RunningBot) -> None:
+    """The core picks the variant (here the operator's promoted one), the worker renders it with its own scales,
+    the rating counts for it; rolled back, the style's next job renders the style as written."""
+    fake, storage, variants = running.fake, running.storage, running.core.jobs.variants
+    await variants.promote("anime", "more-likeness")
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="/profile anime")
+    sent = await fake.wait_for("sendPhoto", timeout=120)
+    await running.core.wait_idle(timeout=30)
+    job = (await storage.recent_jobs(1))[0]
+    assert job.variant == "more-likeness" and job.result_meta is not None
+    assert job.result_meta["variant"] == "more-likeness" and job.result_meta["scales"]["ip_adapter"] == 0.7
+    picture = (await storage.pictures(job.id))[0]
+    await fake.press_button(sent.result, ALICE, f"rate:{picture.id}:5")
+    await fake.wait_for("answerCallbackQuery")
+    alice = await storage.find_user("telegram", str(ALICE.id))
+    await wait_until(lambda: storage.variant_observations("anime"), [("more-likeness", alice, 5)])
+
+    await variants.roll_back("anime")
+    before = len(fake.calls())
+    await fake.send_photo(None, ALICE, SAMPLE_SELFIE.read_bytes(), caption="/profile anime")
+    await fake.wait_for("sendPhoto", timeout=120, start=before)
+    await running.core.wait_idle(timeout=30)
+    second = (await storage.recent_jobs(alice))[0]
+    assert second.id != job.id and second.variant == "base"
+    assert second.result_meta is not None and second.result_meta["scales"]["ip_adapter"] == 0.6

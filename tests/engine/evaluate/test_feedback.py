@@ -47,7 +47,8 @@ def meta(style_scale: float, *, mode: str = "fast", tiny: bool = False) -> str:
 
 @pytest.fixture
 def database(tmp_path: Path) -> Path:
-    """Jobs 1-2 anime (style scales 0.8 and 1.0), job 3 watercolor, job 4 watercolor unrated and queued.
+    """Jobs 1-2 anime (style scales 0.8 and 1.0; job 2 its variant more-likeness), job 3 watercolor, job 4
+    watercolor unrated and queued.
 
     Scores: job 1 pictures 5, 4 (picture 1 by raters 2 and 3) and 3; job 2: 2; job 3: 5 and 5.
     """
@@ -73,6 +74,7 @@ def database(tmp_path: Path) -> Path:
             for job, style, mode, state, result in jobs
         ],
     )
+    connection.execute("UPDATE jobs SET variant = 'more-likeness' WHERE id = 2")
     pictures = [(1, 1, 0), (2, 1, 1), (3, 2, 0), (4, 3, 0), (5, 3, 1)]
     connection.executemany(
         "INSERT INTO pictures (id, job_id, position, seed, png) VALUES (?, ?, ?, 1, x'89504e47')", pictures
@@ -126,6 +128,37 @@ def test_feedback_per_style_and_configuration(database: Path) -> None:
     lone = configs[("anime", 1.0)]
     assert lone["mode"] == "fast"  # from result_meta, although the job row left the mode to the style
     assert (lone["ratings"], lone["mean"], lone["ci95_low"], lone["positive_share"]) == (1, 2.0, None, 0.0)
+    assert (first["variant"], lone["variant"]) == ("base", "more-likeness")
+    variants = {(row["style"], row["variant"]): (row["ratings"], row["mean"]) for row in feedback["by_variant"]}
+    assert variants == {
+        ("anime", "base"): (3, 4.0),
+        ("anime", "more-likeness"): (1, 2.0),
+        ("watercolor", "base"): (2, 5.0),
+    }
+
+
+def test_a_database_from_before_variants_reads_as_all_base(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    for migration in sorted(MIGRATIONS.glob("000[1-4]_*.sql")):
+        connection.executescript(migration.read_text())
+    connection.execute(
+        "INSERT INTO users (id, platform, platform_user_id, created_at) VALUES (1, 'console', 'a', ?)", (NOW,)
+    )
+    connection.execute(
+        "INSERT INTO jobs (id, task_id, user_id, platform, event_key, chat_id, style, picture_count, state, "
+        "created_at) VALUES (1, 't', 1, 'console', 'e', 'c', 'anime', 1, 'done', ?)",
+        (NOW,),
+    )
+    connection.execute("INSERT INTO pictures (id, job_id, position, seed, png) VALUES (1, 1, 0, 1, x'00')")
+    connection.execute(
+        "INSERT INTO ratings (picture_id, rater_id, score, source, created_at, updated_at) VALUES (1, 1, 4, 'r', ?, ?)",
+        (NOW, NOW),
+    )
+    connection.commit()
+    connection.close()
+    feedback = read_feedback(path, read_feedback_rows)
+    assert [(row["style"], row["variant"], row["ratings"]) for row in feedback["by_variant"]] == [("anime", "base", 1)]
 
 
 def test_feedback_command_prints_a_table_and_writes_the_report(
@@ -141,7 +174,8 @@ def test_feedback_command_prints_a_table_and_writes_the_report(
     assert saved["by_style"][0]["mean"] == 3.5
     with (out / "feedback.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [row["group"] for row in rows] == ["style", "style", "configuration", "configuration", "configuration"]
+    assert [row["group"] for row in rows] == ["style"] * 2 + ["variant"] * 3 + ["configuration"] * 3
+    assert "per variant" in printed and "more-likeness" in printed
     page = (out / "index.html").read_text()
     assert 'id="feedback"' in page and "anime" in page and "3.5" in page
     assert "test-sized model" not in page

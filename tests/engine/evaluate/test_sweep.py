@@ -20,13 +20,14 @@ import pytest
 from PIL import Image
 
 from engine.evaluate.cli import main
+from mmpp.variant_floor import variant_figures
 
 SAMPLE_SELFIE = Path(__file__).resolve().parents[3] / "engine" / "assets" / "sample_selfie.jpg"
 SWEEP = """\
 styles = ["anime", "watercolor"]
+variants = ["base", "more-likeness"]
 style_scale = [0.5, 1.0]
 portrait_scale = [0.4]
-ip_adapter_scale = [0.6]
 modes = ["fast"]
 seeds = [7]
 steps = 4
@@ -82,20 +83,32 @@ def test_sweep_makes_one_scored_picture_per_combination(report: dict[str, Any]) 
     assert report["code"] == 0
     results = report["results"]
     pictures = results["pictures"]
-    assert len(pictures) == 4 and not results["failures"]
-    assert {(p["style"], p["style_scale"]) for p in pictures} == {
-        ("anime", 0.5), ("anime", 1.0), ("watercolor", 0.5), ("watercolor", 1.0)
+    # anime has the variant more-likeness, watercolor does not: 2 x 2 + 1 x 2 pictures.
+    assert len(pictures) == 6 and not results["failures"]
+    assert {(p["style"], p["variant"], p["style_scale"]) for p in pictures} == {
+        ("anime", "base", 0.5), ("anime", "base", 1.0), ("anime", "more-likeness", 0.5),
+        ("anime", "more-likeness", 1.0), ("watercolor", "base", 0.5), ("watercolor", "base", 1.0),
     }  # fmt: skip
+    # The variant's own scale serves where the sweep does not set it (more-likeness: IP-Adapter 0.7).
+    expected_ip_scale = {("anime", "base"): 0.6, ("anime", "more-likeness"): 0.7, ("watercolor", "base"): 0.65}
+    assert all(p["ip_adapter_scale"] == expected_ip_scale[p["style"], p["variant"]] for p in pictures)
     for picture in pictures:
         assert picture["mode"] == "fast" and picture["steps"] == 4 and picture["seed"] == 7
-        assert picture["portrait_scale"] == 0.4 and picture["ip_adapter_scale"] == 0.6
+        assert picture["portrait_scale"] == 0.4
         assert isinstance(picture["face_found"], bool)
         assert picture["identity_distance"] is None or picture["identity_distance"] >= 0
         assert 0.0 <= picture["clip_score"] <= 100.0
         assert picture["seconds_per_picture"] > 0
         assert (report["out"] / picture["image"]).is_file()
-    assert len(results["configurations"]) == 4
+    assert len(results["configurations"]) == 6
     assert all(config["pictures"] == 1 for config in results["configurations"])
+    assert {config["variant"] for config in results["configurations"]} == {"base", "more-likeness"}
+    # What `mmpp variants floor` reads from this very file: each variant's pictures and face rate.
+    figures = {(f.style, f.variant): f for f in variant_figures(report["out"] / "results.json")}
+    assert set(figures) == {("anime", "base"), ("anime", "more-likeness"), ("watercolor", "base")}
+    anime = [p for p in pictures if (p["style"], p["variant"]) == ("anime", "more-likeness")]
+    assert figures["anime", "more-likeness"].pictures == 2
+    assert figures["anime", "more-likeness"].face_found_rate == sum(p["face_found"] for p in anime) / 2
 
 
 def test_every_metric_says_what_it_is_and_the_tiny_model_is_labelled(report: dict[str, Any]) -> None:
@@ -107,14 +120,14 @@ def test_every_metric_says_what_it_is_and_the_tiny_model_is_labelled(report: dic
     assert "test-sized random CLIP" in metrics["clip"]["detail"]
     assert "NON-STANDARD" in metrics["fid_kid"]["detail"]
     overall = results["overall"]
-    assert overall["pictures"] == 4 and overall["reference_images"] == 3
+    assert overall["pictures"] == 6 and overall["reference_images"] == 3
     assert overall["kid_mean"] is not None and overall["kid_std"] is not None
 
 
 def test_results_csv_has_one_row_per_picture(report: dict[str, Any]) -> None:
     with (report["out"] / "results.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 4
+    assert len(rows) == 6
     assert {row["picture_id"] for row in rows} == {p["picture_id"] for p in report["results"]["pictures"]}
     assert {"identity_distance", "same_person", "clip_score", "seconds_per_picture", "config_id"} <= set(rows[0])
 
@@ -126,7 +139,7 @@ def test_index_html_shows_grids_tables_charts_and_the_warning(report: dict[str, 
     for config in report["results"]["configurations"]:
         assert f'id="{config["config_id"]}"' in page
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == 4 + 4  # each configuration's grid: the selfie, then its picture
+    assert len(sources) == 6 + 6  # each configuration's grid: the selfie, then its picture
     for source in sources:
         assert not source.startswith(("/", "http")) and (report["out"] / source).is_file()
 
@@ -161,6 +174,8 @@ def test_missing_metric_models_are_listed_not_faked(report: dict[str, Any], tmp_
         ('styles = ["anime"]\nmodes = ["quality"]\nsteps = 4\n', "steps"),
         ('styles = ["anime"]\nseeds = [-1]\n', "seeds"),
         ('styles = ["anime"]\ncount = 9\n', "count"),
+        ('styles = ["anime"]\nvariants = ["louder"]\n', "variants"),
+        ('styles = ["anime"]\nvariants = 3\n', "variants"),
         ('styles = ["anime"]\nstyle_scales = [1.0]\n', "style_scales"),
     ],
 )
