@@ -149,6 +149,12 @@ class PersonalDefaults:
         if settings is None:
             return merged
         if not merged.get("style") and settings.style:
+            if settings.style not in self.catalogue.names:  # the catalogue changed since it was set
+                raise MmppError(
+                    ErrorCode.UNKNOWN_STYLE,
+                    f"Your default style '{settings.style}' is no longer offered; name a style, or set another "
+                    f"with /settings style:NAME ({', '.join(self.catalogue.names)}).",
+                )
             merged["style"] = settings.style
         if not merged.get("mode") and settings.mode:
             merged["mode"] = settings.mode

@@ -188,3 +188,18 @@ def test_the_text_grammar() -> None:
     command = parse_console_line('/settings style:anime suffix:"a (red:1.2) hat" count:2')
     assert command is not None
     assert command.options == {"style": "anime", "suffix": '"a (red:1.2) hat"', "count": "2"}
+
+
+async def test_a_default_style_that_left_the_catalogue_is_named_in_the_refusal(
+    core: ChatCore, storage: Storage, queue: ScriptedQueue
+) -> None:
+    await settings(core, "/settings style:anime count:2")
+    user = await storage.find_user(ALICE.platform, ALICE.user_id)
+    assert user is not None
+    await storage.save_person_settings(user, style="retired-style", mode=None, picture_count=2, prompt_suffix=None)
+    with pytest.raises(MmppError) as refused:
+        await core.order_profile(plain_order("event-1"))
+    assert refused.value.code is ErrorCode.UNKNOWN_STYLE and "default style 'retired-style'" in refused.value.message
+    job, _ = await core.order_profile(plain_order("event-2", style="fantasy"))  # naming one still works
+    await core.wait_idle(timeout=5)
+    assert (job.style, job.picture_count) == ("fantasy", 2) and len(queue.submitted) == 1
