@@ -160,6 +160,10 @@ class ChatCore:
         """One picture at twice its size, as a job of its own; only its requester may, once per picture."""
         return await self.jobs.upscale(requester, picture_id, chat_id, reply_context, server_id)
 
+    async def check_upscale(self, requester: Person, picture_id: int) -> None:
+        """Refuse (``MmppError``) a press of a picture's upscale control that :meth:`upscale` would refuse."""
+        await self.jobs.check_upscale(requester, picture_id)
+
     async def upscale_job_picture(
         self, requester: Person, job_id: int, position: int, chat_id: str, reply_context: dict[str, Any]
     ) -> tuple[Job, bool]:

@@ -108,9 +108,11 @@ NO_TEXT_TO_EDIT = "there is no text in the message to edit"
 RATE_BUTTON = "rate:{picture_id}:{stars}"
 REROLL_BUTTON = "reroll:{job_id}"
 STYLE_BUTTON = "style:{token}:{style}"
+UPSCALE_BUTTON = "upscale:{picture_id}"
 RATE_PATTERN = r"^(?:rate|r):(?P<picture>[0-9]+):(?P<stars>[1-5])$"
 REROLL_PATTERN = r"^(?:reroll|rr):(?P<job>[0-9]+)$"
 STYLE_PATTERN = r"^(?:style|s):(?P<token>[A-Za-z0-9_-]+):(?P<style>[a-z0-9-]+)$"
+UPSCALE_PATTERN = r"^upscale:(?P<picture>[0-9]+)$"
 #: A /settings keyboard's button: whose keyboard it is (only they may press it), which default, which value.
 SETTINGS_BUTTON = "set:{owner}:{key}:{value}"
 SETTINGS_PATTERN = r"^set:(?P<owner>[0-9]+):(?P<key>style|mode|count|clear):(?P<value>[a-z0-9-]+)$"
@@ -447,6 +449,16 @@ class TelegramDelivery:
         unposted = [picture for picture in pictures if picture.message_ref is None]
         # The caption goes with the first picture; once that is out, it is not repeated.
         first_caption = caption if unposted and unposted[0] is pictures[0] else None
+        if job.is_upscale:  # a file, so Telegram does not recompress the picture it was made to sharpen
+            if unposted:
+                message = await with_retries(
+                    self.bot.send_document, chat_id=chat_id, document=pictures[0].png,
+                    filename=f"mmpp-{job.id}-2x.png", caption=caption, reply_markup=rating_keyboard(job, pictures),
+                    reply_to_message_id=reply_to, allow_sending_without_reply=True,
+                )  # fmt: skip
+                await on_posted(pictures[0], message_ref(chat_id, message.message_id))
+            await self._remove_status(job)
+            return
         if len(pictures) == 1:
             if unposted:
                 message = await with_retries(
@@ -519,6 +531,17 @@ def rating_keyboard(job: Job, pictures: list[StoredPicture]) -> InlineKeyboardMa
                 for stars in range(1, 6)
             ]
         )
+    if job.is_upscale:  # nothing to make from an upscale but its rating
+        return InlineKeyboardMarkup(rows)
+    rows.append(
+        [
+            InlineKeyboardButton(
+                f"#{picture.position} {texts.UPSCALE_LABEL}" if len(pictures) > 1 else f"⬆️ {texts.UPSCALE_LABEL}",
+                callback_data=UPSCALE_BUTTON.format(picture_id=picture.id),
+            )
+            for picture in pictures
+        ]
+    )
     rows.append([InlineKeyboardButton("🔁 Re-roll", callback_data=REROLL_BUTTON.format(job_id=job.id))])
     return InlineKeyboardMarkup(rows)
 
@@ -840,6 +863,20 @@ async def on_settings_button(
             raise
 
 
+@button
+async def on_upscale_button(
+    query: CallbackQuery, match: re.Match[str], context: ContextTypes.DEFAULT_TYPE, answer: QueryAnswer
+) -> None:
+    """Checked first (a few reads), so a stranger's press is refused in an alert only they see; then answered,
+    before the order (which can outlast Telegram's wait); the job's status message is the outcome."""
+    core = core_of(context)
+    presser = person_of(query.from_user)
+    await core.check_upscale(presser, int(match["picture"]))
+    await answer(texts.UPSCALING)
+    chat_id, reply_context = _where(query)
+    await core.upscale(presser, int(match["picture"]), str(chat_id), reply_context)
+
+
 async def on_stale_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Any other button data: not one of ours, or from a version that is gone."""
     if update.callback_query is not None:
@@ -901,6 +938,7 @@ def build_application(core: ChatCore, settings: BotSettings, token: str | None =
     application.add_handler(CallbackQueryHandler(on_rate_button, pattern=RATE_PATTERN))
     application.add_handler(CallbackQueryHandler(on_reroll_button, pattern=REROLL_PATTERN))
     application.add_handler(CallbackQueryHandler(on_style_button, pattern=STYLE_PATTERN))
+    application.add_handler(CallbackQueryHandler(on_upscale_button, pattern=UPSCALE_PATTERN))
     application.add_handler(CallbackQueryHandler(on_settings_button, pattern=SETTINGS_PATTERN))
     application.add_handler(CallbackQueryHandler(on_stale_button))
     application.add_handler(MessageReactionHandler(on_reaction))

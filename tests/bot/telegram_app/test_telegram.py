@@ -132,8 +132,9 @@ async def test_several_pictures_come_as_a_media_group_with_a_rating_keyboard(run
     assert len(group.result) == 2
     keyboard = await fake.wait_for(lambda call: call.method == "sendMessage" and "Rate them" in call.params["text"])
     rows = keyboard.params["reply_markup"]["inline_keyboard"]
-    assert len(rows) == 3 and rows[-1][0]["callback_data"].startswith("reroll:")
+    assert len(rows) == 4 and rows[-1][0]["callback_data"].startswith("reroll:")
     assert [button["callback_data"].split(":")[0] for button in rows[0]] == ["rate"] * 5
+    assert [button["callback_data"].split(":")[0] for button in rows[2]] == ["upscale"] * 2  # one per picture
 
 
 async def test_a_photo_without_a_style_gets_a_style_keyboard(running: RunningBot) -> None:
