@@ -143,3 +143,18 @@ async def test_the_state_survives_a_restart(tmp_path: Path) -> None:
         assert await restarted.jobs.variants.servable(restarted.catalogue.get("watercolor")) == ["base"]
     finally:
         await storage.close()
+
+
+async def test_forget_removes_a_persons_assignments_and_ratings_from_the_experiment(
+    core: ChatCore, storage: Storage
+) -> None:
+    steer(core)
+    for index in range(4):
+        await order_and_rate(core, index)
+    before = await storage.variant_observations("anime")
+    forgotten = await storage.find_user("test", "person-0")
+    assert len(before) == 8 and forgotten in {rater for _, rater, _ in before}
+    await core.forget(Person("test", "person-0", ""))
+    after = await storage.variant_observations("anime")
+    assert len(after) == 6 and forgotten not in {rater for _, rater, _ in after}
+    assert await storage.count("jobs", "user_id = ?", (forgotten,)) == 0
