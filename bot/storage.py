@@ -351,6 +351,27 @@ class Storage:
         )
         return [Job.from_row(row) for row in rows]
 
+    async def claim_delivery(self, job_id: int, claimant: str, now: datetime, stale_before: datetime) -> bool:
+        """Whether ``claimant`` holds the job now: it was unclaimed, already this claimant's, or its claim dates
+        from before ``stale_before`` (a follower that long gone is gone).  The job must be undelivered.
+
+        One ``BEGIN IMMEDIATE`` transaction (an upsert guarded by the holder and age): of two processes asking
+        at once, one gets the job, the other sees the first's claim and answers ``False``.
+        """
+        async with self.write() as db:
+            cursor = await db.execute(
+                "INSERT INTO delivery_claims (job_id, claimant, claimed_at) "
+                "SELECT id, ?, ? FROM jobs WHERE id = ? AND delivered_at IS NULL AND true "
+                "ON CONFLICT (job_id) DO UPDATE SET claimant = excluded.claimant, claimed_at = excluded.claimed_at "
+                "WHERE delivery_claims.claimant = excluded.claimant OR delivery_claims.claimed_at < ?",
+                (claimant, timestamp(now), job_id, timestamp(stale_before)),
+            )
+            return cursor.rowcount == 1
+
+    async def delivery_claimant(self, job_id: int) -> str | None:
+        rows = await fetch_all(self._db, "SELECT claimant FROM delivery_claims WHERE job_id = ?", (job_id,))
+        return str(rows[0][0]) if rows else None
+
     async def queue_position(self, job: Job) -> int:
         """Jobs of the same queue ordered before this one and not yet finished (any platform).
 
@@ -684,6 +705,20 @@ class Storage:
             (style,),
         )
         return [(str(variant), int(rater), int(score)) for variant, rater, score in rows]
+
+    async def variant_cells(self, style: str) -> tuple[list[tuple[str, str, int, int]], int]:
+        """One style's ratings summed per (rater, variant): ``([(rater_id, variant, ratings, sum), ...], sum of
+        every score squared)``.  What the assignment's model needs, in one grouped query: a few hundred rows
+        where :meth:`variant_observations` would hand over every rating."""
+        rows = await fetch_all(
+            self._db,
+            "SELECT ratings.rater_id, jobs.variant, COUNT(*), SUM(ratings.score), SUM(ratings.score * ratings.score) "
+            "FROM jobs JOIN pictures ON pictures.job_id = jobs.id JOIN ratings ON ratings.picture_id = pictures.id "
+            "WHERE jobs.style = ? GROUP BY ratings.rater_id, jobs.variant",
+            (style,),
+        )
+        cells = [(str(rater), str(variant), int(count), int(total)) for rater, variant, count, total, _ in rows]
+        return cells, sum(int(row[4]) for row in rows)
 
     async def variant_controls(self, style: str | None = None) -> dict[tuple[str, str], VariantControl]:
         """Operators' decisions, by ``(style, variant)``; a variant without a row is active and eligible."""

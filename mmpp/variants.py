@@ -71,7 +71,7 @@ class Rules:
     #: Every active variant is served first until it has this many ratings.
     exploration_floor: int = 20
     #: A variant needs at least this many ratings to be promoted.
-    min_ratings: int = 60
+    min_ratings: int = 100
     #: Posterior probability of being best that a promotion needs.
     promote_probability: float = 0.95
     #: Monte Carlo draws for the probability of being best.
@@ -218,6 +218,18 @@ class Tally:
                 cell[0] += 1.0
                 cell[1] += score
             squares += score * score
+        self._fill(cells, squares)
+
+    @classmethod
+    def from_cells(cls, cells: Iterable[tuple[str, str, float, float]], squares: float) -> Tally:
+        """A tally from ratings already summed per (rater, variant) cell, as ``(rater, variant, count, sum)``,
+        and the sum of every score squared: what a database can hand over in one grouped query, which is
+        how the bot reads thousands of ratings on the command path without building one object per rating."""
+        tally = cls()
+        tally._fill({(rater, variant): [float(count), float(total)] for rater, variant, count, total in cells}, squares)
+        return tally
+
+    def _fill(self, cells: dict[tuple[str, str], list[float]], squares: float) -> None:
         self.squares = squares
         raters = self.raters
         for (name, variant), (count, total) in cells.items():

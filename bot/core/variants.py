@@ -15,15 +15,33 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot import metrics
 from bot.storage import Storage, VariantPromotion
 from mmpp.catalogue import BASE_VARIANT, Catalogue, Style
 from mmpp.errors import ErrorCode, MmppError
-from mmpp.variants import Observation, Rules, VariantSummary, choose_variant, decide_promotion, summarise
+from mmpp.variants import Rules, Tally, VariantSummary, choose_variant, decide_promotion, summarise
 
 logger = logging.getLogger(__name__)
+
+#: How long one style's ratings, as read for the assignment, serve before they are read again.  Reading them is
+#: one grouped query (milliseconds at thousands of ratings); an order or a rating within this time of the last
+#: read costs nothing.  A decision a few seconds behind the newest rating changes nothing in an experiment of
+#: hundreds, and a second bot process's ratings are seen within this time too.
+RATINGS_FRESH_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class _StyleState:
+    """One style's experiment as last read: its standing promotion, its servable variants, its ratings."""
+
+    read_at: float
+    promotion: VariantPromotion | None
+    servable: list[str]
+    tally: Tally
 
 
 @dataclass(frozen=True)
@@ -40,13 +58,25 @@ class VariantStatus:
 
 class Variants:
     def __init__(
-        self, storage: Storage, catalogue: Catalogue, rules: Rules | None = None, chance: random.Random | None = None
+        self,
+        storage: Storage,
+        catalogue: Catalogue,
+        rules: Rules | None = None,
+        chance: random.Random | None = None,
+        fresh_seconds: float = RATINGS_FRESH_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``chance`` is the assignment's random source; tests pass a seeded one to steer it."""
+        """``chance`` is the assignment's random source; tests pass a seeded one to steer it, and
+        ``fresh_seconds=0`` to read the ratings on every call."""
         self.storage = storage
         self.catalogue = catalogue
         self.rules = rules or Rules()
         self.chance = chance or random.Random()
+        self.fresh_seconds = fresh_seconds
+        self._monotonic = monotonic
+        #: Per style, what was last read of its state: a copy of the database's, never the state of record (a
+        #: restart reads it again, and so does every process every ``fresh_seconds``).
+        self._states: dict[str, _StyleState] = {}
 
     async def servable(self, style: Style) -> list[str]:
         """The style's variants that may serve a job now: in the catalogue, not paused, not below the floor."""
@@ -75,19 +105,17 @@ class Variants:
         while it may still be served, so "the same again" is the same configuration."""
         if len(style.variant_names) == 1:
             return BASE_VARIANT
-        promotion = await self.standing_default(style)
-        if promotion is not None:
-            chosen = promotion.variant
+        state = await self._state(style)
+        if state.promotion is not None:
+            chosen = state.promotion.variant
+        elif preferred in state.servable:
+            chosen = preferred
+        elif not state.servable:
+            # Everything paused: the style as written still serves; an operator meant to stop an
+            # experiment, not the style.
+            chosen = BASE_VARIANT
         else:
-            servable = await self.servable(style)
-            if preferred in servable:
-                chosen = preferred
-            elif not servable:
-                # Everything paused: the style as written still serves; an operator meant to stop an
-                # experiment, not the style.
-                chosen = BASE_VARIANT
-            else:
-                chosen = choose_variant(servable, await self._observations(style), self.chance, self.rules)
+            chosen = choose_variant(state.servable, state.tally, self.chance, self.rules)
         metrics.VARIANT_ASSIGNMENTS.labels(style.name, chosen).inc()
         return chosen
 
@@ -96,15 +124,18 @@ class Variants:
         if style_name not in self.catalogue:
             return None
         style = self.catalogue.get(style_name)
-        if len(style.variant_names) == 1 or await self.standing_default(style) is not None:
+        if len(style.variant_names) == 1:
             return None
-        servable = await self.servable(style)
-        decision = decide_promotion(servable, await self._observations(style), self.chance, self.rules)
+        state = await self._state(style)
+        if state.promotion is not None:
+            return None
+        decision = decide_promotion(state.servable, state.tally, self.chance, self.rules)
         if decision is None:
             return None
         promotion = await self.storage.promote_variant(
             style.name, decision.variant, "ratings", decision.evidence(), only_if_none=True
         )
+        self.forget_state(style.name)
         if promotion is not None:
             metrics.VARIANT_PROMOTIONS.labels(style.name, "ratings").inc()
             logger.info(
@@ -112,6 +143,27 @@ class Variants:
                 style.name, decision.variant, decision.probability_best, decision.ratings,
             )  # fmt: skip
         return promotion
+
+    def forget_state(self, style_name: str) -> None:
+        """Drop this process's copy of a style's state, so the next order reads it (after a change made here)."""
+        self._states.pop(style_name, None)
+
+    async def _state(self, style: Style, *, fresh: bool = False) -> _StyleState:
+        """The style's promotion, servable variants and ratings as the rules read them: read from the database
+        at most every ``fresh_seconds`` (``fresh``: now), so most orders and ratings cost no query at all."""
+        now = self._monotonic()
+        cached = self._states.get(style.name)
+        if not fresh and cached is not None and now - cached.read_at < self.fresh_seconds:
+            return cached
+        cells, squares = await self.storage.variant_cells(style.name)
+        state = _StyleState(
+            read_at=now,
+            promotion=await self.standing_default(style),
+            servable=await self.servable(style),
+            tally=Tally.from_cells(cells, float(squares)),
+        )
+        self._states[style.name] = state
+        return state
 
     # ------------------------------------------------------------------ operators (mmpp variants)
 
@@ -134,12 +186,15 @@ class Variants:
             "variants": [
                 {"variant": s.variant, "ratings": s.ratings, "raw_mean": s.raw_mean, "adjusted_mean": s.adjusted_mean,
                  "probability_best": round(s.probability_best, 4)}
-                for s in summarise(style.variant_names, await self._observations(style), self.chance, self.rules)
+                for s in summarise(
+                    style.variant_names, (await self._state(style, fresh=True)).tally, self.chance, self.rules
+                )
             ]
         }  # fmt: skip
         promotion = await self.storage.promote_variant(style.name, variant, "operator", evidence)
         assert promotion is not None
         await self.storage.set_variant_paused(style.name, variant, False)
+        self.forget_state(style.name)
         metrics.VARIANT_PROMOTIONS.labels(style.name, "operator").inc()
         logger.info("style %s: variant %s promoted to default by an operator", style.name, variant)
         return promotion
@@ -147,11 +202,13 @@ class Variants:
     async def pause(self, style_name: str, variant: str, paused: bool = True) -> None:
         style = self._variant(style_name, variant)
         await self.storage.set_variant_paused(style.name, variant, paused)
+        self.forget_state(style.name)
         logger.info("style %s: variant %s %s by an operator", style.name, variant, "paused" if paused else "resumed")
 
     async def roll_back(self, style_name: str) -> VariantPromotion:
         style = self.catalogue.get(style_name)
         promotion = await self.storage.roll_back_promotion(style.name)
+        self.forget_state(style.name)
         if promotion is None:
             raise MmppError(ErrorCode.NOT_FOUND, f"The style '{style.name}' has no promoted variant to roll back.")
         logger.info("style %s: promotion of variant %s rolled back (and the variant paused)", style.name,
@@ -167,10 +224,8 @@ class Variants:
                 continue
             controls = await self.storage.variant_controls(style.name)
             promotion = await self.standing_default(style)
-            summaries = {
-                s.variant: s
-                for s in summarise(style.variant_names, await self._observations(style), self.chance, self.rules)
-            }
+            observations = (await self._state(style, fresh=True)).tally
+            summaries = {s.variant: s for s in summarise(style.variant_names, observations, self.chance, self.rules)}
             for name in style.variant_names:
                 control = controls.get((style.name, name))
                 rows.append(
@@ -184,9 +239,3 @@ class Variants:
                     )
                 )
         return rows
-
-    async def _observations(self, style: Style) -> list[Observation]:
-        return [
-            Observation(variant, str(rater), float(score))
-            for variant, rater, score in await self.storage.variant_observations(style.name)
-        ]

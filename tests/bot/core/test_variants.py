@@ -24,8 +24,10 @@ STARS = {"base": 2, "more-likeness": 5}
 
 
 def steer(core: ChatCore, seed: int = 1, rules: Rules = QUICK_RULES) -> None:
+    """A seeded random source, quick rules, and every rating read at once (no reuse of a recent read)."""
     core.jobs.variants.rules = rules
     core.jobs.variants.chance = random.Random(seed)
+    core.jobs.variants.fresh_seconds = 0.0
 
 
 async def order_and_rate(core: ChatCore, index: int, style: str = "anime", count: str = "2") -> str:
@@ -158,3 +160,29 @@ async def test_forget_removes_a_persons_assignments_and_ratings_from_the_experim
     after = await storage.variant_observations("anime")
     assert len(after) == 6 and forgotten not in {rater for _, rater, _ in after}
     assert await storage.count("jobs", "user_id = ?", (forgotten,)) == 0
+
+
+async def test_a_recent_read_of_the_ratings_serves_until_it_is_stale(storage: Storage, tmp_path: Path) -> None:
+    """Orders within a few seconds of the last read reuse it (no query on the command path); after that, and for
+    operators' commands, the ratings are read again, so another process's ratings are seen."""
+    clock = [0.0]
+    core = ChatCore(storage, ScriptedQueue(), bot_settings(tmp_path))
+    variants = core.jobs.variants
+    variants._monotonic = lambda: clock[0]
+    reads = []
+    original = storage.variant_cells
+
+    async def counted(style: str):  # type: ignore[no-untyped-def]
+        reads.append(style)
+        return await original(style)
+
+    storage.variant_cells = counted  # type: ignore[method-assign]
+    anime = core.catalogue.get("anime")
+    for _ in range(5):
+        await variants.assign(anime)
+    assert reads == ["anime"]
+    clock[0] += variants.fresh_seconds + 0.1
+    await variants.assign(anime)
+    assert reads == ["anime", "anime"]
+    await variants.status("anime")
+    assert reads == ["anime", "anime", "anime"]

@@ -1,0 +1,121 @@
+"""What the variant assignment adds to the command path: orders of a style with variants (and thousands of
+ratings to weigh) against orders of a style without, through the real ``ChatCore.order_profile`` on a real
+SQLite database, interleaved in one process so the machine's drift falls on both alike.
+
+Part of ``mmpp bench feedback`` (its ``command_path`` figures); the target is that the assignment costs
+nothing measurable: the orders of the style with variants take at most 5 % longer at the median.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+#: The style whose variants are weighed, and the one without variants that is the baseline.
+STYLE_WITH_VARIANTS = "anime"
+STYLE_WITHOUT = "oil-painting"
+#: Median order time with variants over without; above this the assignment is measurable.
+COST_TARGET = 1.05
+
+
+async def _seed_ratings(storage: Any, ratings: int, raters: int) -> None:
+    """``ratings`` ratings of the style's two variants by ``raters`` people, written in one transaction."""
+    chance = random.Random(5)
+    async with storage.write() as db:
+        for rater in range(raters):
+            await db.execute(
+                "INSERT INTO users (platform, platform_user_id, created_at) VALUES ('bench', ?, '2026-12-01')",
+                (f"rater-{rater}",),
+            )
+        for index in range(ratings):
+            rater_id = 1 + index % raters
+            variant = "more-likeness" if index % 2 else "base"
+            cursor = await db.execute(
+                "INSERT INTO jobs (task_id, user_id, platform, event_key, chat_id, style, picture_count, state, "
+                "created_at, variant) VALUES (?, ?, 'bench', ?, 'chat', ?, 1, 'done', '2026-12-01', ?)",
+                (f"seed-{index}", rater_id, f"seed-{index}", STYLE_WITH_VARIANTS, variant),
+            )
+            picture = await db.execute(
+                "INSERT INTO pictures (job_id, position, seed, png) VALUES (?, 1, 1, x'00')", (cursor.lastrowid,)
+            )
+            await db.execute(
+                "INSERT INTO ratings (picture_id, rater_id, score, source, created_at, updated_at) "
+                "VALUES (?, ?, ?, 'bench', '2026-12-01', '2026-12-01')",
+                (picture.lastrowid, rater_id, chance.randint(2, 5)),
+            )
+
+
+async def measure(ratings: int = 5000, orders: int = 40) -> dict[str, Any]:
+    """Order times with and without variants, and the assignment's own time, at ``ratings`` stored ratings."""
+    from bench.bots import InstantWorkerQueue, sample_selfie
+    from bot.core import ChatCore, Person, ProfileOrder
+    from bot.core.variants import RATINGS_FRESH_SECONDS
+    from bot.settings import BotSettings
+    from bot.storage import Storage
+
+    selfie = sample_selfie()
+    with tempfile.TemporaryDirectory(prefix="mmpp-bench-assignment-") as folder:
+        workdir = Path(folder)
+        storage = await Storage.open(workdir / "bench.sqlite3")
+        core = None
+        try:
+            await _seed_ratings(storage, ratings, raters=max(1, ratings // 10))
+            settings = BotSettings(
+                _env_file=None,  # type: ignore[call-arg]
+                database=workdir / "bench.sqlite3", state_dir=workdir / "state", out=workdir / "out",
+                daily_picture_quota=1_000_000_000, chat_daily_picture_quota=1_000_000_000,
+                max_pending_jobs=1_000_000, poll_interval_seconds=0.01, metrics_port=0,
+            )  # fmt: skip
+            core = ChatCore(storage, InstantWorkerQueue(), settings)
+            await core.start()
+            times: dict[str, list[float]] = {STYLE_WITH_VARIANTS: [], STYLE_WITHOUT: []}
+            for index in range(orders):
+                for style in (
+                    (STYLE_WITH_VARIANTS, STYLE_WITHOUT) if index % 2 else (STYLE_WITHOUT, STYLE_WITH_VARIANTS)
+                ):
+                    person = Person("bench", f"orderer-{index}-{style}", "")
+                    order = ProfileOrder(person, f"order-{index}-{style}", "chat", {}, {"style": style}, selfie)
+                    started = time.perf_counter()
+                    await core.order_profile(order)
+                    times[style].append(time.perf_counter() - started)
+                    await core.wait_idle(timeout=30)
+            anime = core.catalogue.get(STYLE_WITH_VARIANTS)
+            assign_times, read_times = [], []
+            for _ in range(orders):
+                started = time.perf_counter()
+                await core.jobs.variants.assign(anime)
+                assign_times.append(time.perf_counter() - started)
+                # What the first order after the ratings went stale pays (every few seconds, per style).
+                started = time.perf_counter()
+                await core.jobs.variants._state(anime, fresh=True)
+                read_times.append(time.perf_counter() - started)
+        finally:
+            if core is not None:
+                await core.stop()
+            await storage.close()
+    with_variants = statistics.median(times[STYLE_WITH_VARIANTS])
+    without = statistics.median(times[STYLE_WITHOUT])
+    ratio = with_variants / without
+    assign_sorted = sorted(assign_times)
+    return {
+        "stored_ratings": ratings,
+        "orders_per_style": orders,
+        "order_ms_with_variants_p50": round(with_variants * 1000, 2),
+        "order_ms_without_variants_p50": round(without * 1000, 2),
+        "ratio": round(ratio, 3),
+        "assignment_ms_p50": round(statistics.median(assign_sorted) * 1000, 2),
+        "assignment_ms_max": round(assign_sorted[-1] * 1000, 2),
+        "ratings_read_ms_p50": round(statistics.median(read_times) * 1000, 2),
+        "ratings_fresh_seconds": RATINGS_FRESH_SECONDS,
+        "target": f"order with variants / without <= {COST_TARGET}",
+        "passed": ratio <= COST_TARGET,
+    }
+
+
+def measure_blocking(ratings: int = 5000, orders: int = 40) -> dict[str, Any]:
+    return asyncio.run(measure(ratings, orders))
