@@ -149,6 +149,11 @@ def delivery_failed(job_id: int) -> str:
     )
 
 
+def already_upscaled(job_id: int) -> str:
+    """The answer to a second press of a picture's upscale: its one upscale job is already there."""
+    return f"This picture is already upscaled (job {job_id})."
+
+
 def pictures_done(count: int) -> str:
     """What the status message says once the pictures are posted below it."""
     return f"Done: {count} pictures below. Rate them: {RATING_SCALE}."

@@ -108,7 +108,10 @@ def where(interaction: discord.Interaction) -> tuple[str, str | None]:
 
 
 def interaction_context(interaction: discord.Interaction) -> dict[str, Any]:
+    """What a job needs to answer later, from this process or another: the server (``guild_id``, ``None`` in
+    direct messages) decides the job's shard, so which process delivers it (:meth:`DiscordDelivery.shard_of`)."""
     return {
+        "guild_id": interaction.guild_id,
         "channel_id": interaction.channel_id,
         "application_id": interaction.application_id,
         "token": interaction.token,
@@ -128,6 +131,24 @@ class DiscordDelivery:
 
     def __init__(self, client: MmppClient) -> None:
         self.client = client
+
+    # The facts behind the core's rule of which process delivers a job (bot.core.platform.Shards).
+
+    @property
+    def claimant(self) -> str:
+        """Stable for a process's shards, so that a restarted process takes its own jobs back at once."""
+        return f"discord shards {','.join(map(str, self.client.owned_shards()))} of {self.client.shard_count or 1}"
+
+    def shard_of(self, job: Job) -> int:
+        """Discord's rule: ``(guild_id >> 22) % shard_count``; direct messages are shard 0's."""
+        guild_id = job.reply_context.get("guild_id")
+        return shard_of_guild(int(guild_id), self.client.shard_count or 1) if guild_id else 0
+
+    def owns_shard(self, shard: int) -> bool:
+        return shard in self.client.owned_shards()
+
+    def replies_through_channel(self, job: Job) -> bool:
+        return not token_alive(job.reply_context)
 
     def _webhook(self, context: dict[str, Any]) -> discord.Webhook:
         data: Any = {"id": context["application_id"], "type": 3, "token": context["token"]}
@@ -199,8 +220,13 @@ class DiscordDelivery:
             content = caption if index == 0 else None
             if index == 0 and not token_alive(context):
                 content = f"<@{context.get('user_id')}> {caption}"
-            file = discord.File(io.BytesIO(picture.png), filename=f"mmpp-{job.id}-{picture.position}.png")
-            view = picture_view(job.id, picture.id, self.client.core, with_job_controls=is_last)
+            # An attachment is a file: Discord keeps its bytes as sent (an upscale's "-2x" name says what it is).
+            name = f"mmpp-{job.id}-{picture.position}{'-2x' if job.is_upscale else ''}.png"
+            file = discord.File(io.BytesIO(picture.png), filename=name)
+            view = picture_view(
+                job.id, picture.id, self.client.core, with_job_controls=is_last and not job.is_upscale,
+                upscalable=not job.is_upscale,
+            )  # fmt: skip
             message = await self._send(
                 context, content=fit(content) if content else None, file=file, view=view, nonce=f"{job.id}-{index}"
             )
@@ -270,12 +296,16 @@ class DiscordDelivery:
 # --------------------------------------------------------------------------- buttons and menus (survive restarts)
 
 
-def picture_view(job_id: int, picture_id: int, core: ChatCore, *, with_job_controls: bool) -> discord.ui.View:
-    """A picture's controls: a row of rating buttons; on the job's last picture also re-roll and another style
-    (three action rows of Discord's five)."""
+def picture_view(
+    job_id: int, picture_id: int, core: ChatCore, *, with_job_controls: bool, upscalable: bool = True
+) -> discord.ui.View:
+    """A picture's controls: a row of rating buttons, its upscale button; on the job's last picture also re-roll
+    and another style (three action rows of Discord's five).  An upscale carries its rating row only."""
     view = discord.ui.View(timeout=None)
     for score in RATING_SCORES:
         view.add_item(RateButton(picture_id, score))
+    if upscalable:
+        view.add_item(UpscaleButton(picture_id))
     if with_job_controls:
         view.add_item(RerollButton(job_id))
         view.add_item(RestyleSelect(job_id, core))
@@ -367,6 +397,50 @@ class RestyleSelect(discord.ui.DynamicItem[discord.ui.Select], template=r"mmpp:r
         await run_followup_job(interaction, self.job_id, str(values[0]) if values else None)
 
 
+class UpscaleButton(discord.ui.DynamicItem[discord.ui.Button], template=r"mmpp:upscale:(?P<picture>[0-9]+)"):
+    """The picture at twice its size, as a file.  A stranger's press is refused privately at once (the core's
+    check is a few reads); the requester's is deferred (within Discord's 3 s) before the job is ordered."""
+
+    def __init__(self, picture_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=texts.UPSCALE_LABEL, emoji="⬆️", style=discord.ButtonStyle.secondary,
+                custom_id=f"mmpp:upscale:{picture_id}", row=1,
+            )
+        )  # fmt: skip
+        self.picture_id = picture_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> UpscaleButton:
+        return cls(int(match["picture"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        client: MmppClient = interaction.client  # type: ignore[assignment]
+        presser = person_of(interaction.user)
+        try:
+            await client.core.check_upscale(presser, self.picture_id)
+        except MmppError as error:
+            await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        original = await interaction.original_response()
+        context = {**interaction_context(interaction), "original_message_id": original.id}
+        chat_id, server_id = where(interaction)
+        try:
+            job, created = await client.core.upscale(presser, self.picture_id, chat_id, context, server_id=server_id)
+        except MmppError as error:
+            await replace_with_ephemeral_error(interaction, error)
+            return
+        if not created:  # a second press: the first one's job is the answer, told privately
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException:
+                logger.info("could not delete the deferred response")
+            await interaction.followup.send(texts.already_upscaled(job.id), ephemeral=True)
+
+
 async def run_followup_job(interaction: discord.Interaction, job_id: int, style: str | None) -> None:
     client: MmppClient = interaction.client  # type: ignore[assignment]
     await interaction.response.defer(thinking=True)
@@ -394,12 +468,28 @@ async def replace_with_ephemeral_error(interaction: discord.Interaction, error: 
 # --------------------------------------------------------------------------- the client
 
 
-class MmppClient(discord.Client):
+def shard_of_guild(guild_id: int, shard_count: int) -> int:
+    """The shard Discord sends a server's events on (https://discord.com/developers/docs/topics/gateway#sharding)."""
+    return (guild_id >> 22) % shard_count
+
+
+class MmppClient(discord.AutoShardedClient):
+    """Sharded from the start: Discord refuses an unsharded connection once a bot is in 2,500 servers (4011).
+
+    Without settings it asks the gateway how many shards to run and connects all of them; with
+    ``MMPP_DISCORD_SHARD_COUNT`` and ``MMPP_DISCORD_SHARD_IDS`` several processes split them.  discord.py
+    waits 5 s between two IDENTIFYs of one process, within what Discord allows for any ``max_concurrency``.
+    """
+
     def __init__(self, core: ChatCore, settings: BotSettings) -> None:
         # Default intents: guilds and reactions; no privileged message content.
         intents = discord.Intents.default()
         intents.message_content = False
-        super().__init__(intents=intents, guild_ready_timeout=settings.discord_guild_ready_timeout)
+        shard_count, shard_ids = settings.discord_shards()
+        shards: dict[str, Any] = {"shard_count": shard_count} if shard_ids is None else {
+            "shard_count": shard_count, "shard_ids": shard_ids,
+        }  # fmt: skip
+        super().__init__(intents=intents, guild_ready_timeout=settings.discord_guild_ready_timeout, **shards)
         # This client's own addresses (Discord's, or a loopback fake's), without touching discord.py's
         # class attributes: see bot/discord_app/endpoints.py.  Swapped in before anything holds the old one.
         self.endpoints = Endpoints(settings.discord_api_base, settings.discord_gateway_url)
@@ -413,7 +503,7 @@ class MmppClient(discord.Client):
         register_commands(self)
 
     async def setup_hook(self) -> None:
-        self.add_dynamic_items(RateButton, RerollButton, RestyleSelect)
+        self.add_dynamic_items(RateButton, RerollButton, RestyleSelect, UpscaleButton)
         if self.settings.discord_guild_id:
             guild = discord.Object(id=int(self.settings.discord_guild_id))
             self.tree.copy_global_to(guild=guild)
@@ -423,6 +513,13 @@ class MmppClient(discord.Client):
 
     async def on_ready(self) -> None:
         self.ready.set()
+
+    def owned_shards(self) -> list[int]:
+        """The shards this process connects: its settings', else all the gateway recommended (known once
+        connecting began; before, shard 0 of 1)."""
+        if self.shard_ids is not None:
+            return list(self.shard_ids)
+        return list(range(self.shard_count or 1))
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         if self.user is not None and payload.user_id == self.user.id:

@@ -136,8 +136,11 @@ async def test_profile_is_deferred_at_once_and_the_pictures_arrive_with_rating_b
     for message, picture in zip(pictures, stored, strict=True):
         assert custom_ids(message)[0] == [f"mmpp:rate:{picture.id}:{score}" for score in range(1, 6)]
         assert [item["label"] for item in message["components"][0]["components"]] == ["1", "2", "3", "4", "5"]
-    assert len(custom_ids(pictures[0])) == 1
-    assert custom_ids(pictures[-1])[1:] == [[f"mmpp:reroll:{job.id}"], [f"mmpp:restyle:{job.id}"]]
+    assert custom_ids(pictures[0])[1:] == [[f"mmpp:upscale:{stored[0].id}"]]
+    assert custom_ids(pictures[-1])[1:] == [
+        [f"mmpp:upscale:{stored[-1].id}", f"mmpp:reroll:{job.id}"],
+        [f"mmpp:restyle:{job.id}"],
+    ]
 
     rater = fake.add_user("carol")
     first = int(pictures[0]["id"])
