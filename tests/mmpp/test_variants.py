@@ -113,9 +113,9 @@ def test_no_promotion_below_min_ratings_then_promotion_at_it() -> None:
 
 
 def test_no_promotion_while_a_variant_is_under_the_floor() -> None:
-    observations = clear_winner(60)
-    assert decide_promotion(["winner", "other"], observations, Random(1), Rules(exploration_floor=41)) is None
-    assert decide_promotion(["winner", "other"], observations, Random(1), Rules(exploration_floor=40)) is not None
+    observations, active = clear_winner(60), ["winner", "other"]
+    assert decide_promotion(active, observations, Random(1), Rules(exploration_floor=41, min_ratings=60)) is None
+    assert decide_promotion(active, observations, Random(1), Rules(exploration_floor=40, min_ratings=60)) is not None
 
 
 def close_contest() -> list[Observation]:
@@ -218,7 +218,9 @@ def test_ratings_of_a_paused_variant_still_inform_the_offsets() -> None:
 
 
 def test_the_evidence_is_json_and_names_every_variant() -> None:
-    promotion = decide_promotion(["winner", "other"], clear_winner(60), Random(1), Rules(exploration_floor=10))
+    promotion = decide_promotion(
+        ["winner", "other"], clear_winner(60), Random(1), Rules(exploration_floor=10, min_ratings=60)
+    )
     assert promotion is not None
     evidence = json.loads(json.dumps(promotion.evidence()))
     assert evidence["variant"] == "winner" and evidence["ratings"] == 60
