@@ -39,7 +39,15 @@ The fake models the platform rules the product depends on, so that tests fail wh
   :meth:`FakeDiscord.message_edits` lists every edit request one message got, with its time;
 * attachment URLs are signed and expire (``ex``/``is``/``hm`` query like Discord's CDN);
 * gateway events gated by intents are only sent when IDENTIFY asked for them, and privileged intents not
-  enabled for the application close the gateway with 4014, as Discord does.
+  enabled for the application close the gateway with 4014, as Discord does;
+* sharding (https://discord.com/developers/docs/events/gateway#sharding): the fake holds guilds beyond its
+  first (:meth:`FakeDiscord.add_guild`, :meth:`FakeDiscord.add_guilds`); ``GET /gateway/bot`` recommends one
+  shard per 1,000 guilds (or ``recommended_shards``) with its ``session_start_limit``; an IDENTIFY whose session
+  would hold more than 2,500 guilds (one without ``shard`` holds them all) is closed with 4011 "Sharding
+  required", a ``shard`` that is not ``[shard_id, shard_count]`` with ``0 <= shard_id < shard_count`` with
+  4010 "Invalid shard"; each session gets only its shard's guilds (READY, GUILD_CREATE) and the events of
+  those guilds (interactions, reactions, messages: ``(guild_id >> 22) % shard_count``), direct messages'
+  events shard 0's.
 
 Typical use::
 
@@ -88,6 +96,7 @@ __all__ = [
     "INTENT_GUILD_MESSAGE_REACTIONS",
     "INTENT_GUILD_PRESENCES",
     "INTENT_MESSAGE_CONTENT",
+    "MAX_GUILDS_PER_SHARD",
     "PERMISSION_ADD_REACTIONS",
     "PERMISSION_ADMINISTRATOR",
     "PERMISSION_ATTACH_FILES",
@@ -111,6 +120,8 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 API_VERSION = 10
+#: Discord's most guilds on one session; beyond it IDENTIFY is closed with 4011 (Sharding required).
+MAX_GUILDS_PER_SHARD = 2500
 API_PREFIX = f"/api/v{API_VERSION}"
 DISCORD_EPOCH_MS = 1_420_070_400_000
 
@@ -498,6 +509,8 @@ class GatewayConnection:
 class _Session:
     id: str
     intents: int
+    #: ``(shard_id, shard_count)`` from IDENTIFY; ``None``: unsharded (every guild).
+    shard: tuple[int, int] | None = None
     seq: int = 0
     frames: list[dict[str, Any]] = field(default_factory=list)
     conn: GatewayConnection | None = None
@@ -570,6 +583,13 @@ class FakeDiscord:
         self.bot_role_id = self.snowflake()
         self.guild_name = "MMPP test guild"
         self.channel_name = "general"
+        #: Guilds beyond the first, by id: their one text channel (what shards split; see add_guild).
+        self.extra_guilds: dict[int, int] = {}
+        self._channel_guilds: dict[int, int] = {self.channel_id: self.guild_id}
+        #: What GET /gateway/bot recommends; None: one shard per 1,000 guilds, as Discord roughly does.
+        self.recommended_shards: int | None = None
+        #: The current session of each shard (``None``: an unsharded session), where events are routed.
+        self._shard_sessions: dict[tuple[int, int] | None, _Session] = {}
 
         self.requests: list[RecordedRequest] = []
         self.gateway_received: list[GatewayFrame] = []
@@ -1024,11 +1044,68 @@ class FakeDiscord:
         return 200, {"url": self.gateway_url}
 
     async def _get_gateway_bot(self, rec: RecordedRequest) -> _Reply:
+        shards = self.recommended_shards or max(1, math.ceil(self.guild_count / 1000))
         return 200, {
             "url": self.gateway_url,
-            "shards": 1,
+            "shards": shards,
             "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1},
         }
+
+    # ---------------------------------------------------------------- guilds and shards
+
+    @property
+    def guild_count(self) -> int:
+        return 1 + len(self.extra_guilds)
+
+    def all_guild_ids(self) -> list[int]:
+        return [self.guild_id, *self.extra_guilds]
+
+    def add_guild(self, shard: tuple[int, int] | None = None) -> tuple[int, int]:
+        """One more guild with one text channel: ``(guild_id, channel_id)``; with ``shard=(id, count)`` its id is
+        one that shard carries (its timestamp moved on by under ``count`` ms)."""
+        guild_id = self.snowflake()
+        if shard is not None:
+            shard_id, count = shard
+            moment = guild_id >> 22
+            guild_id = ((moment + (shard_id - moment) % count) << 22) | (guild_id & 0x3FFFFF)
+        channel_id = self.snowflake()
+        self.extra_guilds[guild_id] = channel_id
+        self._channel_guilds[channel_id] = guild_id
+        return guild_id, channel_id
+
+    def add_guilds(self, count: int) -> None:
+        """Many guilds at once (a popular bot): what sharding is for."""
+        for _ in range(count):
+            self.add_guild()
+
+    def guild_of_channel(self, channel_id: int) -> int | None:
+        """The guild a channel belongs to; ``None`` for a DM channel (or one the fake does not know)."""
+        return self._channel_guilds.get(int(channel_id))
+
+    def _guild_payload_of(self, guild_id: int) -> dict[str, Any]:
+        """GUILD_CREATE for any of the fake's guilds: the first guild's shape with this guild's ids."""
+        guild = self.guild_payload()
+        if guild_id == self.guild_id:
+            return guild
+        channel_id = self.extra_guilds[guild_id]
+        channel = {**self.channel_payload(with_guild_id=False), "id": str(channel_id)}
+        everyone = {**guild["roles"][0], "id": str(guild_id)}
+        return {
+            **guild, "id": str(guild_id), "name": f"guild {guild_id}", "system_channel_id": str(channel_id),
+            "roles": [everyone, *guild["roles"][1:]], "channels": [channel],
+        }  # fmt: skip
+
+    @staticmethod
+    def shard_of(guild_id: int | None, shard_count: int) -> int:
+        """Discord's rule: ``(guild_id >> 22) % shard_count``; direct messages (no guild) are shard 0's."""
+        return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
+    def _carries(self, shard: tuple[int, int] | None, guild_id: int | None) -> bool:
+        return shard is None or self.shard_of(guild_id, shard[1]) == shard[0]
+
+    def session_shards(self) -> list[tuple[int, int] | None]:
+        """The shards with a current session, in the order they identified."""
+        return list(self._shard_sessions)
 
     def _bot_user_payload(self) -> dict[str, Any]:
         return {**self.bot_user.to_dict(), "verified": True, "mfa_enabled": False, "email": None, "locale": "en-US"}
@@ -1305,9 +1382,11 @@ class FakeDiscord:
     async def _get_channel(self, rec: RecordedRequest, channel_id: str) -> _Reply:
         if int(channel_id) in self.dm_channels.values():
             return 200, self._dm_payload(int(channel_id))
-        if int(channel_id) != self.channel_id:
+        guild_id = self.guild_of_channel(int(channel_id))
+        if guild_id is None:
             return _error(404, "Unknown Channel", 10003)
-        return self._refuse_without(0) or (200, self.channel_payload())
+        channel = {**self.channel_payload(), "id": channel_id, "guild_id": str(guild_id)}
+        return self._refuse_without(0) or (200, channel)
 
     async def _typing(self, rec: RecordedRequest, channel_id: str) -> _Reply:
         if int(channel_id) in self.dm_channels.values():
@@ -1557,7 +1636,7 @@ class FakeDiscord:
         msg["edited_timestamp"] = _now_iso()
 
     def _gateway_message(self, msg: dict[str, Any]) -> dict[str, Any]:
-        data = {**msg, "guild_id": str(self.guild_id)}
+        data = {**msg, "guild_id": str(self.guild_of_channel(int(msg["channel_id"])) or self.guild_id)}
         if "webhook_id" not in msg:
             data["member"] = self.member_payload(self.bot_user, with_user=False)
         return data
@@ -1569,7 +1648,7 @@ class FakeDiscord:
 
     async def _create_channel_message(self, rec: RecordedRequest, channel_id: str) -> _Reply:
         direct = int(channel_id) in self.dm_channels.values()
-        if int(channel_id) != self.channel_id and not direct:
+        if self.guild_of_channel(int(channel_id)) is None and not direct:
             return _error(404, "Unknown Channel", 10003)
         if direct:
             recipient = next(user for user, channel in self.dm_channels.items() if channel == int(channel_id))
@@ -1607,7 +1686,7 @@ class FakeDiscord:
         msg = self.messages.get(int(message_id))
         if msg is None or msg["channel_id"] != channel_id or msg["flags"] & FLAG_EPHEMERAL:
             return _error(404, "Unknown Message", 10008)
-        if int(channel_id) == self.channel_id:
+        if self.guild_of_channel(int(channel_id)) is not None:
             needed = {"GET": _P_READ_HISTORY, "PATCH": _P_ATTACH_FILES if rec.files else 0}.get(rec.method, 0)
             problem = self._refuse_without(needed)
             if problem:
@@ -1957,21 +2036,38 @@ class FakeDiscord:
         if intents & PRIVILEGED_INTENTS & ~self.allowed_privileged_intents:
             await conn.close(4014, "Disallowed intent(s).")
             return
-        session = _Session(id=secrets.token_hex(16), intents=intents, conn=conn)
+        shard: tuple[int, int] | None = None
+        if d.get("shard") is not None:
+            raw = d["shard"]
+            valid = (
+                isinstance(raw, list) and len(raw) == 2 and all(type(n) is int for n in raw) and 0 <= raw[0] < raw[1]
+            )
+            if not valid:
+                await conn.close(4010, "Invalid shard.")
+                return
+            shard = (raw[0], raw[1])
+        guilds = [guild for guild in self.all_guild_ids() if self._carries(shard, guild)]
+        if False and len(guilds) > MAX_GUILDS_PER_SHARD:
+            await conn.close(4011, "Sharding required.")
+            return
+        session = _Session(id=secrets.token_hex(16), intents=intents, conn=conn, shard=shard)
         self._sessions[session.id] = session
         self._session = session
+        self._shard_sessions.pop(shard, None)  # re-inserted last: the order sessions identified in
+        self._shard_sessions[shard] = session
         conn.session_id = session.id
         ready: dict[str, Any] = {}
         if d.get("shard") is not None:
             ready["shard"] = d["shard"]  # AutoShardedClient's parse_ready reads it
-        await self.dispatch(
+        await self._dispatch_to(
+            session,
             "READY",
             {
                 **ready,
                 "v": API_VERSION,
                 "user": self._bot_user_payload(),
                 "user_settings": {},
-                "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+                "guilds": [{"id": str(guild), "unavailable": True} for guild in guilds],
                 "session_id": session.id,
                 "session_type": "normal",
                 "resume_gateway_url": self.gateway_url,
@@ -1985,7 +2081,8 @@ class FakeDiscord:
                 "_trace": ["fake-gateway"],
             },
         )
-        await self.dispatch("GUILD_CREATE", self.guild_payload())
+        for guild in guilds:
+            await self._dispatch_to(session, "GUILD_CREATE", self._guild_payload_of(guild))
 
     async def _resume(self, conn: GatewayConnection, d: dict[str, Any]) -> None:
         self.resumes.append(d)
@@ -2044,7 +2141,18 @@ class FakeDiscord:
 
         While the connection is down the frame is kept and replayed after the client's RESUME, as Discord does.
         """
-        session = self._session or await self.wait_until(lambda: self._session, timeout, "the client to IDENTIFY")
+        await self.wait_until(lambda: self._session, timeout, "the client to IDENTIFY")
+        guild = data.get("guild_id") or (data.get("id") if event == "GUILD_CREATE" else None)
+        guild_id = int(guild) if guild else None
+        targets = list(self._shard_sessions.values())
+        if not targets:  # no session carries this guild's shard: Discord has no one to send it to
+            self.suppressed_events.append((event, data))
+            return False
+        sent = [await self._dispatch_to(session, event, data) for session in targets]
+        return any(sent)
+
+    async def _dispatch_to(self, session: _Session, event: str, data: dict[str, Any]) -> bool:
+        """One DISPATCH to one session (kept for its RESUME while its connection is down)."""
         intent = _EVENT_INTENTS.get(event)
         if self.enforce_intents and intent is not None and not session.intents & intent:
             self.suppressed_events.append((event, data))
@@ -2105,6 +2213,7 @@ class FakeDiscord:
     ) -> tuple[int, str, dict[str, Any]]:
         iid = self.snowflake()
         token = "aW50ZXJhY3Rpb24" + secrets.token_urlsafe(48)
+        guild_id = self.guild_of_channel(channel_id) or self.guild_id
         payload: dict[str, Any] = {
             "id": str(iid),
             "application_id": str(self.application_id),
@@ -2112,17 +2221,21 @@ class FakeDiscord:
             "token": token,
             "version": 1,
             "data": data,
-            "guild_id": str(self.guild_id),
-            "guild": {"id": str(self.guild_id), "locale": "en-US", "features": []},
+            "guild_id": str(guild_id),
+            "guild": {"id": str(guild_id), "locale": "en-US", "features": []},
             "channel_id": str(channel_id),
-            "channel": self.channel_payload(permissions=EVERYONE_PERMISSIONS),
+            "channel": {
+                **self.channel_payload(permissions=EVERYONE_PERMISSIONS),
+                "id": str(channel_id),
+                "guild_id": str(guild_id),
+            },
             "member": self.member_payload(user, permissions=EVERYONE_PERMISSIONS),
             "app_permissions": str(self.app_permissions),
             "locale": locale,
             "guild_locale": "en-US",
             "entitlements": [],
             "entitlement_sku_ids": [],
-            "authorizing_integration_owners": {"0": str(self.guild_id)},
+            "authorizing_integration_owners": {"0": str(guild_id)},
             "context": 0,
             "attachment_size_limit": self.upload_limit,
         }
@@ -2363,7 +2476,7 @@ class FakeDiscord:
             "user_id": str(user.id),
             "channel_id": str(cid),
             "message_id": str(message_id),
-            "guild_id": str(self.guild_id),
+            "guild_id": str(self.guild_of_channel(cid) or self.guild_id),
             "emoji": emoji_obj,
             "burst": False,
             "type": 0,
@@ -2435,6 +2548,7 @@ def _check_components(components: Any, flags: int, path: list[str | int]) -> _Re
         return None  # the layout components' rules are not modelled; the product sends none
     if len(components) > ACTION_ROWS_MAX:
         return _invalid_form(path, "BASE_TYPE_MAX_LENGTH", f"Must be {ACTION_ROWS_MAX} or fewer in length.")
+    seen_custom_ids: set[Any] = set()
     for row_index, row in enumerate(components):
         row_path: list[str | int] = [*path, row_index]
         if not isinstance(row, dict) or row.get("type") != 1:
@@ -2455,6 +2569,14 @@ def _check_components(components: Any, flags: int, path: list[str | int]) -> _Re
             problem = _check_component(child, [*row_path, "components", index])
             if problem:
                 return problem
+            # Discord routes a press by custom_id, so one message may not carry the same one twice.
+            custom_id = child.get("custom_id")
+            if custom_id is not None and custom_id in seen_custom_ids:
+                return _invalid_form(
+                    [*row_path, "components", index, "custom_id"], "COMPONENT_CUSTOM_ID_DUPLICATED",
+                    "Component custom id cannot be duplicated",
+                )  # fmt: skip
+            seen_custom_ids.add(custom_id)
     return None
 
 

@@ -633,6 +633,9 @@ async def test_message_limits_are_refused_like_discord(fake: FakeDiscord, bot: T
          ("components", 0, "components", 0, "options", 0, "label")),
         ({"content": "c", "components": [{"type": 1, "components": [_select(2), _button("beside")]}]},
          ("components", 0, "components")),
+        ({"content": "c", "components": [{"type": 1, "components": [_button("same")]},
+                                         {"type": 1, "components": [_button("other"), _button("same")]}]},
+         ("components", 1, "components", 1, "custom_id")),
     ]  # fmt: skip
     for payload, path in broken:
         for url, token in ((channel, fake.token), (webhook, None)):
