@@ -176,11 +176,12 @@ class _Group:
 
 
 class _Rater:
-    __slots__ = ("counts", "ratings", "sums", "total")
+    """One rater's counts per variant and totals (their sums per variant are the tally's ``cell_sums``)."""
+
+    __slots__ = ("counts", "ratings", "total")
 
     def __init__(self) -> None:
         self.counts: dict[str, float] = {}
-        self.sums: dict[str, float] = {}
         self.ratings = 0
         self.total = 0.0
 
@@ -202,6 +203,7 @@ class Tally:
         self.squares = 0.0  # sum of every score squared
         self.cell_squares = 0.0  # sum over (rater, variant) cells of (cell sum)^2 / cell count
         self.cells = 0
+        self.cell_sums: dict[tuple[str, str], float] = {}  # (rater, variant) -> sum of scores
         # Gathered per (rater, variant) cell first, in the tightest loop this module has (it reads every
         # rating of a style on every order); then one group update per rater, not per rating.
         cells: dict[tuple[str, str], list[float]] = {}
@@ -232,20 +234,34 @@ class Tally:
     def _fill(self, cells: dict[tuple[str, str], list[float]], squares: float) -> None:
         self.squares = squares
         raters = self.raters
-        for (name, variant), (count, total) in cells.items():
+        cell_sums = self.cell_sums
+        for key, (count, total) in cells.items():
+            name, variant = key
             rater = raters.get(name)
             if rater is None:
                 rater = raters[name] = _Rater()
             rater.counts[variant] = count
-            rater.sums[variant] = total
+            cell_sums[key] = total
             rater.ratings += int(count)
             rater.total += total
             self.counts[variant] = self.counts.get(variant, 0) + int(count)
             self.sums[variant] = self.sums.get(variant, 0.0) + total
             self.cell_squares += total * total / count
         self.cells = len(cells)
+        groups = self.groups
         for rater in raters.values():
-            self._group(rater.ratings).change(rater.counts, rater.total, 1.0)
+            group = groups.get(rater.ratings)
+            if group is None:
+                group = groups[rater.ratings] = _Group()
+            if len(rater.counts) == 1:  # most raters have rated one variant: the same sums, without the loops
+                ((variant, count),) = rater.counts.items()
+                total = rater.total
+                group.raters += 1
+                group.count_by_total[variant] = group.count_by_total.get(variant, 0.0) + count * total
+                group.cross[variant, variant] = group.cross.get((variant, variant), 0.0) + count * count
+                group.total_squares += total * total
+            else:
+                group.change(rater.counts, rater.total, 1.0)
 
     def add(self, observation: Observation) -> None:
         score = _checked(observation.score)
@@ -255,13 +271,14 @@ class Tally:
             rater = self.raters[observation.rater] = _Rater()
         if rater.ratings:
             self._leave(rater.ratings, rater)
-        old_count, old_sum = rater.counts.get(variant, 0.0), rater.sums.get(variant, 0.0)
+        key = (observation.rater, variant)
+        old_count, old_sum = rater.counts.get(variant, 0.0), self.cell_sums.get(key, 0.0)
         if old_count:
             self.cell_squares -= old_sum * old_sum / old_count
         else:
             self.cells += 1
         rater.counts[variant] = old_count + 1.0
-        rater.sums[variant] = old_sum + score
+        self.cell_sums[key] = old_sum + score
         rater.ratings += 1
         rater.total += score
         self.cell_squares += (old_sum + score) ** 2 / (old_count + 1.0)

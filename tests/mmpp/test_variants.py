@@ -201,6 +201,26 @@ def test_a_tally_grown_one_rating_at_a_time_matches_one_built_at_once() -> None:
     assert at_once.rater_sd == pytest.approx(incremental.rater_sd, abs=1e-9)
 
 
+def test_a_tally_from_summed_cells_matches_one_from_the_ratings() -> None:
+    """What the bot reads from the database (one row per rater and variant) gives the same posterior."""
+    observations = ratings({"a": 3.0, "b": 3.5, "c": 4.0}, raters=30, per_rater=6, seed=18)
+    cells: dict[tuple[str, str], list[float]] = {}
+    for observation in observations:
+        cell = cells.setdefault((observation.rater, observation.variant), [0.0, 0.0])
+        cell[0] += 1
+        cell[1] += observation.score
+    squares = sum(observation.score**2 for observation in observations)
+    summed = Tally.from_cells(
+        [(rater, variant, count, total) for (rater, variant), (count, total) in cells.items()], squares
+    )
+    summed.add(Observation("a", "newcomer", 5))  # and it grows like any other
+    direct = posterior("abc", [*observations, Observation("a", "newcomer", 5)])
+    from_cells = posterior("abc", summed)
+    assert from_cells.ratings == direct.ratings
+    assert from_cells.means == pytest.approx(direct.means, abs=1e-9)
+    assert (from_cells.noise_sd, from_cells.rater_sd) == pytest.approx((direct.noise_sd, direct.rater_sd), abs=1e-9)
+
+
 def test_the_spreads_are_estimated_from_the_ratings() -> None:
     observations = ratings({"a": 3.0, "b": 3.5}, raters=300, per_rater=8, seed=16, spread=0.7)
     estimate = posterior(["a", "b"], observations)
