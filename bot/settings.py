@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mmpp.contract import DEFAULT_JOB_TIMEOUT_SECONDS
+from mmpp.errors import ErrorCode, MmppError
 
 
 class BotSettings(BaseSettings):
@@ -66,6 +67,11 @@ class BotSettings(BaseSettings):
     discord_guild_ready_timeout: float = 2.0
     #: Discord guild to register commands in at once (global registration takes up to an hour).
     discord_guild_id: str = ""
+    #: Discord shards: how many the bot runs in all (empty: as many as the gateway recommends, all in this
+    #: process) and which of them this process connects (``0-3`` or ``4,5,6,7``; empty: all of them).  Several
+    #: processes split one bot by giving each the same count and its own ids; read by :meth:`discord_shards`.
+    discord_shard_count: str = ""
+    discord_shard_ids: str = ""
     #: Delivering a job while the platform fails (429, 5xx, a network error): at most this many attempts, and
     #: no new one later than ``delivery_retry_seconds`` after the first failure, with pauses doubling from
     #: the first to the longest.  A refusal for good (403, 404, 400) ends the delivery at once; either way
@@ -74,6 +80,16 @@ class BotSettings(BaseSettings):
     delivery_retry_seconds: float = Field(default=900.0, ge=0)
     delivery_pause_first_seconds: float = Field(default=2.0, gt=0)
     delivery_pause_max_seconds: float = Field(default=120.0, gt=0)
+
+    def discord_shards(self) -> tuple[int | None, list[int] | None]:
+        """``(shard_count, shard_ids)`` as ``discord.AutoShardedClient`` takes them, ``None`` where not set.
+
+        Read here rather than validated when the settings load: a bad value is then one line from the
+        command that needs it (``error[INVALID_REQUEST]: ...``), not a traceback of the settings class.
+        """
+        count = parse_shard_count(self.discord_shard_count)
+        ids = parse_shard_ids(self.discord_shard_ids, count)
+        return count, ids
 
     @property
     def run_log_file(self) -> Path:
@@ -85,3 +101,56 @@ class BotSettings(BaseSettings):
         password = urlsplit(self.redis_url).password if self.redis_url else None
         tokens = [self.discord_token.get_secret_value(), self.telegram_token.get_secret_value()]
         return [secret for secret in [*tokens, password or ""] if secret]
+
+
+SHARD_COUNT_SETTING = "MMPP_DISCORD_SHARD_COUNT"
+SHARD_IDS_SETTING = "MMPP_DISCORD_SHARD_IDS"
+
+
+def parse_shard_count(text: str) -> int | None:
+    """A whole number of shards, 1 or more; empty means the gateway's recommendation."""
+    text = text.strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST, f"{SHARD_COUNT_SETTING} must be a whole number of 1 or more, not {text[:40]!r}."
+        )
+    return int(text)
+
+
+def parse_shard_ids(text: str, count: int | None) -> list[int] | None:
+    """``0-3``, ``4,5,6,7`` or a mix (``0-1,5``): each id once, within ``0..count-1``; empty means every shard.
+
+    Ids need a count: two processes that each asked the gateway could be told different counts, and would
+    then both, or neither, connect some servers.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    if count is None:
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST,
+            f"{SHARD_IDS_SETTING} needs {SHARD_COUNT_SETTING} (the shards of all processes together).",
+        )
+    ids: list[int] = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.strip().isdigit() or (dash and not last.strip().isdigit()):
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{SHARD_IDS_SETTING}: {part.strip()[:40]!r} is not a shard id or a range like 0-3.",
+            )
+        low, high = int(first), int(last) if dash else int(first)
+        if low > high:
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{SHARD_IDS_SETTING}: the range {low}-{high} runs backwards.")
+        if high >= count:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{SHARD_IDS_SETTING}: shard {high} is not below {SHARD_COUNT_SETTING} ({count}); "
+                f"ids run from 0 to {count - 1}.",
+            )
+        ids.extend(range(low, high + 1))
+    if len(set(ids)) != len(ids):
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"{SHARD_IDS_SETTING} names a shard twice ({text[:40]!r}).")
+    return sorted(ids)

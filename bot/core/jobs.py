@@ -27,7 +27,7 @@ from bot.core.admission import Admission, BrokerRefusal
 from bot.core.commands import ProfileOptions, profile_options
 from bot.core.moderation import Moderation, quota_chat
 from bot.core.person_settings import PersonalDefaults
-from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, Person, ProfileOrder
+from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, Person, ProfileOrder, Shards
 from bot.core.selfies import prepare_selfie
 from bot.core.status import StatusEdit, StatusEdits, StatusPacer
 from bot.core.variants import Variants
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: The longest the one private message about a job given up may take (a hung platform must not hold the follower).
 DIRECT_MESSAGE_TIMEOUT_SECONDS = 30.0
+#: What a claim's lease adds to the longest a follower lives before another process may take the job over.
+CLAIM_MARGIN_SECONDS = 60.0
 #: How often the running bot deletes the selfies past their retention (it also does at start).
 SELFIE_PURGE_INTERVAL_SECONDS = 600.0
 #: The longest one status edit may hold up the follower (a hung platform must not hold up the pictures).
@@ -131,6 +133,8 @@ class Jobs:
         for job in await self.storage.jobs_without_queue(platforms):  # written before jobs named their queue
             await self.storage.update_job(job.id, queue=self._queue_of(job.style, job.mode))
         for job in await self.storage.undelivered_jobs(platforms):
+            if not self.may_deliver(job):
+                continue  # another process's shard: that process follows it
             logger.info("resuming job %s (%s)", job.id, job.state)
             self._follow(job)
         self.admission.platforms.update(platforms)
@@ -153,6 +157,38 @@ class Jobs:
             if remaining == 0.0:
                 raise TimeoutError("jobs still running")
             await asyncio.wait(list(self._followers.values()), timeout=remaining)
+
+    def may_deliver(self, job: Job) -> bool:
+        """Whether this process may follow and deliver ``job``: always, where its platform is not split between
+        processes; else when this process owns the job's shard, or when the reply goes through the channel
+        anyway (the interaction's token expired), which any process can post to.
+
+        Being allowed is not enough to deliver: the follower also holds the job's claim (:meth:`_claim`), so
+        two allowed processes (an owner and a late starter) never both post.
+        """
+        delivery = self._deliveries.get(job.platform)
+        if not isinstance(delivery, Shards):
+            return True
+        return delivery.owns_shard(delivery.shard_of(job)) or delivery.replies_through_channel(job)
+
+    async def _claim(self, job: Job) -> bool:
+        """Take (or renew) the job's claim for this process, where its platform is split between processes.
+
+        A claim older than any follower can live (the job's timeout plus the delivery retries) is a dead
+        process's and may be taken over; a live one is never taken, so one job has one follower.
+        """
+        delivery = self._deliveries.get(job.platform)
+        if not isinstance(delivery, Shards):
+            return True
+        settings = self.settings
+        lease = settings.job_timeout_seconds + settings.delivery_retry_seconds + settings.delivery_pause_max_seconds
+        now = self._clock()
+        claimed = await self.storage.claim_delivery(
+            job.id, delivery.claimant, now, now - timedelta(seconds=lease + CLAIM_MARGIN_SECONDS)
+        )
+        if not claimed:
+            logger.info("job %s is claimed by another process; it delivers it", job.id)
+        return claimed
 
     async def _purge_periodically(self) -> None:
         """Delete the selfies past their retention every :data:`SELFIE_PURGE_INTERVAL_SECONDS`, for as long as the
@@ -290,7 +326,10 @@ class Jobs:
         if existing is not None:
             return existing, False
         await self.moderation.check_quotas(requester, user_id, chat_id, count)
-        variant = await self.variants.assign(self.check_style(style), preferred_variant)
+        if upscale and preferred_variant in self.check_style(style).variant_names:
+            variant = preferred_variant  # an upscale repaints its picture: the picture's variant, whatever is served
+        else:
+            variant = await self.variants.assign(self.check_style(style), preferred_variant)
         job, created = await self.storage.create_job(
             task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
             chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed, selfie=selfie,
@@ -450,7 +489,7 @@ class Jobs:
 
     async def _follow_until_delivered(self, job_id: int) -> None:
         job = await self.storage.job(job_id)
-        if job is None:
+        if job is None or job.delivered_at is not None or not await self._claim(job):
             return
         if job.state in {"done", "failed"}:
             await self._deliver(job)
@@ -592,7 +631,7 @@ class Jobs:
         if job.delivered_at is not None:
             return
         delivery = self._deliveries.get(job.platform)
-        if delivery is None:
+        if delivery is None or not await self._claim(job):  # renewed right before posting: still this process's
             return
         if job.state == "failed":
             code = ErrorCode(job.error_code or ErrorCode.INTERNAL.value)

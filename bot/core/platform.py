@@ -83,6 +83,30 @@ class DirectMessages(Protocol):
         """Tell the job's requester, in private, how the job ended; raise if the platform refused."""
 
 
+@runtime_checkable
+class Shards(Protocol):
+    """What an adapter implements whose platform splits its chats between bot processes (Discord's shards).
+
+    Facts only; the rule (which process follows and delivers a job) is the core's, in
+    :meth:`bot.core.jobs.Jobs.may_deliver`, with a claim in the database so that never two do.
+    """
+
+    @property
+    def claimant(self) -> str:
+        """This process's stable name among those sharing the database (e.g. its shards): a restarted process
+        with the same shards takes its own claims back at once.  Two live processes must never share one."""
+
+    def shard_of(self, job: Job) -> int:
+        """The shard the job's chat belongs to (what it was ordered through)."""
+
+    def owns_shard(self, shard: int) -> bool:
+        """Whether this process is connected for ``shard``."""
+
+    def replies_through_channel(self, job: Job) -> bool:
+        """Whether the job's reply no longer goes through what its order came with (Discord: the interaction's
+        token expired), so any process may post it in the channel."""
+
+
 class Delivery(Protocol):
     """What an adapter implements so the core can talk on its platform."""
 

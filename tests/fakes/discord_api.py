@@ -2047,7 +2047,7 @@ class FakeDiscord:
                 return
             shard = (raw[0], raw[1])
         guilds = [guild for guild in self.all_guild_ids() if self._carries(shard, guild)]
-        if False and len(guilds) > MAX_GUILDS_PER_SHARD:
+        if len(guilds) > MAX_GUILDS_PER_SHARD:
             await conn.close(4011, "Sharding required.")
             return
         session = _Session(id=secrets.token_hex(16), intents=intents, conn=conn, shard=shard)
@@ -2144,7 +2144,7 @@ class FakeDiscord:
         await self.wait_until(lambda: self._session, timeout, "the client to IDENTIFY")
         guild = data.get("guild_id") or (data.get("id") if event == "GUILD_CREATE" else None)
         guild_id = int(guild) if guild else None
-        targets = list(self._shard_sessions.values())
+        targets = [session for key, session in self._shard_sessions.items() if self._carries(key, guild_id)]
         if not targets:  # no session carries this guild's shard: Discord has no one to send it to
             self.suppressed_events.append((event, data))
             return False
