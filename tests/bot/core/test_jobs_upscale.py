@@ -166,3 +166,21 @@ async def test_the_console_names_a_picture_by_job_and_position(core: ChatCore, s
         await core.upscale_job_picture(ALICE, original.id, 3, "chat-1", {})
     assert raised.value.code is ErrorCode.NOT_FOUND
     await core.wait_idle(timeout=5)
+
+
+async def test_an_upscale_keeps_its_pictures_variant_whatever_is_served_now(
+    core: ChatCore, storage: Storage, queue: ScriptedQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion (or the sampler) may serve another variant by now; the upscale repaints the picture as made."""
+    original, picture = await delivered_picture(core, storage)
+    async with storage.write() as db:
+        await db.execute("UPDATE jobs SET variant = 'more-likeness' WHERE id = ?", (original.id,))
+
+    async def always_base(style: object, preferred: str | None = None) -> str:
+        return "base"
+
+    monkeypatch.setattr(core.jobs.variants, "assign", always_base)
+    job, _ = await core.upscale(ALICE, picture.id, "chat-1", {})
+    await core.wait_idle(timeout=5)
+    assert job.variant == "more-likeness"
+    assert GenerateRequest.from_payload(queue.submitted[job.task_id]).variant == "more-likeness"
