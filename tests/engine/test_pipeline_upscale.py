@@ -96,6 +96,38 @@ def test_the_img2img_pipeline_shares_the_loaded_components(tiny_engine: Engine, 
     assert image_to_image is tiny_engine.image_to_image_pipeline()
 
 
+def test_an_upscale_leaves_nothing_behind_for_the_next_job(
+    tiny_engine: Engine, selfie_bytes: bytes, source: bytes
+) -> None:
+    """The img2img pipeline shares the engine's components: a fast job (LCM, tiny decoder) before and after an
+    upscale paints the same pixels, and so does the upscale after a job in another style."""
+    fast = GenerateRequest(selfie=selfie_bytes, style="watercolor", mode=Mode.FAST, steps=4, seed=2)
+    before = tiny_engine.generate(fast).pictures[0].png
+    first_upscale = tiny_engine.generate(upscale(source)).pictures[0].png
+    assert tiny_engine.generate(fast).pictures[0].png == before
+    assert tiny_engine.generate(upscale(source)).pictures[0].png == first_upscale
+
+
+def test_the_hotswap_path_upscales_as_the_resident_adapters_do(
+    tiny_engine: Engine, source: bytes, cache_dir, catalogue
+) -> None:
+    """Under torch.compile the LoRAs are hot-swapped into fixed slots of the shared UNet; the upscale sees them."""
+    from engine.models import build_tiny_weights
+    from tests.engine.test_pipeline import tiny_engine_pipeline_copy
+
+    sources = build_tiny_weights(cache_dir / "tiny", "sd15", catalogue.names)
+    swapping = Engine(
+        tiny_engine_pipeline_copy(cache_dir, sources), "sd15", sources, catalogue, use_hotswap=True,
+        tiny_decoder=tiny_engine.tiny_decoder,
+    )  # fmt: skip
+    swapping.load_adapters()
+    swapped = pixels(swapping.generate(upscale(source)).pictures[0].png)
+    resident = pixels(tiny_engine.generate(upscale(source)).pictures[0].png)
+    assert np.abs(swapped - resident).max() <= 2
+    unstyled = swapping.generate(upscale(source), overrides=ScaleOverrides(style_scale=0.0)).pictures[0].png
+    assert np.abs(pixels(unstyled) - swapped).mean() > 0.5
+
+
 def test_an_sdxl_upscale_is_twice_the_size(tiny_sdxl_engine: Engine, selfie_bytes: bytes) -> None:
     job = GenerateRequest(selfie=selfie_bytes, style="anime", mode=Mode.QUALITY, steps=15, seed=3)
     picture = tiny_sdxl_engine.generate(job).pictures[0].png
