@@ -184,3 +184,32 @@ async def test_an_upscale_keeps_its_pictures_variant_whatever_is_served_now(
     await core.wait_idle(timeout=5)
     assert job.variant == "more-likeness"
     assert GenerateRequest.from_payload(queue.submitted[job.task_id]).variant == "more-likeness"
+
+
+async def test_an_upscale_interrupted_by_a_restart_is_delivered_once(
+    storage: Storage, queue: ScriptedQueue, tmp_path: Path
+) -> None:
+    """The bot stops after the upscale was sent and before it was delivered; the next start delivers it, once."""
+    settings = bot_settings(tmp_path)
+    first_delivery = RecordingDelivery()
+    first = ChatCore(storage, queue, settings)
+    first.attach(first_delivery)
+    await first.start()
+    _, picture = await delivered_picture(first, storage)
+    job, _ = await first.upscale(ALICE, picture.id, "chat-1", {})
+    await first.stop()
+    assert (await storage.job(job.id)).delivered_at is None  # type: ignore[union-attr]
+    assert job.task_id in queue.submitted
+
+    second_delivery = RecordingDelivery()
+    second = ChatCore(storage, queue, settings)
+    second.attach(second_delivery)
+    await second.start()
+    try:
+        await second.wait_idle(timeout=5)
+    finally:
+        await second.stop()
+    assert [job_id for job_id, _, _ in second_delivery.pictures] == [job.id]
+    assert [job_id for job_id, _, _ in first_delivery.pictures if job_id == job.id] == []
+    (upscaled,) = await storage.pictures(job.id)
+    assert Image.open(io.BytesIO(upscaled.png)).size == (128, 128)
