@@ -46,7 +46,8 @@ Kept from the real server, because bots depend on it:
   group that removed it (:meth:`FakeTelegram.remove_bot`) refuses every request naming it with
   Telegram's 403 ("Forbidden: bot was blocked by the user", "... was kicked from the supergroup
   chat"); a group that does not let the bot send photos (:meth:`FakeTelegram.forbid_photos`)
-  refuses them with 400 "not enough rights to send photos to the chat"; an unknown chat is 400
+  refuses them with 400 "not enough rights to send photos to the chat", one that does not let it send
+  files (:meth:`FakeTelegram.forbid_documents`) refuses documents likewise; an unknown chat is 400
   "chat not found".
 * ``parse_mode="HTML"`` is parsed (tags become entities; a stray ``<`` is a 400), MarkdownV2's
   reserved characters must be escaped; editing to identical content is "message is not modified";
@@ -148,6 +149,7 @@ BLOCKED_BY_THE_USER = "Forbidden: bot was blocked by the user"
 KICKED_FROM_THE_GROUP = "Forbidden: bot was kicked from the group chat"
 KICKED_FROM_THE_SUPERGROUP = "Forbidden: bot was kicked from the supergroup chat"
 NO_RIGHTS_TO_SEND_PHOTOS = "Bad Request: not enough rights to send photos to the chat"
+NO_RIGHTS_TO_SEND_DOCUMENTS = "Bad Request: not enough rights to send documents to the chat"
 
 _STATUS_DESCRIPTIONS = {
     400: "Bad Request: injected by FakeTelegram.fail_next",
@@ -298,7 +300,8 @@ class FakeChat:
     gives a plain ``/command`` only to the last bot that wrote); ``owner`` its creator.  ``forbidden``:
     the bot may not write here any more (the user blocked it, the group removed it), and every request
     naming the chat answers Telegram's 403 with this description; ``bot_can_send_photos``: whether the
-    group's permissions let the bot send photos (Telegram's 400 "not enough rights" otherwise)."""
+    group's permissions let the bot send photos (Telegram's 400 "not enough rights" otherwise);
+    ``bot_can_send_documents`` the same for files (``can_send_documents``)."""
 
     id: int
     type: str
@@ -311,6 +314,7 @@ class FakeChat:
     owner: FakeUser | None = None
     forbidden: str | None = None
     bot_can_send_photos: bool = True
+    bot_can_send_documents: bool = True
 
     def to_api(self) -> Json:
         data: Json = {"id": self.id, "type": self.type}
@@ -687,6 +691,14 @@ class FakeTelegram:
         if not chat.is_group:
             raise ValueError("only a group restricts what members may send")
         chat.bot_can_send_photos = False
+
+    def forbid_documents(self, chat: FakeChat) -> None:
+        """The group's permissions no longer let the bot send files (``can_send_documents``): ``sendDocument``, a
+        document album and a document edit are refused with Telegram's 400 "not enough rights to send documents
+        to the chat"."""
+        if not chat.is_group:
+            raise ValueError("only a group restricts what members may send")
+        chat.bot_can_send_documents = False
 
     def bot_writes(self, chat: FakeChat, bot: FakeUser, text: str) -> Json:
         """Another bot of ``chat`` posts ``text``: this bot never sees it (bots do not see bots' messages), but
@@ -1163,6 +1175,7 @@ class FakeTelegram:
     async def _send_document(self, call: Call, request: web.Request) -> Json:
         params = call.params
         chat = self._chat(params.get("chat_id"))
+        self._check_may_send_documents(chat)
         stored = self._document_input(params.get("document"), call.files, "document")
         caption, entities = self._caption(params)
         markup = _check_markup(params.get("reply_markup"))
@@ -1195,6 +1208,7 @@ class FakeTelegram:
                 self._check_may_send_photos(chat)
                 content: Json = {"photo": [s.photo_size() for s in self._photo_input(item.get("media"), call.files)]}
             elif kind == "document":
+                self._check_may_send_documents(chat)
                 content = {"document": self._document_input(item.get("media"), call.files).document()}
             else:
                 raise bad_request(f"unsupported media type {kind!r} (FakeTelegram models photos and documents)")
@@ -1243,6 +1257,8 @@ class FakeTelegram:
             raise bad_request(f"unsupported media type {kind!r} (FakeTelegram models photos and documents)")
         if kind == "photo":
             self._check_may_send_photos(self._chat(params.get("chat_id")))
+        else:
+            self._check_may_send_documents(self._chat(params.get("chat_id")))
         if msg.get("media_group_id") and (kind == "document") != ("document" in msg):
             raise bad_request("can't edit the media of an album message to another kind of media")
         caption, entities = self._caption(media)
@@ -1376,6 +1392,11 @@ class FakeTelegram:
     def _check_may_send_photos(chat: FakeChat) -> None:
         if not chat.bot_can_send_photos:
             raise ApiError(400, NO_RIGHTS_TO_SEND_PHOTOS)
+
+    @staticmethod
+    def _check_may_send_documents(chat: FakeChat) -> None:
+        if not chat.bot_can_send_documents:
+            raise ApiError(400, NO_RIGHTS_TO_SEND_DOCUMENTS)
 
     def _new_message(self, chat: FakeChat, sender: FakeUser, **content: Any) -> Json:
         if sender.is_bot and chat.is_group:

@@ -770,3 +770,26 @@ async def test_a_chat_that_refused_the_bot_refuses_every_request_as_telegram_doe
         200, 403, 403, 403, 403, 403, 400, 400, 200,
     ]  # fmt: skip
     assert fake.calls("sendMediaGroup")[0].response["description"] == "Forbidden: bot was blocked by the user"
+
+
+async def test_a_group_that_forbids_files_refuses_documents_and_still_takes_photos(fake: FakeTelegram) -> None:
+    """``can_send_documents`` off: sendDocument and a document album answer Telegram's 400; photos still go,
+    and a document sent where files are allowed keeps its bytes and its name."""
+    from telegram import InputMediaDocument
+
+    open_group, restricted = fake.group(), fake.group(-1007777)
+    fake.forbid_documents(restricted)
+    picture = png(64, 64)
+    app = build_app(fake)
+    async with app:
+        sent = await app.bot.send_document(open_group.id, picture, filename="mmpp-1-2x.png")
+        with pytest.raises(BadRequest, match="Not enough rights to send documents to the chat"):
+            await app.bot.send_document(restricted.id, picture, filename="mmpp-1-2x.png")
+        with pytest.raises(BadRequest, match="Not enough rights to send documents to the chat"):
+            await app.bot.send_media_group(restricted.id, [InputMediaDocument(picture) for _ in range(2)])
+        await app.bot.send_photo(restricted.id, picture)
+    assert sent.document is not None and sent.document.file_name == "mmpp-1-2x.png"
+    (upload,) = fake.calls("sendDocument")[0].files.values()
+    assert upload.data == picture
+    with pytest.raises(ValueError, match="only a group"):
+        fake.forbid_documents(fake.private_chat(ALICE))

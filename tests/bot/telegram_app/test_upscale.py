@@ -5,12 +5,17 @@ a stranger's press, /forget."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from PIL import Image
 
+from bot.storage import Storage
 from bot.telegram_app import UPSCALE_BUTTON
-from tests.bot.telegram_app.test_telegram import ALICE, BOB, RunningBot, fake, running, wait_until  # noqa: F401
+from tests.bot.core.test_jobs_upscale import WorkerLikeQueue
+from tests.bot.telegram_app.conftest import running_bot
+from tests.bot.telegram_app.test_telegram import ALICE, BOB, TOKEN, RunningBot, fake, running, wait_until  # noqa: F401
 from tests.conftest import SAMPLE_SELFIE
+from tests.fakes.telegram_api import FakeTelegram
 
 
 async def test_the_upscale_button_sends_the_picture_at_twice_its_size_as_a_file(
@@ -70,3 +75,32 @@ async def test_the_upscale_button_sends_the_picture_at_twice_its_size_as_a_file(
     await wait_until(lambda: storage.count("jobs"), 0)
     for table in ("pictures", "selfies", "ratings"):
         assert await storage.count(table) == 0, table
+
+
+async def test_a_group_that_forbids_files_ends_the_upscale_once_and_tells_the_requester(
+    fake: FakeTelegram,  # noqa: F811 - the loopback Bot API of test_telegram.py
+    tmp_path: Path,
+) -> None:
+    """Telegram's 400 "not enough rights to send documents" is final: one attempt, the upscale job ends as
+    DELIVERY_FAILED, and the requester hears it in private; the picture it came from stays as it was."""
+    async with running_bot(fake, tmp_path, queue=WorkerLikeQueue(), delivery_pause_first_seconds=0.05) as bot:
+        await fake.send_message(None, ALICE, "/start")  # so the bot may write to Alice in private
+        group = fake.group()
+        await fake.send_photo(group, ALICE, SAMPLE_SELFIE.read_bytes(), caption="/profile@MmppTestBot anime")
+        sent = await fake.wait_for("sendPhoto", timeout=30)
+        await bot.core.wait_idle(timeout=10)
+        (picture,) = await bot.storage.pictures(1)
+        fake.forbid_documents(group)
+        await fake.press_button(sent.result, ALICE, UPSCALE_BUTTON.format(picture_id=picture.id))
+        await wait_until(lambda: job_state(bot.storage, 2), ("failed", "DELIVERY_FAILED"))
+        await bot.core.wait_idle(timeout=10)
+        assert [call.status for call in fake.calls("sendDocument")] == [400]
+        told = [call for call in fake.calls("sendMessage") if "DELIVERY_FAILED" in str(call.params.get("text"))]
+        assert [call.params["chat_id"] for call in told] == [ALICE.id]
+        original = await bot.storage.job(1)
+        assert original is not None and original.state == "done"
+
+
+async def job_state(storage: Storage, job_id: int) -> tuple[str, str | None] | None:
+    job = await storage.job(job_id)
+    return None if job is None or job.delivered_at is None else (job.state, job.error_code)
