@@ -346,6 +346,14 @@ def render_table(result: dict[str, Any]) -> str:
                 f"equal split at {label}: {split['ratings']} ratings, best promoted {split['best_promoted_rate']:.3f}, "
                 f"worse promoted {split['worse_promoted_rate']:.3f}, mean regret {split['mean_regret']} stars"
             )
+    cost = result.get("command_path")
+    if cost:
+        with_variants, without = cost["order_ms_with_variants_p50"], cost["order_ms_without_variants_p50"]
+        lines.append(
+            f"command path at {cost['stored_ratings']} stored ratings: an order {with_variants} ms with variants, "
+            f"{without} ms without (p50 of {cost['orders_per_style']}); the assignment {cost['assignment_ms_p50']} "
+            f"ms, reading the ratings {cost['ratings_read_ms_p50']} ms once per {cost['ratings_fresh_seconds']:g} s"
+        )
     for target in result["targets"]:
         lines.append(
             f"{'PASS' if target['pass'] else 'FAIL'}  {target['name']}: {target['value']} ({target['target']})"
@@ -427,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-rater-offsets", action="store_true", help="leave rater offsets out of the model (for comparison)"
     )
+    parser.add_argument(
+        "--command-path-orders", type=_at_least(0, int), default=40,
+        help="orders per style timed for the assignment's cost on the command path (0: skip; bench/assignment.py)",
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress to stderr")
     return parser
@@ -460,6 +472,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         result = simulate(arguments.experiments, arguments.seed, rules, world, say)
+        if arguments.command_path_orders:
+            from bench.assignment import COST_TARGET, measure_blocking
+
+            say("timing orders with and without variants (the command path)")
+            cost = result["command_path"] = measure_blocking(orders=arguments.command_path_orders)
+            result["targets"].append(_target("order with variants / without (command path)", cost["ratio"], "<=",
+                                             COST_TARGET))  # fmt: skip
+            result["pass"] = all(target["pass"] for target in result["targets"])
         print(json.dumps(result, indent=2) if arguments.json else render_table(result))
         return EXIT_OK if result["pass"] else EXIT_TARGET_MISSED
 

@@ -13,7 +13,9 @@ from mmpp.variants import Rules
 
 
 def test_a_small_run_through_mmpp_prints_the_figures_as_json(capsys: pytest.CaptureFixture[str]) -> None:
-    status = mmpp_main(["bench", "feedback", "--experiments", "12", "--seed", "3", "--json"])
+    status = mmpp_main(
+        ["bench", "feedback", "--experiments", "12", "--seed", "3", "--json", "--command-path-orders", "0"]
+    )
     result = json.loads(capsys.readouterr().out)
     assert status == (0 if result["pass"] else 3)
     assert result["experiments"] == 12 and result["seed"] == 3
@@ -38,10 +40,12 @@ def test_a_small_run_through_mmpp_prints_the_figures_as_json(capsys: pytest.Capt
 
 
 def test_the_table_names_every_target_with_its_verdict(capsys: pytest.CaptureFixture[str]) -> None:
-    status = mmpp_main(["bench", "feedback", "--experiments", "6"])
+    status = mmpp_main(["bench", "feedback", "--experiments", "6", "--command-path-orders", "4"])
     out = capsys.readouterr().out
     assert status in (0, 3)
-    for name in ("best variant promoted", "worse variant promoted", "median ratings", "regret / equal split"):
+    assert "command path at 5000 stored ratings: an order" in out
+    for name in ("best variant promoted", "worse variant promoted", "median ratings", "regret / equal split",
+                 "order with variants / without"):  # fmt: skip
         verdicts = [line for line in out.splitlines() if line.startswith(("PASS", "FAIL")) and name in line]
         assert len(verdicts) == 1, out
 
@@ -85,3 +89,19 @@ def test_other_true_means_and_a_tie_for_best(capsys: pytest.CaptureFixture[str])
     assert result["true_means"] == {"base": 3.9, "variant-2": 3.0, "variant-3": 3.9, "variant-4": 3.0}
     assert result["adaptive"]["worse_promoted_rate"] == 0.0
     assert result["adaptive"]["best_promoted_rate"] + result["adaptive"]["undecided_rate"] == pytest.approx(1.0)
+
+
+async def test_the_command_path_figures_come_from_real_orders_of_both_styles() -> None:
+    """Not a timing test: it checks what ``bench/assignment.py`` measures is what it says (orders of a style with
+    variants, whose jobs got variants, against a style without), not how fast."""
+    from bench.assignment import measure
+
+    result = await measure(ratings=300, orders=3)
+    assert result["stored_ratings"] == 300 and result["orders_per_style"] == 3
+    for key in ("order_ms_with_variants_p50", "order_ms_without_variants_p50", "assignment_ms_p50",
+                "ratings_read_ms_p50"):  # fmt: skip
+        assert result[key] > 0
+    assert result["ratio"] == pytest.approx(
+        result["order_ms_with_variants_p50"] / result["order_ms_without_variants_p50"], rel=0.02
+    )
+    assert result["variants_served"] and set(result["variants_served"]) <= {"base", "more-likeness"}
