@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from engine import tasks
-from mmpp.contract import GENERATE_TASK_NAME, GenerateRequest, GenerateResult, Mode
+from mmpp.contract import CONTRACT_VERSION, GENERATE_TASK_NAME, GenerateRequest, GenerateResult, Mode
 from mmpp.errors import ErrorCode
 from tests.conftest import REDIS_URL, redis_available, start_worker, stop_worker
 from tests.images import decompression_bomb, encoded, two_faces
@@ -50,9 +50,17 @@ def test_run_job_turns_an_unexpected_exception_into_internal(monkeypatch: pytest
     [
         ("not a dict", ErrorCode.INVALID_REQUEST),
         ({"version": 99}, ErrorCode.INVALID_REQUEST),
-        ({"version": 1, "selfie_b64": "%%%", "style": "anime"}, ErrorCode.NOT_AN_IMAGE),
-        ({"version": 1, "selfie_b64": "aGVsbG8=", "style": "anime", "mode": "turbo"}, ErrorCode.INVALID_REQUEST),
-        ({"version": 1, "selfie_b64": "aGVsbG8=", "style": "anime", "count": "many"}, ErrorCode.INVALID_REQUEST),
+        # A bot from before variants (version 1): refused, not rendered as the base style by mistake.
+        ({"version": 1, "selfie_b64": "aGVsbG8=", "style": "anime"}, ErrorCode.INVALID_REQUEST),
+        ({"version": CONTRACT_VERSION, "selfie_b64": "%%%", "style": "anime"}, ErrorCode.NOT_AN_IMAGE),
+        (
+            {"version": CONTRACT_VERSION, "selfie_b64": "aGVsbG8=", "style": "anime", "mode": "turbo"},
+            ErrorCode.INVALID_REQUEST,
+        ),
+        (
+            {"version": CONTRACT_VERSION, "selfie_b64": "aGVsbG8=", "style": "anime", "count": "many"},
+            ErrorCode.INVALID_REQUEST,
+        ),
     ],
 )
 def test_run_job_refuses_malformed_payloads_without_loading_a_model(
