@@ -51,10 +51,9 @@ async def _variants_of_orders(storage: Any, orders: int) -> dict[str, int]:
 
 async def measure(ratings: int = 5000, orders: int = 40) -> dict[str, Any]:
     """Order times with and without variants, and the assignment's own time, at ``ratings`` stored ratings."""
-    from bench.bots import InstantWorkerQueue, sample_selfie
+    from bench.bots import InstantWorkerQueue, bench_settings, sample_selfie
     from bot.core import ChatCore, Person, ProfileOrder
     from bot.core.variants import RATINGS_FRESH_SECONDS
-    from bot.settings import BotSettings
     from bot.storage import Storage
 
     selfie = sample_selfie()
@@ -64,12 +63,7 @@ async def measure(ratings: int = 5000, orders: int = 40) -> dict[str, Any]:
         core = None
         try:
             await _seed_ratings(storage, ratings, raters=max(1, ratings // 10))
-            settings = BotSettings(
-                _env_file=None,  # type: ignore[call-arg]
-                database=workdir / "bench.sqlite3", state_dir=workdir / "state", out=workdir / "out",
-                daily_picture_quota=1_000_000_000, chat_daily_picture_quota=1_000_000_000,
-                max_pending_jobs=1_000_000, poll_interval_seconds=0.01, metrics_port=0,
-            )  # fmt: skip
+            settings = bench_settings(workdir, poll_interval_seconds=0.01)
             core = ChatCore(storage, InstantWorkerQueue(), settings)
             await core.start()
             times: dict[str, list[float]] = {STYLE_WITH_VARIANTS: [], STYLE_WITHOUT: []}

@@ -833,6 +833,17 @@ async def counting_errors() -> AsyncIterator[ErrorCounter]:
         root.removeHandler(counter)
 
 
+def bench_settings(workdir: Path, **values: Any) -> BotSettings:
+    """The bot's settings for a benchmark in ``workdir``: its own database and folders, no metrics port, and
+    quotas high enough that the load is never refused (quotas are not what is measured)."""
+    return BotSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        database=workdir / "bench.sqlite3", state_dir=workdir / "state", out=workdir / "out",
+        daily_picture_quota=1_000_000_000, chat_daily_picture_quota=1_000_000_000, max_pending_jobs=1_000_000,
+        metrics_port=0, **values,
+    )  # fmt: skip
+
+
 async def run(options: Options, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Start the bot on the chosen platform's fake, drive the load, check the database; return the report."""
     from bot.core import ChatCore
@@ -849,14 +860,7 @@ async def run(options: Options, *, progress: Callable[[str], None] | None = None
         try:
             async with counting_errors() as errors:
                 values = await platform_.open_fake()
-                settings = BotSettings(
-                    _env_file=None,  # type: ignore[call-arg]
-                    database=workdir / "bench.sqlite3", state_dir=workdir / "state", out=workdir / "out",
-                    # High enough that the load is never refused: quotas are not what is measured.
-                    daily_picture_quota=1_000_000_000, chat_daily_picture_quota=1_000_000_000,
-                    max_pending_jobs=1_000_000, poll_interval_seconds=0.05, metrics_port=0,
-                    **values,
-                )  # fmt: skip
+                settings = bench_settings(workdir, poll_interval_seconds=0.05, **values)
                 core = ChatCore(storage, queue, settings)
                 await platform_.open_bot(core, settings)
                 await core.start()

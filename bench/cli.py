@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from mmpp.commandline import EXIT_BAD_INPUT, EXIT_OK
 
@@ -35,6 +37,18 @@ def main(argv: list[str]) -> int:
         return EXIT_BAD_INPUT
     module = importlib.import_module(BENCHMARKS[argv[0]][0])
     return int(module.main(argv[1:]))
+
+
+def at_least(low: float, kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An option type: a number of ``kind`` no smaller than ``low``, refused in argparse's words otherwise."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {text}")
+        return value
+
+    return parse
 
 
 def parse_options(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | int:

@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass
 from random import Random
 from typing import Any
 
-from bench.cli import parse_options
+from bench.cli import at_least, parse_options
 from bench.machine import cpu_name
 from mmpp.commandline import EXIT_OK, EXIT_TARGET_MISSED, OneLineParser, run_reporting_errors
 from mmpp.stats import student_t_cdf
@@ -361,16 +361,6 @@ def render_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _at_least(low: float, kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, not {text}")
-        return value
-
-    return parse
-
-
 def _means(text: str) -> tuple[float, ...]:
     try:
         means = tuple(float(part) for part in text.split(","))
@@ -406,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"the regret against the A/B test. Exit status {EXIT_TARGET_MISSED} when a target is missed."
         ),
     )
-    parser.add_argument("--experiments", type=_at_least(1, int), default=200, help="experiments (default 200)")
+    parser.add_argument("--experiments", type=at_least(1, int), default=200, help="experiments (default 200)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the whole simulation (default 1)")
     parser.add_argument(
         "--means", type=_means, default=World.true_means,
@@ -416,18 +406,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--enthusiasts", type=_fraction, default=World.enthusiasts,
         help="share of people who give everything 5 stars (default 0)",
     )  # fmt: skip
-    parser.add_argument("--people", type=_at_least(1, int), default=World.people, help="people per experiment")
+    parser.add_argument("--people", type=at_least(1, int), default=World.people, help="people per experiment")
     parser.add_argument(
-        "--max-ratings", type=_at_least(30, int), default=World.max_ratings,
+        "--max-ratings", type=at_least(30, int), default=World.max_ratings,
         help=f"ratings after which an experiment is undecided (default {World.max_ratings})",
     )  # fmt: skip
     parser.add_argument(
-        "--rating-delay", type=_at_least(0, int), default=World.rating_delay,
+        "--rating-delay", type=at_least(0, int), default=World.rating_delay,
         help=f"jobs assigned before a job's ratings arrive (default {World.rating_delay})",
     )  # fmt: skip
-    parser.add_argument("--exploration-floor", type=_at_least(0, int), default=defaults.exploration_floor)
-    parser.add_argument("--min-ratings", type=_at_least(0, int), default=defaults.min_ratings)
-    parser.add_argument("--draws", type=_at_least(1, int), default=defaults.draws)
+    parser.add_argument("--exploration-floor", type=at_least(0, int), default=defaults.exploration_floor)
+    parser.add_argument("--min-ratings", type=at_least(0, int), default=defaults.min_ratings)
+    parser.add_argument("--draws", type=at_least(1, int), default=defaults.draws)
     parser.add_argument(
         "--challenger-share", type=_share, default=defaults.challenger_share,
         help="share of jobs for the challenger (0: plain Thompson sampling)",
@@ -436,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-rater-offsets", action="store_true", help="leave rater offsets out of the model (for comparison)"
     )
     parser.add_argument(
-        "--command-path-orders", type=_at_least(0, int), default=40,
+        "--command-path-orders", type=at_least(0, int), default=40,
         help="orders per style timed for the assignment's cost on the command path (0: skip; bench/assignment.py)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.cli import parse_options
+from bench.cli import at_least, parse_options
 from bench.machine import busy_cpu_seconds, cpu_name
 from mmpp.commandline import EXIT_OK, EXIT_TARGET_MISSED, OneLineParser, run_reporting_errors
 from mmpp.errors import ErrorCode, MmppError
@@ -374,16 +374,6 @@ def render_table(result: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def _at_least(low: float, kind: type[int] | type[float]) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, not {text}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="mmpp bench soak",
@@ -395,18 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
             f"{EXIT_TARGET_MISSED} when a target is missed."
         ),
     )
-    parser.add_argument("--jobs", type=_at_least(1, int), default=300, help="jobs to order at once (default 300)")
-    parser.add_argument("--maxmemory-mb", type=_at_least(4, int), default=32, help="Redis's maxmemory (default 32)")
+    parser.add_argument("--jobs", type=at_least(1, int), default=300, help="jobs to order at once (default 300)")
+    parser.add_argument("--maxmemory-mb", type=at_least(4, int), default=32, help="Redis's maxmemory (default 32)")
     parser.add_argument(
-        "--broker-max-jobs", type=_at_least(1, int), default=8,
+        "--broker-max-jobs", type=at_least(1, int), default=8,
         help="MMPP_BROKER_MAX_JOBS for the run (default 8)",
     )  # fmt: skip
     parser.add_argument(
-        "--broker-max-bytes-mb", type=_at_least(0.001, float), default=8.0,
+        "--broker-max-bytes-mb", type=at_least(0.001, float), default=8.0,
         help="MMPP_BROKER_MAX_BYTES for the run, in MiB (default 8)",
     )  # fmt: skip
     parser.add_argument(
-        "--timeout", type=_at_least(1, float), default=3600.0,
+        "--timeout", type=at_least(1, float), default=3600.0,
         help="seconds after which undelivered jobs count as lost (default 3600)",
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
