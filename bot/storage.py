@@ -701,7 +701,8 @@ class Storage:
             self._db,
             "SELECT jobs.variant, ratings.rater_id, ratings.score FROM jobs "
             "JOIN pictures ON pictures.job_id = jobs.id JOIN ratings ON ratings.picture_id = pictures.id "
-            "WHERE jobs.style = ? ORDER BY ratings.created_at, ratings.picture_id, ratings.rater_id",
+            "WHERE jobs.style = ? AND jobs.upscale_of_picture_id IS NULL "
+            "ORDER BY ratings.created_at, ratings.picture_id, ratings.rater_id",
             (style,),
         )
         return [(str(variant), int(rater), int(score)) for variant, rater, score in rows]
@@ -714,7 +715,9 @@ class Storage:
             self._db,
             "SELECT ratings.rater_id, jobs.variant, COUNT(*), SUM(ratings.score), SUM(ratings.score * ratings.score) "
             "FROM jobs JOIN pictures ON pictures.job_id = jobs.id JOIN ratings ON ratings.picture_id = pictures.id "
-            "WHERE jobs.style = ? GROUP BY ratings.rater_id, jobs.variant",
+            # An upscale's rating is not a new reading of its variant: it is of a picture the person already
+            # chose (and likely rated) to upscale, so it would count one opinion twice, for liked pictures only.
+            "WHERE jobs.style = ? AND jobs.upscale_of_picture_id IS NULL GROUP BY ratings.rater_id, jobs.variant",
             (style,),
         )
         cells = [(str(rater), str(variant), int(count), int(total)) for rater, variant, count, total, _ in rows]

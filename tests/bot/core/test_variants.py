@@ -15,7 +15,7 @@ from bot.storage import Storage
 from mmpp.contract import GenerateRequest
 from mmpp.errors import ErrorCode, MmppError
 from mmpp.variants import Rules
-from tests.bot.conftest import ScriptedQueue, bot_settings, order
+from tests.bot.conftest import RecordingDelivery, ScriptedQueue, bot_settings, order
 
 #: Small thresholds so a test reaches a decision in tens of ratings; the rule is the bot's own.
 QUICK_RULES = Rules(exploration_floor=4, min_ratings=12, draws=1000)
@@ -186,3 +186,30 @@ async def test_a_recent_read_of_the_ratings_serves_until_it_is_stale(storage: St
     assert reads == ["anime", "anime"]
     await variants.status("anime")
     assert reads == ["anime", "anime", "anime"]
+
+
+async def test_an_upscales_rating_is_not_counted_again_for_its_variant(storage: Storage, tmp_path: Path) -> None:
+    """An upscale is of a picture its person chose, and likely rated already: its rating would count one opinion
+    twice, and only for liked pictures, so the experiment leaves it out (the ratings report keeps it)."""
+    from tests.bot.core.test_jobs_upscale import WorkerLikeQueue
+
+    core = ChatCore(storage, WorkerLikeQueue(), bot_settings(tmp_path))
+    delivery = RecordingDelivery()
+    core.attach(delivery)
+    await core.start()
+    steer(core)
+    person = Person("test", "person-0", "Person 0")
+    first, _ = await core.order_profile(order("event-0", person, style="anime"))
+    await core.wait_idle(timeout=10)
+    assert await core.rate_message(person, f"message-{first.id}-1", 4, "reaction")
+    picture = (await storage.pictures(first.id))[0]
+    upscale, created = await core.jobs.upscale(person, picture.id, "chat-1", {"channel": "chat-1"})
+    assert created and upscale.variant == first.variant
+    await core.wait_idle(timeout=10)
+    assert await core.rate_message(person, f"message-{upscale.id}-1", 5, "reaction")
+    assert await storage.count("ratings") == 2
+    rater = await storage.find_user("test", "person-0")
+    assert await storage.variant_observations("anime") == [(first.variant, rater, 4)]
+    cells, squares = await storage.variant_cells("anime")
+    assert cells == [(str(rater), first.variant, 1, 4)] and squares == 16
+    await core.stop()
