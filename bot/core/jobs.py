@@ -378,6 +378,12 @@ class Jobs:
         fresh = await self.storage.job(job.id)
         if fresh is None or fresh.state != "queued" or fresh.enqueued_at is not None:
             return  # deleted (/forget), timed out meanwhile, or sent already
+        # Every process sharing the database feeds the broker from it: the job is sent by the one that delivers
+        # it (so once, not by each feeder that saw it), and that one follows it from now on.
+        if not self.may_deliver(fresh) or not await self._claim(fresh):
+            return
+        if isinstance(self._deliveries.get(fresh.platform), Shards):
+            self._follow(fresh)  # e.g. a dead process's job, its claim stale: this one takes it over
         selfie = await self.storage.selfie(job.id)
         if selfie is None:  # its follower tells the person
             await self._record_failure(fresh, ErrorCode.NOT_FOUND, "The selfie for this job is gone; send it again.")

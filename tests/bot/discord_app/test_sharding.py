@@ -287,6 +287,57 @@ async def test_of_two_processes_that_may_deliver_a_job_only_the_claim_holder_doe
         await first.stop()
 
 
+class SubmitsOf:
+    """One process's view of the shared scripted queue: records what this process sent, and can refuse its
+    first few sends (a broker this process cannot reach for a moment)."""
+
+    def __init__(self, queue: HeldQueue, refuse_first: int = 0) -> None:
+        self.queue = queue
+        self.refuse = refuse_first
+        self.sent: list[str] = []
+
+    async def submit(self, task_id: str, payload: dict[str, Any], queue: str) -> None:
+        if self.refuse:
+            self.refuse -= 1
+            raise ConnectionError("broker unreachable from here")
+        self.sent.append(task_id)
+        await self.queue.submit(task_id, payload, queue)
+
+    async def status(self, task_id: str) -> QueueStatus:
+        return await self.queue.status(task_id)
+
+    async def forget(self, task_id: str) -> None:
+        await self.queue.forget(task_id)
+
+
+async def test_a_job_is_sent_to_the_broker_by_the_process_that_delivers_it(fake: FakeDiscord, tmp_path: Path) -> None:
+    """Every process feeds the broker from the shared database; a job waiting for its place there (here: its
+    own process could not reach the broker for a few seconds) is sent by its owner, not by another feeder."""
+    queue = HeldQueue()
+    _, channel = fake.add_guild(shard=(0, 2))
+    owner_queue, other_queue = SubmitsOf(queue, refuse_first=3), SubmitsOf(queue)
+    first = await start_process("first", fake, tmp_path, "held", owner_queue, **half(0))  # type: ignore[arg-type]
+    second: BotProcess | None = None
+    try:
+        await fake.send_slash_command("profile", {"style": "anime", "count": 1}, attachments=selfie_attachment(),
+                                      channel_id=channel)  # fmt: skip
+        job = (await eventually(lambda: first.storage.undelivered_jobs(["discord"]), 1, len))[0]
+        second = await start_process("second", fake, tmp_path, "held", other_queue, **half(1))  # type: ignore[arg-type]
+        await second.core.jobs.admission.feed()  # the other process's feeder sees the job holding its place
+        sent = await eventually(
+            lambda: first.storage.job(job.id), 1, lambda fresh: int(bool(fresh and fresh.enqueued_at))
+        )
+        assert sent is not None and sent.enqueued_at is not None
+        assert (owner_queue.sent, other_queue.sent) == ([job.task_id], [])
+        queue.released.set()
+        await first.core.wait_idle(timeout=30)
+        assert (first.delivered, second.delivered) == ([job.id], [])
+    finally:
+        if second is not None:
+            await second.stop()
+        await first.stop()
+
+
 async def test_a_restarted_process_resumes_only_the_jobs_of_its_shards(fake: FakeDiscord, tmp_path: Path) -> None:
     """Both processes go down with a job each; one comes back so much later that every claim is stale (its
     holder would have timed out long ago): it resumes its own shard's job, and leaves the other shard's alone,
