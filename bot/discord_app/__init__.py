@@ -136,8 +136,11 @@ class DiscordDelivery:
 
     @property
     def claimant(self) -> str:
-        """Stable for a process's shards, so that a restarted process takes its own jobs back at once."""
-        return f"discord shards {','.join(map(str, self.client.owned_shards()))} of {self.client.shard_count or 1}"
+        """Stable for a process's shards, so that a restarted process takes its own jobs back at once.  Without
+        shard settings the process holds every shard, however many the gateway recommends this time."""
+        if self.client.shard_ids is None:
+            return "discord all shards"
+        return f"discord shards {','.join(map(str, self.client.owned_shards()))} of {self.client.shard_count}"
 
     def shard_of(self, job: Job) -> int:
         """Discord's rule: ``(guild_id >> 22) % shard_count``; direct messages are shard 0's."""
