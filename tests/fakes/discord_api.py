@@ -588,6 +588,11 @@ class FakeDiscord:
         self._channel_guilds: dict[int, int] = {self.channel_id: self.guild_id}
         #: What GET /gateway/bot recommends; None: one shard per 1,000 guilds, as Discord roughly does.
         self.recommended_shards: int | None = None
+        #: The session start limit: each IDENTIFY takes one start; with none left Discord answers IDENTIFY
+        #: with op 9 Invalid Session (https://discord.com/developers/docs/events/gateway#session-start-limit).
+        self.session_starts_total = 1000
+        self.session_starts_remaining = 1000
+        self.max_concurrency = 1
         #: The current session of each shard (``None``: an unsharded session), where events are routed.
         self._shard_sessions: dict[tuple[int, int] | None, _Session] = {}
 
@@ -1048,7 +1053,12 @@ class FakeDiscord:
         return 200, {
             "url": self.gateway_url,
             "shards": shards,
-            "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14_400_000, "max_concurrency": 1},
+            "session_start_limit": {
+                "total": self.session_starts_total,
+                "remaining": self.session_starts_remaining,
+                "reset_after": 14_400_000,
+                "max_concurrency": self.max_concurrency,
+            },
         }
 
     # ---------------------------------------------------------------- guilds and shards
@@ -2050,6 +2060,10 @@ class FakeDiscord:
         if len(guilds) > MAX_GUILDS_PER_SHARD:
             await conn.close(4011, "Sharding required.")
             return
+        if self.session_starts_remaining <= 0:
+            await self._send(conn, {"op": 9, "d": False, "s": None, "t": None})
+            return
+        self.session_starts_remaining -= 1
         session = _Session(id=secrets.token_hex(16), intents=intents, conn=conn, shard=shard)
         self._sessions[session.id] = session
         self._session = session

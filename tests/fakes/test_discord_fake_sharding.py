@@ -36,7 +36,8 @@ class Gateway:
         self.events: list[dict[str, Any]] = []
 
     async def identify(self, shard: Any = None) -> int | None:
-        """The close code if the fake closed the connection, else ``None`` once READY and its guilds came."""
+        """The close code if the fake closed the connection, else ``None`` once READY and its guilds came (or an
+        Invalid Session, op 9, came instead: the last event)."""
         self.ws = await self.session.ws_connect(self.fake.gateway_url + "?v=10&encoding=json")
         hello = json.loads((await self.ws.receive()).data)
         assert hello["op"] == 10
@@ -54,6 +55,8 @@ class Gateway:
                 return self.ws.close_code
             frame = json.loads(message.data)
             self.events.append(frame)
+            if frame.get("op") == 9:  # Invalid Session: no READY comes
+                return None
             if frame.get("t") == "READY":
                 ready = frame["d"]
             created = [event for event in self.events if event.get("t") == "GUILD_CREATE"]
@@ -138,3 +141,17 @@ async def test_each_shard_gets_its_own_guilds_interactions_and_reactions_and_dms
     assert events_of[1].count("INTERACTION_CREATE") == (2 if default_shard == 1 else 1)
     assert events_of[0].count("INTERACTION_CREATE") == (1 if default_shard == 0 else 0)
     assert events_of[1].count("MESSAGE_CREATE") == 0
+
+
+async def test_each_identify_takes_a_session_start_and_none_left_is_an_invalid_session(fake: FakeDiscord) -> None:
+    fake.session_starts_remaining = 1
+    headers = {"Authorization": f"Bot {fake.token}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        assert await Gateway(session, fake).identify([0, 1]) is None
+        async with session.get(fake.api_base + "/gateway/bot") as response:
+            assert (await response.json())["session_start_limit"]["remaining"] == 0
+        refused = Gateway(session, fake)
+        assert await refused.identify([0, 1]) is None
+    assert refused.events[-1]["op"] == 9 and refused.events[-1]["d"] is False  # not resumable, and no READY
+    assert not [frame for frame in refused.events if frame.get("t") == "READY"]
+    assert fake.session_shards() == [(0, 1)]
