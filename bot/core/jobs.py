@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 DIRECT_MESSAGE_TIMEOUT_SECONDS = 30.0
 #: What a claim's lease adds to the longest a follower lives before another process may take the job over.
 CLAIM_MARGIN_SECONDS = 60.0
+#: Where bot processes share the database: how often one looks for jobs it may take over (see _resume_periodically).
+RESUME_INTERVAL_SECONDS = 300.0
 #: How often the running bot deletes the selfies past their retention (it also does at start).
 SELFIE_PURGE_INTERVAL_SECONDS = 600.0
 #: The longest one status edit may hold up the follower (a hung platform must not hold up the pictures).
@@ -113,6 +115,7 @@ class Jobs:
         self._deliveries: dict[str, Delivery] = {}
         self._followers: dict[int, asyncio.Task[None]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
+        self._rescanning: asyncio.Task[None] | None = None
         #: The feeder that hands jobs to the broker within its limits (bot.core.admission says why).
         self.admission = Admission(storage, settings, self._enqueue)
 
@@ -132,18 +135,38 @@ class Jobs:
         platforms = list(self._deliveries)
         for job in await self.storage.jobs_without_queue(platforms):  # written before jobs named their queue
             await self.storage.update_job(job.id, queue=self._queue_of(job.style, job.mode))
-        for job in await self.storage.undelivered_jobs(platforms):
-            if not self.may_deliver(job):
-                continue  # another process's shard: that process follows it
-            logger.info("resuming job %s (%s)", job.id, job.state)
-            self._follow(job)
+        await self._resume_undelivered(platforms)
         self.admission.platforms.update(platforms)
         self.admission.start()
         self._housekeeping = asyncio.create_task(self._purge_periodically())
+        sharded = [name for name, delivery in self._deliveries.items() if isinstance(delivery, Shards)]
+        if sharded:
+            self._rescanning = asyncio.create_task(self._resume_periodically(sharded))
+
+    async def _resume_undelivered(self, platforms: list[str]) -> None:
+        """Follow the undelivered jobs of ``platforms`` this process may deliver and does not follow yet."""
+        for job in await self.storage.undelivered_jobs(platforms):
+            if job.id in self._followers or not self.may_deliver(job):
+                continue  # followed already, or another process's shard: that process follows it
+            logger.info("resuming job %s (%s)", job.id, job.state)
+            self._follow(job)
+
+    async def _resume_periodically(self, platforms: list[str]) -> None:
+        """Where processes share the database, look again every :data:`RESUME_INTERVAL_SECONDS` for jobs this one
+        may deliver but nobody follows: a process that died for good leaves its jobs claimed, and once those
+        claims are stale (or a job's token expired, so its pictures go to the channel) this one takes them over
+        without waiting for a restart.  A job another live process follows fails the claim and is left alone."""
+        while True:
+            await self._sleep(RESUME_INTERVAL_SECONDS)
+            try:
+                await self._resume_undelivered(platforms)
+            except Exception:
+                logger.exception("looking for jobs left by other processes failed")
 
     async def stop(self) -> None:
         await self.admission.stop()
-        tasks = [*self._followers.values(), *([self._housekeeping] if self._housekeeping else [])]
+        periodic = [task for task in (self._housekeeping, self._rescanning) if task is not None]
+        tasks = [*self._followers.values(), *periodic]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

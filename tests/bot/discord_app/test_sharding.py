@@ -372,6 +372,47 @@ async def test_a_restarted_process_resumes_only_the_jobs_of_its_shards(fake: Fak
         await restarted.stop()
 
 
+async def test_a_running_process_takes_over_a_dead_processs_job_once_it_may(fake: FakeDiscord, tmp_path: Path) -> None:
+    """The shard-1 process dies for good with a job; once its token expired (the pictures go to the channel) and
+    its claim is stale, the shard-0 process, still running, takes it over at its next look, and delivers it once."""
+    queue = HeldQueue()
+    _, channel = fake.add_guild(shard=(1, 2))
+    now = [utc_now()]
+    turns: asyncio.Queue[None] = asyncio.Queue()
+
+    async def turned_by_hand(seconds: float) -> None:
+        await turns.get()
+
+    survivor = await start_process("first", fake, tmp_path, "held", queue, clock=lambda: now[0], **half(0))
+    survivor.core.jobs._sleep = turned_by_hand  # its periodic looks, one per turn
+    dead = await start_process("second", fake, tmp_path, "held", queue, **half(1))
+    try:
+        await fake.send_slash_command("profile", {"style": "anime", "count": 1}, attachments=selfie_attachment(),
+                                      channel_id=channel)  # fmt: skip
+        job = (await eventually(lambda: dead.storage.undelivered_jobs(["discord"]), 1, len))[0]
+        await eventually(lambda: dead.storage.delivery_claimant(job.id), 1, lambda holder: int(holder is not None))
+    finally:
+        await dead.stop()
+    await survivor.storage.update_job(job.id, reply_context={**job.reply_context, "token_expires_at": 0})
+    try:
+        turns.put_nowait(None)
+        turns.put_nowait(None)
+        await asyncio.sleep(0.5)
+        assert survivor.delivered == []  # the claim is the dead process's, and not stale yet
+        now[0] += timedelta(days=2)
+        queue.released.set()
+        turns.put_nowait(None)
+        turns.put_nowait(None)
+        await eventually(lambda: asyncio.sleep(0, len(survivor.delivered)), 1)
+        await survivor.core.wait_idle(timeout=30)
+        assert survivor.delivered == [job.id]
+        assert await survivor.storage.delivery_claimant(job.id) == "discord shards 0 of 2"
+        fresh = await survivor.storage.job(job.id)
+        assert fresh is not None and fresh.delivered_at is not None
+    finally:
+        await survivor.stop()
+
+
 async def undelivered_in(tmp_path: Path) -> list[Job]:
     storage = await Storage.open(tmp_path / "mmpp.sqlite3")
     try:
