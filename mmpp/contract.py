@@ -33,7 +33,8 @@ def queue_for(base: str, mode: str | None) -> str:
 
 #: Bumped whenever a field changes meaning, so an old worker can refuse a new
 #: payload loudly instead of misreading it.  Version 2 added ``variant``: an old worker would render the
-#: base style for a job that asked for a variant, silently.
+#: base style for a job that asked for a variant, silently; and ``upscale_source`` (an old worker would
+#: answer an upscale with "no photo attached").
 CONTRACT_VERSION = 2
 
 MIN_PICTURES = 1
