@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from engine.options import add_weights_argument, picture_count
+from engine.options import add_weights_argument, picture_count, tiny_weights_for
 from mmpp.commandline import OneLineParser, run_reporting_errors
 from mmpp.contract import GenerateRequest, GenerateResult, Mode
 from mmpp.errors import ErrorCode, MmppError
@@ -88,6 +88,7 @@ def _read_photo(path: Path) -> bytes:
 
 
 def _generate(arguments: argparse.Namespace) -> int:
+    weights = tiny_weights_for(arguments.weights, arguments.family)
     request = GenerateRequest(
         selfie=_read_photo(arguments.photo),
         style=arguments.style,
@@ -108,7 +109,7 @@ def _generate(arguments: argparse.Namespace) -> int:
     default_analyzer().prepare_selfie(request.selfie)  # the engine reuses this analyzer
     from engine.pipeline import Engine
 
-    engine = Engine.from_settings(weights=arguments.weights, catalogue=catalogue)
+    engine = Engine.from_settings(weights=weights, catalogue=catalogue)
     result = engine.generate(request)
     for path in write_pictures(result, arguments.out):
         print(path)

@@ -29,7 +29,13 @@ from mmpp.errors import ErrorCode, MmppError
 
 logger = logging.getLogger(__name__)
 
-Family = Literal["sd15", "sdxl"]
+Family = Literal["sd15", "sdxl", "flux2-klein"]
+#: The instruction-editing family: FLUX.2 [klein] (its engine is ``engine/klein.py``).
+KLEIN: Family = "flux2-klein"
+#: The pipeline class FLUX.2 [klein]'s ``model_index.json`` names.
+KLEIN_PIPELINE_CLASS = "Flux2KleinPipeline"
+#: The Hub id of the real 4-step distilled 4B model (Apache-2.0), the default of ``MMPP_BASE_MODEL`` for klein.
+KLEIN_4B_HUB_ID = "black-forest-labs/FLUX.2-klein-4B"
 
 #: Bump when the tiny builder changes, so stale caches are rebuilt, not reused.
 TINY_FORMAT_VERSION = 6
@@ -110,7 +116,7 @@ class ModelSources:
 
 
 def detect_family(base: str, *, local_files_only: bool = False) -> Family:
-    """Tell SD 1.5 from SDXL by looking at the weights, not the name.
+    """Tell SD 1.5, SDXL and FLUX.2 [klein] apart by looking at the weights, not the name.
 
     A wrong guess would load the wrong pipeline class and fail deep inside
     diffusers, so the family is read from ``model_index.json`` for folders
@@ -140,6 +146,14 @@ def detect_family(base: str, *, local_files_only: bool = False) -> Family:
 
 def _family_of_index(index: dict[str, object]) -> Family:
     class_name = str(index.get("_class_name", ""))
+    if class_name == KLEIN_PIPELINE_CLASS:
+        return KLEIN
+    if class_name.startswith("Flux"):
+        # FLUX.1 and FLUX.2 [dev] are other pipelines (and non-commercial): refused, not run as SD.
+        raise MmppError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"The model is a {class_name}; of the FLUX models only FLUX.2 [klein] ({KLEIN_PIPELINE_CLASS}) is served.",
+        )
     if "XL" in class_name or "text_encoder_2" in index:
         return "sdxl"
     return "sd15"
@@ -179,7 +193,7 @@ def model_unavailable(what: str, error: BaseException | None = None) -> MmppErro
 
 
 def resolve_sources(weights: str, settings: object, style_names: list[str]) -> ModelSources:
-    """Turn a weights choice (``default``, ``tiny``, ``tiny-sdxl``) and the settings into concrete sources.
+    """Turn a weights choice (``default``, ``tiny``, ``tiny-sdxl``, ``tiny-klein``) and the settings into sources.
 
     ``auto`` is resolved by the caller (it needs a load attempt to decide);
     here it behaves like ``default``.
@@ -187,10 +201,15 @@ def resolve_sources(weights: str, settings: object, style_names: list[str]) -> M
     from engine.settings import EngineSettings
 
     assert isinstance(settings, EngineSettings)
+    if weights == "tiny-klein":
+        return build_tiny_klein_weights(settings.cache_dir / "tiny", style_names)
     if weights in {"tiny", "tiny-sdxl"}:
         family: Family = "sdxl" if weights == "tiny-sdxl" else "sd15"
         return build_tiny_weights(settings.cache_dir / "tiny", family, style_names)
     family = detect_family(settings.base_model)
+    if family == KLEIN:
+        # Its own prompt handling and identity path: no LCM, IP-Adapter, portrait LoRA or TAESD to resolve.
+        return ModelSources(base=settings.base_model, family=family, label=settings.base_model)
     lcm = settings.lcm_lora_sdxl if family == "sdxl" else settings.lcm_lora_sd15
     ip_adapter = settings.ip_adapter_sdxl if family == "sdxl" else settings.ip_adapter_sd15
     tiny_decoder = settings.tiny_decoder_sdxl if family == "sdxl" else settings.tiny_decoder_sd15
@@ -302,8 +321,21 @@ def build_tiny_tokenizer_files(folder: Path, corpus: str, vocab_budget: int = 10
     vocab_list = byte_symbols + [symbol + "</w>" for symbol in byte_symbols]
     words = Counter(re.findall(r"[a-z]+|[0-9]|[^\sa-z0-9]", corpus.lower()))
     splits = {word: [*word[:-1], word[-1] + "</w>"] for word in words}
+    merges = _learn_merges(words, splits, vocab_list, budget=vocab_budget - len(vocab_list) - 2)
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab_list)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+
+
+def _learn_merges(
+    words: Counter[str], splits: dict[str, list[str]], vocab_list: list[str], *, budget: int
+) -> list[tuple[str, str]]:
+    """Greedy BPE: merge the most frequent pair (ties by the pair itself) ``budget`` times at most.
+
+    ``splits`` (each word's symbols) and ``vocab_list`` (every merged symbol appended) are updated in place.
+    """
     merges: list[tuple[str, str]] = []
-    budget = vocab_budget - len(vocab_list) - 2
     while len(merges) < budget:
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in words.items():
@@ -328,10 +360,7 @@ def build_tiny_tokenizer_files(folder: Path, corpus: str, vocab_budget: int = 10
             splits[word] = joined
         if merged not in vocab_list:
             vocab_list.append(merged)
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab_list)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    return merges
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -461,6 +490,204 @@ def build_tiny_pipeline(family: Family):  # noqa: ANN201 - diffusers pipelines s
         image_encoder=None,
         feature_extractor=None,
     )
+
+
+# --------------------------------------------------------------------------- the tiny FLUX.2 [klein]
+
+#: Qwen3's chat template, reduced to what Flux2KleinPipeline uses: one user turn, the assistant's turn
+#: opened, and the empty thinking block Qwen3 writes when thinking is switched off (the pipeline asks
+#: ``enable_thinking=False``), so the tiny text encoder reads the same token layout as the real one.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}"
+    "<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
+)
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+#: The pipeline stacks the text encoder's hidden states of these layers (its default); the tiny Qwen3 has
+#: one layer more than the deepest, so the engine passes nothing and real and tiny weights run the same call.
+KLEIN_TEXT_ENCODER_LAYERS = (9, 18, 27)
+#: The tiny klein's reference and output side: small enough for a CPU, divisible by its latent patch (4 px).
+TINY_KLEIN_SIDE = 64
+
+
+def build_tiny_qwen_tokenizer_files(folder: Path, corpus: str, vocab_budget: int = 700) -> None:
+    """Write a Qwen2 byte-level BPE vocabulary (``vocab.json``, ``merges.txt``) learnt from ``corpus``.
+
+    Qwen2's tokenizer is GPT-2's byte-level BPE without end-of-word marks: a
+    word carries its leading space as ``Ġ``.  The same greedy merges as the
+    CLIP tokenizer above, on the catalogue's own text, give word-level tokens
+    for the words the edit instructions use, with no download.
+    """
+    byte_map = _bytes_to_unicode()
+    vocab_list = list(byte_map.values())
+    pieces = re.findall(r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+", corpus)
+    words = Counter("".join(byte_map[byte] for byte in piece.encode("utf-8")) for piece in pieces)
+    splits = {word: list(word) for word in words}
+    merges = _learn_merges(words, splits, vocab_list, budget=vocab_budget - len(vocab_list) - len(QWEN_SPECIAL_TOKENS))
+    vocab_list += list(QWEN_SPECIAL_TOKENS)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(vocab_list)}))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+
+
+def load_tiny_qwen_tokenizer(folder: Path) -> Any:
+    """The Qwen2 tokenizer of ``folder``'s vocabulary and merges, with the chat template the pipeline applies."""
+    from transformers import Qwen2Tokenizer
+
+    vocab = json.loads((folder / "vocab.json").read_text())
+    lines = (folder / "merges.txt").read_text().splitlines()[1:]
+    merges = [tuple(line.split(" ")) for line in lines if line]
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+        model_max_length=512,
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_klein_pipeline() -> Any:
+    """Small random components with FLUX.2 [klein]'s real architectures.
+
+    The sizes follow diffusers' own klein tests, with two changes: the Qwen3
+    text encoder has 28 layers (tiny ones) so the pipeline's default hidden
+    layers (9, 18, 27) exist, and the VAE has two blocks so a latent patch
+    covers 4 pixels as it covers 16 in the real model.  ``is_distilled`` is
+    set as in the 4-step klein 4B, so guidance is off as it is there.
+    """
+    import tempfile
+
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    with tempfile.TemporaryDirectory() as scratch:
+        build_tiny_qwen_tokenizer_files(Path(scratch), _tiny_corpus())
+        tokenizer = load_tiny_qwen_tokenizer(Path(scratch))
+    hidden = 16
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=32,
+            num_hidden_layers=max(KLEIN_TEXT_ENCODER_LAYERS) + 1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
+    latent_channels = 4
+    vae = AutoencoderKLFlux2(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=TINY_KLEIN_SIDE,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=latent_channels * 4,  # the VAE's latents in 2x2 patches
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=hidden * len(KLEIN_TEXT_ENCODER_LAYERS),
+        timestep_guidance_channels=256,
+        axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=False,
+    )
+    _sharpen_tiny_attention(transformer)
+    return Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=True,
+    )
+
+
+def _sharpen_tiny_attention(transformer: Any) -> None:
+    """Make the tiny transformer listen to its context: peaked attention, stronger values and output.
+
+    At diffusers' initialisation (unit query/key norms, small projections) every
+    token attends almost evenly to a thousand others, so the reference image and
+    the instruction moved the tiny pictures by a tenth of a grey level while the
+    seed moved them by 46: a test that a different selfie or instruction changes
+    the picture would pass or fail on rounding.  Query/key norm gains of 4, value
+    and attention-output projections times 3 and the final projection times 4
+    give the conditioning a clear effect (a few grey levels), still finite.
+    """
+    with torch.no_grad():
+        for name, parameter in transformer.named_parameters():
+            if ".norm_q." in name or ".norm_k." in name or ".norm_added_q." in name or ".norm_added_k." in name:
+                parameter.fill_(4.0)
+            elif name.endswith(("to_v.weight", "add_v_proj.weight", "to_out.0.weight", "to_add_out.weight")):
+                parameter.mul_(3.0)
+            elif name == "proj_out.weight":
+                parameter.mul_(4.0)
+
+
+def build_tiny_klein_weights(cache_root: Path, style_names: list[str]) -> ModelSources:
+    """Build (once) and return the tiny FLUX.2 [klein], cached by a content key like the SD ones."""
+    key = hashlib.sha256(
+        json.dumps({"version": TINY_FORMAT_VERSION, "family": KLEIN, "styles": sorted(style_names)}).encode()
+    ).hexdigest()[:12]
+    root = cache_root / f"{KLEIN}-{key}"
+    if not (root / "complete.json").exists():
+        _build_tiny_klein_into(root, sorted(style_names))
+    manifest = json.loads((root / "complete.json").read_text())
+    loras = str(root / "loras")
+    return ModelSources(
+        base=str(root / "base"),
+        family=KLEIN,
+        style_loras={name: WeightSource(loras, file_name) for name, file_name in manifest["styles"].items()},
+        test_sized=True,
+        label=f"tiny-{KLEIN} (test-sized random weights: its pictures are noise)",
+    )
+
+
+def _build_tiny_klein_into(root: Path, style_names: list[str]) -> None:
+    import shutil
+    import tempfile
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(TINY_SEED)
+            pipeline = build_tiny_klein_pipeline()
+            pipeline.save_pretrained(staging / "base", safe_serialization=True)
+            style_files: dict[str, str] = {}
+        (staging / "complete.json").write_text(json.dumps({"family": KLEIN, "styles": style_files}, indent=2))
+        try:
+            staging.rename(root)
+        except OSError:
+            if not (root / "complete.json").exists():
+                raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- random weights, real formats

@@ -9,8 +9,11 @@ from __future__ import annotations
 import argparse
 
 from mmpp.contract import MAX_PICTURES, MIN_PICTURES
+from mmpp.errors import ErrorCode, MmppError
 
-WEIGHTS_CHOICES = ("auto", "default", "tiny", "tiny-sdxl")
+WEIGHTS_CHOICES = ("auto", "default", "tiny", "tiny-sdxl", "tiny-klein")
+#: ``--family``: which family's tiny weights ``--weights tiny`` means (real weights say their family themselves).
+TINY_WEIGHTS_BY_FAMILY = {"sd15": "tiny", "sdxl": "tiny-sdxl", "flux2-klein": "tiny-klein"}
 
 
 def add_weights_argument(parser: argparse.ArgumentParser) -> None:
@@ -25,9 +28,29 @@ def add_weights_argument(parser: argparse.ArgumentParser) -> None:
         dest="weights",
         choices=WEIGHTS_CHOICES,
         default=None,
-        help="weights to use: default = real weights (MMPP_BASE_MODEL); tiny / tiny-sdxl = test-sized random "
-        "model; auto = real if available, else tiny (default: MMPP_WEIGHTS or auto). --profile is the old name.",
+        help="weights to use: default = real weights (MMPP_BASE_MODEL); tiny / tiny-sdxl / tiny-klein = test-sized "
+        "random model; auto = real if available, else tiny (default: MMPP_WEIGHTS or auto). --profile is the old name.",
     )
+    parser.add_argument(
+        "--family",
+        choices=list(TINY_WEIGHTS_BY_FAMILY),
+        default=None,
+        help="with --weights tiny: the family of the tiny model (sd15, sdxl or flux2-klein; default sd15); "
+        "real weights are detected from MMPP_BASE_MODEL",
+    )
+
+
+def tiny_weights_for(weights: str | None, family: str | None) -> str | None:
+    """``--weights tiny --family flux2-klein`` is ``tiny-klein``; a family with other weights is refused."""
+    if family is None:
+        return weights
+    if weights not in {"tiny", TINY_WEIGHTS_BY_FAMILY[family]}:
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST,
+            f"--family chooses the family of the tiny weights (--weights tiny); real weights ({weights or 'auto'}) "
+            "tell their family themselves (MMPP_BASE_MODEL).",
+        )
+    return TINY_WEIGHTS_BY_FAMILY[family]
 
 
 def picture_count(text: str) -> int:

@@ -22,6 +22,12 @@ pictures, one generator per picture) → safety → encode.  An upscale tells th
 picture instead of noise: its plan holds the picture at twice its size, the IP-Adapter sees the picture
 (see :class:`UpscalePlan`), and the denoising is diffusers' img2img pipeline made from the same loaded
 components, in quality mode, for the last ``strength`` of the schedule.
+
+Families: :class:`Engine` tells the story and is the SD 1.5 / SDXL family (Compel, IP-Adapter, portrait
+LoRA, LCM stay here).  Another family is a subclass that replaces the story's hooks, nothing else:
+``plan``, ``identity_image``, ``configure``, ``encode_prompt``, ``encode_face``, ``pipeline_arguments`` and
+``output_size`` (with ``load_adapters`` at load time); :func:`engine_class_for` picks it from the family
+the weights declare.  FLUX.2 [klein] is ``engine/klein.py``.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import torch
 from PIL import Image
 
 from engine import faces
-from engine.models import ModelSources, WeightSource, detect_family, model_unavailable, resolve_sources
+from engine.models import KLEIN, ModelSources, WeightSource, detect_family, model_unavailable, resolve_sources
 from engine.safety import SafetyFilter
 from engine.settings import EngineSettings
 from mmpp.catalogue import GUIDANCE_BOUNDS, STEP_BOUNDS, Catalogue, Style, load_catalogue
@@ -157,11 +163,15 @@ def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def load_base_pipeline(sources: ModelSources, dtype: torch.dtype):  # noqa: ANN201 - SD or SDXL pipeline
+def load_base_pipeline(sources: ModelSources, dtype: torch.dtype):  # noqa: ANN201 - SD, SDXL or klein pipeline
     """Load the base model from a Hub id, a diffusers folder or a single file."""
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     family = sources.family or detect_family(sources.base)
+    if family == KLEIN:
+        from engine.klein import load_klein_pipeline
+
+        return load_klein_pipeline(sources, dtype), family
     pipeline_class = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
     options: dict[str, Any] = {}
     if family == "sd15":
@@ -285,7 +295,7 @@ class Engine:
         pipeline.set_progress_bar_config(disable=True)
         pipeline.to(device)
         base_seconds = time.perf_counter() - started
-        engine = cls(
+        engine = engine_class_for(family, cls)(
             pipeline,
             family,
             sources,
@@ -563,9 +573,7 @@ class Engine:
                 ErrorCode.INVALID_REQUEST,
                 f"An upscale at strength {upscale.strength:g} paints no step of {steps}; ask for more steps.",
             )
-        base_seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**32)
-        seeds = [(base_seed + index) % 2**32 for index in range(request.count)]
-        batches = [seeds[start : start + self.max_batch_size] for start in range(0, len(seeds), self.max_batch_size)]
+        seeds, batches = self.seeds_and_batches(request)
         return JobPlan(
             style=style,
             mode=mode,
@@ -586,6 +594,13 @@ class Engine:
             batches=batches,
             upscale=upscale,
         )
+
+    def seeds_and_batches(self, request: GenerateRequest) -> tuple[list[int], list[list[int]]]:
+        """Each picture's seed (the request's, +1, +2, ... or a random start) and the pipeline calls they fall in."""
+        base_seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**32)
+        seeds = [(base_seed + index) % 2**32 for index in range(request.count)]
+        batches = [seeds[start : start + self.max_batch_size] for start in range(0, len(seeds), self.max_batch_size)]
+        return seeds, batches
 
     def _upscale_plan(self, source: bytes) -> UpscalePlan:
         """The picture to upscale, decoded (its header was bounded by the contract) and resized to exactly twice
@@ -755,11 +770,7 @@ class Engine:
         started = time.perf_counter()
         plan = self.plan(request, overrides)
         mark = time.perf_counter()
-        # What the IP-Adapter sees: the selfie's face crop, or for an upscale the picture itself (UpscalePlan).
-        if plan.upscale is not None:
-            identity = plan.upscale.identity
-        else:
-            identity = self.face_analyzer.prepare_selfie(request.selfie).crop
+        identity = self.identity_image(request, plan)
         timed("face", mark)
         with self._lock:
             mark = time.perf_counter()
@@ -816,6 +827,12 @@ class Engine:
             safety_check=self.safety.status,
             job_id=request.job_id,
         )
+
+    def identity_image(self, request: GenerateRequest, plan: JobPlan) -> Image.Image:
+        """What the IP-Adapter sees: the selfie's face crop, or for an upscale the picture itself (UpscalePlan)."""
+        if plan.upscale is not None:
+            return plan.upscale.identity
+        return self.face_analyzer.prepare_selfie(request.selfie).crop
 
     def pipeline_arguments(self, plan: JobPlan, conditioning: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
         """The exact keyword arguments of one batched diffusers call (the benchmark reuses them).
@@ -903,6 +920,19 @@ class Engine:
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
         return buffer.getvalue()
+
+
+def engine_class_for(family: str, requested: type[Engine]) -> type[Engine]:
+    """The engine class of ``family``: :class:`Engine` holds the story and the SD families, a family with other
+    parts (prompt handling, identity, scheduler) subclasses it and replaces its hooks.  A subclass asked for
+    by name (tests, benchmarks) is kept."""
+    if requested is not Engine:
+        return requested
+    if family == KLEIN:
+        from engine.klein import KleinEngine
+
+        return KleinEngine
+    return Engine
 
 
 def load_tiny_decoder(source: WeightSource | None, device: torch.device, dtype: torch.dtype) -> Any:

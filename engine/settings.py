@@ -29,7 +29,7 @@ class EngineSettings(BaseSettings):
     #: ``auto`` tries the real weights and falls back to the tiny test-sized
     #: model, saying so; ``default`` insists on the real weights.
     #: (``MMPP_MODEL_PROFILE`` is the old name, read for one more release.)
-    weights: Literal["auto", "default", "tiny", "tiny-sdxl"] = Field(
+    weights: Literal["auto", "default", "tiny", "tiny-sdxl", "tiny-klein"] = Field(
         default="auto", validation_alias=AliasChoices("MMPP_WEIGHTS", "MMPP_MODEL_PROFILE")
     )
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"

@@ -20,7 +20,7 @@ from typing import Any
 
 from mmpp.contract import Mode
 from mmpp.errors import ErrorCode, MmppError
-from mmpp.prompts import check_prompt_weights, clean_prompt
+from mmpp.prompts import check_prompt_weights, clean_prompt, has_prompt_weights
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 SUBJECT_PLACEHOLDER = "{subject}"
@@ -32,7 +32,12 @@ DEFAULT_SUBJECT = "a person"
 #: and gains nothing past 8 steps; DPM-Solver++ needs at least ~15 steps.
 STEP_BOUNDS = {Mode.FAST: (4, 8), Mode.QUALITY: (15, 50)}
 GUIDANCE_BOUNDS = {Mode.FAST: (1.0, 2.0), Mode.QUALITY: (3.0, 12.0)}
-SCALE_BOUNDS = {"style_scale": (0.0, 2.0), "portrait_scale": (0.0, 2.0), "ip_adapter_scale": (0.0, 1.5)}
+SCALE_BOUNDS = {
+    "style_scale": (0.0, 2.0),
+    "portrait_scale": (0.0, 2.0),
+    "ip_adapter_scale": (0.0, 1.5),
+    "klein_lora_scale": (0.0, 2.0),
+}
 
 
 def default_catalogue_path() -> Path:
@@ -61,6 +66,12 @@ class Style:
     fast_guidance: float
     quality_steps: int
     quality_guidance: float
+    #: What instruction-editing families (FLUX.2 [klein]) are told to do to the photo: plain words, no
+    #: weighting syntax (only Compel reads it).  Empty: the style is unavailable on those workers.
+    edit_instruction: str = ""
+    #: The klein family's own style LoRA and its weight (an SD LoRA cannot load into a FLUX transformer).
+    klein_lora: str | None = None
+    klein_lora_scale: float = 1.0
     #: Which of the style's variants this is: ``base`` for the table as written.
     variant: str = BASE_VARIANT
     #: The style's other variants, each a whole validated style that differs in the fields it overrides.
@@ -175,6 +186,9 @@ _KNOWN_FIELDS = {
     "fast_guidance",
     "quality_steps",
     "quality_guidance",
+    "edit_instruction",
+    "klein_lora",
+    "klein_lora_scale",
     "variants",
 }
 #: What a variant may change: the settings that decide how the picture looks, not how the style is
@@ -190,6 +204,8 @@ VARIANT_FIELDS = frozenset(
         "fast_guidance",
         "quality_steps",
         "quality_guidance",
+        "edit_instruction",
+        "klein_lora_scale",
     }
 )
 
@@ -287,6 +303,13 @@ def _parse_fields(
     lora = merged.get("lora")
     if lora is not None and (not isinstance(lora, str) or not lora.strip()):
         raise fail("lora", "must be 'hub/repo:file.safetensors' or a local path")
+    klein_lora = merged.get("klein_lora")
+    if klein_lora is not None and (not isinstance(klein_lora, str) or not klein_lora.strip()):
+        raise fail("klein_lora", "must be 'hub/repo:file.safetensors' or a local path")
+    edit_instruction = text("edit_instruction", required=False, max_length=600)
+    if edit_instruction and has_prompt_weights(edit_instruction):
+        raise fail("edit_instruction", "must be plain words: weighting syntax like 'word++' or '(word)1.2' is read "
+                   "only by the SD families' Compel")  # fmt: skip
     return Style(
         name=name,
         display_name=text("display_name", max_length=40),
@@ -303,4 +326,9 @@ def _parse_fields(
         fast_guidance=float(number("fast_guidance", *GUIDANCE_BOUNDS[Mode.FAST])),
         quality_steps=int(number("quality_steps", *STEP_BOUNDS[Mode.QUALITY], integer=True)),
         quality_guidance=float(number("quality_guidance", *GUIDANCE_BOUNDS[Mode.QUALITY])),
+        edit_instruction=edit_instruction,
+        klein_lora=klein_lora.strip() if klein_lora else None,
+        klein_lora_scale=float(number("klein_lora_scale", *SCALE_BOUNDS["klein_lora_scale"]))
+        if "klein_lora_scale" in merged
+        else 1.0,
     )

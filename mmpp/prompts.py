@@ -57,6 +57,9 @@ _QUOTED = re.compile(r'"(?:(?:\\")|(?:[^"\n\r]))*"')
 _UNQUOTE = re.compile(r"(\\t|\\n|\\f|\\r)|(\\[0-7]3|\\0|\\x[0-9a-fA-F]2|\\u[0-9a-fA-F]4)|(.)|(\n|.)")
 _UNQUOTED_SPACES = {"\\t": "\t", "\\n": "\n", "\\f": "\f", "\\r": "\r"}
 
+#: Compel's operators on a group (``("a", "b").blend(1, 1)``, ``.and()``, ``(word).attend(1.2)``, ``.swap()``).
+_COMPEL_OPERATOR = re.compile(r"\)\s*\.\s*(?:blend|and|attend|swap)\s*\(")
+
 T = TypeVar("T")
 
 
@@ -504,6 +507,17 @@ def _first_fragment_out_of_bounds(prompt: str) -> WeightedText | None:
         if not MIN_PROMPT_WEIGHT <= fragment.weight <= MAX_PROMPT_WEIGHT:
             return fragment
     return None
+
+
+def has_prompt_weights(prompt: str) -> bool:
+    """Whether Compel would weight any part of ``prompt`` (or could not read it): families that read prompts as
+    plain words (FLUX.2 [klein]'s Qwen3) would take its signs and parentheses literally."""
+    if _COMPEL_OPERATOR.search(prompt):
+        return True
+    try:
+        return any(fragment.weight != 1.0 for fragment in prompt_weights(prompt))
+    except MmppError:
+        return True
 
 
 def check_prompt_weights(prompt: str) -> None:

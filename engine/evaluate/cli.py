@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engine.options import add_weights_argument
+from engine.options import add_weights_argument, tiny_weights_for
 from mmpp.commandline import EXIT_BAD_INPUT, EXIT_OK, OneLineParser, run_reporting_errors
 from mmpp.errors import ErrorCode, MmppError
 
@@ -119,7 +119,7 @@ def _sweep(arguments: argparse.Namespace) -> None:
     from engine.evaluate.sweep import TINY_LABEL, build_scorers, run_sweep
     from engine.pipeline import Engine
 
-    engine = Engine.from_settings(weights=arguments.weights, catalogue=catalogue)
+    engine = Engine.from_settings(weights=tiny_weights_for(arguments.weights, arguments.family), catalogue=catalogue)
     scorers = build_scorers(engine.face_analyzer, want_distribution=reference is not None)
     total = len(selfies) * len(config.combinations()) * config.count
     print(f"sweep: {total} pictures ({len(selfies)} selfies x {len(config.combinations())} combinations "

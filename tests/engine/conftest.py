@@ -30,3 +30,10 @@ def tiny_sdxl_engine(cache_dir: Path, catalogue):
     from engine.pipeline import Engine
 
     return Engine.from_settings(make_settings(cache_dir), weights="tiny-sdxl", catalogue=catalogue)
+
+
+@pytest.fixture(scope="session")
+def tiny_klein_engine(cache_dir: Path, catalogue):
+    from engine.pipeline import Engine
+
+    return Engine.from_settings(make_settings(cache_dir), weights="tiny-klein", catalogue=catalogue)

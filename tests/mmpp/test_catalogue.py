@@ -35,6 +35,18 @@ def test_the_shipped_catalogue_has_the_styles_people_ask_for() -> None:
         assert style.mode in (Mode.FAST, Mode.QUALITY)
 
 
+def test_every_shipped_style_tells_instruction_editing_families_to_keep_the_person() -> None:
+    catalogue = load_catalogue()
+    assert len(catalogue) == 12
+    for style in catalogue:
+        instruction = style.edit_instruction.lower()
+        assert "person in this photo" in instruction or "this photo" in instruction, style.name
+        for kept in ("face", "hair", "expression", "glasses"):
+            assert kept in instruction, (style.name, kept)
+    assert len({style.edit_instruction for style in catalogue}) == 12
+    assert catalogue.get("anime").klein_lora is None and catalogue.get("anime").klein_lora_scale == 1.0
+
+
 def test_lookup_is_case_insensitive_and_unknown_names_list_the_choices() -> None:
     catalogue = load_catalogue()
     assert catalogue.get(" Anime ").name == "anime"
@@ -59,6 +71,11 @@ def shipped() -> dict:
         ("negative_prompt", "blurry" + "+" * 40, "Prompt weights must stay between 0 and 3"),
         ("fast_steps", 4.5, "integer"),
         ("colour", "red", "unknown field"),
+        ("edit_instruction", "Turn the person into (anime)1.3", "plain words"),
+        ("edit_instruction", "Turn the person into anime++", "plain words"),
+        ("edit_instruction", 7, "non-empty string"),
+        ("klein_lora_scale", 3.0, "between"),
+        ("klein_lora", "", "local path"),
     ],
 )
 def test_a_bad_field_is_named_with_its_style(field: str, value: object, complaint: str) -> None:

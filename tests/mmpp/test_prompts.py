@@ -155,3 +155,22 @@ def test_the_weights_are_compels_own(prompt: str) -> None:
         return
     assert expected is not None, prompt
     assert distinct(found) == distinct(expected) or (not found and distinct(expected) <= {1.0}), prompt
+
+
+@pytest.mark.parametrize(
+    ("prompt", "weighted"),
+    [
+        ("Turn the person in this photo into a watercolour, keep the face.", False),
+        ("a mother-in-law (smiling), x - y", False),
+        ("a (cat)1.3", True),
+        ("a cat++", True),
+        ("a cat-", True),
+        ('("a cat", "a dog").blend(1, 1)', True),
+        ("(cat).attend(1.2)", True),
+        ("(" * 20 + "cat" + ")" * 20, True),
+    ],
+)
+def test_has_prompt_weights_tells_plain_words_from_compel_syntax(prompt: str, weighted: bool) -> None:
+    from mmpp.prompts import has_prompt_weights
+
+    assert has_prompt_weights(prompt) is weighted

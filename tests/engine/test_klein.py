@@ -1,0 +1,258 @@
+"""The FLUX.2 [klein] family on its tiny weights: detection, loading, planning and generation on a CPU."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmpp.contract import GenerateRequest, Mode
+from mmpp.errors import ErrorCode, MmppError
+from tests.engine.conftest import make_settings
+from tests.images import encoded
+
+
+def pixels(result, index: int = 0) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(result.pictures[index].png)).convert("RGB"), dtype=np.int16)
+
+
+def request(selfie: bytes, **fields: object) -> GenerateRequest:
+    defaults: dict[str, object] = {"style": "anime", "mode": Mode.FAST, "seed": 11}
+    defaults.update(fields)
+    return GenerateRequest(selfie=selfie, **defaults)  # type: ignore[arg-type]
+
+
+def another_selfie(selfie: bytes) -> bytes:
+    """The same person in another photo: mirrored and in black and white (the repository holds one selfie)."""
+    photo = Image.open(io.BytesIO(selfie)).convert("L").convert("RGB")
+    return encoded(photo.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+
+
+# ---------------------------------------------------------------- detection and the tiny weights
+
+
+def test_a_klein_folder_is_detected_as_its_family_and_other_flux_models_are_refused(
+    tiny_klein_engine, tmp_path: Path
+) -> None:
+    from engine.models import detect_family
+
+    base = Path(tiny_klein_engine.sources.base)
+    assert json.loads((base / "model_index.json").read_text())["_class_name"] == "Flux2KleinPipeline"
+    assert detect_family(str(base)) == "flux2-klein"
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxKontextPipeline"}))
+    with pytest.raises(MmppError) as refused:
+        detect_family(str(tmp_path))
+    assert refused.value.code is ErrorCode.MODEL_UNAVAILABLE
+
+
+def test_the_tiny_klein_has_the_real_architectures_and_loads_like_real_weights(tiny_klein_engine) -> None:
+    from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+    from transformers import Qwen3ForCausalLM
+
+    from engine.klein import KleinEngine
+    from engine.models import KLEIN_TEXT_ENCODER_LAYERS
+
+    engine = tiny_klein_engine
+    assert isinstance(engine, KleinEngine) and engine.family == "flux2-klein"
+    assert engine.sources.test_sized and engine.distilled
+    pipeline = engine.pipeline
+    assert isinstance(pipeline, Flux2KleinPipeline)
+    assert isinstance(pipeline.transformer, Flux2Transformer2DModel)
+    assert isinstance(pipeline.vae, AutoencoderKLFlux2)
+    assert isinstance(pipeline.text_encoder, Qwen3ForCausalLM)
+    assert pipeline.text_encoder.config.num_hidden_layers > max(KLEIN_TEXT_ENCODER_LAYERS)
+    text = pipeline.tokenizer.apply_chat_template(
+        [{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+    )
+    assert text == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    # Learnt on the catalogue: its words are single tokens, not bytes.
+    assert pipeline.tokenizer.tokenize(" portrait") == ["Ġportrait"]
+
+
+def test_the_tiny_klein_is_built_deterministically(tiny_klein_engine, tmp_path: Path, catalogue) -> None:
+    from safetensors.torch import load_file
+
+    from engine.models import build_tiny_klein_weights
+
+    again = build_tiny_klein_weights(tmp_path, catalogue.names)
+    for part in ("transformer", "vae", "text_encoder"):
+        (first,) = (Path(tiny_klein_engine.sources.base) / part).glob("*.safetensors")
+        (second,) = (Path(again.base) / part).glob("*.safetensors")
+        one, other = load_file(first), load_file(second)
+        assert one.keys() == other.keys() and all(bool((one[key] == other[key]).all()) for key in one)
+
+
+def test_generate_cli_takes_the_family_of_the_tiny_weights(
+    cache_dir: Path, tmp_path: Path, selfie_bytes: bytes
+) -> None:
+    photo = tmp_path / "selfie.jpg"
+    photo.write_bytes(selfie_bytes)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "mmpp.cli", "generate", "--profile", "tiny", "--family", "flux2-klein",
+               "--photo", str(photo), "--style", "pixel-art", "--seed", "5", "--out", str(out)]  # fmt: skip
+    environment = {**os.environ, "MMPP_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    assert done.returncode == 0, done.stderr
+    (written,) = (tmp_path / "out").glob("*.png")
+    assert Image.open(written).size == (64, 64)
+    with_default = [*command[:5], "default", *command[6:]]
+    refused = subprocess.run(with_default, capture_output=True, text=True, timeout=120, env=environment)
+    assert refused.returncode == 2 and refused.stderr.startswith("error[INVALID_REQUEST]")
+
+
+# ---------------------------------------------------------------- planning
+
+
+def test_the_plan_is_the_style_instruction_in_four_steps_without_guidance(tiny_klein_engine, selfie_bytes) -> None:
+    engine = tiny_klein_engine
+    style = engine.catalogue.get("watercolor")
+    fast = engine.plan(request(selfie_bytes, style="watercolor"))
+    assert fast.prompt == style.edit_instruction
+    assert (fast.steps, fast.guidance, fast.classifier_free_guidance) == (4, 1.0, False)
+    quality = engine.plan(request(selfie_bytes, style="watercolor", mode=Mode.QUALITY, prompt="a woman with red hair"))
+    assert quality.steps > fast.steps and quality.guidance == 1.0
+    assert quality.prompt == f"{style.edit_instruction} The photo shows a woman with red hair."
+
+
+@pytest.mark.parametrize(
+    ("fields", "code", "words"),
+    [
+        ({"prompt": "a (cat)1.3"}, ErrorCode.INVALID_REQUEST, "plain words"),
+        ({"prompt": "a person++"}, ErrorCode.INVALID_REQUEST, "plain words"),
+        ({"guidance": 3.0}, ErrorCode.INVALID_REQUEST, "without guidance"),
+        ({"steps": 30, "mode": Mode.QUALITY}, ErrorCode.INVALID_REQUEST, "8 to 16 steps"),
+        ({"steps": 2}, ErrorCode.INVALID_REQUEST, "4 to 8 steps"),
+        ({"upscale_source": encoded(Image.new("RGB", (64, 64)))}, ErrorCode.MODEL_UNAVAILABLE, "Upscaling"),
+    ],
+)
+def test_what_klein_cannot_do_is_refused_at_plan_time(
+    tiny_klein_engine, selfie_bytes: bytes, fields: dict[str, object], code: ErrorCode, words: str
+) -> None:
+    with pytest.raises(MmppError) as refused:
+        tiny_klein_engine.plan(replace(request(selfie_bytes), **fields))
+    assert refused.value.code is code and words in refused.value.message
+
+
+def test_the_base_model_refuses_fast_mode_and_guides_quality(tiny_klein_engine, selfie_bytes) -> None:
+    from engine.klein import BASE_GUIDANCE, BASE_STEPS, KleinEngine
+
+    tiny = tiny_klein_engine
+    base = KleinEngine(tiny.pipeline, "flux2-klein", tiny.sources, tiny.catalogue, face_analyzer=tiny.face_analyzer)
+    base.distilled = False
+    with pytest.raises(MmppError) as refused:
+        base.plan(request(selfie_bytes))
+    assert refused.value.code is ErrorCode.MODEL_UNAVAILABLE and "quality" in refused.value.message
+    quality = base.plan(request(selfie_bytes, mode=Mode.QUALITY))
+    assert (quality.steps, quality.guidance, quality.classifier_free_guidance) == (BASE_STEPS, BASE_GUIDANCE, True)
+
+
+def test_a_style_without_an_edit_instruction_is_unavailable_on_klein(tiny_klein_engine, selfie_bytes) -> None:
+    from engine.klein import KleinEngine
+    from mmpp.catalogue import Catalogue
+
+    bare = Catalogue([replace(style, edit_instruction="") for style in tiny_klein_engine.catalogue])
+    engine = KleinEngine(tiny_klein_engine.pipeline, "flux2-klein", tiny_klein_engine.sources, bare,
+                         face_analyzer=tiny_klein_engine.face_analyzer)  # fmt: skip
+    with pytest.raises(MmppError) as refused:
+        engine.plan(request(selfie_bytes))
+    assert refused.value.code is ErrorCode.MODEL_UNAVAILABLE and "edit_instruction" in refused.value.message
+
+
+def test_the_reference_is_upright_centred_on_the_face_with_room_around_it(tiny_klein_engine, selfie_bytes) -> None:
+    from engine.klein import KleinEngine
+
+    engine = KleinEngine(tiny_klein_engine.pipeline, "flux2-klein", tiny_klein_engine.sources,
+                         tiny_klein_engine.catalogue, face_analyzer=tiny_klein_engine.face_analyzer,
+                         resolution=512)  # fmt: skip
+    plan = engine.plan(request(selfie_bytes))
+    reference = engine.identity_image(request(selfie_bytes), plan)
+    assert reference.size == (512, 512)
+    face = engine.face_analyzer.pick_face(reference)
+    centre_x, centre_y = face.box.center
+    assert abs(centre_x - 256) < 40 and abs(centre_y - 256) < 60
+    assert abs(face.roll_degrees) < 5
+    # Generous: the face takes well under half the width (the SD crop's tight head takes more).
+    assert face.box.width < 0.4 * 512
+    assert tiny_klein_engine.output_size() == (64, 64)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def test_no_face_is_refused_before_any_model_work(tiny_klein_engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_model_work(*args: object, **kwargs: object) -> None:
+        pytest.fail("a model ran for a photo without a face")
+
+    monkeypatch.setattr(tiny_klein_engine.pipeline, "encode_prompt", no_model_work)
+    monkeypatch.setattr(tiny_klein_engine.pipeline.transformer, "forward", no_model_work)
+    monkeypatch.setattr(tiny_klein_engine.pipeline.vae, "encode", no_model_work)
+    with pytest.raises(MmppError) as refused:
+        tiny_klein_engine.generate(request(encoded(Image.new("RGB", (256, 256), (40, 90, 160)))))
+    assert refused.value.code is ErrorCode.NO_FACE
+
+
+def test_same_seed_same_pixels_and_each_picture_keeps_its_seed_in_a_batch(tiny_klein_engine, selfie_bytes) -> None:
+    engine = tiny_klein_engine
+    progress: list[tuple[int, int]] = []
+    pair = engine.generate(
+        request(selfie_bytes, count=2), on_progress=lambda done, total: progress.append((done, total))
+    )
+    assert [picture.seed for picture in pair.pictures] == [11, 12]
+    assert progress[-1] == (4, 4) and [done for done, _ in progress] == [1, 2, 3, 4]
+    alone = engine.generate(request(selfie_bytes, seed=12))
+    again = engine.generate(request(selfie_bytes, seed=12))
+    assert again.pictures[0].png == alone.pictures[0].png
+    # In a batch, up to rounding: a batch of 2 and of 1 may run different CPU kernels (last bits of float32).
+    difference = np.abs(pixels(pair, 1) - pixels(alone))
+    assert difference.max() <= 2, difference.max()
+    between_seeds = np.abs(pixels(pair, 0) - pixels(pair, 1)).mean()
+    assert between_seeds > 10 * max(difference.mean(), 0.01)
+    assert pair.model.startswith("tiny-flux2-klein") and pair.test_sized_model and pair.steps == 4
+
+
+def test_a_different_selfie_changes_the_picture(tiny_klein_engine, selfie_bytes) -> None:
+    first = tiny_klein_engine.generate(request(selfie_bytes))
+    other = tiny_klein_engine.generate(request(another_selfie(selfie_bytes)))
+    assert np.abs(pixels(first) - pixels(other)).mean() > 1.0
+
+
+def test_a_different_instruction_changes_the_picture(tiny_klein_engine, selfie_bytes) -> None:
+    from engine.pipeline import ScaleOverrides
+
+    no_lora = ScaleOverrides(style_scale=0.0)  # only the instructions differ
+    anime = tiny_klein_engine.generate(request(selfie_bytes, style="anime"), overrides=no_lora)
+    comic = tiny_klein_engine.generate(request(selfie_bytes, style="comic"), overrides=no_lora)
+    assert anime.scales["style_lora"] == comic.scales["style_lora"] == 0.0
+    assert np.abs(pixels(anime) - pixels(comic)).mean() > 1.0
+
+
+def test_quality_mode_paints_more_steps(tiny_klein_engine, selfie_bytes) -> None:
+    progress: list[tuple[int, int]] = []
+    result = tiny_klein_engine.generate(
+        request(selfie_bytes, mode=Mode.QUALITY), on_progress=lambda done, total: progress.append((done, total))
+    )
+    assert result.mode == "quality" and result.steps == 8 and progress[-1] == (8, 8)
+
+
+def test_a_real_klein_folder_is_served_through_the_default_weights(
+    tiny_klein_engine, cache_dir: Path, catalogue
+) -> None:
+    """MMPP_BASE_MODEL pointing at a klein folder selects the family: the same resolution as real weights."""
+    from engine.klein import KleinEngine
+    from engine.models import resolve_sources
+
+    settings = make_settings(cache_dir, base_model=tiny_klein_engine.sources.base)
+    sources = resolve_sources("default", settings, catalogue.names)
+    assert sources.family == "flux2-klein" and sources.ip_adapter is None and sources.lcm_lora is None
+    from engine.pipeline import Engine
+
+    engine = Engine.from_sources(sources, catalogue, settings)
+    assert isinstance(engine, KleinEngine) and not engine.sources.test_sized
