@@ -7,6 +7,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,61 @@ def test_worker_without_weights_answers_model_unavailable_and_survives(
         assert worker.poll() is None
     finally:
         stop_worker(worker)
+
+
+# ---------------------------------------------------------------- a FLUX.2 [klein] worker on Redis
+
+
+@pytest.fixture(scope="module")
+def klein_worker_queue(cache_dir: Path) -> Iterator[str]:
+    """A real worker serving the tiny FLUX.2 [klein] (MMPP_WEIGHTS=tiny-klein: the one setting changed)."""
+    if not redis_available():
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}")
+    from engine.models import build_tiny_klein_weights
+    from mmpp.catalogue import load_catalogue
+
+    build_tiny_klein_weights(cache_dir / "tiny", load_catalogue().names)
+    queue = f"mmpp-test-klein-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(queue, cache_dir, MMPP_WEIGHTS="tiny-klein")
+    yield queue
+    alive = worker.poll() is None
+    stop_worker(worker)
+    assert alive, "the klein worker died during the tests"
+
+
+def test_a_klein_worker_completes_jobs_and_answers_bad_ones_with_their_codes(
+    klein_worker_queue: str, selfie_bytes: bytes
+) -> None:
+    app = client(klein_worker_queue)
+    async_result = app.send_task(GENERATE_TASK_NAME, args=[payload(selfie_bytes, count=2)], queue=klein_worker_queue)
+    progress = []
+    deadline = time.monotonic() + 180
+    while not async_result.ready() and time.monotonic() < deadline:
+        if async_result.state == "PROGRESS":
+            progress.append(async_result.info)
+        time.sleep(0.05)
+    result = GenerateResult.from_payload(async_result.get(timeout=5))
+    assert result.ok, result.error_message
+    assert result.model.startswith("tiny-flux2-klein") and result.test_sized_model
+    assert [picture.seed for picture in result.pictures] == [3, 4] and result.steps == 4 and result.guidance == 1.0
+    assert all(Image.open(io.BytesIO(picture.png)).size == (64, 64) for picture in result.pictures)
+    assert all(0 < item["done"] <= item["total"] == 4 for item in progress)
+    cases = {
+        "no face": (payload(png_bytes(Image.new("RGB", (256, 256), (40, 90, 160)))), ErrorCode.NO_FACE),
+        "weights": (payload(selfie_bytes, prompt="a person++"), ErrorCode.INVALID_REQUEST),
+        "guidance": (payload(selfie_bytes, guidance=2.0), ErrorCode.INVALID_REQUEST),
+        "upscale": (
+            payload(selfie_bytes, mode=Mode.QUALITY, steps=None, upscale_source=png_bytes(Image.new("RGB", (64, 64)))),
+            ErrorCode.MODEL_UNAVAILABLE,
+        ),
+        "style": (payload(selfie_bytes, style="building"), ErrorCode.UNKNOWN_STYLE),
+    }
+    pending = {
+        name: (app.send_task(GENERATE_TASK_NAME, args=[job], queue=klein_worker_queue), code)
+        for name, (job, code) in cases.items()
+    }
+    for name, (answer, code) in pending.items():
+        failed = GenerateResult.from_payload(answer.get(timeout=180))
+        assert failed.error_code is code, (name, failed.error_message)
+        assert failed.error_message and "\n" not in failed.error_message
+    assert send(klein_worker_queue, payload(selfie_bytes)).ok
