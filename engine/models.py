@@ -510,6 +510,8 @@ QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>",
 #: The pipeline stacks the text encoder's hidden states of these layers (its default); the tiny Qwen3 has
 #: one layer more than the deepest, so the engine passes nothing and real and tiny weights run the same call.
 KLEIN_TEXT_ENCODER_LAYERS = (9, 18, 27)
+#: Bump when the tiny klein builder changes (its cache key holds it beside TINY_FORMAT_VERSION).
+TINY_KLEIN_FORMAT_VERSION = 2
 #: The tiny klein's reference and output side: small enough for a CPU, divisible by its latent patch (4 px).
 TINY_KLEIN_SIDE = 64
 
@@ -651,7 +653,14 @@ def _sharpen_tiny_attention(transformer: Any) -> None:
 def build_tiny_klein_weights(cache_root: Path, style_names: list[str]) -> ModelSources:
     """Build (once) and return the tiny FLUX.2 [klein], cached by a content key like the SD ones."""
     key = hashlib.sha256(
-        json.dumps({"version": TINY_FORMAT_VERSION, "family": KLEIN, "styles": sorted(style_names)}).encode()
+        json.dumps(
+            {
+                "version": TINY_FORMAT_VERSION,
+                "klein_version": TINY_KLEIN_FORMAT_VERSION,
+                "family": KLEIN,
+                "styles": sorted(style_names),
+            }
+        ).encode()
     ).hexdigest()[:12]
     root = cache_root / f"{KLEIN}-{key}"
     if not (root / "complete.json").exists():
@@ -679,6 +688,12 @@ def _build_tiny_klein_into(root: Path, style_names: list[str]) -> None:
             pipeline = build_tiny_klein_pipeline()
             pipeline.save_pretrained(staging / "base", safe_serialization=True)
             style_files: dict[str, str] = {}
+            # One random klein style LoRA per style (seeds 100, 101, ... as the SD ones), in place of the
+            # catalogue's klein_lora, so a test can tell a LoRA's effect from none.
+            for index, name in enumerate(style_names):
+                file_name = f"style-{_safe_file_stem(name)}.safetensors"
+                write_random_lora(pipeline, staging / "loras", file_name, seed=100 + index, rank=4)
+                style_files[name] = file_name
         (staging / "complete.json").write_text(json.dumps({"family": KLEIN, "styles": style_files}, indent=2))
         try:
             staging.rename(root)
@@ -779,7 +794,7 @@ def write_random_lora(
     trained_scale: bool = False,
     dtype: torch.dtype | None = None,
 ) -> None:
-    """A random UNet LoRA in the file format diffusers' training scripts write.
+    """A random UNet (SD) or transformer (FLUX.2 [klein]) LoRA in the file format diffusers' training scripts write.
 
     peft initialises ``lora_B`` to zero (a LoRA that does nothing), so both
     matrices are drawn at random here.  By default both at 0.2: strong, so that
@@ -793,7 +808,8 @@ def write_random_lora(
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = pipeline.unet
+    is_unet = getattr(pipeline, "unet", None) is not None
+    unet = pipeline.unet if is_unet else pipeline.transformer
     adapter_name = f"build_{seed}"
     config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=list(targets))
     unet.add_adapter(config, adapter_name=adapter_name)
@@ -809,6 +825,11 @@ def write_random_lora(
             elif ".lora_B." in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * b_scale)
     state = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    if not is_unet:  # FLUX transformers' LoRAs are saved in peft's names, as diffusers' flux2 scripts do
+        state = {key: (value if dtype is None else value.to(dtype)).contiguous() for key, value in state.items()}
+        type(pipeline).save_lora_weights(folder, transformer_lora_layers=state, weight_name=file_name)
+        unet.delete_adapters(adapter_name)
+        return
     if set(targets) <= set(ATTENTION_TARGETS):
         # diffusers' key conversion knows only the attention projections; a
         # file half converted would load only in part, so others stay in

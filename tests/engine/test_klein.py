@@ -256,3 +256,45 @@ def test_a_real_klein_folder_is_served_through_the_default_weights(
 
     engine = Engine.from_sources(sources, catalogue, settings)
     assert isinstance(engine, KleinEngine) and not engine.sources.test_sized
+
+
+# ---------------------------------------------------------------- style LoRAs (Flux2LoraLoaderMixin)
+
+
+def test_a_klein_lora_at_scale_zero_is_no_lora_and_a_nonzero_scale_changes_the_pixels(
+    tiny_klein_engine, selfie_bytes: bytes, cache_dir: Path, catalogue
+) -> None:
+    from engine.pipeline import Engine, ScaleOverrides
+
+    assert "anime" in tiny_klein_engine.style_adapters
+    with_lora = tiny_klein_engine.generate(request(selfie_bytes, style="anime"))
+    assert with_lora.scales["style_lora"] == 1.0
+    at_zero = tiny_klein_engine.generate(request(selfie_bytes, style="anime"), overrides=ScaleOverrides(style_scale=0))
+    settings = make_settings(cache_dir)
+    plain = Engine.from_sources(replace(tiny_klein_engine.sources, style_loras={}), catalogue, settings)
+    assert plain.style_adapters == {} and plain.pipeline.get_list_adapters() == {}
+    without = plain.generate(request(selfie_bytes, style="anime"))
+    assert at_zero.pictures[0].png == without.pictures[0].png
+    assert np.abs(pixels(with_lora) - pixels(without)).mean() > 1.0
+    half = tiny_klein_engine.generate(request(selfie_bytes, style="anime"), overrides=ScaleOverrides(style_scale=0.5))
+    assert half.pictures[0].png not in {with_lora.pictures[0].png, without.pictures[0].png}
+
+
+def test_klein_style_switches_reproduce_a_style_exactly_without_touching_the_disk(
+    tiny_klein_engine, selfie_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import safetensors
+    import safetensors.torch
+    import torch
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were read from disk during a job")
+
+    monkeypatch.setattr(safetensors, "safe_open", forbidden)
+    monkeypatch.setattr(safetensors.torch, "load_file", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(tiny_klein_engine.pipeline, "load_lora_weights", forbidden)
+    first = tiny_klein_engine.generate(request(selfie_bytes, style="pop-art")).pictures[0].png
+    other = tiny_klein_engine.generate(request(selfie_bytes, style="fantasy")).pictures[0].png
+    again = tiny_klein_engine.generate(request(selfie_bytes, style="pop-art")).pictures[0].png
+    assert first == again and other != first
