@@ -74,9 +74,14 @@ from mmpp.commandline import EXIT_OK, OneLineParser, run_reporting_errors
 from mmpp.contract import GenerateRequest, Mode
 from mmpp.errors import ErrorCode, MmppError
 
+#: FLUX.2 [klein]'s family name (``engine.models.KLEIN``, repeated: this module imports no torch at the top).
+KLEIN = "flux2-klein"
+
 logger = logging.getLogger(__name__)
 
-SHAPES = ("tiny", "sd15")
+SHAPES = ("tiny", "sd15", "klein-tiny")
+#: The test-sized shapes: built in the cache in seconds, float32, no temporary workspace.
+TINY_SHAPES = ("tiny", "klein-tiny")
 SEED = 1234
 #: The bundled selfie (a photo with one clear face), so runs are comparable.
 SAMPLE_SELFIE = resources.files("engine").joinpath("assets", "sample_selfie.jpg")
@@ -122,7 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Seconds per picture of the engine vs. the same diffusers call, style-switch time, "
         "stage timings and the memory of resident LoRAs, measured in this process.",
     )
-    parser.add_argument("--shape", choices=SHAPES, default="tiny", help="tiny test-sized model, or full-size SD 1.5")
+    parser.add_argument(
+        "--shape",
+        choices=SHAPES,
+        default="tiny",
+        help="tiny test-sized SD 1.5, full-size SD 1.5 (sd15), or the test-sized FLUX.2 [klein] (klein-tiny)",
+    )
     parser.add_argument("--mode", choices=[mode.value for mode in Mode], default=Mode.FAST.value)
     parser.add_argument(
         "--repeats", type=_positive, default=None, help="measured engine/baseline pairs (default: 3 tiny, 2 sd15)"
@@ -156,7 +166,7 @@ def main(argv: list[str]) -> int:
         report = bench_engine(
             shape=arguments.shape,
             mode=Mode(arguments.mode),
-            repeats=arguments.repeats or (3 if arguments.shape == "tiny" else 2),
+            repeats=arguments.repeats or (3 if arguments.shape in TINY_SHAPES else 2),
             dtype=arguments.dtype or default_dtype(arguments.shape, arguments.device),
             steps=arguments.steps,
             device=arguments.device,
@@ -175,7 +185,7 @@ def default_dtype(shape: str, device: str) -> str:
     measured here, one full-size UNet pass took over 280 s in bf16 against 8 s
     in float32, so bf16 there would benchmark the emulation, not the engine.
     """
-    if shape == "tiny":
+    if shape in TINY_SHAPES:
         return "float32"
     import torch
 
@@ -227,7 +237,8 @@ def bench_engine(
         engine = _load_engine(shape, settings, catalogue, workspace, started)
         _say(f"engine loaded in {engine.load_timings.get('total', 0.0):.1f}s; measuring", started)
         report = _measure(engine, shape=shape, mode=mode, repeats=repeats, steps=steps, started=started)
-        if mode is Mode.FAST:
+        # Fast mode's figures compare LCM with what it replaced, and previews with none: SD only.
+        if mode is Mode.FAST and engine.family != KLEIN:
             report["fast_mode"] = _fast_mode_figures(engine, repeats, started)
             report["targets"] += report["fast_mode"].pop("targets")
         if with_compile:
@@ -243,7 +254,7 @@ def bench_engine(
 @contextlib.contextmanager
 def _workspace(shape: str) -> Iterator[Path | None]:
     """A temporary folder for the full-size weights (gigabytes: removed afterwards)."""
-    if shape == "tiny":
+    if shape in TINY_SHAPES:
         yield None
         return
     folder = Path(tempfile.mkdtemp(prefix="mmpp-bench-sd15-"))
@@ -263,11 +274,13 @@ def _workspace(shape: str) -> Iterator[Path | None]:
 
 
 def _load_engine(shape: str, settings: Any, catalogue: Any, workspace: Path | None, started: float) -> Any:
-    from engine.models import build_tiny_weights
+    from engine.models import build_tiny_klein_weights, build_tiny_weights
     from engine.pipeline import Engine
 
     if shape == "tiny":
         sources = build_tiny_weights(settings.cache_dir / "tiny", "sd15", catalogue.names)
+    elif shape == "klein-tiny":
+        sources = build_tiny_klein_weights(settings.cache_dir / "tiny", catalogue.names)
     else:
         assert workspace is not None
         _say("building full-size SD 1.5 components (random weights) in a child process", started)
@@ -297,8 +310,13 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
     width, height = engine.output_size()
 
     # --- 1. seconds per picture: engine vs. the same diffusers call
-    face_crop = engine.face_analyzer.prepare_selfie(selfie).crop
-    conditioning = engine.encode_prompt(plan_a.prompt, plan_a.negative_prompt)
+    face_crop = engine.identity_image(request_a, plan_a)
+    if engine.family == KLEIN:
+        # The plain Flux2KleinPipeline call: the instruction as text and the reference image, both encoded
+        # inside the call, as the engine encodes them in its own stages.
+        conditioning: dict[str, Any] = {"prompt": plan_a.prompt, "image": face_crop}
+    else:
+        conditioning = engine.encode_prompt(plan_a.prompt, plan_a.negative_prompt)
     # The plain diffusers way to feed the IP-Adapter: the face crop itself, which diffusers encodes
     # inside the call (with the blank face it encodes on every call); the engine embeds it in its own
     # stage, so both sides pay for the face embedding.
@@ -364,7 +382,7 @@ def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | 
         return time.perf_counter() - mark
 
     switch_to(plan_a)  # warm-up, and a known starting point
-    switches = 20 if shape == "tiny" else 10
+    switches = 20 if shape in TINY_SHAPES else 10
     switch_runs = [switch_to(plan_b if index % 2 == 0 else plan_a) for index in range(switches)]
     switch_seconds = statistics.median(switch_runs)
     _say(f"style switch: median {switch_seconds * 1000:.1f} ms over {switches}", started)
@@ -611,9 +629,8 @@ def _memory_figures(engine: Any, style: str, started: float) -> dict[str, Any]:
     one_style = by_adapter.get(engine.style_adapters.get(style, ""), 0)
     total = parameter_bytes(pipeline)
     one_style_total = total - all_styles + one_style
-    unet_dtypes = sorted(
-        {str(parameter.dtype) for name, parameter in pipeline.unet.named_parameters() if "lora_" in name}
-    )
+    denoiser = pipeline.transformer if engine.family == KLEIN else pipeline.unet
+    unet_dtypes = sorted({str(parameter.dtype) for name, parameter in denoiser.named_parameters() if "lora_" in name})
     figures: dict[str, Any] = {
         "pipeline_parameter_bytes_all_styles": total,
         "pipeline_parameter_bytes_one_style": one_style_total,
@@ -710,7 +727,7 @@ def _machine(engine: Any) -> dict[str, Any]:
         "peft": peft.__version__,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "dtype": str(engine.pipeline.unet.dtype).removeprefix("torch."),
+        "dtype": str(engine.pipeline.dtype).removeprefix("torch."),
     }
 
 

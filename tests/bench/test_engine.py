@@ -130,3 +130,22 @@ def test_bad_targets_and_options_are_one_line_errors(argv: list[str], capsys: py
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error[INVALID_REQUEST]: ")
     assert captured.out == ""
+
+
+def test_the_klein_tiny_shape_compares_the_engine_with_a_plain_flux2_klein_call(cache_dir: Path) -> None:
+    """``--shape klein-tiny``: the engine against ``Flux2KleinPipeline`` called with the instruction and the
+    reference image, on identical work (the same pixels); SD's fast-mode figures (LCM, previews) are not run."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        status = bench.main(["--shape", "klein-tiny", "--repeats", "1", "--json"])
+    assert status == 0
+    klein = json.loads(buffer.getvalue())
+    assert klein["settings"]["shape"] == "klein-tiny" and klein["settings"]["model"].startswith("tiny-flux2-klein")
+    assert (klein["settings"]["steps"], klein["settings"]["guidance"]) == (4, 1.0)
+    assert klein["picture"]["same_pixels"] is True and positive(klein["picture"]["ratio"])
+    assert "fast_mode" not in klein and klein["memory"]["lora_bytes"]["styles"] == 12
+    assert {target["name"] for target in klein["targets"]} == {
+        "engine_vs_diffusers_ratio",
+        "style_switch_share",
+        "all_styles_lora_extra_share",
+    }
