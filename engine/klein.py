@@ -123,6 +123,11 @@ class KleinEngine(Engine):
                 ErrorCode.MODEL_UNAVAILABLE,
                 f"The style '{style.name}' has no edit_instruction, which {KLEIN} workers paint from.",
             )
+        if overrides is not None and (overrides.portrait_scale is not None or overrides.ip_adapter_scale is not None):
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{KLEIN} has no portrait LoRA or IP-Adapter: only the style LoRA's scale can be swept on it.",
+            )
         mode = request.mode or style.mode
         steps, guidance = self._steps_and_guidance(mode, request)
         style_scale = (

@@ -246,7 +246,14 @@ def resolve_training_sources(config: TrainConfig, settings: Any) -> Any:
         names = load_catalogue(settings.styles_file).names
         return build_tiny_weights(Path(settings.cache_dir) / "tiny", TINY_WEIGHTS[config.weights], names)
     base = config.base or settings.base_model
-    return ModelSources(base=base, family=detect_family(base), base_config=settings.base_model_config, label=base)
+    family = detect_family(base)
+    if family == "flux2-klein":
+        # Refused before anything loads: this trainer drives a UNet; klein style LoRAs are not trained here yet.
+        raise MmppError(
+            ErrorCode.MODEL_UNAVAILABLE,
+            f"{base} is a FLUX.2 [klein] model; mmpp train trains SD 1.5 / SDXL LoRAs only so far.",
+        )
+    return ModelSources(base=base, family=family, base_config=settings.base_model_config, label=base)
 
 
 class LoraTrainer:

@@ -298,3 +298,30 @@ def test_klein_style_switches_reproduce_a_style_exactly_without_touching_the_dis
     other = tiny_klein_engine.generate(request(selfie_bytes, style="fantasy")).pictures[0].png
     again = tiny_klein_engine.generate(request(selfie_bytes, style="pop-art")).pictures[0].png
     assert first == again and other != first
+
+
+def test_sd_only_scales_are_refused_not_ignored(tiny_klein_engine, selfie_bytes: bytes) -> None:
+    from engine.pipeline import ScaleOverrides
+
+    for overrides in (ScaleOverrides(ip_adapter_scale=0.5), ScaleOverrides(portrait_scale=1.0)):
+        with pytest.raises(MmppError) as refused:
+            tiny_klein_engine.plan(request(selfie_bytes), overrides)
+        assert refused.value.code is ErrorCode.INVALID_REQUEST and "IP-Adapter" in refused.value.message
+
+
+def test_a_klein_job_past_its_deadline_stops_with_timeout(tiny_klein_engine, selfie_bytes: bytes) -> None:
+    import time
+
+    with pytest.raises(MmppError) as stopped:
+        tiny_klein_engine.generate(request(selfie_bytes), deadline=time.monotonic() - 1)
+    assert stopped.value.code is ErrorCode.TIMEOUT
+    assert tiny_klein_engine.generate(request(selfie_bytes)).ok  # and the engine serves the next job
+
+
+def test_mmpp_train_refuses_a_klein_base_before_loading_anything(tiny_klein_engine, tmp_path: Path) -> None:
+    from engine.train.trainer import TrainConfig, resolve_training_sources
+
+    config = TrainConfig(data_dir=tmp_path, kind="style", out=tmp_path / "out", base=tiny_klein_engine.sources.base)
+    with pytest.raises(MmppError) as refused:
+        resolve_training_sources(config, make_settings(tmp_path))
+    assert refused.value.code is ErrorCode.MODEL_UNAVAILABLE and "FLUX.2 [klein]" in refused.value.message
