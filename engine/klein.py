@@ -20,6 +20,10 @@ encode), the batching, progress, deadline, safety and encoding as they are:
   fresh flow-matching scheduler per job;
 - conditioning: Qwen3 hidden states through the pipeline's own
   ``encode_prompt``, once per job; the reference image goes in the call.
+
+No live previews yet: they decode latents with a TAESD-like tiny decoder,
+and none exists here for klein's latents, so ``_preview_due`` stays false
+(``tiny_decoder`` is ``None``) and a klein job reports progress only.
 """
 
 from __future__ import annotations
