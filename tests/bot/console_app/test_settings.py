@@ -10,7 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REDIS_URL, REPO, SAMPLE_SELFIE
+from tests.bot.console_app import chat_environment
+from tests.conftest import REPO, SAMPLE_SELFIE
 
 
 def chat(lines: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -35,14 +36,7 @@ def settings_rows(database: Path) -> int:
 
 def test_settings_on_the_console_end_to_end(redis_worker: str, tmp_path: Path) -> None:
     database = tmp_path / "mmpp.sqlite3"
-    env = {
-        "REDIS_URL": REDIS_URL,
-        "MMPP_QUEUE": redis_worker,
-        "MMPP_DATABASE": str(database),
-        "MMPP_OUT": str(tmp_path / "out"),
-        "MMPP_POLL_INTERVAL_SECONDS": "0.1",
-        "USER": "tester",
-    }
+    env = chat_environment(tmp_path, redis_worker)
     first = chat(
         [
             '/settings style:pixel-art mode:fast count:2 suffix:"with a hat"',

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REDIS_URL, REPO, SAMPLE_SELFIE
+from tests.bot.console_app import chat_environment
+from tests.conftest import REPO, SAMPLE_SELFIE
 
 
 def mmpp(arguments: list[str], env: dict[str, str], lines: list[str] = ()) -> subprocess.CompletedProcess[str]:
@@ -23,14 +24,7 @@ def mmpp(arguments: list[str], env: dict[str, str], lines: list[str] = ()) -> su
 
 def test_a_promoted_variant_is_rendered_rated_and_reported_on_the_console(redis_worker: str, tmp_path: Path) -> None:
     database = tmp_path / "mmpp.sqlite3"
-    env = {
-        "REDIS_URL": REDIS_URL,
-        "MMPP_QUEUE": redis_worker,
-        "MMPP_DATABASE": str(database),
-        "MMPP_OUT": str(tmp_path / "out"),
-        "MMPP_POLL_INTERVAL_SECONDS": "0.1",
-        "USER": "tester",
-    }
+    env = chat_environment(tmp_path, redis_worker)
     promoted = mmpp(["variants", "promote", "anime", "more-likeness"], env)
     assert promoted.returncode == 0, promoted.stderr
     ordered = mmpp(["chat"], env, [f"/profile style:anime photo:{SAMPLE_SELFIE}"])
