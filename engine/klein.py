@@ -36,7 +36,7 @@ from PIL import Image
 
 from engine import faces
 from engine.models import KLEIN, ModelSources, WeightSource, model_unavailable
-from engine.pipeline import Engine, JobPlan, ScaleOverrides, embedding_in_range, style_adapter_name
+from engine.pipeline import Engine, JobPlan, ScaleOverrides, embedding_in_range
 from mmpp.catalogue import Style
 from mmpp.contract import GenerateRequest, Mode
 from mmpp.errors import ErrorCode, MmppError
@@ -85,17 +85,10 @@ class KleinEngine(Engine):
     def load_adapters(self) -> None:
         """Each style's klein LoRA, once, as a named adapter; one that does not load makes only its style
         unavailable.  No IP-Adapter, portrait or LCM LoRA: the reference image and distillation do that work."""
-        for style in self.catalogue:
-            source = self._klein_style_source(style)
-            if source is None:
-                continue
-            adapter = style_adapter_name(style.name)
-            if self._load_lora(source, adapter):
-                self.style_adapters[style.name] = adapter
-            else:
-                self.unavailable_styles[style.name] = source.describe()
+        self._load_style_loras()
 
-    def _klein_style_source(self, style: Style) -> WeightSource | None:
+    def _style_source(self, style: Style) -> WeightSource | None:
+        """The style's klein LoRA: an SD LoRA (``lora``) cannot load into klein's transformer."""
         if style.name in self.sources.style_loras:
             return self.sources.style_loras[style.name]
         return WeightSource.parse(style.klein_lora) if style.klein_lora else None

@@ -366,6 +366,11 @@ class Engine:
             self.has_portrait = self._load_lora(self.sources.portrait_lora, PORTRAIT_ADAPTER)
         if self.sources.lcm_lora is not None:
             self.has_lcm = self._load_lora(self.sources.lcm_lora, LCM_ADAPTER)
+        self._load_style_loras()
+
+    def _load_style_loras(self) -> None:
+        """Each style's LoRA (where :meth:`_style_source` names one), once, as a named adapter; one that does not
+        load makes only its own style unavailable."""
         for style in self.catalogue:
             source = self._style_source(style)
             if source is None:
