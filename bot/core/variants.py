@@ -222,10 +222,10 @@ class Variants:
         for style in styles:
             if style_name is None and len(style.variant_names) == 1:
                 continue
-            controls = await self.storage.variant_controls(style.name)
-            promotion = await self.standing_default(style)
-            observations = (await self._state(style, fresh=True)).tally
-            summaries = {s.variant: s for s in summarise(style.variant_names, observations, self.chance, self.rules)}
+            state = await self._state(style, fresh=True)  # its promotion and ratings, read now
+            controls = await self.storage.variant_controls(style.name)  # the pauses and floors, with their reasons
+            promotion = state.promotion
+            summaries = {s.variant: s for s in summarise(style.variant_names, state.tally, self.chance, self.rules)}
             for name in style.variant_names:
                 control = controls.get((style.name, name))
                 rows.append(
