@@ -9,8 +9,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from celery.result import AsyncResult
+from celery.states import READY_STATES
 from PIL import Image
 
 from engine import tasks
@@ -105,6 +108,26 @@ def send(queue: str, job: object, **options: object) -> GenerateResult:
     return GenerateResult.from_payload(async_result.get(timeout=180))
 
 
+def watch_progress(async_result: AsyncResult, timeout: float = 180) -> tuple[set[str], list[dict[str, Any]]]:
+    """Every state the task passed through and every PROGRESS meta seen, until it is ready.
+
+    State and meta are read in one backend read: asking ``.state`` and then ``.info`` reads twice, and a job
+    that finishes in between hands its final result over as if it were progress.
+    """
+    states: set[str] = set()
+    progress: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        meta = async_result.backend.get_task_meta(async_result.id)
+        states.add(meta["status"])
+        if meta["status"] == "PROGRESS":
+            progress.append(meta["result"])
+        elif meta["status"] in READY_STATES:
+            break
+        time.sleep(0.05)
+    return states, progress
+
+
 def test_worker_completes_a_job_and_reports_progress(worker_queue: str, selfie_bytes: bytes) -> None:
     app = client(worker_queue)
     async_result = app.send_task(
@@ -112,14 +135,7 @@ def test_worker_completes_a_job_and_reports_progress(worker_queue: str, selfie_b
         args=[payload(selfie_bytes, mode=Mode.QUALITY, steps=15, guidance=5.0, count=2)],
         queue=worker_queue,
     )
-    states = set()
-    progress = []
-    deadline = time.monotonic() + 180
-    while not async_result.ready() and time.monotonic() < deadline:
-        states.add(async_result.state)
-        if async_result.state == "PROGRESS":
-            progress.append(async_result.info)
-        time.sleep(0.05)
+    states, progress = watch_progress(async_result)
     result = GenerateResult.from_payload(async_result.get(timeout=5))
     assert result.ok, result.error_message
     assert [picture.seed for picture in result.pictures] == [3, 4]
@@ -255,12 +271,7 @@ def test_a_klein_worker_completes_jobs_and_answers_bad_ones_with_their_codes(
 ) -> None:
     app = client(klein_worker_queue)
     async_result = app.send_task(GENERATE_TASK_NAME, args=[payload(selfie_bytes, count=2)], queue=klein_worker_queue)
-    progress = []
-    deadline = time.monotonic() + 180
-    while not async_result.ready() and time.monotonic() < deadline:
-        if async_result.state == "PROGRESS":
-            progress.append(async_result.info)
-        time.sleep(0.05)
+    _, progress = watch_progress(async_result)
     result = GenerateResult.from_payload(async_result.get(timeout=5))
     assert result.ok, result.error_message
     assert result.model.startswith("tiny-flux2-klein") and result.test_sized_model
