@@ -19,7 +19,12 @@ from mmpp.commandline import EXIT_BAD_INPUT, EXIT_OK, OneLineParser, run_reporti
 from mmpp.errors import ErrorCode, MmppError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from engine.evaluate.feedback import FeedbackReader
+    from engine.evaluate.sweep import SweepConfig
+    from engine.pipeline import Engine
+    from mmpp.catalogue import Catalogue
 
 USAGE_EXAMPLES = """\
 examples:
@@ -36,6 +41,11 @@ sweep.toml:
   steps = 4                          # or {fast = 4, quality = 20}; omitted: style default
   count = 1                          # pictures per seed and selfie (1-4)
   prompt = ""                        # the subject, as a user would type it
+  families = ["sd15", "flux2-klein"] # optional: each family on the same selfies, side by side
+                                     # (--weights tiny: each family's tiny weights); settings a family
+                                     # lacks (portrait/IP-Adapter scale on klein) are not swept there
+  base_models = {flux2-klein = "black-forest-labs/FLUX.2-klein-4B"}
+                                     # real weights: each family's base model (default MMPP_BASE_MODEL)
 
 environment:
   MMPP_CLIP_MODEL         CLIP folder or Hub id for the CLIP score (default openai/clip-vit-large-patch14;
@@ -105,7 +115,16 @@ def _sweep(arguments: argparse.Namespace) -> None:
     # Everything the user typed is checked before a model loads.
     catalogue = load_catalogue()
     selfies = list_images(arguments.selfies, "selfies")
-    config = load_sweep(arguments.config, catalogue)
+    from engine.settings import EngineSettings
+
+    weights = tiny_weights_for(arguments.weights, arguments.family) or EngineSettings().weights
+    config = load_sweep(arguments.config, catalogue, default_family=_tiny_family(weights))
+    if config.families and arguments.family is not None:
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST,
+            f"the sweep file {arguments.config} names its families; leave --family out (--weights tiny runs "
+            "each family's tiny weights)",
+        )
     reference = list_images(arguments.reference, "reference") if arguments.reference is not None else None
     if arguments.report.exists() and not arguments.report.is_dir():
         raise MmppError(ErrorCode.INVALID_REQUEST, f"the report folder {arguments.report} is a file")
@@ -116,16 +135,25 @@ def _sweep(arguments: argparse.Namespace) -> None:
     # checker, CLIP) would otherwise retry for about half a minute before giving up.
     prefer_offline_when_unreachable()
     from engine.evaluate.report import render_index, write_results
-    from engine.evaluate.sweep import TINY_LABEL, build_scorers, run_sweep
+    from engine.evaluate.sweep import TINY_LABEL, FamilyEngine, build_scorers, run_sweep
+    from engine.faces import default_analyzer
     from engine.pipeline import Engine
 
-    engine = Engine.from_settings(weights=tiny_weights_for(arguments.weights, arguments.family), catalogue=catalogue)
-    scorers = build_scorers(engine.face_analyzer, want_distribution=reference is not None)
-    total = len(selfies) * len(config.combinations()) * config.count
-    print(f"sweep: {total} pictures ({len(selfies)} selfies x {len(config.combinations())} combinations "
-          f"x {config.count}) on {engine.sources.label or engine.sources.base}", file=sys.stderr)  # fmt: skip
+    engines: Engine | list[FamilyEngine]
+    if config.families:
+        engines = [
+            FamilyEngine(family, _family_loader(family, weights, config, catalogue)) for family in config.families
+        ]
+        label = ", ".join(config.families)
+    else:
+        engines = Engine.from_settings(weights=weights, catalogue=catalogue)
+        label = engines.sources.label or engines.sources.base
+    scorers = build_scorers(default_analyzer(), want_distribution=reference is not None)
+    combinations = sum(len(config.combinations(family)) for family in config.families or [""])
+    print(f"sweep: {len(selfies) * combinations * config.count} pictures ({len(selfies)} selfies x {combinations} "
+          f"combinations x {config.count}) on {label}", file=sys.stderr)  # fmt: skip
     results = run_sweep(
-        engine,
+        engines,
         selfies,
         config,
         arguments.report,
@@ -140,9 +168,61 @@ def _sweep(arguments: argparse.Namespace) -> None:
             print(f"note: {key}: {entry['detail']}", file=sys.stderr)
     if results["test_sized_model"]:
         print(f"note: {TINY_LABEL}.", file=sys.stderr)
+    for row in results["families"]:
+        for setting, reason in row["not_swept"].items():
+            print(f"note: {row['family']}: {setting} not swept ({reason})", file=sys.stderr)
     for failure in results["failures"]:
         print(f"note: failed: {failure['style']} ({failure['mode']}): {failure['error']}", file=sys.stderr)
     print(index)
+
+
+def _tiny_family(weights: str) -> str:
+    """The family ``--weights`` fixes before anything loads (a tiny profile); empty for real weights."""
+    from engine.options import TINY_WEIGHTS_BY_FAMILY
+
+    return next((family for family, tiny in TINY_WEIGHTS_BY_FAMILY.items() if tiny == weights), "")
+
+
+def _family_loader(family: str, weights: str, config: SweepConfig, catalogue: Catalogue) -> Callable[[], Engine]:
+    """How one family of a side-by-side sweep gets its engine, called when its turn comes.
+
+    On the tiny profile (any ``--weights tiny*``) it is that family's tiny weights.  Otherwise it is the
+    family's base model from the file's ``base_models`` (else ``MMPP_BASE_MODEL``), and the model must be of
+    that family: a sweep that says "klein" and loads SD 1.5 would label SD's pictures as klein's.  ``auto``
+    falls back to the family's own tiny weights, not SD 1.5's.
+    """
+
+    def load() -> Engine:
+        from engine.models import detect_family
+        from engine.options import TINY_WEIGHTS_BY_FAMILY
+        from engine.pipeline import Engine
+        from engine.settings import EngineSettings
+
+        tiny = TINY_WEIGHTS_BY_FAMILY[family]
+        if weights.startswith("tiny"):
+            return Engine.from_settings(weights=tiny, catalogue=catalogue)
+        settings = EngineSettings()
+        base = config.base_models.get(family, settings.base_model)
+        try:
+            # Read from the model's index before its weights load: a wrong family costs no model load.
+            found = detect_family(base)
+            if found != family:
+                raise MmppError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"the sweep's family {family} would load {base}, which is family {found}; name its model in "
+                    f'the sweep file: base_models = {{{family} = "..."}}',
+                )
+            return Engine.from_settings(settings.model_copy(update={"base_model": base}), weights="default",
+                                        catalogue=catalogue)  # fmt: skip
+        except MmppError as error:
+            if weights != "auto" or error.code is not ErrorCode.MODEL_UNAVAILABLE:
+                raise
+            logging.getLogger(__name__).warning(
+                "%s: real weights unavailable (%s); the sweep runs its TINY test-sized weights", family, error.message
+            )
+            return Engine.from_settings(weights=tiny, catalogue=catalogue)
+
+    return load
 
 
 def _feedback(arguments: argparse.Namespace, read_rows: FeedbackReader | None) -> None:

@@ -21,6 +21,7 @@ from engine.evaluate.sweep import TINY_LABEL
 PICTURE_FIELDS = (
     "picture_id",
     "config_id",
+    "family",
     "selfie",
     "style",
     "variant",
@@ -140,12 +141,15 @@ def render_index(out_dir: Path) -> Path:
 
 
 def _grouped(pictures: list[dict[str, Any]], x_key: str, y_of: Any) -> dict[str, list[tuple[float, float]]]:
-    """Per style: mean of ``y_of(picture)`` at each value of ``x_key`` (pictures with y None left out)."""
+    """Per style (per family and style when a sweep ran several families): mean of ``y_of(picture)`` at each
+    value of ``x_key`` (pictures with y None left out)."""
     buckets: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    several = len({picture.get("family", "") for picture in pictures}) > 1
     for picture in pictures:
         x, y = picture.get(x_key), y_of(picture)
         if x is not None and y is not None:
-            buckets[picture["style"]][float(x)].append(float(y))
+            line = f"{picture['family']} {picture['style']}" if several else picture["style"]
+            buckets[line][float(x)].append(float(y))
     return {style: [(x, sum(v) / len(v)) for x, v in by_x.items()] for style, by_x in buckets.items()}
 
 
@@ -225,6 +229,39 @@ def _charts(results: dict[str, Any]) -> list[str]:
     return charts
 
 
+def _families_section(families: list[dict[str, Any]]) -> list[str]:
+    """The families side by side: the same selfies and combinations, one row each, and what each did not
+    sweep (said here, so a missing portrait-scale column on klein never reads as a silent zero)."""
+    parts = [
+        '<h2 id="families">Families side by side</h2>',
+        "<p>Each family made the sweep's combinations on the same selfies, except the settings it lacks "
+        "(listed under the table: those were not swept on it).</p>",
+        _table(
+            [
+                ("family", "family"),
+                ("model", "model"),
+                ("pictures", "pictures"),
+                ("failed", "failures"),
+                ("face rate", "face_rate"),
+                ("same person", "same_person_rate"),
+                ("mean distance", "mean_identity_distance"),
+                ("CLIP", "mean_clip_score"),
+                ("s / picture", "seconds_per_picture"),
+            ],
+            families,
+            frozenset({"family", "model"}),
+        ),
+    ]
+    notes = [
+        f"<li><b>{escape(row['family'])}</b>: {escape(setting)} not swept ({escape(reason)})</li>"
+        for row in families
+        for setting, reason in row.get("not_swept", {}).items()
+    ]
+    if notes:
+        parts.append('<ul id="not-swept">' + "".join(notes) + "</ul>")
+    return parts
+
+
 def _sweep_sections(results: dict[str, Any]) -> list[str]:
     metrics = results["metrics"]
     parts = [
@@ -249,6 +286,9 @@ def _sweep_sections(results: dict[str, Any]) -> list[str]:
         parts.append(
             '<p class="missing" id="missing-metrics">Missing metric models: ' + escape(", ".join(missing)) + "</p>"
         )
+    families = results.get("families", [])
+    if len(families) > 1 or any(row.get("not_swept") for row in families):
+        parts.extend(_families_section(families))
     overall = results["overall"]
     parts.append("<h2>Overall</h2>")
     parts.append(
@@ -281,6 +321,7 @@ def _sweep_sections(results: dict[str, Any]) -> list[str]:
         _table(
             [
                 ("config", "config_id"),
+                ("family", "family"),
                 ("style", "style"),
                 ("variant", "variant"),
                 ("mode", "mode"),
@@ -298,14 +339,15 @@ def _sweep_sections(results: dict[str, Any]) -> list[str]:
                 ("KID", "kid_mean"),
             ],
             results["configurations"],
-            frozenset({"config_id", "style", "variant", "mode"}),
+            frozenset({"config_id", "family", "style", "variant", "mode"}),
         )
     )
     parts.append("<h2>Pictures per configuration</h2>")
     selfies = {s["file"]: s for s in results["selfies"]}
     for config in results["configurations"]:
         parts.append(
-            f'<h3 id="{escape(config["config_id"])}">{escape(config["config_id"])}: {escape(config["style"])}, '
+            f'<h3 id="{escape(config["config_id"])}">{escape(config["config_id"])}: '
+            f"{escape(config.get('family') or '')} {escape(config['style'])}, "
             f"{escape(config['mode'])}, style {_cell(config['style_scale'])}, portrait "
             f"{_cell(config['portrait_scale'])}, IP-Adapter {_cell(config['ip_adapter_scale'])}, "
             f"{config['steps']} steps</h3>"
@@ -336,6 +378,7 @@ def _sweep_sections(results: dict[str, Any]) -> list[str]:
         parts.append(
             _table(
                 [
+                    ("family", "family"),
                     ("selfie", "selfie"),
                     ("style", "style"),
                     ("variant", "variant"),
@@ -347,7 +390,7 @@ def _sweep_sections(results: dict[str, Any]) -> list[str]:
                     ("error", "error"),
                 ],
                 results["failures"],
-                frozenset({"selfie", "style", "mode", "error"}),
+                frozenset({"family", "selfie", "style", "mode", "error"}),
             )
         )
     skipped = [s for s in results["selfies"] if s.get("problem")]

@@ -12,13 +12,14 @@ thumbnails are written to disk.
 
 from __future__ import annotations
 
+import gc
 import io
 import itertools
 import logging
 import math
 import time
 import tomllib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,9 +50,21 @@ THUMBNAIL_SIDE = 256
 #: The sweep file's keys; anything else is a typo and is refused by name.
 SWEEP_FIELDS = (
     "styles", "variants", "style_scale", "portrait_scale", "ip_adapter_scale", "modes", "seeds", "steps", "count",
-    "prompt",
+    "prompt", "families", "base_models",
 )  # fmt: skip
 TINY_LABEL = "test-sized model: pictures are noise, figures are meaningless"
+#: The engine families a sweep can name (``families = [...]``), as ``--family`` names them.
+SWEEP_FAMILIES = ("sd15", "sdxl", "flux2-klein")
+#: Sweep settings a family has no part for, and why.  On that family they are not swept (one combination
+#: instead of one per value) and the results say so per family; a file that sweeps such a setting on no
+#: family that has it is refused at load.  The klein engine refuses the same overrides itself
+#: (``KleinEngine.plan``), so nothing reaches it silently.
+SETTINGS_FAMILY_LACKS: dict[str, dict[str, str]] = {
+    "flux2-klein": {
+        "portrait_scale": "flux2-klein has no portrait LoRA: the reference photo carries the person",
+        "ip_adapter_scale": "flux2-klein has no IP-Adapter: the reference photo carries the person",
+    },
+}
 
 
 def _bad(path: Path, name: str, problem: str) -> MmppError:
@@ -74,21 +87,41 @@ class SweepConfig:
     #: Per style, the variants to render (``["base"]``: the style as written; the file's ``variants = "all"``
     #: renders every variant, so ``mmpp variants floor`` can judge them all on the same selfies).
     variants: dict[str, list[str]] = field(default_factory=dict)
+    #: The families to run side by side on the same selfies (``[]``: the one engine ``--weights`` chooses).
+    families: list[str] = field(default_factory=list)
+    #: With real weights, each family's base model (its ``MMPP_BASE_MODEL``); a family not named here uses
+    #: ``MMPP_BASE_MODEL`` itself, and must be the family that model is.
+    base_models: dict[str, str] = field(default_factory=dict)
 
-    def combinations(self) -> list[tuple[str, str, float | None, float | None, float | None, Mode | None, int]]:
-        """styles x their variants x style scale x portrait scale x IP-Adapter scale x mode x seed, in that order."""
+    def not_swept(self, family: str) -> dict[str, str]:
+        """The settings this file sweeps that ``family`` has no part for, each with the reason."""
+        swept = {"portrait_scale": self.portrait_scales, "ip_adapter_scale": self.ip_adapter_scales}
+        lacks = SETTINGS_FAMILY_LACKS.get(family, {})
+        return {name: reason for name, reason in lacks.items() if swept[name] != [None]}
+
+    def combinations(
+        self, family: str = ""
+    ) -> list[tuple[str, str, float | None, float | None, float | None, Mode | None, int]]:
+        """styles x their variants x style scale x portrait scale x IP-Adapter scale x mode x seed, in that order.
+
+        On a family without a portrait LoRA or IP-Adapter those scales are left at ``None`` (not swept, see
+        :meth:`not_swept`) instead of being handed to an engine that would refuse every combination."""
+        lacks = SETTINGS_FAMILY_LACKS.get(family, {})
+        portrait_scales = [None] if "portrait_scale" in lacks else self.portrait_scales
+        ip_adapter_scales = [None] if "ip_adapter_scale" in lacks else self.ip_adapter_scales
         return [
             (style, variant, *rest)
             for style in self.styles
             for variant in self.variants.get(style, ["base"])
-            for rest in itertools.product(
-                self.style_scales, self.portrait_scales, self.ip_adapter_scales, self.modes, self.seeds
-            )
+            for rest in itertools.product(self.style_scales, portrait_scales, ip_adapter_scales, self.modes, self.seeds)
         ]
 
 
-def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
+def load_sweep(path: Path, catalogue: Catalogue, default_family: str = "") -> SweepConfig:
     """Read and check a sweep file, naming the field at fault in a one-line error.
+
+    ``default_family`` is the family the sweep runs on when the file names no ``families`` (``--weights
+    tiny --family ...``; empty when only loading the real weights will tell).
 
     Everything is checked before any model loads, so a typo costs
     milliseconds, not a model load.  Keys::
@@ -103,6 +136,8 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
         steps = 4                             # or {fast = 4, quality = 20}; omitted = style default
         count = 1                             # pictures per seed (1-4; seeds seed, seed+1, ...)
         prompt = ""                           # the subject, as a user would type it
+        families = ["sd15", "flux2-klein"]    # optional: run each family on the same selfies, side by side
+        base_models = {flux2-klein = "black-forest-labs/FLUX.2-klein-4B"}   # real weights: a family's model
     """
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -140,7 +175,7 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
                 if not any(variant in names for names in variants.values()):
                     raise _bad(path, "variants", f"names '{variant}', which no style of the sweep has")
         else:
-            raise _bad(path, "variants", "must be \"all\" or a non-empty list of variant names")
+            raise _bad(path, "variants", 'must be "all" or a non-empty list of variant names')
 
     def scales(name: str) -> list[float | None]:
         if name not in document:
@@ -202,6 +237,21 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
     prompt = document.get("prompt", "")
     if not isinstance(prompt, str):
         raise _bad(path, "prompt", "must be a string")
+    families = _families(path, document)
+    base_models = document.get("base_models", {})
+    if not isinstance(base_models, dict) or not all(
+        isinstance(name, str) and isinstance(model, str) and model.strip() for name, model in base_models.items()
+    ):
+        raise _bad(path, "base_models", 'must be a table {family = "Hub id or folder"}')
+    for name in base_models:
+        if name not in families:
+            raise _bad(path, "base_models", f"names '{name}', which is not one of the sweep's families")
+    # A setting swept on no family that has it would sweep nothing: refused, not run as a no-op.
+    running = families or ([default_family] if default_family else [])
+    for setting in ("portrait_scale", "ip_adapter_scale"):
+        reasons = [SETTINGS_FAMILY_LACKS.get(family, {}).get(setting) for family in running]
+        if setting in document and running and all(reasons):
+            raise _bad(path, setting, f"is swept, but no family of the sweep has it ({'; '.join(map(str, reasons))})")
     return SweepConfig(
         styles=styles,
         style_scales=scales("style_scale"),
@@ -213,7 +263,23 @@ def load_sweep(path: Path, catalogue: Catalogue) -> SweepConfig:
         count=count,
         prompt=prompt,
         variants=variants,
+        families=families,
+        base_models={name: model.strip() for name, model in base_models.items()},
     )
+
+
+def _families(path: Path, document: dict[str, Any]) -> list[str]:
+    if "families" not in document:
+        return []
+    families = document["families"]
+    if not isinstance(families, list) or not families or not all(isinstance(item, str) for item in families):
+        raise _bad(path, "families", f"must be a non-empty list of families ({', '.join(SWEEP_FAMILIES)})")
+    for name in families:
+        if name not in SWEEP_FAMILIES:
+            raise _bad(path, "families", f"names '{name}', which is not a family ({', '.join(SWEEP_FAMILIES)})")
+    if len(set(families)) != len(families):
+        raise _bad(path, "families", "names a family twice")
+    return list(families)
 
 
 def list_images(folder: Path, what: str) -> list[Path]:
@@ -274,13 +340,22 @@ def _mean(values: Iterable[float | None]) -> float | None:
 def config_key(row: dict[str, Any]) -> tuple[Any, ...]:
     """Pictures with equal key were made the same way (seed aside)."""
     return (
-        row["style"], row.get("variant", "base"), row["mode"], row["style_scale"], row["portrait_scale"],
-        row["ip_adapter_scale"], row["steps"],
+        row.get("family", ""), row["style"], row.get("variant", "base"), row["mode"], row["style_scale"],
+        row["portrait_scale"], row["ip_adapter_scale"], row["steps"],
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class FamilyEngine:
+    """One family of a side-by-side sweep, loaded when its turn comes and let go after it, so a sweep of two
+    real models needs the memory of the larger one, not of both."""
+
+    family: str
+    load: Callable[[], Engine]
+
+
 def run_sweep(
-    engine: Engine,
+    engines: Engine | Sequence[FamilyEngine],
     selfie_files: list[Path],
     config: SweepConfig,
     out_dir: Path,
@@ -292,8 +367,16 @@ def run_sweep(
 
     A combination the engine refuses (say, fast mode on a worker without
     the LCM-LoRA) becomes a failure entry and the sweep goes on; a selfie
-    without a usable face is skipped with its reason.
+    without a usable face is skipped with its reason.  ``engines`` is one
+    engine, or the families to run side by side: each makes every combination
+    on the same selfies (less the settings it lacks, see
+    :meth:`SweepConfig.combinations`), and the results hold a row per family.
     """
+    if isinstance(engines, Sequence):
+        runs = list(engines)
+    else:
+        single = engines
+        runs = [FamilyEngine(str(getattr(single, "family", "")), lambda: single)]
     images_dir = out_dir / "images"
     selfies: list[SweepSelfie] = []
     for index, path in enumerate(selfie_files):
@@ -318,92 +401,103 @@ def run_sweep(
             "no selfie in the folder can be used: " + "; ".join(f"{s.path.name}: {s.problem}" for s in selfies),
         )
 
-    combinations = config.combinations()
-    total = len(usable) * len(combinations) * config.count
+    total = sum(len(usable) * len(config.combinations(run.family)) * config.count for run in runs)
     pictures: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     features: list[np.ndarray] = []
     started = time.perf_counter()
-    test_sized = bool(engine.sources.test_sized)
+    test_sized = False
+    models: dict[str, str] = {}
     from engine.pipeline import ScaleOverrides
 
-    for selfie in usable:
-        for style, variant, style_scale, portrait_scale, ip_scale, mode, seed in combinations:
-            request = GenerateRequest(
-                variant=variant,
-                selfie=selfie.data,
-                style=style,
-                prompt=config.prompt,
-                mode=mode,
-                count=config.count,
-                seed=seed,
-                steps=config.steps.get(mode or engine.catalogue.get(style).mode),
-            )
-            overrides = ScaleOverrides(
-                style_scale=style_scale, portrait_scale=portrait_scale, ip_adapter_scale=ip_scale
-            )
-            wanted = {
-                "selfie": selfie.path.name, "style": style, "variant": variant,
-                "mode": mode.value if mode else "(style default)",
-                "style_scale": style_scale, "portrait_scale": portrait_scale, "ip_adapter_scale": ip_scale,
-                "seed": seed,
-            }  # fmt: skip
-            try:
-                result = engine.generate(request, overrides=overrides)
-            except MmppError as error:
-                failures.append({**wanted, "error": error.as_line()})
-                logger.info("sweep: %s failed: %s", wanted, error.as_line())
-                continue
-            test_sized = test_sized or result.test_sized_model
-            per_picture = result.timings.get("total", 0.0) / max(1, len(result.pictures))
-            prompt = engine.catalogue.get(style).with_variant(variant).render_prompt(config.prompt)
-            images = [Image.open(io.BytesIO(picture.png)).convert("RGB") for picture in result.pictures]
-            clip_scores: list[float | None] = [None] * len(images)
-            if scorers.clip is not None:
-                clip_scores = list(scorers.clip.score(images, [prompt] * len(images)))
-            if scorers.inception is not None and reference_files:
-                features.append(scorers.inception.features(images))
-            for picture, image, clip_score in zip(result.pictures, images, clip_scores, strict=True):
-                assert selfie.embedding is not None
-                identity = scorers.identity.score(selfie.embedding, image)
-                picture_id = f"p{len(pictures) + 1:05d}"
-                _thumbnail(image, images_dir / f"{picture_id}.png")
-                pictures.append(
-                    {
-                        "picture_id": picture_id,
-                        "selfie": selfie.path.name,
-                        "selfie_index": selfie.index,
-                        "style": result.style,
-                        "variant": result.variant,
-                        "mode": result.mode,
-                        "style_scale": result.scales.get("style_lora"),
-                        "portrait_scale": result.scales.get("portrait_lora"),
-                        "ip_adapter_scale": result.scales.get("ip_adapter"),
-                        "steps": result.steps,
-                        "guidance": result.guidance,
-                        "seed": picture.seed,
-                        "width": image.width,
-                        "height": image.height,
-                        "face_found": identity.face_found,
-                        "faces": identity.faces,
-                        "identity_distance": _round(identity.distance),
-                        "same_person": identity.same_person,
-                        "clip_score": _round(clip_score),
-                        "seconds_per_picture": _round(per_picture),
-                        "denoise_seconds": _round(result.timings.get("denoise", 0.0) / max(1, len(images))),
-                        "vae_decode_seconds": _round(result.timings.get("vae_decode", 0.0) / max(1, len(images))),
-                        "image": f"images/{picture_id}.png",
-                    }
+    for run in runs:
+        engine = run.load()
+        family = run.family or str(getattr(engine, "family", ""))
+        models[family] = engine.sources.label or engine.sources.base
+        test_sized = test_sized or bool(engine.sources.test_sized)
+        for selfie in usable:
+            for style, variant, style_scale, portrait_scale, ip_scale, mode, seed in config.combinations(family):
+                request = GenerateRequest(
+                    variant=variant,
+                    selfie=selfie.data,
+                    style=style,
+                    prompt=config.prompt,
+                    mode=mode,
+                    count=config.count,
+                    seed=seed,
+                    steps=config.steps.get(mode or engine.catalogue.get(style).mode),
                 )
-            if on_progress is not None:
-                on_progress(f"{len(pictures)}/{total} pictures ({time.perf_counter() - started:.0f} s)")
+                overrides = ScaleOverrides(
+                    style_scale=style_scale, portrait_scale=portrait_scale, ip_adapter_scale=ip_scale
+                )
+                wanted = {
+                    "family": family, "selfie": selfie.path.name, "style": style, "variant": variant,
+                    "mode": mode.value if mode else "(style default)",
+                    "style_scale": style_scale, "portrait_scale": portrait_scale, "ip_adapter_scale": ip_scale,
+                    "seed": seed,
+                }  # fmt: skip
+                try:
+                    result = engine.generate(request, overrides=overrides)
+                except MmppError as error:
+                    failures.append({**wanted, "error": error.as_line()})
+                    logger.info("sweep: %s failed: %s", wanted, error.as_line())
+                    continue
+                test_sized = test_sized or result.test_sized_model
+                per_picture = result.timings.get("total", 0.0) / max(1, len(result.pictures))
+                prompt = engine.catalogue.get(style).with_variant(variant).render_prompt(config.prompt)
+                images = [Image.open(io.BytesIO(picture.png)).convert("RGB") for picture in result.pictures]
+                clip_scores: list[float | None] = [None] * len(images)
+                if scorers.clip is not None:
+                    clip_scores = list(scorers.clip.score(images, [prompt] * len(images)))
+                if scorers.inception is not None and reference_files:
+                    features.append(scorers.inception.features(images))
+                for picture, image, clip_score in zip(result.pictures, images, clip_scores, strict=True):
+                    assert selfie.embedding is not None
+                    identity = scorers.identity.score(selfie.embedding, image)
+                    picture_id = f"p{len(pictures) + 1:05d}"
+                    _thumbnail(image, images_dir / f"{picture_id}.png")
+                    pictures.append(
+                        {
+                            "picture_id": picture_id,
+                            "family": family,
+                            "selfie": selfie.path.name,
+                            "selfie_index": selfie.index,
+                            "style": result.style,
+                            "variant": result.variant,
+                            "mode": result.mode,
+                            "style_scale": result.scales.get("style_lora"),
+                            "portrait_scale": result.scales.get("portrait_lora"),
+                            "ip_adapter_scale": result.scales.get("ip_adapter"),
+                            "steps": result.steps,
+                            "guidance": result.guidance,
+                            "seed": picture.seed,
+                            "width": image.width,
+                            "height": image.height,
+                            "face_found": identity.face_found,
+                            "faces": identity.faces,
+                            "identity_distance": _round(identity.distance),
+                            "same_person": identity.same_person,
+                            "clip_score": _round(clip_score),
+                            "seconds_per_picture": _round(per_picture),
+                            "denoise_seconds": _round(result.timings.get("denoise", 0.0) / max(1, len(images))),
+                            "vae_decode_seconds": _round(result.timings.get("vae_decode", 0.0) / max(1, len(images))),
+                            "image": f"images/{picture_id}.png",
+                        }
+                    )
+                if on_progress is not None:
+                    on_progress(f"{len(pictures)}/{total} pictures ({time.perf_counter() - started:.0f} s)")
+
+        # One model in memory at a time: the next family loads only once this one is let go.
+        del engine
+        gc.collect()
 
     configurations = summarise(pictures)
     distribution = _distribution(pictures, features, configurations, scorers, reference_files)
     return {
         "kind": "mmpp-eval-sweep",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": engine.sources.label or engine.sources.base,
+        "model": " | ".join(f"{family}: {model}" if len(models) > 1 else model for family, model in models.items()),
+        "families": family_rows(pictures, failures, models, config),
         "test_sized_model": test_sized,
         "test_sized_note": TINY_LABEL if test_sized else "",
         "sweep": {
@@ -417,6 +511,8 @@ def run_sweep(
             "steps": {mode.value: steps for mode, steps in config.steps.items()},
             "count": config.count,
             "prompt": config.prompt,
+            "families": config.families,
+            "base_models": config.base_models,
         },
         "selfies": [
             {"index": s.index, "file": s.path.name, "image": s.thumbnail, "problem": s.problem} for s in selfies
@@ -443,7 +539,7 @@ def summarise(pictures: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups.setdefault(config_key(row), []).append(row)
     rows = []
     for number, (key, members) in enumerate(groups.items(), start=1):
-        style, variant, mode, style_scale, portrait_scale, ip_scale, steps = key
+        family, style, variant, mode, style_scale, portrait_scale, ip_scale, steps = key
         config_id = f"c{number:03d}"
         for member in members:
             member["config_id"] = config_id
@@ -451,6 +547,7 @@ def summarise(pictures: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append(
             {
                 "config_id": config_id,
+                "family": family,
                 "style": style,
                 "variant": variant,
                 "mode": mode,
@@ -467,6 +564,34 @@ def summarise(pictures: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "fid": None,
                 "kid_mean": None,
                 "kid_std": None,
+            }
+        )
+    return rows
+
+
+def family_rows(
+    pictures: list[dict[str, Any]], failures: list[dict[str, Any]], models: dict[str, str], config: SweepConfig
+) -> list[dict[str, Any]]:
+    """One row per family, side by side: the same figures over all its pictures, and what it did not sweep.
+
+    The families made the same combinations on the same selfies, except the settings a family lacks
+    (``not_swept``), so these rows compare like with like as far as the families allow."""
+    rows = []
+    for family, model in models.items():
+        members = [row for row in pictures if row.get("family", "") == family]
+        count = len(members)
+        rows.append(
+            {
+                "family": family,
+                "model": model,
+                "pictures": count,
+                "failures": sum(1 for row in failures if row.get("family", "") == family),
+                "face_rate": _round(sum(m["face_found"] for m in members) / count) if count else None,
+                "same_person_rate": _round(sum(m["same_person"] for m in members) / count) if count else None,
+                "mean_identity_distance": _round(_mean(m["identity_distance"] for m in members)),
+                "mean_clip_score": _round(_mean(m["clip_score"] for m in members)),
+                "seconds_per_picture": _round(_mean(m["seconds_per_picture"] for m in members)),
+                "not_swept": config.not_swept(family),
             }
         )
     return rows
@@ -554,7 +679,12 @@ def metric_descriptions(scorers: Scorers, reference_files: list[Path] | None) ->
             f"distance < {SAME_PERSON_DISTANCE} (dlib's threshold), false when no face is found",
         },
         "clip": (
-            {"available": True, "detail": f"CLIP score = 100 x max(0, cosine(image, prompt)) with {scorers.clip.label}"}
+            {
+                "available": True,
+                "detail": f"CLIP score = 100 x max(0, cosine(image, prompt)) with {scorers.clip.label}; the prompt "
+                "is the style's description for every family (klein paints from the edit instruction, but is "
+                "scored against the same text, so families compare on one yardstick)",
+            }
             if scorers.clip is not None
             else {"available": False, "detail": f"CLIP score not available: {scorers.clip_reason}"}
         ),
