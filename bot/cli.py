@@ -95,13 +95,14 @@ async def _dispatch(
     command: str, arguments: argparse.Namespace, settings: BotSettings, log_file: Path | None = None
 ) -> int:
     from bot.app import open_core, serve, start_worker_process, stop_worker_process
+    from bot.database import redacted
     from bot.storage import Storage
 
     if command == "migrate":
-        storage = await Storage.open(settings.database)
+        storage = await Storage.open(settings.database_location)
         version = await storage.schema_version()
         await storage.close()
-        print(f"{settings.database}: schema version {version}")
+        print(f"{redacted(settings.database_location)}: schema version {version}")
         return 0
     if command == "feedback":
         return await _feedback(settings, arguments)
@@ -116,7 +117,8 @@ async def _dispatch(
         return 0
     if command == "run":
         where = "Redis (REDIS_URL)" if settings.redis_url else f"the embedded SQLite broker in {settings.state_dir}/"
-        print(f"mmpp: broker: {where}; database: {settings.database}", file=sys.stderr)
+        database = redacted(settings.database_location)
+        print(f"mmpp: broker: {where}; database: {database}", file=sys.stderr)
         if log_file is not None:
             logger.info("mmpp run started (pid %d)", os.getpid())
             what = "library output" if arguments.no_worker else "worker and library output"
@@ -142,7 +144,7 @@ async def _feedback(settings: BotSettings, arguments: argparse.Namespace) -> int
     from bot.core.ratings import feedback_report
     from bot.storage import Storage
 
-    storage = await Storage.open(settings.database)
+    storage = await Storage.open(settings.database_location)
     try:
         if arguments.csv:
             rows = await storage.ratings_export()
@@ -198,7 +200,7 @@ async def _variants(settings: BotSettings, arguments: argparse.Namespace) -> int
     if not (len(names) == len(wanted.split()) or (action == "list" and not names)):
         raise MmppError(ErrorCode.INVALID_REQUEST, f"mmpp variants {action} takes {wanted}.")
     catalogue = load_catalogue(settings.styles_file)
-    storage = await Storage.open(settings.database)
+    storage = await Storage.open(settings.database_location)
     try:
         variants = Variants(storage, catalogue)
         if action == "promote":

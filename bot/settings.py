@@ -26,6 +26,9 @@ class BotSettings(BaseSettings):
     state_dir: Path = Path("var")
     queue: str = "mmpp"
     database: Path = Path("var/mmpp.sqlite3")
+    #: A PostgreSQL database instead of the SQLite file ``database`` (``postgresql://user:password@host/mmpp``):
+    #: bot processes on several machines then share one store.  Empty: the SQLite file.
+    database_url: str = ""
     out: Path = Path("out")
     #: Another style catalogue instead of the shipped one; bot and worker must read the same file.
     styles_file: Path | None = None
@@ -92,15 +95,33 @@ class BotSettings(BaseSettings):
         return count, ids
 
     @property
+    def database_location(self) -> Path | str:
+        """Where the bot's database is, as ``Storage.open`` takes it: ``MMPP_DATABASE_URL`` when set, else the
+        SQLite file.  Read here, not validated when the settings load, so a bad URL is one line of the
+        command that needs it, not a traceback."""
+        url = self.database_url.strip()
+        if not url:
+            return self.database
+        if urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"MMPP_DATABASE_URL must be a postgresql:// URL (e.g. postgresql://mmpp@db-host/mmpp), "
+                f"not {urlsplit(url).scheme or url[:20]!r}; leave it empty for the SQLite file MMPP_DATABASE.",
+            )
+        return url
+
+    @property
     def run_log_file(self) -> Path:
         """Where ``mmpp run`` writes the worker's and the libraries' output (``-v`` shows it on the terminal)."""
         return self.state_dir / "log" / "mmpp-run.log"
 
     def secrets(self) -> list[str]:
-        """What must never reach a log: the chat tokens and the broker's password (see ``mmpp.logs.SecretFilter``)."""
+        """What must never reach a log: the chat tokens, the broker's and the database's passwords (see
+        ``mmpp.logs.SecretFilter``)."""
         password = urlsplit(self.redis_url).password if self.redis_url else None
+        database_password = urlsplit(self.database_url).password if self.database_url else None
         tokens = [self.discord_token.get_secret_value(), self.telegram_token.get_secret_value()]
-        return [secret for secret in [*tokens, password or ""] if secret]
+        return [secret for secret in [*tokens, password or "", database_password or ""] if secret]
 
 
 SHARD_COUNT_SETTING = "MMPP_DISCORD_SHARD_COUNT"

@@ -1,16 +1,20 @@
-"""The one place with SQL: the bot's SQLite database through aiosqlite.
+"""The one place with queries: the bot's database, SQLite (the embedded default) or PostgreSQL (shared).
 
-WAL lets readers run beside the writer; the busy timeout makes a second
-process wait instead of failing with "database is locked"; every write runs
-in ``BEGIN IMMEDIATE`` under one asyncio lock, so writes in this process never
-interleave and a write in another process waits its turn.
+Every query is written here once, in SQL both engines read alike; :mod:`bot.database` holds the two
+drivers and what differs between the engines (placeholders, transactions and locks, the migrations'
+types).  ``Storage.open`` picks the engine from where the database is: a ``postgresql://`` URL
+(``MMPP_DATABASE_URL``) or an SQLite file (``MMPP_DATABASE``).
+
+On SQLite every write is the file's only writer (``BEGIN IMMEDIATE``).  On PostgreSQL writers run side by
+side, so a transaction that reads before it writes says which advisory locks it needs (``transaction.lock``):
+two bot processes then serialise on the same person's quota or the same style's promotion, and on nothing
+else.  Single-statement writes (upserts on a unique key) need no lock: the unique index decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -19,13 +23,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
+from bot.database import (
+    Database,
+    PostgresDatabase,
+    Row,
+    SqliteDatabase,
+    Transaction,
+    is_postgres_url,
+)
 from mmpp.errors import ErrorCode, MmppError
 from mmpp.feedback import FeedbackRows, Rating
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
-MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 #: The tables a reader of someone else's database (``mmpp eval --feedback``) checks for.
 BOT_TABLES = ("jobs", "pictures", "ratings")
 
@@ -41,11 +50,6 @@ def utc_now() -> datetime:
 
 def timestamp(moment: datetime | None = None) -> str:
     return (moment or utc_now()).isoformat(timespec="milliseconds")
-
-
-async def fetch_all(db: aiosqlite.Connection, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
-    """Every row of one query, as a list (aiosqlite types its ``execute_fetchall`` as a bare iterable)."""
-    return list(await db.execute_fetchall(sql, parameters))
 
 
 @dataclass(frozen=True)
@@ -90,7 +94,7 @@ class Job:
         return self.upscale_of_picture_id is not None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Job:
+    def from_row(cls, row: Row) -> Job:
         data = dict(row)
         data["reply_context"] = json.loads(data["reply_context"] or "{}")
         data["result_meta"] = json.loads(data["result_meta"]) if data["result_meta"] else None
@@ -121,7 +125,7 @@ class VariantPromotion:
     rolled_back_at: str | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> VariantPromotion:
+    def from_row(cls, row: Row) -> VariantPromotion:
         return cls(**{**dict(row), "evidence": json.loads(row["evidence"] or "{}")})
 
 
@@ -138,6 +142,29 @@ class PersonSettings:
 
 
 @dataclass(frozen=True)
+class JobLimits:
+    """The quotas a new job must fit, checked by :meth:`Storage.create_job` in the transaction that writes it:
+    read and written at once, two orders from two processes cannot both take the last place."""
+
+    #: Jobs the person may have queued or running.
+    max_pending: int
+    #: Pictures the person, and the job's chat, may ask for since ``day_start`` (failed jobs not counted).
+    daily_pictures: int
+    chat_daily_pictures: int
+    day_start: datetime
+
+
+class QuotaRefused(Exception):  # noqa: N818 (a refusal the core words for people, not an error of the storage)
+    """The job did not fit :class:`JobLimits`: which limit (``pending``, ``daily`` or ``chat_daily``) and how
+    much of it was used already.  Nothing was written."""
+
+    def __init__(self, limit: str, used: int) -> None:
+        super().__init__(f"{limit} quota: {used} used")
+        self.limit = limit
+        self.used = used
+
+
+@dataclass(frozen=True)
 class StoredPicture:
     id: int
     job_id: int
@@ -150,97 +177,58 @@ class StoredPicture:
 class Storage:
     """Typed queries over the schema in ``migrations/``."""
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._db = connection
-        self._write_lock = asyncio.Lock()
+    def __init__(self, database: Database) -> None:
+        self._db = database
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``: which engine holds the database."""
+        return self._db.dialect
 
     @classmethod
-    async def open(cls, path: Path | str, migrations: Path = MIGRATIONS) -> Storage:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        connection = await aiosqlite.connect(str(path), isolation_level=None)
-        connection.row_factory = sqlite3.Row
-        await connection.execute("PRAGMA busy_timeout = 10000")
-        await connection.execute("PRAGMA journal_mode = WAL")
-        await connection.execute("PRAGMA synchronous = NORMAL")
-        await connection.execute("PRAGMA foreign_keys = ON")
-        storage = cls(connection)
-        await storage.migrate(migrations)
+    async def open(cls, location: Path | str, migrations: Path = MIGRATIONS) -> Storage:
+        """The database at ``location``, migrated: a ``postgresql://`` URL, or else the path of an SQLite file
+        (created with its folder when missing)."""
+        database: Database
+        if is_postgres_url(location):
+            database = await PostgresDatabase.open(str(location))
+        else:
+            database = await SqliteDatabase.open(location)
+        storage = cls(database)
+        try:
+            await storage.migrate(migrations)
+        except BaseException:
+            await storage.close()
+            raise
         return storage
 
     @classmethod
-    async def open_read_only(cls, path: Path, *, label: str = "database") -> Storage:
-        """Open an existing bot database without ever writing to it (``mode=ro``): no migrations, no pragmas
-        that write, so a report can be made while the bot runs.  What is not the bot's database is refused
-        with one line: a missing file, a file that is not SQLite, an SQLite file without the bot's tables."""
-        path = Path(path)
-        if not path.is_file():
-            raise MmppError(ErrorCode.INVALID_REQUEST, f"the {label} {path} does not exist")
-        try:
-            connection = await aiosqlite.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
-        except sqlite3.DatabaseError as error:
-            raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
-        try:
-            connection.row_factory = sqlite3.Row
-            await connection.execute("PRAGMA busy_timeout = 10000")
-            rows = await fetch_all(connection, "SELECT name FROM sqlite_master WHERE type = 'table'")
-        except sqlite3.DatabaseError as error:
-            await connection.close()
-            raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
-        missing = set(BOT_TABLES) - {row[0] for row in rows}
-        if missing:
-            await connection.close()
-            raise MmppError(
-                ErrorCode.INVALID_REQUEST,
-                f"{path} is not the bot's database: it has no {', '.join(sorted(missing))} table (run 'mmpp migrate')",
-            )
-        return cls(connection)
+    async def open_read_only(cls, location: Path | str, *, label: str = "database") -> Storage:
+        """Open an existing bot database without ever writing to it, so a report can be made while the bot
+        runs: no migrations; SQLite opened ``mode=ro``, PostgreSQL with every transaction read-only.  What is
+        not the bot's database is refused with one line (a missing file, a file that is not SQLite, a
+        database without the bot's tables)."""
+        if is_postgres_url(location):
+            return cls(await PostgresDatabase.open_read_only(str(location), label=label, tables=BOT_TABLES))
+        return cls(await SqliteDatabase.open_read_only(Path(location), label=label, tables=BOT_TABLES))
 
     async def close(self) -> None:
         await self._db.close()
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+    async def write(self) -> AsyncIterator[Transaction]:
+        """One write transaction, committed when the block ends and rolled back when it raises."""
+        async with self._db.write() as transaction:
+            yield transaction
 
     # ------------------------------------------------------------------ migrations
 
     async def migrate(self, folder: Path = MIGRATIONS) -> list[int]:
         """Apply the numbered migrations not yet applied, each in one transaction."""
-        async with self._write_lock:
-            await self._db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-            applied = {row[0] for row in await fetch_all(self._db, "SELECT version FROM schema_migrations")}
-            done = []
-            for path in sorted(folder.glob("*.sql")):
-                match = MIGRATION_NAME.match(path.name)
-                if not match:
-                    raise RuntimeError(f"{path.name}: migrations are named NNNN_reason.sql")
-                version = int(match.group(1))
-                if version in applied:
-                    continue
-                script = path.read_text(encoding="utf-8")
-                record = f"INSERT INTO schema_migrations VALUES ({version}, '{path.name}', '{timestamp()}');"
-                try:
-                    await self._db.executescript(f"BEGIN IMMEDIATE;\n{script}\n{record}\nCOMMIT;")
-                except sqlite3.Error as error:
-                    if self._db.in_transaction:
-                        await self._db.execute("ROLLBACK")
-                    raise RuntimeError(f"migration {path.name} failed: {error}") from error
-                done.append(version)
-            return done
+        return await self._db.migrate(folder)
 
     async def schema_version(self) -> int:
-        rows = await fetch_all(self._db, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        rows = await self._db.fetch_all("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
         return int(rows[0][0])
 
     # ------------------------------------------------------------------ users
@@ -254,15 +242,15 @@ class Storage:
                 "CASE WHEN excluded.display_name != '' THEN excluded.display_name ELSE users.display_name END",
                 (platform, platform_user_id, display_name, timestamp()),
             )
-            rows = await fetch_all(
-                db, "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
+            rows = await db.fetch_all(
+                "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
             )
         return int(rows[0][0])
 
     async def find_user(self, platform: str, platform_user_id: str) -> int | None:
         """The person's row id if there is one; never creates it."""
-        rows = await fetch_all(
-            self._db, "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
+        rows = await self._db.fetch_all(
+            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, platform_user_id)
         )
         return int(rows[0][0]) if rows else None
 
@@ -287,43 +275,71 @@ class Storage:
         queue: str | None = None,
         variant: str = "base",
         upscale_of_picture_id: int | None = None,
+        limits: JobLimits | None = None,
     ) -> tuple[Job, bool]:
         """Write the job and its selfie before anything is enqueued.
 
         Returns ``(job, created)``; ``created`` is false when this platform
         event already made a job (a duplicate delivery), which is returned.
+        With ``limits`` (everyone but admins) a job that does not fit them raises :class:`QuotaRefused`.
         """
         async with self.write() as db:
-            existing = await fetch_all(
-                db, "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
-            )
-            if existing:
-                return Job.from_row(existing[0]), False
-            cursor = await db.execute(
+            if limits is not None:
+                # Counted and written under the person's and the chat's locks: another process's order for
+                # either waits until this one is written (or refused), then counts it.
+                await db.lock(f"quota of user {user_id}", f"quota of chat {platform} {chat_id}")
+                existing = await db.fetch_all(
+                    "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
+                )
+                if existing:
+                    return Job.from_row(existing[0]), False
+                await self._check_limits(db, limits, user_id, platform, chat_id, picture_count)
+            # The unique (platform, event_key) decides between two processes handed the same event: the second
+            # inserts nothing and is given the first's job.
+            inserted = await db.fetch_all(
                 "INSERT INTO jobs (task_id, user_id, platform, event_key, chat_id, style, prompt, mode, "
                 "picture_count, seed, parent_job_id, state, reply_context, created_at, queue, variant) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) "
+                "ON CONFLICT (platform, event_key) DO NOTHING RETURNING id",
                 (
                     task_id, user_id, platform, event_key, chat_id, style, prompt, mode,
                     picture_count, seed, parent_job_id, json.dumps(reply_context), timestamp(), queue, variant,
                 ),
             )  # fmt: skip
-            job_id = cursor.lastrowid
+            if not inserted:
+                existing = await db.fetch_all(
+                    "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
+                )
+                return Job.from_row(existing[0]), False
+            job_id = int(inserted[0][0])
             if upscale_of_picture_id is not None:  # in the same transaction: no upscale exists without its picture
                 await db.execute(
                     "UPDATE jobs SET upscale_of_picture_id = ? WHERE id = ?", (upscale_of_picture_id, job_id)
                 )
             await db.execute("INSERT INTO selfies (job_id, data) VALUES (?, ?)", (job_id, selfie))
-            rows = await fetch_all(db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+            rows = await db.fetch_all("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]), True
 
+    async def _check_limits(
+        self, db: Transaction, limits: JobLimits, user_id: int, platform: str, chat_id: str, count: int
+    ) -> None:
+        pending = await self.pending_jobs(user_id, db)
+        if pending >= limits.max_pending:
+            raise QuotaRefused("pending", pending)
+        used = await self.pictures_requested_since(user_id, limits.day_start, db)
+        if used + count > limits.daily_pictures:
+            raise QuotaRefused("daily", used)
+        used = await self.pictures_requested_in_chat_since(platform, chat_id, limits.day_start, db)
+        if used + count > limits.chat_daily_pictures:
+            raise QuotaRefused("chat_daily", used)
+
     async def job(self, job_id: int) -> Job | None:
-        rows = await fetch_all(self._db, "SELECT * FROM jobs WHERE id = ?", (job_id,))
+        rows = await self._db.fetch_all("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(rows[0]) if rows else None
 
     async def job_by_event(self, platform: str, event_key: str) -> Job | None:
-        rows = await fetch_all(
-            self._db, "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
+        rows = await self._db.fetch_all(
+            "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
         )
         return Job.from_row(rows[0]) if rows else None
 
@@ -344,8 +360,7 @@ class Storage:
 
     async def undelivered_jobs(self, platforms: list[str]) -> list[Job]:
         marks = _placeholders(platforms)
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             f"SELECT * FROM jobs WHERE delivered_at IS NULL AND platform IN ({marks}) ORDER BY id",
             platforms,
         )
@@ -359,17 +374,17 @@ class Storage:
         at once, one gets the job, the other sees the first's claim and answers ``False``.
         """
         async with self.write() as db:
-            cursor = await db.execute(
+            claimed = await db.execute(
                 "INSERT INTO delivery_claims (job_id, claimant, claimed_at) "
                 "SELECT id, ?, ? FROM jobs WHERE id = ? AND delivered_at IS NULL AND true "
                 "ON CONFLICT (job_id) DO UPDATE SET claimant = excluded.claimant, claimed_at = excluded.claimed_at "
                 "WHERE delivery_claims.claimant = excluded.claimant OR delivery_claims.claimed_at < ?",
                 (claimant, timestamp(now), job_id, timestamp(stale_before)),
             )
-            return cursor.rowcount == 1
+            return claimed == 1
 
     async def delivery_claimant(self, job_id: int) -> str | None:
-        rows = await fetch_all(self._db, "SELECT claimant FROM delivery_claims WHERE job_id = ?", (job_id,))
+        rows = await self._db.fetch_all("SELECT claimant FROM delivery_claims WHERE job_id = ?", (job_id,))
         return str(rows[0][0]) if rows else None
 
     async def queue_position(self, job: Job) -> int:
@@ -378,9 +393,9 @@ class Storage:
         Each queue is fed oldest first (:meth:`admit_waiting`) and its workers take its jobs in order,
         so these are the jobs that will be painted before this one; jobs of other queues do not count.
         """
-        rows = await fetch_all(
-            self._db,
-            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND queue IS ? AND id < ?",
+        rows = await self._db.fetch_all(
+            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') "
+            "AND queue IS NOT DISTINCT FROM ? AND id < ?",
             (job.queue, job.id),
         )
         return int(rows[0][0])
@@ -404,16 +419,15 @@ class Storage:
         marks = _placeholders(platforms)
         admitted: list[int] = []
         async with self.write() as db:
+            await db.lock("broker admission")  # the places are counted, then handed out: one process at a time
             load: dict[str | None, tuple[int, int]] = {}
-            for queue, selfie_bytes in await fetch_all(
-                db,
+            for queue, selfie_bytes in await db.fetch_all(
                 "SELECT jobs.queue, LENGTH(selfies.data) FROM jobs LEFT JOIN selfies ON selfies.job_id = jobs.id "
                 "WHERE jobs.state IN ('queued', 'running') AND jobs.admitted_at IS NOT NULL",
             ):
                 count, size = load.get(queue, (0, 0))
                 load[queue] = (count + 1, size + message_bytes(int(selfie_bytes or 0)))
-            queues = await fetch_all(
-                db,
+            queues = await db.fetch_all(
                 "SELECT DISTINCT queue FROM jobs WHERE state = 'queued' AND admitted_at IS NULL "
                 f"AND queue IS NOT NULL AND platform IN ({marks})",
                 platforms,
@@ -422,8 +436,7 @@ class Storage:
                 count, size = load.get(queue, (0, 0))
                 if count >= max_jobs:
                     continue
-                waiting = await fetch_all(
-                    db,
+                waiting = await db.fetch_all(
                     "SELECT jobs.id, LENGTH(selfies.data) FROM jobs LEFT JOIN selfies ON selfies.job_id = jobs.id "
                     "WHERE jobs.state = 'queued' AND jobs.queue = ? AND jobs.admitted_at IS NULL "
                     f"AND jobs.platform IN ({marks}) ORDER BY jobs.id LIMIT ?",
@@ -447,8 +460,7 @@ class Storage:
         if not platforms:
             return []
         marks = _placeholders(platforms)
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT * FROM jobs WHERE state = 'queued' AND admitted_at IS NOT NULL AND enqueued_at IS NULL "
             f"AND platform IN ({marks}) ORDER BY id",
             platforms,
@@ -460,8 +472,7 @@ class Storage:
         if not platforms:
             return []
         marks = _placeholders(platforms)
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             f"SELECT * FROM jobs WHERE state IN ('queued', 'running') AND queue IS NULL AND platform IN ({marks})",
             platforms,
         )
@@ -469,22 +480,23 @@ class Storage:
 
     async def broker_load(self) -> dict[str, tuple[int, int]]:
         """Per queue: unfinished jobs holding a place in the broker, and jobs waiting for one (for /metrics)."""
-        rows = await fetch_all(
-            self._db,
-            "SELECT queue, SUM(admitted_at IS NOT NULL), SUM(admitted_at IS NULL) FROM jobs "
+        rows = await self._db.fetch_all(
+            "SELECT queue, COUNT(admitted_at), COUNT(*) - COUNT(admitted_at) FROM jobs "
             "WHERE state IN ('queued', 'running') AND queue IS NOT NULL GROUP BY queue",
         )
         return {str(queue): (int(held), int(waiting)) for queue, held, waiting in rows}
 
-    async def pending_jobs(self, user_id: int) -> int:
-        rows = await fetch_all(
-            self._db, "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", (user_id,)
+    async def pending_jobs(self, user_id: int, reader: Database | Transaction | None = None) -> int:
+        """The person's queued and running jobs; ``reader``: a transaction to count in (the quota check)."""
+        rows = await (reader or self._db).fetch_all(
+            "SELECT COUNT(*) FROM jobs WHERE user_id = ? AND state IN ('queued', 'running')", (user_id,)
         )
         return int(rows[0][0])
 
-    async def pictures_requested_in_chat_since(self, platform: str, chat_id: str, since: datetime) -> int:
-        rows = await fetch_all(
-            self._db,
+    async def pictures_requested_in_chat_since(
+        self, platform: str, chat_id: str, since: datetime, reader: Database | Transaction | None = None
+    ) -> int:
+        rows = await (reader or self._db).fetch_all(
             "SELECT COALESCE(SUM(picture_count), 0) FROM jobs WHERE platform = ? AND chat_id = ? AND created_at >= ? "
             "AND state != 'failed'",
             (platform, chat_id, timestamp(since)),
@@ -494,16 +506,15 @@ class Storage:
     async def take_privacy_notice(self, user_id: int) -> bool:
         """True exactly once per person: the first time, the notice is due."""
         async with self.write() as db:
-            cursor = await db.execute(
+            changed = await db.execute(
                 "UPDATE users SET privacy_notice_at = ? WHERE id = ? AND privacy_notice_at IS NULL",
                 (timestamp(), user_id),
             )
-        return cursor.rowcount == 1
+        return changed == 1
 
     async def chat_notice_given(self, platform: str, chat_id: str, notice: str) -> bool:
         """Whether ``notice`` was given in this chat (a read, so the caller can skip asking the platform)."""
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT 1 FROM chat_notices WHERE platform = ? AND chat_id = ? AND notice = ?",
             (platform, chat_id, notice),
         )
@@ -512,19 +523,21 @@ class Storage:
     async def take_chat_notice(self, platform: str, chat_id: str, notice: str) -> bool:
         """True exactly once per chat and notice, across restarts: the first time, the notice is due."""
         async with self.write() as db:
-            cursor = await db.execute(
-                "INSERT OR IGNORE INTO chat_notices (platform, chat_id, notice, given_at) VALUES (?, ?, ?, ?)",
+            inserted = await db.execute(
+                "INSERT INTO chat_notices (platform, chat_id, notice, given_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
                 (platform, chat_id, notice, timestamp()),
             )
-        return cursor.rowcount == 1
+        return inserted == 1
 
     async def job_counts_by_state(self) -> dict[str, int]:
-        rows = await fetch_all(self._db, "SELECT state, COUNT(*) FROM jobs GROUP BY state")
+        rows = await self._db.fetch_all("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {str(state): int(count) for state, count in rows}
 
-    async def pictures_requested_since(self, user_id: int, since: datetime) -> int:
-        rows = await fetch_all(
-            self._db,
+    async def pictures_requested_since(
+        self, user_id: int, since: datetime, reader: Database | Transaction | None = None
+    ) -> int:
+        rows = await (reader or self._db).fetch_all(
             "SELECT COALESCE(SUM(picture_count), 0) FROM jobs WHERE user_id = ? AND created_at >= ? "
             "AND state != 'failed'",
             (user_id, timestamp(since)),
@@ -532,16 +545,15 @@ class Storage:
         return int(rows[0][0])
 
     async def recent_jobs(self, user_id: int, limit: int = 10) -> list[Job]:
-        rows = await fetch_all(
-            self._db, "SELECT * FROM jobs WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
+        rows = await self._db.fetch_all(
+            "SELECT * FROM jobs WHERE user_id = ? ORDER BY id DESC LIMIT ?", (user_id, limit)
         )
         return [Job.from_row(row) for row in rows]
 
     # ------------------------------------------------------------------ selfies
 
     async def selfie(self, job_id: int, now: datetime | None = None) -> bytes | None:
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT data FROM selfies WHERE job_id = ? AND (expires_at IS NULL OR expires_at > ?)",
             (job_id, timestamp(now)),
         )
@@ -558,10 +570,10 @@ class Storage:
 
     async def purge_expired_selfies(self, now: datetime | None = None) -> int:
         async with self.write() as db:
-            cursor = await db.execute(
+            deleted = await db.execute(
                 "DELETE FROM selfies WHERE expires_at IS NOT NULL AND expires_at <= ?", (timestamp(now),)
             )
-        return cursor.rowcount
+        return deleted
 
     # ------------------------------------------------------------------ pictures
 
@@ -570,13 +582,13 @@ class Storage:
         async with self.write() as db:
             for position, (seed, png) in enumerate(pictures, start=1):
                 await db.execute(
-                    "INSERT OR IGNORE INTO pictures (job_id, position, seed, png) VALUES (?, ?, ?, ?)",
+                    "INSERT INTO pictures (job_id, position, seed, png) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                     (job_id, position, seed, png),
                 )
         return await self.pictures(job_id)
 
     async def pictures(self, job_id: int) -> list[StoredPicture]:
-        rows = await fetch_all(self._db, "SELECT * FROM pictures WHERE job_id = ? ORDER BY position", (job_id,))
+        rows = await self._db.fetch_all("SELECT * FROM pictures WHERE job_id = ? ORDER BY position", (job_id,))
         return [StoredPicture(**{**dict(row), "png": bytes(row["png"])}) for row in rows]
 
     async def set_picture_message(self, picture_id: int, message_ref: str) -> None:
@@ -584,8 +596,7 @@ class Storage:
             await db.execute("UPDATE pictures SET message_ref = ? WHERE id = ?", (message_ref, picture_id))
 
     async def picture_by_message(self, platform: str, message_ref: str) -> StoredPicture | None:
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT pictures.* FROM pictures JOIN jobs ON jobs.id = pictures.job_id "
             "WHERE jobs.platform = ? AND pictures.message_ref = ?",
             (platform, message_ref),
@@ -593,7 +604,7 @@ class Storage:
         return StoredPicture(**{**dict(rows[0]), "png": bytes(rows[0]["png"])}) if rows else None
 
     async def picture(self, picture_id: int) -> StoredPicture | None:
-        rows = await fetch_all(self._db, "SELECT * FROM pictures WHERE id = ?", (picture_id,))
+        rows = await self._db.fetch_all("SELECT * FROM pictures WHERE id = ?", (picture_id,))
         return StoredPicture(**{**dict(rows[0]), "png": bytes(rows[0]["png"])}) if rows else None
 
     # ------------------------------------------------------------------ ratings
@@ -613,14 +624,13 @@ class Storage:
             )
 
     async def rating(self, picture_id: int, rater_id: int) -> int | None:
-        rows = await fetch_all(
-            self._db, "SELECT score FROM ratings WHERE picture_id = ? AND rater_id = ?", (picture_id, rater_id)
+        rows = await self._db.fetch_all(
+            "SELECT score FROM ratings WHERE picture_id = ? AND rater_id = ?", (picture_id, rater_id)
         )
         return int(rows[0][0]) if rows else None
 
     async def ratings_export(self) -> list[dict[str, Any]]:
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT jobs.style, jobs.variant, jobs.mode, jobs.id AS job_id, pictures.position, pictures.seed, "
             "raters.platform AS rater_platform, ratings.rater_id, ratings.score, ratings.source, ratings.updated_at, "
             "jobs.result_meta FROM ratings JOIN pictures ON pictures.id = ratings.picture_id "
@@ -631,16 +641,14 @@ class Storage:
 
     async def feedback_rows(self) -> FeedbackRows:
         """What the ratings statistics need (computed in ``mmpp.feedback``): job and picture counts, every rating."""
-        jobs = await fetch_all(self._db, "SELECT style, COUNT(*) FROM jobs GROUP BY style")
-        pictures = await fetch_all(
-            self._db,
+        jobs = await self._db.fetch_all("SELECT style, COUNT(*) FROM jobs GROUP BY style")
+        pictures = await self._db.fetch_all(
             "SELECT jobs.style, COUNT(*) FROM pictures JOIN jobs ON jobs.id = pictures.job_id GROUP BY jobs.style",
         )
         # A database read as it is (``mmpp eval --feedback`` never migrates) may predate variants: all "base".
-        columns = {row[1] for row in await fetch_all(self._db, "PRAGMA table_info(jobs)")}
+        columns = await self._db.columns("jobs")
         variant = "jobs.variant" if "variant" in columns else "'base'"
-        ratings = await fetch_all(
-            self._db,
+        ratings = await self._db.fetch_all(
             f"SELECT jobs.id, jobs.style, jobs.mode, jobs.result_meta, pictures.id, ratings.score, {variant} "
             "FROM ratings JOIN pictures ON pictures.id = ratings.picture_id JOIN jobs ON jobs.id = pictures.job_id "
             "ORDER BY jobs.style, jobs.id, pictures.id",
@@ -657,13 +665,12 @@ class Storage:
     # ------------------------------------------------------------------ per-person settings
 
     async def person_settings(self, user_id: int) -> PersonSettings | None:
-        rows = await fetch_all(self._db, "SELECT * FROM person_settings WHERE user_id = ?", (user_id,))
+        rows = await self._db.fetch_all("SELECT * FROM person_settings WHERE user_id = ?", (user_id,))
         return PersonSettings(**dict(rows[0])) if rows else None
 
     async def person_settings_of(self, platform: str, platform_user_id: str) -> PersonSettings | None:
         """One query by the platform's id: every order reads this before its first reply (Discord gives 3 s)."""
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT person_settings.* FROM person_settings JOIN users ON users.id = person_settings.user_id "
             "WHERE users.platform = ? AND users.platform_user_id = ?",
             (platform, platform_user_id),
@@ -683,22 +690,20 @@ class Storage:
                 "prompt_suffix = excluded.prompt_suffix, updated_at = excluded.updated_at",
                 (user_id, style, mode, picture_count, prompt_suffix, timestamp()),
             )
-            rows = await fetch_all(db, "SELECT * FROM person_settings WHERE user_id = ?", (user_id,))
+            rows = await db.fetch_all("SELECT * FROM person_settings WHERE user_id = ?", (user_id,))
         return PersonSettings(**dict(rows[0]))
 
     async def clear_person_settings(self, user_id: int) -> bool:
         """Whether there was a row to delete."""
         async with self.write() as db:
-            cursor = await db.execute("DELETE FROM person_settings WHERE user_id = ?", (user_id,))
-            return cursor.rowcount > 0
+            return await db.execute("DELETE FROM person_settings WHERE user_id = ?", (user_id,)) > 0
 
     # ------------------------------------------------------------------ variants
 
     async def variant_observations(self, style: str) -> list[tuple[str, int, int]]:
         """Every rating of one style's pictures as ``(variant, rater_id, score)``, oldest first: what the
         assignment and the promotion rule read on each order and rating."""
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT jobs.variant, ratings.rater_id, ratings.score FROM jobs "
             "JOIN pictures ON pictures.job_id = jobs.id JOIN ratings ON ratings.picture_id = pictures.id "
             "WHERE jobs.style = ? AND jobs.upscale_of_picture_id IS NULL "
@@ -711,8 +716,7 @@ class Storage:
         """One style's ratings summed per (rater, variant): ``([(rater_id, variant, ratings, sum), ...], sum of
         every score squared)``.  What the assignment's model needs, in one grouped query: a few hundred rows
         where :meth:`variant_observations` would hand over every rating."""
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT ratings.rater_id, jobs.variant, COUNT(*), SUM(ratings.score), SUM(ratings.score * ratings.score) "
             "FROM jobs JOIN pictures ON pictures.job_id = jobs.id JOIN ratings ON ratings.picture_id = pictures.id "
             # An upscale's rating is not a new reading of its variant: it is of a picture the person already
@@ -726,7 +730,7 @@ class Storage:
     async def variant_controls(self, style: str | None = None) -> dict[tuple[str, str], VariantControl]:
         """Operators' decisions, by ``(style, variant)``; a variant without a row is active and eligible."""
         where, parameters = ("WHERE style = ?", (style,)) if style is not None else ("", ())
-        rows = await fetch_all(self._db, f"SELECT * FROM variant_controls {where}", parameters)
+        rows = await self._db.fetch_all(f"SELECT * FROM variant_controls {where}", parameters)
         return {
             (row["style"], row["variant"]): VariantControl(
                 row["style"], row["variant"], bool(row["paused"]), row["ineligible_reason"], row["changed_at"]
@@ -756,8 +760,7 @@ class Storage:
     async def current_promotion(self, style: str) -> VariantPromotion | None:
         """The style's default variant as promoted (newest not rolled back), or ``None`` while variants share
         traffic."""
-        rows = await fetch_all(
-            self._db,
+        rows = await self._db.fetch_all(
             "SELECT * FROM variant_promotions WHERE style = ? AND rolled_back_at IS NULL ORDER BY id DESC LIMIT 1",
             (style,),
         )
@@ -766,7 +769,7 @@ class Storage:
     async def promotions(self, style: str | None = None) -> list[VariantPromotion]:
         """Every promotion, rolled back or not, oldest first: the record of what was decided and why."""
         where, parameters = ("WHERE style = ?", (style,)) if style is not None else ("", ())
-        rows = await fetch_all(self._db, f"SELECT * FROM variant_promotions {where} ORDER BY id", parameters)
+        rows = await self._db.fetch_all(f"SELECT * FROM variant_promotions {where} ORDER BY id", parameters)
         return [VariantPromotion.from_row(row) for row in rows]
 
     async def promote_variant(
@@ -775,26 +778,26 @@ class Storage:
         """Make ``variant`` the style's default.  ``only_if_none`` (the ratings' own promotions) promotes only while
         no promotion stands, checked in the same transaction, so two ratings at once promote once."""
         async with self.write() as db:
+            await db.lock(f"promotion of {style}")
             if only_if_none:
-                standing = await fetch_all(
-                    db, "SELECT 1 FROM variant_promotions WHERE style = ? AND rolled_back_at IS NULL", (style,)
+                standing = await db.fetch_all(
+                    "SELECT 1 FROM variant_promotions WHERE style = ? AND rolled_back_at IS NULL", (style,)
                 )
                 if standing:
                     return None
-            cursor = await db.execute(
+            rows = await db.fetch_all(
                 "INSERT INTO variant_promotions (style, variant, decided_by, evidence, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?) RETURNING *",
                 (style, variant, decided_by, json.dumps(evidence, sort_keys=True), timestamp()),
             )
-            rows = await fetch_all(db, "SELECT * FROM variant_promotions WHERE id = ?", (cursor.lastrowid,))
         return VariantPromotion.from_row(rows[0])
 
     async def roll_back_promotion(self, style: str) -> VariantPromotion | None:
         """Undo the style's standing promotion (kept on record, marked rolled back) and pause its variant, so the
         same evidence does not promote it again at the next rating; returns what was rolled back."""
         async with self.write() as db:
-            rows = await fetch_all(
-                db,
+            await db.lock(f"promotion of {style}")
+            rows = await db.fetch_all(
                 "SELECT * FROM variant_promotions WHERE style = ? AND rolled_back_at IS NULL ORDER BY id DESC LIMIT 1",
                 (style,),
             )
@@ -807,7 +810,7 @@ class Storage:
                 "ON CONFLICT (style, variant) DO UPDATE SET paused = 1, changed_at = excluded.changed_at",
                 (style, rows[0]["variant"], now),
             )
-            rows = await fetch_all(db, "SELECT * FROM variant_promotions WHERE id = ?", (rows[0]["id"],))
+            rows = await db.fetch_all("SELECT * FROM variant_promotions WHERE id = ?", (rows[0]["id"],))
         return VariantPromotion.from_row(rows[0])
 
     # ------------------------------------------------------------------ forgetting
@@ -815,7 +818,7 @@ class Storage:
     async def forget_user(self, user_id: int) -> list[str]:
         """Delete a person and everything about them; return their task ids (to purge the broker)."""
         async with self.write() as db:
-            task_ids = [row[0] for row in await fetch_all(db, "SELECT task_id FROM jobs WHERE user_id = ?", (user_id,))]
+            task_ids = [row[0] for row in await db.fetch_all("SELECT task_id FROM jobs WHERE user_id = ?", (user_id,))]
             # Ratings they gave on others' pictures, then their jobs (cascading to
             # selfies, pictures and the ratings on those), then the person.
             await db.execute("DELETE FROM ratings WHERE rater_id = ?", (user_id,))
@@ -825,16 +828,17 @@ class Storage:
             await db.execute("DELETE FROM users WHERE id = ?", (user_id,))
         return task_ids
 
-    async def count(self, table: str, where: str = "1", parameters: tuple[Any, ...] = ()) -> int:
+    async def count(self, table: str, where: str = "TRUE", parameters: tuple[Any, ...] = ()) -> int:
         """Row counts for tests and reports; ``table`` is one of ours, never user input."""
         if table not in {"users", "jobs", "selfies", "pictures", "ratings", "person_settings"}:
             raise ValueError(table)
-        rows = await fetch_all(self._db, f"SELECT COUNT(*) FROM {table} WHERE {where}", parameters)
+        rows = await self._db.fetch_all(f"SELECT COUNT(*) FROM {table} WHERE {where}", parameters)
         return int(rows[0][0])
 
     async def integrity_check(self) -> str:
-        rows = await fetch_all(self._db, "PRAGMA integrity_check")
-        return str(rows[0][0])
+        """``ok`` when the engine finds nothing wrong (SQLite's ``PRAGMA integrity_check``; on PostgreSQL, that
+        every picture, rating and selfie still has the row it belongs to)."""
+        return await self._db.integrity_check()
 
 
 def read_feedback_rows(path: Path) -> FeedbackRows:

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SELFIE = REPO / "engine" / "assets" / "sample_selfie.jpg"
 REDIS_URL = os.environ.get("MMPP_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+#: The PostgreSQL the storage tests run on (`make test` starts a private one when none answers); each test gets
+#: its own fresh schema of this database, dropped after it.
+POSTGRES_URL = os.environ.get("MMPP_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Tests never download: without this every Hub lookup retries for ~25 s before failing.
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -43,6 +46,42 @@ def redis_available() -> bool:
         return bool(redis.Redis.from_url(REDIS_URL, socket_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+async def postgres_error() -> str | None:
+    """Why the test PostgreSQL does not answer, or ``None`` when it does."""
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        return f"{type(error).__name__}: {error}"
+    await connection.close()
+    return None
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A fresh, empty schema of the test PostgreSQL, as the URL a bot would be given (``search_path`` names
+    the schema, so every table the bot makes lands in it); dropped with all it holds after the test.
+    No PostgreSQL is a failure, not a skip: the storage tests must run on both engines."""
+    import asyncpg
+
+    problem = await postgres_error()
+    if problem is not None:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_URL} ({problem}); `make test` starts one (Makefile target "
+            "postgres), or set MMPP_TEST_POSTGRES_URL"
+        )
+    schema = f"mmpp_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        separator = "&" if "?" in POSTGRES_URL else "?"
+        yield f"{POSTGRES_URL}{separator}search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
 
 
 def start_worker(queue: str, cache_dir: Path, **env: str) -> subprocess.Popen[bytes]:

@@ -33,7 +33,7 @@ from bot.core.status import StatusEdit, StatusEdits, StatusPacer
 from bot.core.variants import Variants
 from bot.queue import JobQueue
 from bot.settings import BotSettings
-from bot.storage import Job, Storage, StoredPicture, timestamp
+from bot.storage import Job, QuotaRefused, Storage, StoredPicture, timestamp
 from mmpp.catalogue import Catalogue, Style
 from mmpp.contract import ACCEPTED_PHOTO_TYPES, MAX_UPLOAD_BYTES, GenerateRequest, GenerateResult, Mode, queue_for
 from mmpp.errors import ErrorCode, MmppError
@@ -353,12 +353,16 @@ class Jobs:
             variant = preferred_variant  # an upscale repaints its picture: the picture's variant, whatever is served
         else:
             variant = await self.variants.assign(self.check_style(style), preferred_variant)
-        job, created = await self.storage.create_job(
-            task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
-            chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed, selfie=selfie,
-            reply_context=reply_context, parent_job_id=parent_job_id, queue=self._queue_of(style, mode),
-            variant=variant, upscale_of_picture_id=upscale_of_picture_id,
-        )  # fmt: skip
+        try:
+            job, created = await self.storage.create_job(
+                task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
+                chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed,
+                selfie=selfie, reply_context=reply_context, parent_job_id=parent_job_id,
+                queue=self._queue_of(style, mode), variant=variant, upscale_of_picture_id=upscale_of_picture_id,
+                limits=self.moderation.limits(requester),
+            )  # fmt: skip
+        except QuotaRefused as refused:  # another order took the last place since the check above
+            raise self.moderation.refusal(refused) from None
         if not created:
             return job, False
         metrics.JOBS_CREATED.labels(job.platform).inc()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.core.platform import Person
 from bot.settings import BotSettings
-from bot.storage import Storage
+from bot.storage import JobLimits, QuotaRefused, Storage
 from mmpp.errors import ErrorCode, MmppError
 
 
@@ -112,42 +112,57 @@ class Moderation:
         if blocked:
             raise MmppError(ErrorCode.PROMPT_BLOCKED, f"The prompt contains '{blocked}', which is not allowed here.")
 
-    async def check_quotas(self, person: Person, user_id: int, chat_id: str, count: int) -> None:
-        """The person's pending jobs and daily pictures, then the chat's daily pictures; admins have none."""
+    def limits(self, person: Person) -> JobLimits | None:
+        """The quotas an order of ``person`` must fit (admins: none), for the storage to check in the transaction
+        that writes the job, so that bot processes sharing the database cannot both take the last place."""
         if self.is_admin(person):
+            return None
+        settings = self.settings
+        day_start = self._day_start(self._clock())
+        return JobLimits(
+            settings.max_pending_jobs, settings.daily_picture_quota, settings.chat_daily_picture_quota, day_start
+        )
+
+    async def check_quotas(self, person: Person, user_id: int, chat_id: str, count: int) -> None:
+        """The person's pending jobs and daily pictures, then the chat's daily pictures; admins have none.
+
+        A read before the order is worked out (its variant), to refuse early; what holds is the same check
+        again where the job is written (:meth:`limits`)."""
+        limits = self.limits(person)
+        if limits is None:
             return
-        await self._check_person(user_id, count)
-        await self._check_chat(person.platform, chat_id, count)
-
-    def _day_start(self, now: datetime) -> datetime:
-        return datetime(now.year, now.month, now.day, tzinfo=UTC)
-
-    async def _check_person(self, user_id: int, count: int) -> None:
         pending = await self.storage.pending_jobs(user_id)
-        if pending >= self.settings.max_pending_jobs:
-            raise MmppError(
+        if pending >= limits.max_pending:
+            raise self.refusal(QuotaRefused("pending", pending))
+        used = await self.storage.pictures_requested_since(user_id, limits.day_start)
+        if used + count > limits.daily_pictures:
+            raise self.refusal(QuotaRefused("daily", used))
+        used = await self.storage.pictures_requested_in_chat_since(person.platform, chat_id, limits.day_start)
+        if used + count > limits.chat_daily_pictures:
+            raise self.refusal(QuotaRefused("chat_daily", used))
+
+    def refusal(self, refused: QuotaRefused) -> MmppError:
+        """The one line a person is told for a quota the order did not fit."""
+        now = self._clock()
+        until = _until_midnight(now, self._day_start(now))
+        if refused.limit == "pending":
+            pending = refused.used
+            return MmppError(
                 ErrorCode.QUOTA_EXCEEDED,
                 f"You already have {pending} job{'s' if pending != 1 else ''} in progress; wait until they are done.",
             )
-        now = self._clock()
-        day_start = self._day_start(now)
-        used = await self.storage.pictures_requested_since(user_id, day_start)
-        quota = self.settings.daily_picture_quota
-        if used + count > quota:
-            raise MmppError(
+        if refused.limit == "daily":
+            quota = self.settings.daily_picture_quota
+            return MmppError(
                 ErrorCode.QUOTA_EXCEEDED,
-                f"You have used {used} of your {quota} pictures for today; the quota resets at 00:00 UTC "
-                f"({_until_midnight(now, day_start)}).",
+                f"You have used {refused.used} of your {quota} pictures for today; the quota resets at 00:00 UTC "
+                f"({until}).",
             )
+        return MmppError(
+            ErrorCode.QUOTA_EXCEEDED,
+            f"This chat has used its {self.settings.chat_daily_picture_quota} pictures for today; the quota resets "
+            f"at 00:00 UTC ({until}).",
+        )
 
-    async def _check_chat(self, platform: str, chat_id: str, count: int) -> None:
-        now = self._clock()
-        day_start = self._day_start(now)
-        used = await self.storage.pictures_requested_in_chat_since(platform, chat_id, day_start)
-        quota = self.settings.chat_daily_picture_quota
-        if used + count > quota:
-            raise MmppError(
-                ErrorCode.QUOTA_EXCEEDED,
-                f"This chat has used its {quota} pictures for today; the quota resets at 00:00 UTC "
-                f"({_until_midnight(now, day_start)}).",
-            )
+    def _day_start(self, now: datetime) -> datetime:
+        return datetime(now.year, now.month, now.day, tzinfo=UTC)

@@ -1,4 +1,8 @@
-"""The database: migrations, concurrency, integrity, read-only reading, and the one place with SQL."""
+"""The database: migrations, concurrency, integrity, read-only reading, and the one place with SQL.
+
+Each test that touches the database runs on both engines (``location``): a fresh SQLite file, and a fresh
+schema of the test PostgreSQL.  "Two processes" are two ``Storage`` instances: two SQLite connections to one
+file, or two PostgreSQL connection pools."""
 
 from __future__ import annotations
 
@@ -15,8 +19,16 @@ from mmpp.errors import ErrorCode, MmppError
 REPO = Path(__file__).resolve().parents[2]
 
 
-async def test_migrations_apply_once_and_record_the_version(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite3"
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a fresh bot database is, on each engine in turn."""
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite3"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+async def test_migrations_apply_once_and_record_the_version(location: Path | str) -> None:
+    path = location
     storage = await Storage.open(path)
     newest = max(int(file.name[:4]) for file in MIGRATIONS.glob("*.sql"))
     assert await storage.schema_version() == newest
@@ -32,25 +44,42 @@ def test_every_migration_starts_with_a_reason_line() -> None:
         assert path.read_text(encoding="utf-8").startswith("-- reason: "), path.name
 
 
-async def test_a_failing_migration_leaves_nothing_behind(tmp_path: Path) -> None:
+async def test_a_failing_migration_leaves_nothing_behind(location: Path | str, tmp_path: Path) -> None:
     folder = tmp_path / "migrations"
     folder.mkdir()
     (folder / "0001_ok.sql").write_text("-- reason: test\nCREATE TABLE first (x INTEGER);\n")
     (folder / "0002_broken.sql").write_text("-- reason: test\nCREATE TABLE second (x INTEGER);\nNOT SQL AT ALL;\n")
     with pytest.raises(RuntimeError, match=r"0002_broken\.sql"):
-        await Storage.open(tmp_path / "db.sqlite3", migrations=folder)
-    storage = Storage.__new__(Storage)
-    import aiosqlite
+        await Storage.open(location, migrations=folder)
+    (folder / "0002_broken.sql").unlink()
+    storage = await Storage.open(location, migrations=folder)  # reopens: the first is there, recorded once
+    assert await storage.schema_version() == 1 and await storage.migrate(folder) == []
+    async with storage.write() as db:
+        await db.execute("INSERT INTO first (x) VALUES (?)", (1,))
+        with pytest.raises(Exception, match="second"):
+            await db.fetch_all("SELECT * FROM second")
+    await storage.close()
 
-    async with aiosqlite.connect(tmp_path / "db.sqlite3") as connection:
-        tables = {row[0] for row in await connection.execute_fetchall("SELECT name FROM sqlite_master")}
-        versions = [row[0] for row in await connection.execute_fetchall("SELECT version FROM schema_migrations")]
-    assert "first" in tables and "second" not in tables and versions == [1]
-    del storage
+
+async def test_postgresql_gets_the_same_migrations_with_its_own_types(postgres_url: str) -> None:
+    """SQLite's row ids, 64-bit integers and blobs, rewritten: ids numbered by the engine, a seed or a platform
+    id past 2**31 stored, a picture's bytes read back as bytes; and the text columns the same Python types."""
+    storage = await Storage.open(postgres_url)
+    owner = await storage.ensure_user("test", "owner")
+    job, _ = await storage.create_job(
+        task_id="t", user_id=owner, platform="test", event_key="e", chat_id="c", style="anime", prompt="",
+        mode=None, picture_count=1, seed=2**40, selfie=b"\x00\xff", reply_context={"a": 1},
+    )  # fmt: skip
+    (picture,) = await storage.store_pictures(job.id, [(2**40 + 1, b"\x89PNG\x00")])
+    assert (job.id, picture.id, job.seed, picture.seed) == (1, 1, 2**40, 2**40 + 1)
+    assert picture.png == b"\x89PNG\x00" and await storage.selfie(job.id) == b"\x00\xff"
+    assert isinstance(job.created_at, str) and job.reply_context == {"a": 1}
+    assert storage.dialect == "postgresql" and await storage.integrity_check() == "ok"
+    await storage.close()
 
 
-async def test_two_hundred_concurrent_ratings_are_all_stored(tmp_path: Path) -> None:
-    storage = await Storage.open(tmp_path / "db.sqlite3")
+async def test_two_hundred_concurrent_ratings_are_all_stored(location: Path | str) -> None:
+    storage = await Storage.open(location)
     owner = await storage.ensure_user("test", "owner")
     job, _ = await storage.create_job(
         task_id="t", user_id=owner, platform="test", event_key="e", chat_id="c", style="anime", prompt="",
@@ -58,7 +87,7 @@ async def test_two_hundred_concurrent_ratings_are_all_stored(tmp_path: Path) -> 
     )  # fmt: skip
     (picture,) = await storage.store_pictures(job.id, [(1, b"png")])
     # A second connection writes at the same time, as a second bot process would.
-    other = await Storage.open(tmp_path / "db.sqlite3")
+    other = await Storage.open(location)
 
     async def rate(index: int) -> None:
         target = storage if index % 2 else other
@@ -72,8 +101,8 @@ async def test_two_hundred_concurrent_ratings_are_all_stored(tmp_path: Path) -> 
     await storage.close()
 
 
-async def test_ensure_user_creates_once_and_find_user_never_creates(tmp_path: Path) -> None:
-    storage = await Storage.open(tmp_path / "db.sqlite3")
+async def test_ensure_user_creates_once_and_find_user_never_creates(location: Path | str) -> None:
+    storage = await Storage.open(location)
     assert await storage.find_user("test", "alice") is None and await storage.count("users") == 0
     first = await storage.ensure_user("test", "alice", "Alice")
     assert await storage.ensure_user("test", "alice") == first and await storage.find_user("test", "alice") == first
@@ -81,8 +110,10 @@ async def test_ensure_user_creates_once_and_find_user_never_creates(tmp_path: Pa
     await storage.close()
 
 
-async def test_the_read_only_opener_never_writes_and_refuses_what_is_not_the_bots(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite3"
+async def test_the_read_only_opener_never_writes_and_refuses_what_is_not_the_bots(
+    location: Path | str, tmp_path: Path
+) -> None:
+    path = location
     storage = await Storage.open(path)
     owner = await storage.ensure_user("test", "owner")
     job, _ = await storage.create_job(
@@ -97,9 +128,15 @@ async def test_the_read_only_opener_never_writes_and_refuses_what_is_not_the_bot
     rows = await reader.feedback_rows()
     assert rows.jobs_per_style == {"anime": 1} and rows.pictures_per_style == {"anime": 1}
     assert [(rating.style, rating.score) for rating in rows.ratings] == [("anime", 5)]
-    with pytest.raises(Exception, match="readonly"):
+    with pytest.raises(Exception, match=r"readonly|read-only"):
         await reader.ensure_user("test", "intruder")
     await reader.close()
+    if isinstance(location, str):  # PostgreSQL: an empty schema is not the bot's database
+        empty = location.rsplit("=", 1)[0] + "=public_nothing_here"
+        with pytest.raises(MmppError) as refused:
+            await Storage.open_read_only(empty)
+        assert "is not the bot's database: it has no jobs, pictures, ratings table" in refused.value.message
+        return
 
     (tmp_path / "notes.txt").write_text("not a database " * 50)
     sqlite3.connect(tmp_path / "other.sqlite3").execute("CREATE TABLE t (x)").connection.commit()
@@ -121,14 +158,16 @@ def test_read_feedback_rows_is_for_callers_without_an_event_loop(tmp_path: Path)
 
 def test_sql_lives_in_bot_storage_alone() -> None:
     """Every query of the bot's database is in bot/storage.py: no other module of bot/ (nor the engine's
-    feedback report, which reads the same database) opens SQLite or holds SQL."""
+    feedback report, which reads the same database) opens a database or holds SQL; the storage layer is
+    bot/storage.py (the queries) and bot/database.py (the two engines' drivers)."""
     sql = re.compile(
-        r"\b(SELECT|INSERT INTO|DELETE FROM|CREATE TABLE|PRAGMA)\b|\bUPDATE \w+ SET\b|import (sqlite3|aiosqlite)"
+        r"\b(SELECT|INSERT INTO|DELETE FROM|CREATE TABLE|PRAGMA)\b|\bUPDATE \w+ SET\b"
+        r"|import (sqlite3|aiosqlite|asyncpg)"
     )
     files = [*(REPO / "bot").rglob("*.py"), REPO / "engine" / "evaluate" / "feedback.py", REPO / "mmpp" / "feedback.py"]
     offenders = [
         str(path.relative_to(REPO)) for path in files
-        if path.name != "storage.py" and sql.search(path.read_text(encoding="utf-8"))
+        if path.name not in {"storage.py", "database.py"} and sql.search(path.read_text(encoding="utf-8"))
     ]  # fmt: skip
     assert sql.search((REPO / "bot" / "storage.py").read_text(encoding="utf-8"))  # the check sees SQL
     assert offenders == []

@@ -68,7 +68,7 @@ async def check_database(database: Path) -> Storage:
     """The file opens through the normal path (migrations included) and SQLite finds nothing wrong."""
     storage = await Storage.open(database)
     assert await storage.integrity_check() == "ok"
-    problems = await storage._db.execute_fetchall("PRAGMA foreign_key_check")
+    problems = await storage._db.fetch_all("PRAGMA foreign_key_check")
     assert not list(problems), f"dangling references: {list(map(tuple, problems))}"
     return storage
 

@@ -1,0 +1,417 @@
+"""The storage layer's two database drivers: SQLite (aiosqlite, the embedded default) and PostgreSQL (asyncpg).
+
+``bot.storage.Storage`` writes every query once, in SQL both engines read the same way (``?`` placeholders,
+``ON CONFLICT``, ``RETURNING``, ``IS NOT DISTINCT FROM``).  What differs between the engines lives here and
+nowhere else:
+
+* placeholders: PostgreSQL numbers them (``$1``), so its driver rewrites each ``?`` once per query text;
+* transactions: SQLite has one writer at a time for the whole file, so a write is ``BEGIN IMMEDIATE`` under
+  one asyncio lock (writes in this process never interleave, a write in another process waits its turn);
+  PostgreSQL runs writers side by side, each on its own pooled connection, and a transaction that reads
+  before it writes (a quota, the broker's places, a promotion) first takes the advisory locks
+  :meth:`Transaction.lock` names, so two processes serialise exactly where they must.  On SQLite that call
+  costs nothing: the file lock already serialises every writer;
+* migrations: the numbered files in ``migrations/`` are written in SQLite's dialect and applied to SQLite
+  exactly as they are; PostgreSQL gets the same files through :func:`postgres_migration`, a small and
+  documented rewrite of the few types SQLite spells its own way;
+* the checks without a portable spelling: a table's columns, the integrity check.
+
+Every value a query returns has the same Python type on both: the schema keeps timestamps as ISO-8601 text
+and JSON as text (so ordering and comparison are those of the text on both engines), flags as integers,
+pictures as bytes.  The one exception, ``SUM`` of integers (a ``Decimal`` on PostgreSQL), is read through
+``int(...)`` by every caller.
+
+Why a driver layer under one ``Storage`` rather than two ``Storage`` classes: the queries are the part that
+grows (one per feature), and written once they cannot drift apart; the engines differ in a dozen lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias
+from urllib.parse import urlsplit, urlunsplit
+
+import aiosqlite
+
+from mmpp.errors import ErrorCode, MmppError
+
+MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+#: One row of a result: ``sqlite3.Row`` or ``asyncpg.Record``; both index by position and by column name,
+#: iterate over their values and turn into a dict with ``dict(row)``.
+Row: TypeAlias = Any
+
+
+def is_postgres_url(location: Path | str) -> bool:
+    return isinstance(location, str) and urlsplit(location).scheme in POSTGRES_SCHEMES
+
+
+def redacted(location: Path | str) -> str:
+    """The database as it may be printed or logged: a PostgreSQL URL without its password."""
+    if not is_postgres_url(location):
+        return str(location)
+    parts = urlsplit(str(location))
+    if parts.password is None:
+        return str(location)
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _now_text() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def migration_files(folder: Path) -> list[tuple[int, Path]]:
+    """The numbered migrations of ``folder``, oldest first; a file not named ``NNNN_reason.sql`` is refused."""
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        match = MIGRATION_NAME.match(path.name)
+        if not match:
+            raise RuntimeError(f"{path.name}: migrations are named NNNN_reason.sql")
+        found.append((int(match.group(1)), path))
+    return found
+
+
+class Transaction(Protocol):
+    """What a query sees inside ``Storage.write()``: one transaction, committed when the block ends."""
+
+    async def fetch_all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        """Run one statement; the number of rows it inserted, changed or deleted."""
+        ...
+
+    async def lock(self, *keys: str) -> None:
+        """Hold ``keys`` until the transaction ends: another process's transaction asking for one waits."""
+        ...
+
+
+class Database(Protocol):
+    """One database engine under ``Storage``: reads, write transactions, migrations and the engine's checks."""
+
+    dialect: str
+
+    async def fetch_all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]: ...
+
+    def write(self) -> Any:
+        """``async with database.write() as transaction``: one transaction (an async context manager)."""
+        ...
+
+    async def migrate(self, folder: Path) -> list[int]: ...
+
+    async def columns(self, table: str) -> set[str]: ...
+
+    async def integrity_check(self) -> str: ...
+
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------- SQLite
+
+
+class SqliteTransaction:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+
+    async def fetch_all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        return list(await self._connection.execute_fetchall(sql, parameters))
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        cursor = await self._connection.execute(sql, parameters)
+        return cursor.rowcount
+
+    async def lock(self, *keys: str) -> None:
+        """Nothing to do: ``BEGIN IMMEDIATE`` already made this the only writer of the file."""
+
+
+class SqliteDatabase:
+    """The embedded default: one connection, WAL (readers beside the writer), a busy timeout (a second process
+    waits instead of failing with "database is locked"), and ``BEGIN IMMEDIATE`` under one asyncio lock."""
+
+    dialect = "sqlite"
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._connection = connection
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str) -> SqliteDatabase:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(str(path), isolation_level=None)
+        connection.row_factory = sqlite3.Row
+        await connection.execute("PRAGMA busy_timeout = 10000")
+        await connection.execute("PRAGMA journal_mode = WAL")
+        await connection.execute("PRAGMA synchronous = NORMAL")
+        await connection.execute("PRAGMA foreign_keys = ON")
+        return cls(connection)
+
+    @classmethod
+    async def open_read_only(cls, path: Path, *, label: str, tables: Sequence[str]) -> SqliteDatabase:
+        """An existing bot database opened with ``mode=ro``: no migrations, no pragma that writes.  What is not
+        the bot's database is refused with one line: a missing file, a file that is not SQLite, an SQLite file
+        without ``tables``."""
+        path = Path(path)
+        if not path.is_file():
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"the {label} {path} does not exist")
+        try:
+            connection = await aiosqlite.connect(f"file:{path.resolve().as_posix()}?mode=ro", uri=True)
+        except sqlite3.DatabaseError as error:
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
+        try:
+            connection.row_factory = sqlite3.Row
+            await connection.execute("PRAGMA busy_timeout = 10000")
+            rows = list(await connection.execute_fetchall("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        except sqlite3.DatabaseError as error:
+            await connection.close()
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{path} is not an SQLite database ({error})") from None
+        missing = set(tables) - {row[0] for row in rows}
+        if missing:
+            await connection.close()
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{path} is not the bot's database: it has no {', '.join(sorted(missing))} table (run 'mmpp migrate')",
+            )
+        return cls(connection)
+
+    async def fetch_all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        return list(await self._connection.execute_fetchall(sql, parameters))
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        """One statement outside any transaction (a pragma); the rows it changed."""
+        cursor = await self._connection.execute(sql, parameters)
+        return cursor.rowcount
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[SqliteTransaction]:
+        async with self._write_lock:
+            await self._connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqliteTransaction(self._connection)
+            except BaseException:
+                await self._connection.execute("ROLLBACK")
+                raise
+            await self._connection.execute("COMMIT")
+
+    async def migrate(self, folder: Path) -> list[int]:
+        """Apply the numbered migrations not yet applied, each in one transaction, as written."""
+        async with self._write_lock:
+            await self._connection.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            applied = {row[0] for row in await self.fetch_all("SELECT version FROM schema_migrations")}
+            done = []
+            for version, path in migration_files(folder):
+                if version in applied:
+                    continue
+                script = path.read_text(encoding="utf-8")
+                record = f"INSERT INTO schema_migrations VALUES ({version}, '{path.name}', '{_now_text()}');"
+                try:
+                    await self._connection.executescript(f"BEGIN IMMEDIATE;\n{script}\n{record}\nCOMMIT;")
+                except sqlite3.Error as error:
+                    if self._connection.in_transaction:
+                        await self._connection.execute("ROLLBACK")
+                    raise RuntimeError(f"migration {path.name} failed: {error}") from error
+                done.append(version)
+            return done
+
+    async def columns(self, table: str) -> set[str]:
+        return {row[1] for row in await self.fetch_all(f"PRAGMA table_info({table})")}
+
+    async def integrity_check(self) -> str:
+        rows = await self.fetch_all("PRAGMA integrity_check")
+        return str(rows[0][0])
+
+    async def close(self) -> None:
+        await self._connection.close()
+
+
+# ---------------------------------------------------------------------------------------------------- PostgreSQL
+
+# The rewrite of a migration for PostgreSQL, in order.  SQLite's ``id INTEGER PRIMARY KEY`` is the row id,
+# numbered by the engine: PostgreSQL's identity column.  SQLite's INTEGER holds 64 bits (seeds, platform ids):
+# BIGINT.  SQLite's BLOB: BYTEA.  Everything else in the migrations (TEXT, CHECK, partial indexes, ALTER TABLE
+# ... ADD COLUMN, REFERENCES ... ON DELETE) both engines read alike; a migration that ever needs more can ship
+# a ``NNNN_reason.postgres.sql`` beside it, applied to PostgreSQL instead (the same version number).
+POSTGRES_REWRITES = (
+    (re.compile(r"\bid INTEGER PRIMARY KEY\b"), "id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+    (re.compile(r"\bINTEGER\b"), "BIGINT"),
+    (re.compile(r"\bBLOB\b"), "BYTEA"),
+)
+
+
+def postgres_migration(path: Path) -> str:
+    """The text of migration ``path`` as PostgreSQL applies it: its ``.postgres.sql`` twin where one exists,
+    otherwise the SQLite text through :data:`POSTGRES_REWRITES`."""
+    twin = path.with_name(path.name.removesuffix(".sql") + ".postgres.sql")
+    if twin.is_file():
+        return twin.read_text(encoding="utf-8")
+    script = path.read_text(encoding="utf-8")
+    for pattern, replacement in POSTGRES_REWRITES:
+        script = pattern.sub(replacement, script)
+    return script
+
+
+@lru_cache(maxsize=1024)
+def numbered_placeholders(sql: str) -> str:
+    """``?`` -> ``$1, $2, ...`` outside quoted text: the queries are written once, with SQLite's marks."""
+    parts = re.split(r"('(?:[^']|'')*')", sql)
+    number = 0
+    for index in range(0, len(parts), 2):  # the even parts lie outside quotes
+
+        def next_mark(_: re.Match[str]) -> str:
+            nonlocal number
+            number += 1
+            return f"${number}"
+
+        parts[index] = re.sub(r"\?", next_mark, parts[index])
+    return "".join(parts)
+
+
+def _rows_affected(status: str) -> int:
+    """asyncpg answers ``INSERT 0 1``, ``UPDATE 3``, ``DELETE 0``: the last word is the row count."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else 0
+
+
+class PostgresTransaction:
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def fetch_all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        return list(await self._connection.fetch(numbered_placeholders(sql), *parameters))
+
+    async def execute(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        return _rows_affected(await self._connection.execute(numbered_placeholders(sql), *parameters))
+
+    async def lock(self, *keys: str) -> None:
+        """Transaction-scoped advisory locks, taken in a fixed order so that two transactions asking for the
+        same keys never wait on each other in a circle."""
+        for key in sorted(set(keys)):
+            await self._connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", key)
+
+
+class PostgresDatabase:
+    """Several bot processes, on several machines, on one database: a pool of connections per process, each
+    write its own transaction (read committed), serialised by row locks and :meth:`PostgresTransaction.lock`
+    where it reads before it writes."""
+
+    dialect = "postgresql"
+    #: The migrations' lock: two processes starting at once apply each migration once.
+    MIGRATION_LOCK = "mmpp schema migrations"
+
+    def __init__(self, pool: Any, location: str) -> None:
+        self._pool = pool
+        self.location = location
+
+    @classmethod
+    async def open(cls, url: str, *, pool_size: int = 10) -> PostgresDatabase:
+        import asyncpg  # only where PostgreSQL is used: the SQLite default never loads it
+
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=pool_size, command_timeout=60)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"the PostgreSQL database {redacted(url)} cannot be opened ({type(error).__name__}: {error})",
+            ) from None
+        return cls(pool, url)
+
+    @classmethod
+    async def open_read_only(cls, url: str, *, label: str, tables: Sequence[str]) -> PostgresDatabase:
+        """The database with every transaction read-only (the server refuses a write), refused with one line
+        when it lacks ``tables``."""
+        import asyncpg
+
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=2, server_settings={"default_transaction_read_only": "on"}
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"the {label} {redacted(url)} cannot be opened ({type(error).__name__}: {error})",
+            ) from None
+        database = cls(pool, url)
+        rows = await database.fetch_all(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+        )
+        missing = set(tables) - {str(row[0]) for row in rows}
+        if missing:
+            await database.close()
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{redacted(url)} is not the bot's database: it has no {', '.join(sorted(missing))} table "
+                "(run 'mmpp migrate')",
+            )
+        return database
+
+    async def fetch_all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
+        return list(await self._pool.fetch(numbered_placeholders(sql), *parameters))
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[PostgresTransaction]:
+        async with self._pool.acquire() as connection, connection.transaction():
+            yield PostgresTransaction(connection)
+
+    async def migrate(self, folder: Path) -> list[int]:
+        """Apply the numbered migrations not yet applied, each in one transaction, under one advisory lock."""
+        import asyncpg
+
+        done = []
+        async with self._pool.acquire() as connection:
+            # Held to the end: a second process migrating at the same moment waits, then finds nothing to do.
+            await connection.execute("SELECT pg_advisory_lock(hashtextextended($1, 0))", self.MIGRATION_LOCK)
+            try:
+                await connection.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                )
+                applied = {row[0] for row in await connection.fetch("SELECT version FROM schema_migrations")}
+                for version, path in migration_files(folder):
+                    if version in applied:
+                        continue
+                    try:
+                        async with connection.transaction():  # this migration whole, or not at all
+                            await connection.execute(postgres_migration(path))
+                            await connection.execute(
+                                "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, path.name, _now_text()
+                            )
+                    except asyncpg.PostgresError as error:
+                        raise RuntimeError(f"migration {path.name} failed: {error}") from error
+                    done.append(version)
+            finally:
+                await connection.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", self.MIGRATION_LOCK)
+        return done
+
+    async def columns(self, table: str) -> set[str]:
+        rows = await self.fetch_all(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+            "AND table_schema = current_schema()",
+            (table,),
+        )
+        return {str(row[0]) for row in rows}
+
+    async def integrity_check(self) -> str:
+        """PostgreSQL keeps its own pages consistent (there is no ``PRAGMA integrity_check``); what can still go
+        wrong is ours: a row pointing at a row that is gone.  ``ok`` when every reference holds."""
+        dangling = await self.fetch_all(
+            "SELECT 'pictures' FROM pictures WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = pictures.job_id) "
+            "UNION ALL SELECT 'ratings' FROM ratings "
+            "WHERE NOT EXISTS (SELECT 1 FROM pictures WHERE pictures.id = ratings.picture_id) "
+            "UNION ALL SELECT 'selfies' FROM selfies "
+            "WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.id = selfies.job_id) "
+            "LIMIT 1"
+        )
+        return "ok" if not dangling else f"dangling {dangling[0][0]} rows"
+
+    async def close(self) -> None:
+        await self._pool.close()
