@@ -72,6 +72,8 @@ def migration_files(folder: Path) -> list[tuple[int, Path]]:
     """The numbered migrations of ``folder``, oldest first; a file not named ``NNNN_reason.sql`` is refused."""
     found = []
     for path in sorted(folder.glob("*.sql")):
+        if path.name.endswith(".postgres.sql"):  # PostgreSQL's own text of a migration (postgres_migration)
+            continue
         match = MIGRATION_NAME.match(path.name)
         if not match:
             raise RuntimeError(f"{path.name}: migrations are named NNNN_reason.sql")

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bot.storage import MIGRATIONS, Storage, read_feedback_rows
+from bot.storage import MIGRATIONS, Job, JobLimits, QuotaRefused, Storage, read_feedback_rows
 from mmpp.errors import ErrorCode, MmppError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,3 +174,142 @@ def test_sql_lives_in_bot_storage_alone() -> None:
     ]  # fmt: skip
     assert sql.search((REPO / "bot" / "storage.py").read_text(encoding="utf-8"))  # the check sees SQL
     assert offenders == []
+
+
+# ---------------------------------------------------------------------------------------------------- two processes
+
+
+async def two_storages(location: Path | str) -> tuple[Storage, Storage]:
+    """Two bot processes on one database: two SQLite connections to the file, or two PostgreSQL pools."""
+    first = await Storage.open(location)
+    return first, await Storage.open(location)
+
+
+async def new_job(storage: Storage, user_id: int, event_key: str, **options: Any) -> tuple[Job, bool]:
+    """A job as the core writes one: a fresh task id in each process, the platform's event key shared."""
+    return await storage.create_job(
+        task_id=str(uuid.uuid4()), user_id=user_id, platform="test", event_key=event_key, chat_id="chat",
+        style="anime", prompt="", mode=None, picture_count=options.pop("picture_count", 1), seed=1, selfie=b"x",
+        reply_context={}, queue="mmpp", **options,
+    )  # fmt: skip
+
+
+async def test_a_job_is_claimed_by_exactly_one_of_two_processes_asking_at_once(location: Path | str) -> None:
+    first, second = await two_storages(location)
+    owner = await first.ensure_user("test", "owner")
+    jobs = [(await new_job(first, owner, f"event-{index}"))[0] for index in range(30)]
+    now = datetime.now(UTC)
+    stale_before = now - timedelta(minutes=30)
+    answers = await asyncio.gather(
+        *(
+            storage.claim_delivery(job.id, name, now, stale_before)
+            for job in jobs
+            for storage, name in ((first, "process-a"), (second, "process-b"))
+        )
+    )
+    for index, job in enumerate(jobs):
+        won = answers[2 * index : 2 * index + 2]
+        assert won.count(True) == 1, (job.id, won)
+        assert await first.delivery_claimant(job.id) == ("process-a" if won[0] else "process-b")
+    await first.close()
+    await second.close()
+
+
+async def test_one_event_handed_to_two_processes_makes_one_job(location: Path | str) -> None:
+    first, second = await two_storages(location)
+    owner = await first.ensure_user("test", "owner")
+    results = await asyncio.gather(
+        *(new_job(storage, owner, f"event-{index}") for index in range(20) for storage in (first, second)),
+        return_exceptions=True,
+    )
+    assert not [result for result in results if isinstance(result, BaseException)]
+    created = [result for result in results if not isinstance(result, BaseException) and result[1]]
+    assert len(created) == 20 and await first.count("jobs") == 20 and await first.count("selfies") == 20
+    await first.close()
+    await second.close()
+
+
+async def test_ratings_from_two_processes_at_once_are_never_lost_or_doubled(location: Path | str) -> None:
+    """200 people rate one picture, half through each process, and 50 of them change their minds at the same
+    moment through the other process: one row per person, holding one of the two scores they gave."""
+    first, second = await two_storages(location)
+    owner = await first.ensure_user("test", "owner")
+    job, _ = await new_job(first, owner, "event")
+    (picture,) = await first.store_pictures(job.id, [(1, b"png")])
+    raters = [await first.ensure_user("test", f"rater-{index}") for index in range(200)]
+
+    async def rate(index: int) -> None:
+        storage, other = (first, second) if index % 2 else (second, first)
+        if index < 50:
+            await asyncio.gather(
+                storage.set_rating(picture.id, raters[index], 1, "reaction"),
+                other.set_rating(picture.id, raters[index], 5, "button"),
+            )
+        else:
+            await storage.set_rating(picture.id, raters[index], 1 + index % 5, "reaction")
+
+    await asyncio.gather(*(rate(index) for index in range(200)))
+    assert await first.count("ratings") == 200
+    scores = [await second.rating(picture.id, rater) for rater in raters]
+    assert all(score in (1, 5) for score in scores[:50])
+    assert scores[50:] == [1 + index % 5 for index in range(50, 200)]
+    await first.close()
+    await second.close()
+
+
+async def test_quotas_hold_for_orders_through_two_processes_at_once(location: Path | str) -> None:
+    first, second = await two_storages(location)
+    alice = await first.ensure_user("test", "alice")
+    bob = await first.ensure_user("test", "bob")
+    day_start = datetime.now(UTC) - timedelta(hours=1)
+    one_pending = JobLimits(max_pending=1, daily_pictures=100, chat_daily_pictures=1000, day_start=day_start)
+    five_a_day = JobLimits(max_pending=100, daily_pictures=5, chat_daily_pictures=1000, day_start=day_start)
+
+    async def order(storage: Storage, user: int, event: str, limits: JobLimits) -> bool:
+        try:
+            return (await new_job(storage, user, event, limits=limits))[1]
+        except QuotaRefused:
+            return False
+
+    pending = await asyncio.gather(
+        *(order((first, second)[index % 2], alice, f"a-{index}", one_pending) for index in range(10))
+    )
+    daily = await asyncio.gather(
+        *(order((first, second)[index % 2], bob, f"b-{index}", five_a_day) for index in range(12))
+    )
+    assert pending.count(True) == 1 and await first.pending_jobs(alice) == 1
+    assert daily.count(True) == 5 and await first.pictures_requested_since(bob, day_start) == 5
+    with pytest.raises(QuotaRefused) as refused:
+        await new_job(second, bob, "b-late", limits=five_a_day)
+    assert (refused.value.limit, refused.value.used) == ("daily", 5)
+    await first.close()
+    await second.close()
+
+
+async def test_two_processes_feeding_the_broker_at_once_hand_out_each_place_once(location: Path | str) -> None:
+    first, second = await two_storages(location)
+    owner = await first.ensure_user("test", "owner")
+    for index in range(12):
+        await new_job(first, owner, f"event-{index}")
+    rounds = await asyncio.gather(
+        *(storage.admit_waiting(["test"], 4, 2**30, lambda size: size) for storage in (first, second) * 3)
+    )
+    admitted = [job_id for ids in rounds for job_id in ids]
+    assert len(admitted) == 4 and len(set(admitted)) == 4
+    assert await first.broker_load() == {"mmpp": (4, 8)}
+    await first.close()
+    await second.close()
+
+
+async def test_two_ratings_promoting_at_once_promote_once(location: Path | str) -> None:
+    first, second = await two_storages(location)
+    promotions = await asyncio.gather(
+        *(
+            storage.promote_variant("anime", variant, "ratings", {"n": index}, only_if_none=True)
+            for index, (storage, variant) in enumerate([(first, "a"), (second, "b")] * 5)
+        )
+    )
+    assert len([promotion for promotion in promotions if promotion is not None]) == 1
+    assert len(await first.promotions("anime")) == 1
+    await first.close()
+    await second.close()
