@@ -221,6 +221,11 @@ class SqliteDatabase:
                 except sqlite3.Error as error:
                     if self._connection.in_transaction:
                         await self._connection.execute("ROLLBACK")
+                    # Another process opening the same new file may have applied it since the versions were
+                    # read (a script cannot check first under its own BEGIN IMMEDIATE): then it is done.
+                    recorded = await self.fetch_all("SELECT 1 FROM schema_migrations WHERE version = ?", (version,))
+                    if recorded:
+                        continue
                     raise RuntimeError(f"migration {path.name} failed: {error}") from error
                 done.append(version)
             return done

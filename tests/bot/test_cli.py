@@ -16,16 +16,18 @@ from bot.storage import MIGRATIONS, Storage
 REPO = Path(__file__).resolve().parents[2]
 
 
-def mmpp(*arguments: str, database: Path) -> subprocess.CompletedProcess[str]:
+def mmpp(*arguments: str, database: Path, **settings: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "MMPP_DATABASE": str(database), "MMPP_STATE_DIR": str(database.parent / "state")}
     environment.pop("REDIS_URL", None)
+    environment.pop("MMPP_DATABASE_URL", None)
+    environment.update(settings)
     return subprocess.run(
         [sys.executable, "-m", "mmpp.cli", *arguments], capture_output=True, text=True, cwd=REPO, env=environment,
         timeout=120,
     )  # fmt: skip
 
 
-async def seed(database: Path) -> None:
+async def seed(database: Path | str) -> None:
     storage = await Storage.open(database)
     owner = await storage.ensure_user("telegram", "1")
     job, _ = await storage.create_job(
@@ -142,3 +144,25 @@ def test_variants_are_listed_steered_and_floored_from_the_command_line(tmp_path:
         bad = mmpp(*arguments, database=database)
         assert bad.returncode == 2 and bad.stderr.startswith(f"error[{code}]"), (arguments, bad.stderr)
         assert len(bad.stderr.splitlines()) == 1
+
+
+def test_the_database_url_alone_points_the_commands_at_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    """``MMPP_DATABASE_URL`` set: every command uses that database, and the SQLite file is never made."""
+    database = tmp_path / "unused.sqlite3"
+    environment = {"MMPP_DATABASE_URL": postgres_url}
+    migrated = mmpp("migrate", database=database, **environment)
+    newest = max(int(path.name.split("_")[0]) for path in MIGRATIONS.glob("[0-9]*_*.sql"))
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"schema version {newest}" in migrated.stdout and postgres_url in migrated.stdout
+    asyncio.run(seed(postgres_url))
+    figures = json.loads(mmpp("feedback", "--json", database=database, **environment).stdout)
+    assert figures[0]["style"] == "anime" and figures[0]["ratings"] == 3
+    assert not database.exists()
+
+    refused = mmpp("migrate", database=database, MMPP_DATABASE_URL="mysql://db/mmpp")
+    assert refused.returncode != 0 and "error[INVALID_REQUEST]: MMPP_DATABASE_URL must be a postgresql://" in (
+        refused.stderr
+    )
+    unreachable = mmpp("migrate", database=database, MMPP_DATABASE_URL="postgresql://nobody:secret@127.0.0.1:1/x")
+    assert unreachable.returncode != 0 and "error[INVALID_REQUEST]: the PostgreSQL database" in unreachable.stderr
+    assert "secret" not in unreachable.stderr and "Traceback" not in unreachable.stderr

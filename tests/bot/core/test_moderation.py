@@ -106,3 +106,29 @@ async def test_the_channels_of_one_server_share_its_chat_quota(
     direct, created_direct = await core.order_profile(in_channel("s5", Person("test", "p4"), "dm-7", None))
     assert created and created_direct and (other.chat_id, direct.chat_id) == ("server-2", "dm-7")
     await core.stop()
+
+
+async def test_the_quota_holds_where_the_job_is_written(
+    storage: Storage, queue: ScriptedQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early read can be overtaken (another bot process's order landing in between): the same check in
+    the transaction that writes the job refuses, with the same words, and writes nothing."""
+    queue.progress_polls = 10_000
+    core = ChatCore(storage, queue, bot_settings(tmp_path, max_pending_jobs=1, daily_picture_quota=3))
+    core.attach(RecordingDelivery())
+    await core.order_profile(order("one", count="2"))
+
+    async def overtaken(*arguments: object) -> None:
+        return None
+
+    monkeypatch.setattr(core.moderation, "check_quotas", overtaken)
+    with pytest.raises(MmppError) as pending:
+        await core.order_profile(order("two"))
+    assert pending.value.code is ErrorCode.QUOTA_EXCEEDED and "You already have 1 job in progress" in (
+        pending.value.message
+    )
+    with pytest.raises(MmppError) as daily:
+        await core.order_profile(order("three", person=BOB, count="4"))
+    assert daily.value.message.startswith("You have used 0 of your 3 pictures for today; the quota resets")
+    assert await storage.count("jobs") == 1 and await storage.count("selfies") == 1
+    await core.stop()
