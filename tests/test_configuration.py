@@ -40,6 +40,10 @@ def test_docker_compose_has_the_services_and_gpu_reservation() -> None:
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
     assert services["flower"]["profiles"] == ["monitoring"]
+    # PostgreSQL only with its profile; the bots wait for it when it runs and start without it otherwise.
+    assert services["postgres"]["profiles"] == ["postgres"]
+    bot_waits_for = services["discord-bot"]["depends_on"]["postgres"]
+    assert bot_waits_for == {"condition": "service_healthy", "required": False}
     for bot in ("discord-bot", "telegram-bot"):
         assert services[bot]["build"]["dockerfile"] == "docker/bot.Dockerfile"
     assert "torch" not in (REPO / "requirements-bot.txt").read_text().replace("no torch", "")
