@@ -35,7 +35,9 @@ full-size SD 1.5 components with random weights (speed does not depend on
 the values), writes them in the real on-disk formats to a temporary folder
 and loads them through ``Engine.from_sources``, the real loading path.  The
 building happens in a child process, so that its float32 copies do not count
-toward this process's peak RSS.
+toward this process's peak RSS.  ``klein-tiny`` and ``flux2-klein`` are the
+same two for FLUX.2 [klein] 4B; the full-size one is built on the GPU and runs
+only there (``--device cuda``): about 8 billion parameters.
 """
 
 from __future__ import annotations
@@ -79,9 +81,12 @@ KLEIN = "flux2-klein"
 
 logger = logging.getLogger(__name__)
 
-SHAPES = ("tiny", "sd15", "klein-tiny")
+SHAPES = ("tiny", "sd15", "klein-tiny", "flux2-klein")
 #: The test-sized shapes: built in the cache in seconds, float32, no temporary workspace.
 TINY_SHAPES = ("tiny", "klein-tiny")
+#: Shapes too big for a CPU: FLUX.2 [klein] 4B at full size is about 8 billion parameters (transformer and text
+#: encoder), a single 4-step 1024 px picture of which would take a CPU many minutes.
+GPU_SHAPES = ("flux2-klein",)
 SEED = 1234
 #: The bundled selfie (a photo with one clear face), so runs are comparable.
 SAMPLE_SELFIE = resources.files("engine").joinpath("assets", "sample_selfie.jpg")
@@ -131,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--shape",
         choices=SHAPES,
         default="tiny",
-        help="tiny test-sized SD 1.5, full-size SD 1.5 (sd15), or the test-sized FLUX.2 [klein] (klein-tiny)",
+        help="tiny test-sized SD 1.5, full-size SD 1.5 (sd15), the test-sized FLUX.2 [klein] (klein-tiny), or "
+        "the full-size FLUX.2 [klein] 4B (flux2-klein, with --device cuda)",
     )
     parser.add_argument("--mode", choices=[mode.value for mode in Mode], default=Mode.FAST.value)
     parser.add_argument(
@@ -163,6 +169,7 @@ def main(argv: list[str]) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     def body() -> int:
+        refuse_without_gpu(arguments.shape, arguments.device)
         report = bench_engine(
             shape=arguments.shape,
             mode=Mode(arguments.mode),
@@ -176,6 +183,23 @@ def main(argv: list[str]) -> int:
         return EXIT_OK
 
     return run_reporting_errors(body, logger)
+
+
+def refuse_without_gpu(shape: str, device: str) -> None:
+    """A GPU shape runs on an explicitly named CUDA device only: ``auto`` on a machine without one would start
+    building 16 GB of random weights on the CPU and measure for hours instead of saying so."""
+    if shape not in GPU_SHAPES:
+        return
+    if not device.startswith("cuda"):
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST,
+            f"--shape {shape} is the full-size model (about 8 billion parameters): run it on a GPU with "
+            "--device cuda (or cuda:N).",
+        )
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MmppError(ErrorCode.INVALID_REQUEST, f"--shape {shape} needs CUDA, which this machine does not have.")
 
 
 def default_dtype(shape: str, device: str) -> str:
@@ -257,7 +281,7 @@ def _workspace(shape: str) -> Iterator[Path | None]:
     if shape in TINY_SHAPES:
         yield None
         return
-    folder = Path(tempfile.mkdtemp(prefix="mmpp-bench-sd15-"))
+    folder = Path(tempfile.mkdtemp(prefix=f"mmpp-bench-{shape}-"))
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(128 + signum)
@@ -281,20 +305,30 @@ def _load_engine(shape: str, settings: Any, catalogue: Any, workspace: Path | No
         sources = build_tiny_weights(settings.cache_dir / "tiny", "sd15", catalogue.names)
     elif shape == "klein-tiny":
         sources = build_tiny_klein_weights(settings.cache_dir / "tiny", catalogue.names)
+    elif shape == "flux2-klein":
+        assert workspace is not None
+        _say("building full-size FLUX.2 [klein] 4B components (random weights) in a child process", started)
+        _run_child(build_full_klein, str(workspace), catalogue.names, settings.dtype, settings.device)
+        sources = full_klein_sources(workspace)
+        _say("components written; loading them through Engine.from_sources", started)
     else:
         assert workspace is not None
         _say("building full-size SD 1.5 components (random weights) in a child process", started)
-        context = multiprocessing.get_context("spawn")
-        child = context.Process(
-            target=build_full_sd15, args=(str(workspace), catalogue.names, settings.dtype), daemon=True
-        )
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise RuntimeError(f"building the full-size components failed (exit code {child.exitcode})")
+        _run_child(build_full_sd15, str(workspace), catalogue.names, settings.dtype)
         sources = full_sd15_sources(workspace)
         _say("components written; loading them through Engine.from_sources", started)
     return Engine.from_sources(sources, catalogue, settings)
+
+
+def _run_child(target: Any, *args: Any) -> None:
+    """Run a builder in a spawned child, so that its copies of the weights do not count toward this process's
+    peak RSS (nor, on a GPU, its memory)."""
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(target=target, args=args, daemon=True)
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"building the full-size components failed (exit code {child.exitcode})")
 
 
 def _measure(engine: Any, *, shape: str, mode: Mode, repeats: int, steps: int | None, started: float) -> dict[str, Any]:
@@ -1042,4 +1076,145 @@ def _full_sd15_pipeline() -> Any:
         feature_extractor=None,
         image_encoder=None,
         requires_safety_checker=False,
+    )
+
+
+# --------------------------------------------------------------------------- the full-size FLUX.2 [klein] 4B
+#
+# Where each number comes from (random weights: speed and memory depend on the sizes only):
+# - the transformer: diffusers' ``scripts/convert_flux2_to_diffusers.py``, ``get_flux2_transformer_config``
+#   for ``klein-4b`` (the config the released ``FLUX.2-klein-4B/transformer`` was converted with): 5 double-
+#   and 20 single-stream blocks of 24 heads x 128, its context 7680 wide = the three Qwen3-4B hidden states the
+#   pipeline stacks (layers 9, 18, 27) x 2560, 128 input channels = the VAE's 32 latent channels in 2x2 patches,
+#   no guidance embedding (the 4-step model is guidance-distilled);
+# - the VAE: ``AutoencoderKLFlux2()``'s defaults, which the same script converts the released FLUX.2 VAE into;
+# - the text encoder: ``Qwen/Qwen3-4B``'s ``config.json`` (model card: 36 layers, 32 query / 8 key-value heads,
+#   4.0 B parameters; hidden 2560, feed-forward 9728, head 128, vocabulary 151936, tied embeddings);
+# - the scheduler: the tiny klein's (``engine.models.build_tiny_klein_pipeline``): its values do not change
+#   the cost of a step.
+FULL_KLEIN_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 128,
+    "num_layers": 5,
+    "num_single_layers": 20,
+    "attention_head_dim": 128,
+    "num_attention_heads": 24,
+    "joint_attention_dim": 7680,
+    "timestep_guidance_channels": 256,
+    "mlp_ratio": 3.0,
+    "axes_dims_rope": (32, 32, 32, 32),
+    "rope_theta": 2000,
+    "eps": 1e-6,
+    "guidance_embeds": False,
+}
+FULL_KLEIN_VAE: dict[str, Any] = {}
+FULL_KLEIN_TEXT_ENCODER: dict[str, Any] = {
+    "vocab_size": 151936,
+    "hidden_size": 2560,
+    "intermediate_size": 9728,
+    "num_hidden_layers": 36,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True,
+}
+#: Rank of each style's random klein LoRA (the attention projections of the double-stream blocks).
+KLEIN_STYLE_RANK = 16
+KLEIN_LABEL = "full-size FLUX.2 [klein] 4B with random weights (benchmark shape: its pictures are noise)"
+
+
+def full_klein_components(
+    transformer: dict[str, Any] | None = None,
+    vae: dict[str, Any] | None = None,
+    text_encoder: dict[str, Any] | None = None,
+) -> tuple[Any, Any, Any]:
+    """The transformer, VAE and Qwen3 text encoder of FLUX.2 [klein] 4B at their real sizes (random weights),
+    built on the current default device (``with torch.device("meta")`` counts them without memory).  The
+    arguments replace values of the configs above, so a test can run the same builder at a small size."""
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    return (
+        Flux2Transformer2DModel(**{**FULL_KLEIN_TRANSFORMER, **(transformer or {})}),
+        AutoencoderKLFlux2(**{**FULL_KLEIN_VAE, **(vae or {})}),
+        Qwen3ForCausalLM(Qwen3Config(**{**FULL_KLEIN_TEXT_ENCODER, **(text_encoder or {})})),
+    )
+
+
+def build_full_klein(
+    folder_text: str,
+    style_names: list[str],
+    dtype_name: str,
+    device: str,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Write the full-size FLUX.2 [klein] 4B in diffusers' layout, with one random style LoRA per style; runs in
+    a child process.
+
+    Built on ``device`` in the benchmark's dtype: about 8 billion parameters would take 32 GB and minutes of
+    initialisation as float32 on a CPU, and on a GPU they are drawn in seconds.  The tokenizer is the tiny
+    klein's Qwen2 BPE with Qwen3's chat template: its ids all lie below Qwen3's 151936, so it drives the
+    full-size text encoder as the real tokenizer would (the pipeline pads every prompt to 512 tokens).
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
+    from engine.models import _tiny_corpus, build_tiny_qwen_tokenizer_files, load_tiny_qwen_tokenizer, write_random_lora
+    from engine.pipeline import quiet_libraries
+
+    quiet_libraries()
+    folder = Path(folder_text)
+    dtype = getattr(torch, dtype_name)
+    overrides = overrides or {}
+    torch.manual_seed(SEED)
+    with tempfile.TemporaryDirectory() as scratch:
+        build_tiny_qwen_tokenizer_files(Path(scratch), _tiny_corpus())
+        tokenizer = load_tiny_qwen_tokenizer(Path(scratch))
+    text_config = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            transformer, vae, text_encoder = full_klein_components(
+                overrides.get("transformer"), overrides.get("vae"), {**text_config, **overrides.get("text_encoder", {})}
+            )
+    finally:
+        torch.set_default_dtype(previous)
+    pipeline = Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        transformer=transformer,
+        is_distilled=True,
+    )
+    # The base first: a LoRA added (even deleted) leaves peft wrappers whose weights would be saved under
+    # other names.
+    pipeline.save_pretrained(folder / "base", safe_serialization=True)
+    styles: dict[str, str] = {}
+    for index, name in enumerate(style_names):
+        file_name = f"style-{index}.safetensors"
+        write_random_lora(
+            pipeline, folder / "loras", file_name, seed=100 + index, rank=KLEIN_STYLE_RANK, trained_scale=True,
+            dtype=dtype,
+        )  # fmt: skip
+        styles[name] = file_name
+    (folder / "complete.json").write_text(json.dumps({"family": KLEIN, "styles": styles}, indent=2))
+
+
+def full_klein_sources(folder: Path) -> Any:
+    """The sources of a folder written by :func:`build_full_klein`."""
+    from engine.models import ModelSources, WeightSource
+
+    manifest = json.loads((folder / "complete.json").read_text())
+    loras = str(folder / "loras")
+    return ModelSources(
+        base=str(folder / "base"),
+        family=KLEIN,
+        style_loras={name: WeightSource(loras, file_name) for name, file_name in manifest["styles"].items()},
+        test_sized=True,
+        label=KLEIN_LABEL,
     )

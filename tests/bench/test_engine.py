@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,90 @@ def test_the_klein_tiny_shape_compares_the_engine_with_a_plain_flux2_klein_call(
         "style_switch_share",
         "all_styles_lora_extra_share",
     }
+
+
+# --------------------------------------------------------------------------- the full-size FLUX.2 [klein] 4B shape
+
+
+def test_the_flux2_klein_shape_has_the_real_sizes_of_klein_4b() -> None:
+    """Counted on the meta device (no memory, no CPU time): the transformer is the "4B", its Qwen3 text encoder
+    Qwen3-4B's 4.0 B parameters, and the parts fit each other as in the released model."""
+    import torch
+
+    with torch.device("meta"):
+        transformer, vae, text_encoder = bench.full_klein_components()
+    counts = [sum(parameter.numel() for parameter in part.parameters()) for part in (transformer, vae, text_encoder)]
+    assert counts == [3_875_544_576, 84_046_115, 4_022_468_096]
+    encoder = text_encoder.config
+    assert transformer.config.joint_attention_dim == 3 * encoder.hidden_size  # the pipeline's layers 9, 18, 27
+    assert max(9, 18, 27) < encoder.num_hidden_layers
+    assert transformer.config.in_channels == 4 * vae.config.latent_channels  # latents in 2x2 patches
+    assert transformer.config.guidance_embeds is False
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--shape", "flux2-klein"], "run it on a GPU with --device cuda"),
+        (["--shape", "flux2-klein", "--device", "cpu"], "run it on a GPU with --device cuda"),
+        (["--shape", "flux2-klein", "--device", "cuda"], "needs CUDA, which this machine does not have"),
+    ],
+)
+def test_the_flux2_klein_shape_is_refused_off_a_gpu_in_one_line(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the shape would run")
+    assert bench_main(["engine", *argv]) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error[INVALID_REQUEST]: ") and said in lines[0]
+    assert captured.out == "" and not list(Path(tempfile.gettempdir()).glob("mmpp-bench-flux2-klein-*"))
+
+
+def test_the_flux2_klein_builder_writes_what_the_engine_loads(tmp_path: Path) -> None:
+    """The shape's own builder and sources, shrunk through its overrides: written in diffusers' layout with a
+    LoRA per style, loaded by ``Engine.from_sources`` as the benchmark loads it, and painting a picture with a
+    style's LoRA on.  Written in the benchmark's dtype (bfloat16 on a GPU), so that loading converts nothing.
+    (The full size itself runs only on a GPU; its sizes are checked above.)"""
+    from safetensors import safe_open
+
+    from engine.pipeline import Engine
+    from engine.settings import EngineSettings
+    from mmpp.catalogue import load_catalogue
+    from mmpp.contract import GenerateRequest
+    from tests.conftest import SAMPLE_SELFIE
+
+    catalogue = load_catalogue()
+    small = {
+        "transformer": {
+            "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+            "num_attention_heads": 2, "joint_attention_dim": 48, "axes_dims_rope": (4, 4, 4, 4),
+        },
+        "vae": {
+            "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
+            "block_out_channels": (8, 16), "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+            "sample_size": 64, "use_quant_conv": False, "use_post_quant_conv": False,
+        },
+        "text_encoder": {
+            "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 28, "num_attention_heads": 2,
+            "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 512,
+        },
+    }  # fmt: skip
+    bench.build_full_klein(str(tmp_path), catalogue.names, "bfloat16", "cpu", small)
+    written = [*tmp_path.glob("base/*/*.safetensors"), *tmp_path.glob("loras/*.safetensors")]
+    assert len(written) >= 3 + len(catalogue.names)
+    for path in written:
+        with safe_open(str(path), "pt") as tensors:
+            kinds = {str(tensors.get_slice(name).get_dtype()) for name in tensors.keys()}  # noqa: SIM118 (not iterable)
+            assert kinds - {"I64"} == {"BF16"}, path  # I64: the VAE's batch-norm counter
+    sources = bench.full_klein_sources(tmp_path)
+    assert sources.family == "flux2-klein" and set(sources.style_loras) == set(catalogue.names)
+    settings = EngineSettings(device="cpu", dtype="float32", safety_checker="off", resolution=0)
+    engine = Engine.from_sources(sources, catalogue, settings)
+    assert engine.family == "flux2-klein" and engine.sources.label == bench.KLEIN_LABEL
+    result = engine.generate(GenerateRequest(selfie=SAMPLE_SELFIE.read_bytes(), style=catalogue.names[0], seed=1))
+    assert result.ok, result.error_message
+    assert result.steps == 4 and len(result.pictures) == 1
