@@ -36,7 +36,8 @@ def _count(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``mmpp train`` options (defaults mirror :class:`TrainConfig`)."""
     parser.description = (
-        "Train a portrait or style LoRA on a folder of pictures (SD 1.5 or SDXL, via accelerate and peft) and "
+        "Train a portrait or style LoRA on a folder of pictures (SD 1.5 or SDXL; FLUX.2 [klein]: style only; via "
+        "accelerate and peft) and "
         "write it as a .safetensors file the engine loads. Multi-GPU: accelerate launch -m engine.train ..."
     )
     data = parser.add_argument_group("data")
@@ -77,9 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--weights",
         "--profile",  # the old name, accepted for one more release
         dest="weights",
-        choices=["default", "tiny", "tiny-sdxl"],
+        choices=["default", "tiny", "tiny-sdxl", "tiny-klein"],
         default="default",
-        help="tiny / tiny-sdxl: the offline test-sized model instead of --base",
+        help="tiny / tiny-sdxl / tiny-klein: the offline test-sized model instead of --base",
     )
     model.add_argument("--out", required=True, type=Path, help="the LoRA file to write (.safetensors)")
     model.add_argument("--rank", type=_positive_int, default=16, help="LoRA rank (default 16)")
@@ -182,6 +183,8 @@ def run(arguments: argparse.Namespace) -> int:
     )
     if config.kind == "portrait":
         print(f"use it: MMPP_PORTRAIT_LORA={result.lora}", file=sys.stderr)
+    elif result.family == "flux2-klein":
+        print(f'use it: klein_lora = "{result.lora}" in the style\'s entry of styles.toml', file=sys.stderr)
     else:
         print(f'use it: lora = "{result.lora}" in the style\'s entry of styles.toml', file=sys.stderr)
     if result.test_sized:

@@ -68,11 +68,6 @@ def save_lora(
     ``text_encoders`` maps ``"text_encoder"`` / ``"text_encoder_2"`` to the models
     whose adapters were trained; ``info`` becomes ``mmpp.<key>`` header entries.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arguments: dict[str, Any] = {
         "unet_lora_layers": lora_state(unet),
         "unet_lora_adapter_metadata": adapter_config(unet),
@@ -80,6 +75,35 @@ def save_lora(
     for name, model in (text_encoders or {}).items():
         arguments[f"{name}_lora_layers"] = lora_state(model)
         arguments[f"{name}_lora_adapter_metadata"] = adapter_config(model)
+    return _save_with_header(path, pipeline_class, arguments, info)
+
+
+def save_transformer_lora(
+    path: Path, pipeline_class: Any, transformer: Any, info: dict[str, Any] | None = None
+) -> Path:
+    """Write the LoRA of a FLUX.2 [klein] transformer to ``path``, atomically, as ``Flux2LoraLoaderMixin`` saves it.
+
+    The tensors keep peft's names (``transformer.<module>.lora_A.weight``), as diffusers' FLUX.2 LoRA
+    scripts save them and as ``Flux2KleinPipeline.load_lora_weights`` reads them; the adapter's
+    ``LoraConfig`` goes in as ``transformer`` metadata, so the loader restores its rank and alpha.
+    """
+    from peft.utils import get_peft_model_state_dict
+
+    state = {
+        key: value.detach().to("cpu").contiguous() for key, value in get_peft_model_state_dict(transformer).items()
+    }
+    arguments = {"transformer_lora_layers": state, "transformer_lora_adapter_metadata": adapter_config(transformer)}
+    return _save_with_header(path, pipeline_class, arguments, info)
+
+
+def _save_with_header(path: Path, pipeline_class: Any, arguments: dict[str, Any], info: dict[str, Any] | None) -> Path:
+    """``pipeline_class.save_lora_weights(**arguments)`` into a scratch folder, then the same tensors and header
+    plus the ``mmpp.*`` entries written to ``path`` in one rename."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".lora-", dir=path.parent) as scratch:
         pipeline_class.save_lora_weights(scratch, weight_name=_SCRATCH_NAME, safe_serialization=True, **arguments)
         written = Path(scratch) / _SCRATCH_NAME

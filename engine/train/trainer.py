@@ -1,5 +1,8 @@
 """The LoRA training loop: SD 1.5 and SDXL, UNet (and optionally text encoders), on accelerate + peft.
 
+FLUX.2 [klein] style LoRAs train through the same loop (data, accelerate, checkpoints, resume) with
+their own model setup, loss and export: :class:`engine.train.klein.KleinLoraTrainer`.
+
 It follows diffusers' own LoRA training scripts (``train_text_to_image_lora.py`` and its
 SDXL sibling) so that what comes out behaves like every other LoRA: peft adapters on the
 attention projections with gaussian init, the standard noise-prediction loss with a DDPM
@@ -64,10 +67,10 @@ DATA_REPORT = "data_report.json"
 UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
-TINY_WEIGHTS: dict[str, Family] = {"tiny": "sd15", "tiny-sdxl": "sdxl"}
+TINY_WEIGHTS: dict[str, Family] = {"tiny": "sd15", "tiny-sdxl": "sdxl", "tiny-klein": "flux2-klein"}
 WEIGHTS_CHOICES = ("default", *TINY_WEIGHTS)
 #: The resolution each family was trained at; the tiny weights draw 64 px.
-DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024}
+DEFAULT_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux2-klein": 1024}
 TINY_RESOLUTION = 64
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 
@@ -103,7 +106,8 @@ class TrainConfig:
     out: Path
     #: Hub id, diffusers folder or single file; empty means ``MMPP_BASE_MODEL``.
     base: str = ""
-    #: ``default`` (``--base`` or ``MMPP_BASE_MODEL``), or the tiny test-sized ``tiny`` / ``tiny-sdxl``.
+    #: ``default`` (``--base`` or ``MMPP_BASE_MODEL``), or the tiny test-sized ``tiny`` / ``tiny-sdxl`` /
+    #: ``tiny-klein``.
     weights: str = "default"
     rank: int = 16
     #: peft's ``lora_alpha``; ``None`` means equal to the rank (scale 1), as diffusers' scripts do.
@@ -198,8 +202,18 @@ class TrainResult:
 
 
 def train(config: TrainConfig, settings: Any = None) -> TrainResult:
-    """Train a LoRA as ``config`` says and write it to ``config.out``."""
-    return LoraTrainer(config, settings).run()
+    """Train a LoRA as ``config`` says and write it to ``config.out``; the base's family picks the trainer."""
+    if settings is None:
+        from engine.settings import EngineSettings
+
+        settings = EngineSettings()
+    config.check()
+    sources = resolve_training_sources(config, settings)
+    if sources.family == "flux2-klein":
+        from engine.train.klein import KleinLoraTrainer
+
+        return KleinLoraTrainer(config, settings, sources).run()
+    return LoraTrainer(config, settings, sources).run()
 
 
 def choose_mixed_precision(requested: str) -> str:
@@ -237,29 +251,53 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def resolve_training_sources(config: TrainConfig, settings: Any) -> Any:
-    """The base to train on, through the engine's model sources (tiny weights included)."""
-    from engine.models import ModelSources, build_tiny_weights, detect_family
+    """The base to train on, through the engine's model sources (tiny weights included).
+
+    What the family's trainer cannot do is refused here, before any weights load."""
+    from engine.models import KLEIN, ModelSources, build_tiny_klein_weights, build_tiny_weights, detect_family
 
     if config.weights in TINY_WEIGHTS:
         from mmpp.catalogue import load_catalogue
 
         names = load_catalogue(settings.styles_file).names
-        return build_tiny_weights(Path(settings.cache_dir) / "tiny", TINY_WEIGHTS[config.weights], names)
+        family = TINY_WEIGHTS[config.weights]
+        if family == KLEIN:
+            check_klein_options(config)
+            return build_tiny_klein_weights(Path(settings.cache_dir) / "tiny", names)
+        return build_tiny_weights(Path(settings.cache_dir) / "tiny", family, names)
     base = config.base or settings.base_model
     family = detect_family(base)
-    if family == "flux2-klein":
-        # Refused before anything loads: this trainer drives a UNet; klein style LoRAs are not trained here yet.
-        raise MmppError(
-            ErrorCode.MODEL_UNAVAILABLE,
-            f"{base} is a FLUX.2 [klein] model; mmpp train trains SD 1.5 / SDXL LoRAs only so far.",
-        )
+    if family == KLEIN:
+        check_klein_options(config)
+        return ModelSources(base=base, family=family, label=base)
     return ModelSources(base=base, family=family, base_config=settings.base_model_config, label=base)
+
+
+def check_klein_options(config: TrainConfig) -> None:
+    """What the klein trainer does not do, refused in one line instead of silently skipped.
+
+    A portrait LoRA has no place in the klein engine (the reference photo carries the person, and
+    the engine loads only style LoRAs, ``klein_lora``); the Qwen3 text encoder stays frozen, as in
+    diffusers' FLUX.2 LoRA scripts, where it is billions of parameters."""
+    if config.kind != "style":
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST,
+            "FLUX.2 [klein] takes style LoRAs only (--kind style): the selfie itself carries the person, "
+            "so klein has no portrait LoRA.",
+        )
+    if config.train_text_encoder:
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST,
+            "--train-text-encoder is not available for FLUX.2 [klein]: its LoRA trains the transformer only.",
+        )
 
 
 class LoraTrainer:
     """One training run; build it with a config and call :meth:`run`."""
 
-    def __init__(self, config: TrainConfig, settings: Any = None) -> None:
+    def __init__(self, config: TrainConfig, settings: Any = None, sources: Any = None) -> None:
+        #: The resolved base (:func:`train` resolves it to choose the trainer); ``None``: resolved by :meth:`run`.
+        self.sources = sources
         if settings is None:
             from engine.settings import EngineSettings
 
@@ -277,7 +315,7 @@ class LoraTrainer:
         config = self.config
         config.check()
         checkpoint = find_checkpoint(config.resume) if config.resume else None
-        sources = resolve_training_sources(config, self.settings)
+        sources = self.sources or resolve_training_sources(config, self.settings)
         self.sources = sources
         self.family: str = sources.family
         self.resolution = config.resolution or (
@@ -434,7 +472,6 @@ class LoraTrainer:
         import torch
         from accelerate.utils import set_seed
         from diffusers import DDPMScheduler
-        from diffusers.optimization import get_scheduler
         from diffusers.training_utils import cast_training_params
         from peft import LoraConfig, inject_adapter_in_model
 
@@ -491,6 +528,15 @@ class LoraTrainer:
             if config.train_text_encoder:
                 for encoder in self.text_encoders:
                     _enable_text_encoder_checkpointing(encoder)
+        self._prepare_training(trained)
+
+    def _prepare_training(self, trained: dict[str, Any]) -> None:
+        """Optimizer, LR schedule, checkpoint hooks and accelerate's wrapping of the models with adapters:
+        the same for every family."""
+        import torch
+        from diffusers.optimization import get_scheduler
+
+        config, accelerator = self.config, self.accelerator
         for model in trained.values():
             model.train()
         self.trained = trained

@@ -318,10 +318,17 @@ def test_a_klein_job_past_its_deadline_stops_with_timeout(tiny_klein_engine, sel
     assert tiny_klein_engine.generate(request(selfie_bytes)).ok  # and the engine serves the next job
 
 
-def test_mmpp_train_refuses_a_klein_base_before_loading_anything(tiny_klein_engine, tmp_path: Path) -> None:
+def test_mmpp_train_takes_a_klein_base_for_style_loras_and_refuses_the_rest_before_loading(
+    tiny_klein_engine, tmp_path: Path
+) -> None:
+    """A klein folder as ``--base`` trains a style LoRA (tests/engine/train/test_klein_trainer.py trains one);
+    a portrait LoRA or text-encoder training, which klein's trainer lacks, is refused from the model's index."""
     from engine.train.trainer import TrainConfig, resolve_training_sources
 
-    config = TrainConfig(data_dir=tmp_path, kind="style", out=tmp_path / "out", base=tiny_klein_engine.sources.base)
-    with pytest.raises(MmppError) as refused:
-        resolve_training_sources(config, make_settings(tmp_path))
-    assert refused.value.code is ErrorCode.MODEL_UNAVAILABLE and "FLUX.2 [klein]" in refused.value.message
+    base = tiny_klein_engine.sources.base
+    config = TrainConfig(data_dir=tmp_path, kind="style", out=tmp_path / "out.safetensors", base=base)
+    assert resolve_training_sources(config, make_settings(tmp_path)).family == "flux2-klein"
+    for refused_config in (replace(config, kind="portrait"), replace(config, train_text_encoder=True)):
+        with pytest.raises(MmppError) as refused:
+            resolve_training_sources(refused_config, make_settings(tmp_path))
+        assert refused.value.code is ErrorCode.INVALID_REQUEST and "FLUX.2 [klein]" in refused.value.message
