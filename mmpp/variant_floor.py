@@ -61,6 +61,14 @@ def variant_figures(path: Path) -> list[VariantFigures]:
         raise MmppError(
             ErrorCode.INVALID_REQUEST, f"{path} is not the results.json of an mmpp eval sweep (kind {SWEEP_KIND})"
         )
+    families = {str(p.get("family")) for p in results.get("pictures") or [] if isinstance(p, dict) and p.get("family")}
+    if len(families) > 1:
+        # A variant is judged on the family the workers run; figures pooled over SD and klein would judge neither.
+        raise MmppError(
+            ErrorCode.INVALID_REQUEST,
+            f"the eval results {path} hold several families ({', '.join(sorted(families))}); judge variants on a sweep "
+            "of the family the workers run (one family, or no families field)",
+        )
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for picture in results.get("pictures") or []:
         if isinstance(picture, dict) and isinstance(picture.get("style"), str):

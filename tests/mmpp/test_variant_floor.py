@@ -49,3 +49,18 @@ def test_a_file_that_is_not_sweep_results_is_one_clear_error(tmp_path: Path, con
     with pytest.raises(MmppError) as raised:
         variant_figures(path)
     assert raised.value.code is ErrorCode.INVALID_REQUEST and complaint in raised.value.message
+
+
+def test_a_sweep_of_several_families_is_refused_not_pooled(tmp_path: Path) -> None:
+    pictures = [
+        {**picture("base", True, 0.4), "family": "sd15"},
+        {**picture("base", False, None), "family": "flux2-klein"},
+    ]
+    with pytest.raises(MmppError) as raised:
+        variant_figures(results(tmp_path, pictures))
+    assert (
+        raised.value.code is ErrorCode.INVALID_REQUEST
+        and "several families (flux2-klein, sd15)" in raised.value.message
+    )
+    (one,) = variant_figures(results(tmp_path, pictures[:1]))
+    assert one.pictures == 1
