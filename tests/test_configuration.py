@@ -58,3 +58,22 @@ def test_the_weights_setting_reads_its_old_name_for_one_release(monkeypatch) -> 
     monkeypatch.setenv("MMPP_WEIGHTS", "tiny")
     assert EngineSettings(_env_file=None).weights == "tiny", "the new name wins"
     assert EngineSettings(_env_file=None, weights="default").weights == "default"
+
+
+def test_the_compose_worker_serves_flux2_klein_with_one_line_uncommented() -> None:
+    """The documented switch to FLUX.2 [klein] 4B is one commented line of the worker's environment, naming the
+    Hub id the README's download line and .env.example name; as shipped, the worker keeps .env's SD default."""
+    from engine.models import KLEIN_4B_HUB_ID
+
+    text = (REPO / "docker-compose.yml").read_text()
+    switch = f"# MMPP_BASE_MODEL: {KLEIN_4B_HUB_ID}"
+    assert text.count(switch) == 1
+    shipped = yaml.safe_load(text)["services"]
+    klein = yaml.safe_load(text.replace(switch, switch.removeprefix("# ")))["services"]
+    assert "MMPP_BASE_MODEL" not in shipped["worker"]["environment"]
+    assert klein["worker"]["environment"].pop("MMPP_BASE_MODEL") == KLEIN_4B_HUB_ID
+    assert klein == shipped  # nothing else changed, in the worker or elsewhere
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"hf download {KLEIN_4B_HUB_ID} " in readme and f"MMPP_BASE_MODEL={KLEIN_4B_HUB_ID} " in readme
+    env_example = (REPO / ".env.example").read_text(encoding="utf-8")
+    assert f"hf download {KLEIN_4B_HUB_ID} " in env_example and f"MMPP_BASE_MODEL={KLEIN_4B_HUB_ID}\n" in env_example
