@@ -143,3 +143,21 @@ def test_the_training_forward_is_the_pipelines_own_denoising_step(cache_dir: Pat
         ours = pipeline._unpatchify_latents(stepped * std + mean)
     assert ours.shape == expected.shape
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_resumed_klein_run_ends_with_exactly_the_weights_of_an_uninterrupted_one(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    data = make_colour_data(tmp_path / "data")
+    common = ["train", "--data", str(data), "--kind", "style", "--weights", "tiny-klein", "--rank", "4"]
+    common += ["--lr", "1e-2", "--seed", "2", "--no-progress"]
+    assert mmpp_main([*common, "--out", str(tmp_path / "whole.safetensors"), "--steps", "3"]) == 0
+    parted = ["--out", str(tmp_path / "parted.safetensors"), "--checkpoint-every", "2"]
+    # The first part also draws a validation picture with the LoRA so far (klein text-to-picture, 2 steps).
+    validation = ["--validate-every", "2", "--validation-steps", "2", "--validation-images", "1"]
+    assert mmpp_main([*common, *parted, "--steps", "2", *validation]) == 0
+    assert (tmp_path / "parted" / "validation" / "step-2-0.png").is_file()
+    assert mmpp_main([*common, *parted, "--steps", "3", "--resume", str(tmp_path / "parted")]) == 0
+    whole, resumed = load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "parted.safetensors"))
+    assert set(whole) == set(resumed) and all(torch.equal(whole[key], resumed[key]) for key in whole)
