@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from engine.evaluate.feedback import FeedbackReader
-    from engine.evaluate.sweep import SweepConfig
+    from engine.evaluate.sweep import FamilyEngine, SweepConfig
     from engine.pipeline import Engine
+    from engine.settings import EngineSettings
     from mmpp.catalogue import Catalogue
 
 USAGE_EXAMPLES = """\
@@ -135,15 +136,13 @@ def _sweep(arguments: argparse.Namespace) -> None:
     # checker, CLIP) would otherwise retry for about half a minute before giving up.
     prefer_offline_when_unreachable()
     from engine.evaluate.report import render_index, write_results
-    from engine.evaluate.sweep import TINY_LABEL, FamilyEngine, build_scorers, run_sweep
+    from engine.evaluate.sweep import TINY_LABEL, build_scorers, run_sweep
     from engine.faces import default_analyzer
     from engine.pipeline import Engine
 
     engines: Engine | list[FamilyEngine]
     if config.families:
-        engines = [
-            FamilyEngine(family, _family_loader(family, weights, config, catalogue)) for family in config.families
-        ]
+        engines = _family_engines(config, weights, catalogue)
         label = ", ".join(config.families)
     else:
         engines = Engine.from_settings(weights=weights, catalogue=catalogue)
@@ -183,44 +182,55 @@ def _tiny_family(weights: str) -> str:
     return next((family for family, tiny in TINY_WEIGHTS_BY_FAMILY.items() if tiny == weights), "")
 
 
-def _family_loader(family: str, weights: str, config: SweepConfig, catalogue: Catalogue) -> Callable[[], Engine]:
-    """How one family of a side-by-side sweep gets its engine, called when its turn comes.
+def _family_engines(config: SweepConfig, weights: str, catalogue: Catalogue) -> list[FamilyEngine]:
+    """Each family of a side-by-side sweep with the weights it will load, checked before any model loads.
 
-    On the tiny profile (any ``--weights tiny*``) it is that family's tiny weights.  Otherwise it is the
-    family's base model from the file's ``base_models`` (else ``MMPP_BASE_MODEL``), and the model must be of
-    that family: a sweep that says "klein" and loads SD 1.5 would label SD's pictures as klein's.  ``auto``
-    falls back to the family's own tiny weights, not SD 1.5's.
+    On the tiny profile (any ``--weights tiny*``) a family runs its tiny weights.  Otherwise it runs its base
+    model from the file's ``base_models`` (else ``MMPP_BASE_MODEL``), whose family is read from its index now: a
+    sweep that says "klein" and loads SD 1.5 would label SD's pictures as klein's.  With ``auto``, a family whose
+    model cannot be found runs its own tiny weights (not SD 1.5's), with a warning.
     """
+    from engine.evaluate.sweep import FamilyEngine
+    from engine.models import detect_family
+    from engine.options import TINY_WEIGHTS_BY_FAMILY
+    from engine.settings import EngineSettings
 
-    def load() -> Engine:
-        from engine.models import detect_family
-        from engine.options import TINY_WEIGHTS_BY_FAMILY
-        from engine.pipeline import Engine
-        from engine.settings import EngineSettings
-
+    settings = EngineSettings()
+    runs = []
+    for family in config.families:
         tiny = TINY_WEIGHTS_BY_FAMILY[family]
         if weights.startswith("tiny"):
-            return Engine.from_settings(weights=tiny, catalogue=catalogue)
-        settings = EngineSettings()
+            runs.append(FamilyEngine(family, _loader(tiny, settings, catalogue)))
+            continue
         base = config.base_models.get(family, settings.base_model)
         try:
-            # Read from the model's index before its weights load: a wrong family costs no model load.
             found = detect_family(base)
-            if found != family:
-                raise MmppError(
-                    ErrorCode.INVALID_REQUEST,
-                    f"the sweep's family {family} would load {base}, which is family {found}; name its model in "
-                    f'the sweep file: base_models = {{{family} = "..."}}',
-                )
-            return Engine.from_settings(settings.model_copy(update={"base_model": base}), weights="default",
-                                        catalogue=catalogue)  # fmt: skip
         except MmppError as error:
             if weights != "auto" or error.code is not ErrorCode.MODEL_UNAVAILABLE:
                 raise
             logging.getLogger(__name__).warning(
                 "%s: real weights unavailable (%s); the sweep runs its TINY test-sized weights", family, error.message
             )
-            return Engine.from_settings(weights=tiny, catalogue=catalogue)
+            runs.append(FamilyEngine(family, _loader(tiny, settings, catalogue)))
+            continue
+        if found != family:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"the sweep's family {family} would load {base}, which is family {found}; name its model in "
+                f'the sweep file: base_models = {{{family} = "..."}}',
+            )
+        real = settings.model_copy(update={"base_model": base})
+        runs.append(FamilyEngine(family, _loader("default", real, catalogue)))
+    return runs
+
+
+def _loader(weights: str, settings: EngineSettings, catalogue: Catalogue) -> Callable[[], Engine]:
+    """A family's engine, built when its turn in the sweep comes (one model in memory at a time)."""
+
+    def load() -> Engine:
+        from engine.pipeline import Engine
+
+        return Engine.from_settings(settings, weights=weights, catalogue=catalogue)
 
     return load
 

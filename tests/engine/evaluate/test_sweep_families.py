@@ -130,3 +130,35 @@ def test_family_sweeps_that_cannot_run_are_refused_before_loading(
     assert err.count("\n") == 1 and err.startswith("error[INVALID_REQUEST]: ")
     assert message in err
     assert not out.exists()
+
+
+def test_real_weights_take_each_familys_base_model_and_check_its_family(
+    selfies: Path, cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--weights default``: a family's model comes from ``base_models``, and one of another family is refused.
+
+    The tiny klein's folder stands in for a downloaded model: it is loaded as real weights are (no tiny
+    LoRAs come with it)."""
+    from engine.models import build_tiny_klein_weights
+    from mmpp.catalogue import load_catalogue
+
+    folder = build_tiny_klein_weights(cache_dir / "tiny", load_catalogue().names).base
+    config = tmp_path / "sweep.toml"
+    base = ["--selfies", str(selfies), "--config", str(config), "--weights", "default"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MMPP_CLIP_MODEL", str(tmp_path / "no-clip"))
+        patch.setenv("MMPP_SAFETY_CHECKER", "off")
+        config.write_text(
+            f'families = ["flux2-klein"]\nstyles = ["anime"]\nbase_models = {{flux2-klein = "{folder}"}}\n'
+        )
+        assert main([*base, "--report", str(tmp_path / "klein")]) == 0
+        results = json.loads((tmp_path / "klein" / "results.json").read_text())
+        assert [row["model"] for row in results["families"]] == [folder] and results["families"][0]["pictures"] == 1
+        assert results["metrics"]["clip"]["available"] is False  # said, not faked
+        capsys.readouterr()
+        config.write_text(f'families = ["sd15"]\nstyles = ["anime"]\nbase_models = {{sd15 = "{folder}"}}\n')
+        assert main([*base, "--report", str(tmp_path / "wrong")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error[INVALID_REQUEST]: the sweep's family sd15 would load ")
+    assert "which is family flux2-klein" in err
+    assert not (tmp_path / "wrong").exists()  # refused before a model loaded or a file was written
