@@ -147,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype",
         choices=["float32", "bfloat16"],
         default=None,
-        help="weights' dtype (default: float32 for tiny; for sd15 bfloat16 on a GPU or a CPU with native bf16, "
-        "else float32)",
+        help="weights' dtype (default: float32 for the tiny shapes; for sd15 and flux2-klein bfloat16 on a GPU "
+        "or a CPU with native bf16, else float32)",
     )
     parser.add_argument("--steps", type=_positive, default=None, help="denoising steps (default: the style's)")
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, ...")

@@ -193,47 +193,58 @@ def test_the_flux2_klein_shape_is_refused_off_a_gpu_in_one_line(
     assert captured.out == "" and not list(Path(tempfile.gettempdir()).glob("mmpp-bench-flux2-klein-*"))
 
 
-def test_the_flux2_klein_builder_writes_what_the_engine_loads(tmp_path: Path) -> None:
-    """The shape's own builder and sources, shrunk through its overrides: written in diffusers' layout with a
-    LoRA per style, loaded by ``Engine.from_sources`` as the benchmark loads it, and painting a picture with a
-    style's LoRA on.  Written in the benchmark's dtype (bfloat16 on a GPU), so that loading converts nothing.
-    (The full size itself runs only on a GPU; its sizes are checked above.)"""
+#: The flux2-klein shape's configs shrunk to test size (its builder's overrides): a CPU runs the shape's own path.
+SMALL_KLEIN = {
+    "transformer": {
+        "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
+        "num_attention_heads": 2, "joint_attention_dim": 48, "axes_dims_rope": (4, 4, 4, 4),
+    },
+    "vae": {
+        "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
+        "block_out_channels": (8, 16), "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
+        "sample_size": 64, "use_quant_conv": False, "use_post_quant_conv": False,
+    },
+    "text_encoder": {
+        "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 28, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 512,
+    },
+}  # fmt: skip
+
+
+def test_the_flux2_klein_shape_builds_loads_and_measures_through_the_benchmark(
+    monkeypatch: pytest.MonkeyPatch, cache_dir: Path
+) -> None:
+    """``bench_engine(shape="flux2-klein")`` as the GPU runs it, with only the child process replaced by the
+    same builder in this process at test size: written in diffusers' layout in the benchmark's dtype (so loading
+    converts nothing) with a LoRA per style, loaded through ``Engine.from_sources``, measured against the plain
+    ``Flux2KleinPipeline`` call on the same pixels, and the workspace removed.  (The real sizes are checked on
+    the meta device above; the GPU's ``--device cuda`` is refused here before any of this.)"""
     from safetensors import safe_open
 
-    from engine.pipeline import Engine
-    from engine.settings import EngineSettings
     from mmpp.catalogue import load_catalogue
-    from mmpp.contract import GenerateRequest
-    from tests.conftest import SAMPLE_SELFIE
+    from mmpp.contract import Mode
 
-    catalogue = load_catalogue()
-    small = {
-        "transformer": {
-            "in_channels": 16, "num_layers": 1, "num_single_layers": 1, "attention_head_dim": 16,
-            "num_attention_heads": 2, "joint_attention_dim": 48, "axes_dims_rope": (4, 4, 4, 4),
-        },
-        "vae": {
-            "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2,
-            "block_out_channels": (8, 16), "layers_per_block": 1, "latent_channels": 4, "norm_num_groups": 8,
-            "sample_size": 64, "use_quant_conv": False, "use_post_quant_conv": False,
-        },
-        "text_encoder": {
-            "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 28, "num_attention_heads": 2,
-            "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 512,
-        },
-    }  # fmt: skip
-    bench.build_full_klein(str(tmp_path), catalogue.names, "bfloat16", "cpu", small)
-    written = [*tmp_path.glob("base/*/*.safetensors"), *tmp_path.glob("loras/*.safetensors")]
-    assert len(written) >= 3 + len(catalogue.names)
-    for path in written:
-        with safe_open(str(path), "pt") as tensors:
-            kinds = {str(tensors.get_slice(name).get_dtype()) for name in tensors.keys()}  # noqa: SIM118 (not iterable)
-            assert kinds - {"I64"} == {"BF16"}, path  # I64: the VAE's batch-norm counter
-    sources = bench.full_klein_sources(tmp_path)
-    assert sources.family == "flux2-klein" and set(sources.style_loras) == set(catalogue.names)
-    settings = EngineSettings(device="cpu", dtype="float32", safety_checker="off", resolution=0)
-    engine = Engine.from_sources(sources, catalogue, settings)
-    assert engine.family == "flux2-klein" and engine.sources.label == bench.KLEIN_LABEL
-    result = engine.generate(GenerateRequest(selfie=SAMPLE_SELFIE.read_bytes(), style=catalogue.names[0], seed=1))
-    assert result.ok, result.error_message
-    assert result.steps == 4 and len(result.pictures) == 1
+    built: list[Path] = []
+
+    def build_here(target: object, folder: str, names: list[str], dtype: str, device: str) -> None:
+        assert target is bench.build_full_klein and (dtype, device) == ("bfloat16", "cpu")
+        bench.build_full_klein(folder, names, dtype, device, SMALL_KLEIN)
+        written = [*Path(folder).glob("base/*/*.safetensors"), *Path(folder).glob("loras/*.safetensors")]
+        assert len(written) >= 3 + len(names)
+        for path in written:
+            with safe_open(str(path), "pt") as tensors:
+                kinds = {str(tensors.get_slice(name).get_dtype()) for name in tensors.keys()}  # noqa: SIM118 (not iterable)
+                assert kinds - {"I64"} == {"BF16"}, path  # I64: the VAE's batch-norm counter
+        built.append(Path(folder))
+
+    monkeypatch.setattr(bench, "_run_child", build_here)
+    report = bench.bench_engine(
+        shape="flux2-klein", mode=Mode.FAST, repeats=1, dtype="bfloat16", steps=None, device="cpu"
+    )
+    settings = report["settings"]
+    assert settings["shape"] == "flux2-klein" and settings["model"] == bench.KLEIN_LABEL
+    assert (settings["steps"], settings["guidance"]) == (4, 1.0)
+    assert report["picture"]["same_pixels"] is True and positive(report["picture"]["ratio"])
+    assert report["memory"]["lora_bytes"]["styles"] == len(load_catalogue().names)
+    assert "fast_mode" not in report
+    assert len(built) == 1 and not built[0].exists()  # the workspace is gone
