@@ -28,19 +28,24 @@ grows (one per feature), and written once they cannot drift apart; the engines d
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import Any, ParamSpec, Protocol, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import aiosqlite
 
 from mmpp.errors import ErrorCode, MmppError
+
+logger = logging.getLogger(__name__)
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
@@ -243,6 +248,100 @@ class SqliteDatabase:
 
 # ---------------------------------------------------------------------------------------------------- PostgreSQL
 
+#: How long an operation waits for a lost PostgreSQL connection to come back (a restart, a fail-over, a network
+#: blip) before it fails with :class:`ConnectionLostError`: long enough for ``pg_ctl restart`` or a managed fail-over,
+#: short enough that a person waiting on a reply hears about it.  The pauses between tries grow to a second.
+RECONNECT_SECONDS = 30.0
+RECONNECT_PAUSE_FIRST_SECONDS = 0.05
+RECONNECT_PAUSE_MAX_SECONDS = 1.0
+LOST_TEXT = "The bot's database is out of reach for a moment; please try again."
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class ConnectionLostError(MmppError):
+    """The PostgreSQL server went away and did not come back within :data:`RECONNECT_SECONDS`, or went away
+    inside a transaction.  ``committed`` says what became of that transaction: ``False`` when it surely did not
+    commit (the connection dropped before COMMIT was sent: the server rolled it back), ``None`` when nobody can
+    know (it dropped while COMMIT was on its way).  A person sees :data:`LOST_TEXT` as one INTERNAL line."""
+
+    def __init__(self, detail: str, committed: bool | None) -> None:
+        super().__init__(ErrorCode.INTERNAL, LOST_TEXT)
+        self.detail = detail
+        self.committed = committed
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """What asyncpg raises when the server is gone or not yet back: refused or reset sockets, the connection
+    classes of SQLSTATE (08), and the server's own "shutting down / starting up / crashed" (57P01-57P03); not
+    a query's timeout or cancellation (57014), which running again would only repeat."""
+    import asyncpg
+
+    return (
+        ConnectionError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.AdminShutdownError,
+        asyncpg.CrashShutdownError,
+        asyncpg.CannotConnectNowError,
+    )
+
+
+def _is_lost(error: BaseException, connection: Any = None) -> bool:
+    """Whether ``error`` means the connection is gone: by its type, or because the connection it ran on closed
+    under it (asyncpg then raises whatever state it was in: an InterfaceError, an InternalClientError)."""
+    if isinstance(error, asyncio.CancelledError):
+        return False
+    if isinstance(error, _connection_errors()):
+        return True
+    return connection is not None and bool(connection.is_closed())
+
+
+class Reconnecting:
+    """The pauses of one operation's reconnecting, up to its deadline."""
+
+    def __init__(self) -> None:
+        self.deadline = time.monotonic() + RECONNECT_SECONDS
+        self.pause = RECONNECT_PAUSE_FIRST_SECONDS
+
+    async def wait(self, error: BaseException, committed: bool | None = False) -> None:
+        """Sleep before the next try, or raise :class:`ConnectionLostError` when the deadline has passed."""
+        if time.monotonic() + self.pause > self.deadline:
+            raise ConnectionLostError(f"{type(error).__name__}: {error}", committed) from None
+        await asyncio.sleep(self.pause)
+        self.pause = min(self.pause * 2, RECONNECT_PAUSE_MAX_SECONDS)
+
+
+def retried_when_connection_lost(
+    *, idempotent: bool
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Run a ``Storage`` method's one transaction again when PostgreSQL dropped it (:class:`ConnectionLostError`),
+    until :data:`RECONNECT_SECONDS` have passed.
+
+    A transaction that surely did not commit may always run again.  One whose COMMIT was lost on the way
+    (``committed is None``) runs again only where running it twice leaves what running it once does
+    (``idempotent``: an upsert, setting a column to a value); elsewhere that loss is raised, for the person
+    to hear as one line.  Why here and not in the driver: a transaction is the body of an ``async with``, which
+    the driver cannot run a second time; the method that holds the body can.
+    """
+
+    def decorate(method: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(method)
+        async def retrying(*args: P.args, **kwargs: P.kwargs) -> R:
+            reconnecting = Reconnecting()
+            while True:
+                try:
+                    return await method(*args, **kwargs)
+                except ConnectionLostError as lost:
+                    if lost.committed is None and not idempotent:
+                        raise
+                    await reconnecting.wait(lost, lost.committed)
+
+        return retrying
+
+    return decorate
+
+
 # The rewrite of a migration for PostgreSQL, in order.  SQLite's ``id INTEGER PRIMARY KEY`` is the row id,
 # numbered by the engine: PostgreSQL's identity column.  SQLite's INTEGER holds 64 bits (seeds, platform ids):
 # BIGINT.  SQLite's BLOB: BYTEA.  Everything else in the migrations (TEXT, CHECK, partial indexes, ALTER TABLE
@@ -362,12 +461,75 @@ class PostgresDatabase:
         return database
 
     async def fetch_all(self, sql: str, parameters: Sequence[Any] = ()) -> list[Row]:
-        return list(await self._pool.fetch(numbered_placeholders(sql), *parameters))
+        """One read; run again while the server is away (a read changes nothing), within RECONNECT_SECONDS."""
+        reconnecting = Reconnecting()
+        text = numbered_placeholders(sql)
+        while True:
+            connection = await self._acquire(reconnecting)
+            try:
+                return list(await connection.fetch(text, *parameters))
+            except Exception as error:
+                if not _is_lost(error, connection):
+                    raise
+                lost = error
+            finally:
+                await self._release(connection)
+            await reconnecting.wait(lost)
+
+    async def _release(self, connection: Any) -> None:
+        """Hand a connection back to the pool.  What the transaction did is settled by now: a connection that
+        died since (the pool's reset failed on it) is the pool's to replace, not the caller's failure."""
+        try:
+            await self._pool.release(connection)
+        except Exception as error:  # noqa: BLE001 - the pool terminated it and will open a new one
+            logger.info("a PostgreSQL connection died on its way back to the pool (%s)", type(error).__name__)
+
+    async def _acquire(self, reconnecting: Reconnecting) -> Any:
+        """A pooled connection, waiting (within the deadline) while the server refuses or is starting up."""
+        while True:
+            try:
+                return await self._pool.acquire()
+            except Exception as error:
+                if not _is_lost(error):
+                    raise
+                await reconnecting.wait(error)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[PostgresTransaction]:
-        async with self._pool.acquire() as connection, connection.transaction():
-            yield PostgresTransaction(connection)
+        """One transaction on one pooled connection.  Until it has begun, a lost server is waited for (nothing
+        was done yet); once the body runs, losing the connection raises :class:`ConnectionLostError`, whose
+        ``committed`` says whether it may have committed (see :func:`retried_when_connection_lost`)."""
+        reconnecting = Reconnecting()
+        while True:
+            connection = await self._acquire(reconnecting)
+            transaction = connection.transaction()
+            try:
+                await transaction.start()
+                break
+            except Exception as error:
+                lost = _is_lost(error, connection)
+                await self._release(connection)
+                if not lost:
+                    raise
+                await reconnecting.wait(error)
+        try:
+            try:
+                yield PostgresTransaction(connection)
+            except BaseException as error:
+                if isinstance(error, Exception) and _is_lost(error, connection):
+                    # The server rolls back what a lost connection had begun: surely not committed.
+                    raise ConnectionLostError(f"{type(error).__name__}: {error}", committed=False) from None
+                if not connection.is_closed():
+                    await transaction.rollback()
+                raise
+            try:
+                await transaction.commit()
+            except Exception as error:
+                if _is_lost(error, connection):
+                    raise ConnectionLostError(f"{type(error).__name__}: {error}", committed=None) from None
+                raise
+        finally:
+            await self._release(connection)
 
     async def migrate(self, folder: Path) -> list[int]:
         """Apply the numbered migrations not yet applied, each in one transaction, under one advisory lock."""

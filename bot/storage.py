@@ -30,6 +30,7 @@ from bot.database import (
     SqliteDatabase,
     Transaction,
     is_postgres_url,
+    retried_when_connection_lost,
 )
 from mmpp.errors import ErrorCode, MmppError
 from mmpp.feedback import FeedbackRows, Rating
@@ -233,6 +234,7 @@ class Storage:
 
     # ------------------------------------------------------------------ users
 
+    @retried_when_connection_lost(idempotent=True)
     async def ensure_user(self, platform: str, platform_user_id: str, display_name: str = "") -> int:
         """The person's row id, creating the row the first time (a new display name replaces the old)."""
         async with self.write() as db:
@@ -256,6 +258,7 @@ class Storage:
 
     # ------------------------------------------------------------------ jobs
 
+    @retried_when_connection_lost(idempotent=False)
     async def create_job(
         self,
         *,
@@ -343,6 +346,7 @@ class Storage:
         )
         return Job.from_row(rows[0]) if rows else None
 
+    @retried_when_connection_lost(idempotent=True)
     async def update_job(self, job_id: int, **fields: Any) -> None:
         allowed = {
             "state", "progress_done", "progress_total", "error_code", "error_message", "status_message_id",
@@ -366,6 +370,7 @@ class Storage:
         )
         return [Job.from_row(row) for row in rows]
 
+    @retried_when_connection_lost(idempotent=True)
     async def claim_delivery(self, job_id: int, claimant: str, now: datetime, stale_before: datetime) -> bool:
         """Whether ``claimant`` holds the job now: it was unclaimed, already this claimant's, or its claim dates
         from before ``stale_before`` (a follower that long gone is gone).  The job must be undelivered.
@@ -402,6 +407,7 @@ class Storage:
 
     # ------------------------------------------------------------------ admission to the broker
 
+    @retried_when_connection_lost(idempotent=False)
     async def admit_waiting(
         self, platforms: Sequence[str], max_jobs: int, max_bytes: int, message_bytes: Callable[[int], int]
     ) -> list[int]:
@@ -503,6 +509,7 @@ class Storage:
         )
         return int(rows[0][0])
 
+    @retried_when_connection_lost(idempotent=False)
     async def take_privacy_notice(self, user_id: int) -> bool:
         """True exactly once per person: the first time, the notice is due."""
         async with self.write() as db:
@@ -520,6 +527,7 @@ class Storage:
         )
         return bool(rows)
 
+    @retried_when_connection_lost(idempotent=False)
     async def take_chat_notice(self, platform: str, chat_id: str, notice: str) -> bool:
         """True exactly once per chat and notice, across restarts: the first time, the notice is due."""
         async with self.write() as db:
@@ -559,6 +567,7 @@ class Storage:
         )
         return bytes(rows[0][0]) if rows else None
 
+    @retried_when_connection_lost(idempotent=True)
     async def release_selfie(self, job_id: int, keep_for: timedelta, now: datetime | None = None) -> None:
         """After the job: delete the selfie, or keep it for re-rolls until ``keep_for`` after ``now``."""
         deadline = (now or utc_now()) + keep_for
@@ -568,6 +577,7 @@ class Storage:
             else:
                 await db.execute("UPDATE selfies SET expires_at = ? WHERE job_id = ?", (timestamp(deadline), job_id))
 
+    @retried_when_connection_lost(idempotent=True)
     async def purge_expired_selfies(self, now: datetime | None = None) -> int:
         async with self.write() as db:
             deleted = await db.execute(
@@ -577,6 +587,7 @@ class Storage:
 
     # ------------------------------------------------------------------ pictures
 
+    @retried_when_connection_lost(idempotent=False)
     async def store_pictures(self, job_id: int, pictures: list[tuple[int, bytes]]) -> list[StoredPicture]:
         """Store (seed, png) pairs once; a second call (a re-delivered result) returns the first set."""
         async with self.write() as db:
@@ -591,6 +602,7 @@ class Storage:
         rows = await self._db.fetch_all("SELECT * FROM pictures WHERE job_id = ? ORDER BY position", (job_id,))
         return [StoredPicture(**{**dict(row), "png": bytes(row["png"])}) for row in rows]
 
+    @retried_when_connection_lost(idempotent=True)
     async def set_picture_message(self, picture_id: int, message_ref: str) -> None:
         async with self.write() as db:
             await db.execute("UPDATE pictures SET message_ref = ? WHERE id = ?", (message_ref, picture_id))
@@ -609,6 +621,7 @@ class Storage:
 
     # ------------------------------------------------------------------ ratings
 
+    @retried_when_connection_lost(idempotent=True)
     async def set_rating(self, picture_id: int, rater_id: int, score: int | None, source: str) -> None:
         """One rating per (rater, picture): a new score replaces, ``None`` withdraws."""
         async with self.write() as db:
@@ -677,6 +690,7 @@ class Storage:
         )
         return PersonSettings(**dict(rows[0])) if rows else None
 
+    @retried_when_connection_lost(idempotent=True)
     async def save_person_settings(
         self, user_id: int, *, style: str | None, mode: str | None, picture_count: int | None,
         prompt_suffix: str | None,
@@ -693,6 +707,7 @@ class Storage:
             rows = await db.fetch_all("SELECT * FROM person_settings WHERE user_id = ?", (user_id,))
         return PersonSettings(**dict(rows[0]))
 
+    @retried_when_connection_lost(idempotent=False)
     async def clear_person_settings(self, user_id: int) -> bool:
         """Whether there was a row to delete."""
         async with self.write() as db:

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -140,6 +141,69 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     server.start()
     yield server
     server.stop()
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of our own (initdb into ``folder``, loopback on a free port, trust auth) that a test
+    may restart under load.  initdb and pg_ctl refuse to run as root: as root they run as the user postgres, as
+    the Makefile's ``postgres`` target does.  fsync is off: the test restarts the server, it never crashes the
+    machine, so what was committed survives a restart all the same."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        self.run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *command: str) -> None:
+        done = subprocess.run([*self.run_as, *command], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"{command[0]} failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+
+    def _pg_ctl(self, *arguments: str) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.folder} -c fsync=off"
+        log = str(self.folder / "server.log")
+        self._run("pg_ctl", "-D", str(self.folder), "-l", log, "-w", "-t", "30", "-o", options, *arguments)
+
+    def start(self) -> None:
+        if not (self.folder / "PG_VERSION").exists():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.folder.chmod(0o700)
+            if self.run_as:
+                shutil.chown(self.folder, "postgres")
+            self._run("initdb", "-D", str(self.folder), "-U", "postgres", "--auth=trust", "--no-sync")
+        self._pg_ctl("start")
+
+    def restart(self) -> None:
+        """``pg_ctl restart -m fast``: every connection is closed and every open transaction rolled back."""
+        self._pg_ctl("restart", "-m", "fast")
+
+    def stop(self) -> None:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            self._pg_ctl("stop", "-m", "immediate")
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    if shutil.which("initdb") is None or shutil.which("pg_ctl") is None:
+        pytest.fail("initdb and pg_ctl are not installed (the PostgreSQL server package)")
+    # Not under tmp_path: pytest makes its folders 0700 for root, where the user postgres cannot reach.
+    home = Path(tempfile.mkdtemp(prefix="mmpp-postgres-"))
+    if os.geteuid() == 0:
+        shutil.chown(home, "postgres")
+    server = PrivatePostgres(home / "data")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -269,7 +333,7 @@ async def telegram_bot(
 ) -> AsyncIterator[TelegramBot]:
     """The real Telegram adapter and core over a real database; the real Celery client unless ``job_queue``."""
     settings = telegram_settings(fake, tmp_path, redis_url=redis_url, queue=queue, **overrides)
-    storage = await Storage.open(settings.database)
+    storage = await Storage.open(settings.database_location)
     if job_queue is None:
         job_queue = CeleryJobQueue(make_client(settings.redis_url, settings.state_dir))
     core = ChatCore(storage, job_queue, settings)
