@@ -1207,14 +1207,6 @@ def build_full_klein(
 
 def full_klein_sources(folder: Path) -> Any:
     """The sources of a folder written by :func:`build_full_klein`."""
-    from engine.models import ModelSources, WeightSource
+    from engine.models import built_klein_sources
 
-    manifest = json.loads((folder / "complete.json").read_text())
-    loras = str(folder / "loras")
-    return ModelSources(
-        base=str(folder / "base"),
-        family=KLEIN,
-        style_loras={name: WeightSource(loras, file_name) for name, file_name in manifest["styles"].items()},
-        test_sized=True,
-        label=KLEIN_LABEL,
-    )
+    return built_klein_sources(folder, KLEIN_LABEL)

@@ -665,6 +665,15 @@ def build_tiny_klein_weights(cache_root: Path, style_names: list[str]) -> ModelS
     root = cache_root / f"{KLEIN}-{key}"
     if not (root / "complete.json").exists():
         _build_tiny_klein_into(root, sorted(style_names))
+    return built_klein_sources(root, f"tiny-{KLEIN} (test-sized random weights: its pictures are noise)")
+
+
+def built_klein_sources(root: Path, label: str) -> ModelSources:
+    """The sources of a klein folder this project built (``base/``, ``loras/`` and ``complete.json``).
+
+    The tiny profile and the full-size benchmark shape write the same layout, so both are read back here;
+    ``complete.json`` is written last, so its presence means the folder is whole.
+    """
     manifest = json.loads((root / "complete.json").read_text())
     loras = str(root / "loras")
     return ModelSources(
@@ -672,7 +681,7 @@ def build_tiny_klein_weights(cache_root: Path, style_names: list[str]) -> ModelS
         family=KLEIN,
         style_loras={name: WeightSource(loras, file_name) for name, file_name in manifest["styles"].items()},
         test_sized=True,
-        label=f"tiny-{KLEIN} (test-sized random weights: its pictures are noise)",
+        label=label,
     )
 
 

@@ -116,28 +116,9 @@ class KleinLoraTrainer(LoraTrainer):
         return functional.mse_loss(prediction.float(), target.float(), reduction="mean")
 
     def _export(self, path: Path, step: int) -> None:
-        from engine.train.export import mmpp_version, save_transformer_lora
+        from engine.train.export import save_transformer_lora
 
-        config = self.config
-        info = {
-            "base_model": self._trajectory()["base"],
-            "family": self.family,
-            "kind": config.kind,
-            "rank": config.rank,
-            "alpha": config.lora_alpha,
-            "steps": step,
-            "lr": config.lr,
-            "batch": config.batch,
-            "grad_accum": config.grad_accum,
-            "resolution": self.resolution,
-            "data_sha256": self.dataset.data_sha256,
-            "images": len(self.dataset.examples),
-            "trigger": self.dataset.trigger,
-            "train_text_encoder": False,
-            "seed": config.seed,
-            "mixed_precision": self.mixed_precision,
-            "objective": "rectified flow (velocity target, uniform sigma)",
-            "test_sized": bool(self.sources.test_sized),
-            "version": mmpp_version(),
-        }
+        info = self._export_info(
+            step, train_text_encoder=False, objective="rectified flow (velocity target, uniform sigma)"
+        )
         save_transformer_lora(path, type(self.pipeline), self.accelerator.unwrap_model(self.transformer), info)

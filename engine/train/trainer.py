@@ -781,11 +781,19 @@ class LoraTrainer:
         accelerator.wait_for_everyone()
 
     def _export(self, path: Path, step: int) -> None:
-        from engine.train.export import mmpp_version, save_lora
+        from engine.train.export import save_lora
+
+        text_encoders = {name: model for name, model in self.trained.items() if name != "unet"}
+        info = self._export_info(step, train_text_encoder=self.config.train_text_encoder)
+        save_lora(path, type(self.pipeline), self.unet, text_encoders, info)
+
+    def _export_info(self, step: int, **family_fields: Any) -> dict[str, Any]:
+        """What a LoRA file records of how it was made, the same for every family (each adds its own fields),
+        so that a file can be traced to its data, settings and run whichever trainer wrote it."""
+        from engine.train.export import mmpp_version
 
         config = self.config
-        text_encoders = {name: model for name, model in self.trained.items() if name != "unet"}
-        info = {
+        return {
             "base_model": self._trajectory()["base"],
             "family": self.family,
             "kind": config.kind,
@@ -799,13 +807,12 @@ class LoraTrainer:
             "data_sha256": self.dataset.data_sha256,
             "images": len(self.dataset.examples),
             "trigger": self.dataset.trigger,
-            "train_text_encoder": config.train_text_encoder,
             "seed": config.seed,
             "mixed_precision": self.mixed_precision,
             "test_sized": bool(self.sources.test_sized),
             "version": mmpp_version(),
+            **family_fields,
         }
-        save_lora(path, type(self.pipeline), self.unet, text_encoders, info)
 
     @staticmethod
     def _truncate_loss_log(path: Path, start_step: int) -> None:
