@@ -636,6 +636,19 @@ class Storage:
                 (picture_id, rater_id, score, source, now, now),
             )
 
+    @retried_when_connection_lost(idempotent=True)
+    async def withdraw_rating(self, picture_id: int, rater_id: int, score: int) -> bool:
+        """Withdraw the rater's rating of the picture if it is still ``score``; whether one was withdrawn.
+
+        One statement, so a removed reaction handled beside the reaction that replaced it (two events of one
+        person, handled at once) never withdraws the newer score: read-then-delete could.
+        """
+        async with self.write() as db:
+            withdrawn = await db.execute(
+                "DELETE FROM ratings WHERE picture_id = ? AND rater_id = ? AND score = ?", (picture_id, rater_id, score)
+            )
+        return withdrawn == 1
+
     async def rating(self, picture_id: int, rater_id: int) -> int | None:
         rows = await self._db.fetch_all(
             "SELECT score FROM ratings WHERE picture_id = ? AND rater_id = ?", (picture_id, rater_id)

@@ -106,8 +106,7 @@ class Ratings:
         rater_id = await self.storage.find_user(rater.platform, rater.user_id)
         if picture is None or rater_id is None:
             return False
-        if await self.storage.rating(picture.id, rater_id) == stars:
-            await self.storage.set_rating(picture.id, rater_id, None, "reaction")
+        await self.storage.withdraw_rating(picture.id, rater_id, stars)
         return True
 
     async def rate_job_picture(self, rater: Person, job_id: int, position: int, stars: int, source: str) -> None:
