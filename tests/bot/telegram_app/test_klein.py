@@ -10,29 +10,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.core import ChatCore
-from bot.queue import CeleryJobQueue, make_client
-from bot.storage import Storage
-from bot.telegram_app import TelegramAdapter
-from tests.bot.telegram_app.test_telegram import ALICE, BOB, TOKEN, RunningBot, settings_for, wait_until
+from tests.bot.telegram_app.test_telegram import ALICE, BOB, TOKEN, RunningBot, bot_with_worker, wait_until
 from tests.conftest import SAMPLE_SELFIE
 from tests.fakes.telegram_api import FakeTelegram
 
 
 @pytest.fixture
 async def running(tmp_path: Path, klein_worker: str) -> AsyncIterator[RunningBot]:
-    async with FakeTelegram(token=TOKEN, bot_username="MmppTestBot") as fake:
-        settings = settings_for(fake, tmp_path, klein_worker)
-        storage = await Storage.open(settings.database)
-        core = ChatCore(storage, CeleryJobQueue(make_client(settings.redis_url, settings.state_dir)), settings)
-        adapter = TelegramAdapter(core, settings, TOKEN)
-        await adapter.open()
-        await core.start()
-        await fake.wait_polling()
-        yield RunningBot(fake, core, storage, adapter)
-        await core.stop()
-        await adapter.close()
-        await storage.close()
+    async with (
+        FakeTelegram(token=TOKEN, bot_username="MmppTestBot") as fake,
+        bot_with_worker(fake, tmp_path, klein_worker) as bot,
+    ):
+        yield bot
 
 
 async def test_klein_pictures_arrive_rated_and_weights_are_refused_in_one_line(running: RunningBot) -> None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,19 +60,28 @@ async def fake() -> AsyncIterator[FakeTelegram]:
         yield server
 
 
-@pytest.fixture
-async def running(fake: FakeTelegram, tmp_path: Path, redis_worker: str) -> AsyncIterator[RunningBot]:
-    settings = settings_for(fake, tmp_path, redis_worker)
+@asynccontextmanager
+async def bot_with_worker(fake: FakeTelegram, tmp_path: Path, worker_queue: str) -> AsyncIterator[RunningBot]:
+    """The bot as ``mmpp run`` starts it, sending its jobs to a real worker's queue on Redis."""
+    settings = settings_for(fake, tmp_path, worker_queue)
     storage = await Storage.open(settings.database)
     core = ChatCore(storage, CeleryJobQueue(make_client(settings.redis_url, settings.state_dir)), settings)
     adapter = TelegramAdapter(core, settings, TOKEN)
-    await adapter.open()
-    await core.start()
-    await fake.wait_polling()
-    yield RunningBot(fake, core, storage, adapter)
-    await core.stop()
-    await adapter.close()
-    await storage.close()
+    try:
+        await adapter.open()
+        await core.start()
+        await fake.wait_polling()
+        yield RunningBot(fake, core, storage, adapter)
+    finally:
+        await core.stop()
+        await adapter.close()
+        await storage.close()
+
+
+@pytest.fixture
+async def running(fake: FakeTelegram, tmp_path: Path, redis_worker: str) -> AsyncIterator[RunningBot]:
+    async with bot_with_worker(fake, tmp_path, redis_worker) as bot:
+        yield bot
 
 
 async def test_start_publishes_commands_and_asks_for_reactions(running: RunningBot) -> None:
