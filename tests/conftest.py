@@ -128,6 +128,28 @@ def redis_worker(cache_dir: Path) -> Iterator[str]:
     assert alive, "the worker died during the tests"
 
 
+@pytest.fixture(scope="session")
+def klein_worker(cache_dir: Path) -> Iterator[str]:
+    """One worker serving the tiny FLUX.2 [klein] (``MMPP_WEIGHTS=tiny-klein``, the one setting an operator
+    changes) for every platform's klein tests; yields its queue name.
+
+    Session-scoped, not per module: the worker's own klein tests and the console, Discord and Telegram klein tests live
+    beside their neighbours, and starting a worker (loading the klein pipeline) is the expensive part of each of them.
+    """
+    if not redis_available():
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}; `make test` starts one (Makefile target redis)")
+    from engine.models import build_tiny_klein_weights
+    from mmpp.catalogue import load_catalogue
+
+    build_tiny_klein_weights(cache_dir / "tiny", load_catalogue().names)  # built once, before the worker loads it
+    queue = f"mmpp-klein-{uuid.uuid4().hex[:8]}"
+    worker = start_worker(queue, cache_dir, MMPP_WEIGHTS="tiny-klein")
+    yield queue
+    alive = worker.poll() is None
+    stop_worker(worker)
+    assert alive, "the klein worker died during the tests"
+
+
 @pytest.fixture
 def restored_logging() -> Iterator[None]:
     """The root logger's handlers and level, httpx's level and warnings capture as they were: the logging

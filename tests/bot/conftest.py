@@ -24,7 +24,7 @@ from bot.settings import BotSettings
 from bot.storage import Job, Storage, StoredPicture
 from mmpp.contract import GenerateRequest, GenerateResult, Picture
 from mmpp.errors import ErrorCode, MmppError
-from tests.conftest import REDIS_URL, redis_available, start_worker, stop_worker
+from tests.conftest import start_worker, stop_worker
 
 
 def tiny_png(colour: tuple[int, int, int]) -> bytes:
@@ -147,28 +147,6 @@ def preview_worker(redis_worker: str, cache_dir: Path) -> Iterator[str]:
 
 #: What a job on the preview worker asks for: quality mode (25 steps), 4 pictures painted one after another.
 PREVIEW_JOB = {"mode": "quality", "count": "4"}
-
-
-@pytest.fixture(scope="session")
-def klein_worker(cache_dir: Path) -> Iterator[str]:
-    """One worker serving the tiny FLUX.2 [klein] (``MMPP_WEIGHTS=tiny-klein``, the one setting an operator
-    changes) for every platform's klein tests; yields its queue name.
-
-    Session-scoped, not per module: the console, Discord and Telegram klein tests live beside their platforms'
-    other tests, and starting a worker (loading the klein pipeline) is the expensive part of each of them.
-    """
-    if not redis_available():
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}; `make test` starts one (Makefile target redis)")
-    from engine.models import build_tiny_klein_weights
-    from mmpp.catalogue import load_catalogue
-
-    build_tiny_klein_weights(cache_dir / "tiny", load_catalogue().names)  # built once, before the worker loads it
-    queue = f"mmpp-klein-{uuid.uuid4().hex[:8]}"
-    worker = start_worker(queue, cache_dir, MMPP_WEIGHTS="tiny-klein")
-    yield queue
-    alive = worker.poll() is None
-    stop_worker(worker)
-    assert alive, "the klein worker died during the tests"
 
 
 @pytest.fixture

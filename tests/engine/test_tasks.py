@@ -7,7 +7,6 @@ import io
 import logging
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -249,26 +248,10 @@ def test_worker_without_weights_answers_model_unavailable_and_survives(
 # ---------------------------------------------------------------- a FLUX.2 [klein] worker on Redis
 
 
-@pytest.fixture(scope="module")
-def klein_worker_queue(cache_dir: Path) -> Iterator[str]:
-    """A real worker serving the tiny FLUX.2 [klein] (MMPP_WEIGHTS=tiny-klein: the one setting changed)."""
-    if not redis_available():
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}")
-    from engine.models import build_tiny_klein_weights
-    from mmpp.catalogue import load_catalogue
-
-    build_tiny_klein_weights(cache_dir / "tiny", load_catalogue().names)
-    queue = f"mmpp-test-klein-{uuid.uuid4().hex[:8]}"
-    worker = start_worker(queue, cache_dir, MMPP_WEIGHTS="tiny-klein")
-    yield queue
-    alive = worker.poll() is None
-    stop_worker(worker)
-    assert alive, "the klein worker died during the tests"
-
-
 def test_a_klein_worker_completes_jobs_and_answers_bad_ones_with_their_codes(
-    klein_worker_queue: str, selfie_bytes: bytes
+    klein_worker: str, selfie_bytes: bytes
 ) -> None:
+    klein_worker_queue = klein_worker
     app = client(klein_worker_queue)
     async_result = app.send_task(GENERATE_TASK_NAME, args=[payload(selfie_bytes, count=2)], queue=klein_worker_queue)
     _, progress = watch_progress(async_result)
