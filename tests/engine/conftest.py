@@ -37,3 +37,19 @@ def tiny_klein_engine(cache_dir: Path, catalogue):
     from engine.pipeline import Engine
 
     return Engine.from_settings(make_settings(cache_dir), weights="tiny-klein", catalogue=catalogue)
+
+
+def forbid_weight_reads(monkeypatch: pytest.MonkeyPatch, pipeline: object) -> None:
+    """Make every way a job could read weights from disk fail the test: a style switch must come from
+    the adapters already in memory (the engine loads every style's LoRA once, at start-up)."""
+    import safetensors
+    import safetensors.torch
+    import torch
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("weights were read from disk during a job")
+
+    monkeypatch.setattr(safetensors, "safe_open", forbidden)
+    monkeypatch.setattr(safetensors.torch, "load_file", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    monkeypatch.setattr(pipeline, "load_lora_weights", forbidden)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from mmpp.contract import GenerateRequest, Mode
 from mmpp.errors import ErrorCode, MmppError
-from tests.engine.conftest import make_settings
+from tests.engine.conftest import forbid_weight_reads, make_settings
 from tests.images import encoded
 
 
@@ -283,17 +283,7 @@ def test_a_klein_lora_at_scale_zero_is_no_lora_and_a_nonzero_scale_changes_the_p
 def test_klein_style_switches_reproduce_a_style_exactly_without_touching_the_disk(
     tiny_klein_engine, selfie_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import safetensors
-    import safetensors.torch
-    import torch
-
-    def forbidden(*args: object, **kwargs: object) -> None:
-        raise AssertionError("weights were read from disk during a job")
-
-    monkeypatch.setattr(safetensors, "safe_open", forbidden)
-    monkeypatch.setattr(safetensors.torch, "load_file", forbidden)
-    monkeypatch.setattr(torch, "load", forbidden)
-    monkeypatch.setattr(tiny_klein_engine.pipeline, "load_lora_weights", forbidden)
+    forbid_weight_reads(monkeypatch, tiny_klein_engine.pipeline)
     first = tiny_klein_engine.generate(request(selfie_bytes, style="pop-art")).pictures[0].png
     other = tiny_klein_engine.generate(request(selfie_bytes, style="fantasy")).pictures[0].png
     again = tiny_klein_engine.generate(request(selfie_bytes, style="pop-art")).pictures[0].png

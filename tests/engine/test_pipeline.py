@@ -19,7 +19,7 @@ from PIL import Image
 from engine.pipeline import LCM_ADAPTER, PORTRAIT_ADAPTER, Engine, ScaleOverrides
 from mmpp.contract import GenerateRequest, Mode
 from mmpp.errors import ErrorCode, MmppError
-from tests.engine.conftest import make_settings
+from tests.engine.conftest import forbid_weight_reads, make_settings
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -147,16 +147,7 @@ def test_switching_styles_a_b_a_reproduces_a(tiny_engine: Engine, selfie_bytes: 
 def test_style_switches_never_touch_the_disk(
     tiny_engine: Engine, selfie_bytes: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import safetensors
-    import safetensors.torch
-
-    def forbidden(*args: object, **kwargs: object) -> None:
-        raise AssertionError("weights were read from disk during a job")
-
-    monkeypatch.setattr(safetensors, "safe_open", forbidden)
-    monkeypatch.setattr(safetensors.torch, "load_file", forbidden)
-    monkeypatch.setattr(torch, "load", forbidden)
-    monkeypatch.setattr(tiny_engine.pipeline, "load_lora_weights", forbidden)
+    forbid_weight_reads(monkeypatch, tiny_engine.pipeline)
     for style in ["watercolor", "cyberpunk", "anime", "pop-art"]:
         assert tiny_engine.generate(request(selfie_bytes, style=style)).ok
 
