@@ -71,6 +71,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -82,9 +83,10 @@ import struct
 import sys
 import tempfile
 import time
+import uuid
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import resources
@@ -102,6 +104,18 @@ from mmpp.errors import ErrorCode, MmppError
 logger = logging.getLogger(__name__)
 
 PLATFORMS = ("discord", "telegram")
+#: Where the bot keeps its database: the embedded SQLite file, or PostgreSQL (``--store both``: one after the other).
+STORES = ("sqlite", "postgresql", "both")
+STORE_LABELS = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
+#: The PostgreSQL server a run makes its own schema in (dropped afterwards), unless ``--database-url`` names one.
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+#: How long the second bot process may take to start (import, connect its shard, resume).
+SECOND_PROCESS_START_SECONDS = 90.0
+#: Two processes "not slower" than one: throughput within 10 % and first-reply p99 within 10 % (or 10 ms) of it,
+#: the spread between two runs of one configuration on this shared machine.
+NOT_SLOWER_TOLERANCE = 0.10
+NOT_SLOWER_SLACK_SECONDS = 0.010
+CHECKOUT = Path(__file__).resolve().parent.parent
 TARGET_FIRST_REPLY_P99_SECONDS = 0.250
 #: How long one person waits for their pictures before counting an error.
 CYCLE_TIMEOUT_SECONDS = 30.0
@@ -335,8 +349,11 @@ class DiscordPlatform(Platform):
     # channel, enforced by the fake).  The bot seeds none, so this should stay 0.
     shared_budget = "the bot's reactions in the channel"
 
-    def __init__(self, busy: bool = False) -> None:
+    def __init__(self, busy: bool = False, shards: int = 1) -> None:
         self.busy = busy
+        #: With two bot processes, two shards: the people's servers alternate between them (one server each).
+        self.shards = shards
+        self.channels: list[int] = []
         with fakes_of_the_checkout():
             from tests.fakes.discord_api import FakeDiscord
         self.fake_platform = FakeDiscord
@@ -346,11 +363,15 @@ class DiscordPlatform(Platform):
     async def open_fake(self) -> dict[str, Any]:
         self.fake = self.fake_platform()
         await self.fake.start()
-        return {
+        settings: dict[str, Any] = {
             "discord_api_base": self.fake.api_base,
             "discord_gateway_url": self.fake.gateway_url,
             "discord_guild_ready_timeout": 0.05,
         }
+        if self.shards > 1:
+            self.channels = [self.fake.add_guild(shard=(shard, self.shards))[1] for shard in range(self.shards)]
+            settings.update(discord_shard_count=str(self.shards), discord_shard_ids="0")
+        return settings
 
     async def open_bot(self, core: Any, settings: BotSettings) -> None:
         from bot.discord_app import DiscordAdapter
@@ -369,9 +390,11 @@ class DiscordPlatform(Platform):
         return user, str(user.id)
 
     async def order(self, person: Any, cycle: Cycle, selfie: bytes) -> None:
+        channel = self.channels[cycle.person % len(self.channels)] if self.channels else None
         interaction = await self.fake.send_slash_command(
-            "profile", {"style": STYLE}, user=person, attachments={"photo": ("selfie.jpg", selfie, "image/jpeg")}
-        )
+            "profile", {"style": STYLE}, user=person, attachments={"photo": ("selfie.jpg", selfie, "image/jpeg")},
+            channel_id=channel,
+        )  # fmt: skip
         cycle.handle = interaction
         cycle.sent_at = interaction.dispatched_at  # the running loop's clock, which is time.monotonic()
         cycle.event_key = f"interaction:{interaction.id}"
@@ -568,9 +591,9 @@ class TelegramPlatform(Platform):
         return refs | ({f"{chat}:{job.status_message_id}"} if job.status_message_id else set())
 
 
-def make_platform(name: str, busy: bool = False) -> Platform:
+def make_platform(name: str, busy: bool = False, shards: int = 1) -> Platform:
     if name == "discord":
-        return DiscordPlatform(busy)
+        return DiscordPlatform(busy, shards)
     if name == "telegram":
         return TelegramPlatform(busy)
     raise BenchError(
@@ -589,6 +612,11 @@ class Options:
     think: float = 0.0
     seed: int = 0
     busy: bool = False
+    #: ``sqlite`` or ``postgresql`` (one configuration; ``--store both`` makes one Options per store).
+    store: str = "sqlite"
+    database_url: str = DEFAULT_POSTGRES_URL
+    #: Bot processes sharing the database: 1, or 2 (Discord shards 0 and 1 of 2, on PostgreSQL).
+    processes: int = 1
 
 
 @dataclass
@@ -621,8 +649,12 @@ async def _watch(platform: Platform, active: list[Cycle], stop: asyncio.Event) -
         await asyncio.sleep(WATCH_INTERVAL_SECONDS)
 
 
-async def drive(platform: Platform, core: Any, storage: Any, options: Options, selfie: bytes) -> LoadOutcome:
-    """Run the people against the bot for ``options.seconds``, then let the bot finish what is in flight."""
+async def drive(
+    platform: Platform, core: Any, storage: Any, options: Options, selfie: bytes,
+    others_idle: Callable[[float], Awaitable[None]] | None = None,
+) -> LoadOutcome:  # fmt: skip
+    """Run the people against the bot for ``options.seconds``, then let the bot finish what is in flight
+    (``others_idle``: the other bot processes too, within the timeout it is given)."""
     loop = asyncio.get_running_loop()
     cycles: list[Cycle] = []
     active: list[Cycle] = []
@@ -672,6 +704,8 @@ async def drive(platform: Platform, core: Any, storage: Any, options: Options, s
         drain_error = None
         try:
             await core.wait_idle(timeout=drain_timeout)
+            if others_idle is not None:
+                await others_idle(drain_timeout)
         except TimeoutError:
             drain_error = f"jobs still in flight {drain_timeout:g} s after the load"
         drained_at = loop.time()
@@ -844,37 +878,155 @@ def bench_settings(workdir: Path, **values: Any) -> BotSettings:
     )  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def database_of(options: Options, workdir: Path) -> AsyncIterator[Path | str]:
+    """Where this run's bot keeps its database: an SQLite file in ``workdir``, or a schema of its own in the
+    PostgreSQL server at ``options.database_url`` (created empty, dropped with all it holds afterwards)."""
+    if options.store == "sqlite":
+        yield workdir / "bench.sqlite3"
+        return
+    import asyncpg
+
+    from bot.database import redacted
+
+    try:
+        admin = await asyncpg.connect(options.database_url, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+        raise BenchError(
+            ErrorCode.INVALID_REQUEST,
+            f"PostgreSQL is not reachable at {redacted(options.database_url)} ({type(error).__name__}: {error}); "
+            "start one (make postgres) or name one with --database-url",
+        ) from None
+    schema = f"mmpp_bench_{uuid.uuid4().hex[:12]}"
+    try:
+        await admin.execute(f"CREATE SCHEMA {schema}")
+        separator = "&" if "?" in options.database_url else "?"
+        yield f"{options.database_url}{separator}search_path={schema}"
+    finally:
+        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        await admin.close()
+
+
+class SecondProcess:
+    """The second bot process (``bench/bot_process.py``), Discord shard 1 of 2 on the same database."""
+
+    def __init__(self, process: asyncio.subprocess.Process, report: Path, log: Path) -> None:
+        self.process = process
+        self.report = report
+        self.log = log
+
+    @classmethod
+    async def start(cls, workdir: Path, token: str, settings: dict[str, Any]) -> SecondProcess:
+        folder = workdir / "second"
+        folder.mkdir()
+        config = folder / "config.json"
+        report, log = folder / "report.json", folder / "bot.log"
+        config.write_text(
+            json.dumps({"workdir": str(folder), "token": token, "settings": settings, "report": str(report)}),
+            encoding="utf-8",
+        )
+        with log.open("wb") as output:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bench.bot_process", str(config), cwd=CHECKOUT,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=output,
+            )  # fmt: skip
+        second = cls(process, report, log)
+        assert process.stdout is not None
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), SECOND_PROCESS_START_SECONDS)
+        except TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            await second.kill()
+            raise BenchError(ErrorCode.INTERNAL, f"the second bot process did not start: {second.log_tail()}")
+        return second
+
+    def log_tail(self) -> str:
+        lines = self.log.read_text(errors="replace").strip().splitlines() if self.log.exists() else []
+        return " | ".join(lines[-3:]) or "(nothing logged)"
+
+    async def stop(self) -> dict[str, Any]:
+        """Close its standard input (it stops), and read what it reports."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 60)
+        except TimeoutError:
+            await self.kill()
+        if self.process.returncode != 0 or not self.report.exists():
+            raise BenchError(ErrorCode.INTERNAL, f"the second bot process failed: {self.log_tail()}")
+        report: dict[str, Any] = json.loads(self.report.read_text(encoding="utf-8"))
+        return report
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def all_delivered(storage: Any, timeout: float) -> None:
+    """Until no job in the shared database waits for its delivery (the other process's included)."""
+    deadline = time.monotonic() + timeout
+    while await storage.count("jobs", "delivered_at IS NULL"):
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        await asyncio.sleep(0.05)
+
+
 async def run(options: Options, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Start the bot on the chosen platform's fake, drive the load, check the database; return the report."""
+    """Start the bot (and, with two processes, the second) on the chosen platform's fake and store, drive the
+    load, check the database; return the report."""
     from bot.core import ChatCore
     from bot.storage import Storage
 
     say = progress or (lambda message: None)
-    platform_ = make_platform(options.platform, options.busy)
+    platform_ = make_platform(options.platform, options.busy, shards=options.processes)
     selfie = sample_selfie()
     queue = InstantWorkerQueue()
+    second: SecondProcess | None = None
+    second_report: dict[str, Any] | None = None
     with tempfile.TemporaryDirectory(prefix="mmpp-bench-bots-") as folder:
         workdir = Path(folder)
-        storage = await Storage.open(workdir / "bench.sqlite3")
-        core = None
-        try:
-            async with counting_errors() as errors:
-                values = await platform_.open_fake()
-                settings = bench_settings(workdir, poll_interval_seconds=0.05, **values)
-                core = ChatCore(storage, queue, settings)
-                await platform_.open_bot(core, settings)
-                await core.start()
-                say(f"{options.platform} bot up; {options.users} people for {options.seconds:g} s")
-                outcome = await drive(platform_, core, storage, options, selfie)
-                say(f"load done: {len(outcome.cycles)} commands, {outcome.reactions_sent} reactions; checking")
-                checked = await verify(platform_, storage, queue, outcome)
-                logged_errors, first_logged = errors.count, errors.first
-        finally:
-            if core is not None:
-                await core.stop()
-            await platform_.close()
-            await storage.close()
-    return report(options, platform_, outcome, checked, logged_errors, first_logged)
+        async with database_of(options, workdir) as location:
+            store = {} if options.store == "sqlite" else {"database_url": str(location)}
+            storage = await Storage.open(location)
+            core = None
+            try:
+                async with counting_errors() as errors:
+                    values = await platform_.open_fake()
+                    settings = bench_settings(workdir, poll_interval_seconds=0.05, **store, **values)
+                    core = ChatCore(storage, queue, settings)
+                    await platform_.open_bot(core, settings)
+                    await core.start()
+                    if options.processes > 1:
+                        assert isinstance(platform_, DiscordPlatform)  # main() refuses the others
+                        token = platform_.fake.token
+                        shard_1 = {**values, **store, "poll_interval_seconds": 0.05, "discord_shard_ids": "1"}
+                        second = await SecondProcess.start(workdir, token, shard_1)
+                    where = f"{STORE_LABELS[options.store]}, {options.processes} bot process(es)"
+                    say(f"{options.platform} bot up ({where}); {options.users} people for {options.seconds:g} s")
+                    others_idle = None if second is None else functools.partial(all_delivered, storage)
+                    outcome = await drive(platform_, core, storage, options, selfie, others_idle)
+                    sent = [len(queue.submissions)]  # the jobs each process sent (and delivered)
+                    if second is not None:
+                        second_report, second = await second.stop(), None
+                        sent.append(len(second_report["submissions"]))
+                        queue.submissions.update(second_report["submissions"])
+                        queue.ready_at.update(second_report["ready_at"])
+                    say(f"load done: {len(outcome.cycles)} commands, {outcome.reactions_sent} reactions; checking")
+                    checked = await verify(platform_, storage, queue, outcome)
+                    logged_errors, first_logged = errors.count, errors.first
+            finally:
+                if second is not None:
+                    await second.kill()
+                if core is not None:
+                    await core.stop()
+                await platform_.close()
+                await storage.close()
+    if second_report is not None:
+        logged_errors += int(second_report["errors"])
+        first_logged = first_logged or second_report["first_error"]
+    return report(options, platform_, outcome, checked, logged_errors, first_logged, second_report, sent)
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -883,7 +1035,7 @@ def _ms(seconds: float | None) -> float | None:
 
 def report(
     options: Options, platform_: Platform, outcome: LoadOutcome, checked: dict[str, Any], logged_errors: int,
-    first_logged: str | None,
+    first_logged: str | None, second: dict[str, Any] | None = None, sent: list[int] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     cycles = outcome.cycles
     first = [cycle.first_reply_seconds for cycle in cycles if cycle.first_reply_seconds is not None]
@@ -901,7 +1053,21 @@ def report(
     load_seconds = outcome.load_ended_at - outcome.started_at
     rating_window = max(outcome.ratings_settled_at, outcome.load_ended_at) - outcome.started_at
     wall = outcome.ratings_settled_at - outcome.started_at
-    others = other_processes_share(outcome.machine_busy_seconds, outcome.cpu_seconds, wall)
+    second_cpu = float(second["cpu_seconds"]) if second is not None else 0.0
+    others = other_processes_share(outcome.machine_busy_seconds, outcome.cpu_seconds + second_cpu, wall)
+
+    # Each process's CPU over the run: the benchmark's own process also runs the fake and the people.
+    jobs_sent = sent or []
+
+    def cpu_of(index: int, process: str, seconds: float) -> dict[str, Any]:
+        cores = round(seconds / wall, 2) if wall > 0 else None
+        sent_here = jobs_sent[index] if index < len(jobs_sent) else None
+        return {"process": process, "cpu_seconds": round(seconds, 2), "cores": cores, "jobs_sent": sent_here}
+
+    shard = " (shard 0)" if second is not None else ""
+    processes = [cpu_of(0, f"benchmark: fake, people and bot{shard}", outcome.cpu_seconds)]
+    if second is not None:
+        processes.append(cpu_of(1, "second bot process (shard 1)", second_cpu))
     p99 = percentile(first, 0.99)
     jobs, deliveries, ratings = checked["jobs"], checked["deliveries"], checked["ratings"]
     exact = (
@@ -927,6 +1093,8 @@ def report(
     return {
         "benchmark": "bots",
         "platform": options.platform,
+        "store": options.store,
+        "processes": options.processes,
         "users": options.users,
         "seconds": options.seconds,
         "think_seconds": options.think,
@@ -965,6 +1133,7 @@ def report(
         "cpu": {
             "this_process_cores": round(outcome.cpu_seconds / wall, 2) if wall > 0 else None,
             "other_processes_share": None if others is None else round(others, 3),
+            "processes": processes,
         },
         "targets": targets,
         "pass": all(target["pass"] for target in targets.values()),
@@ -995,15 +1164,24 @@ def render_table(result: dict[str, Any]) -> str:
         behind_line[0] += verdict("no_picture_behind_other_jobs")
     others = result["cpu"]["other_processes_share"]
     others_text = _value(None if others is None else others * 100, " %", 0)
+    store_label = STORE_LABELS[result.get("store", "sqlite")]
+    if result.get("processes", 1) > 1:
+        store_label += f" shared by {result['processes']} bot processes (Discord shards 0 and 1 of 2)"
+    per_process = [
+        f"cpu      {entry['process']}: {entry['cpu_seconds']:.1f} s ({_value(entry['cores'], '', 2)} cores), "
+        f"{entry['jobs_sent']} jobs"
+        for entry in result["cpu"].get("processes", [])
+    ]
     lines = [
         f"mmpp bench bots: {result['platform']}, {result['users']} people for {result['seconds']:g} s ({think})",
-        f"bot      real {result['platform']} adapter and client, real ChatCore + SQLite, loopback platform fake;",
+        f"bot      real {result['platform']} adapter and client, real ChatCore + {store_label}, loopback fake;",
         "         the worker is InstantWorkerQueue (harness stand-in, no GPU: see mmpp bench engine)",
         f"machine  {machine_['cpu']}, {machine_['cores']} cores ({machine_['usable_cores']} usable); "
         f"{machine_['os']}; Python {machine_['python']}",
         f"date     {result['date']}",
         f"load     {result['load_seconds']:.1f} s; this process used "
         f"{_value(result['cpu']['this_process_cores'], '', 2)} cores; other processes {others_text} of the machine",
+        *(per_process if result.get("processes", 1) > 1 else []),
         "",
         f"{'figure':<40}{'value':>16}  {'target':<12}{'result':<6}",
         f"{'commands sent (/s)':<40}{len_and_rate(jobs['commands'], result['commands_per_second']):>16}",
@@ -1092,9 +1270,114 @@ def build_parser() -> argparse.ArgumentParser:
             "pictures took after their result and how many waited behind other jobs' edits or reactions"
         ),
     )  # fmt: skip
+    parser.add_argument(
+        "--store", choices=STORES, default="sqlite",
+        help=(
+            "where the bot keeps its database: the SQLite file (default), PostgreSQL (a schema of its own in the "
+            "--database-url server, dropped afterwards), or both, one run after the other, compared"
+        ),
+    )  # fmt: skip
+    parser.add_argument(
+        "--database-url", default=os.environ.get("MMPP_DATABASE_URL") or DEFAULT_POSTGRES_URL,
+        help=f"the PostgreSQL server of --store postgresql or both (default MMPP_DATABASE_URL, {DEFAULT_POSTGRES_URL})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--processes", type=int, choices=(1, 2), default=1,
+        help=(
+            "bot processes sharing the PostgreSQL database (Discord only): 2 runs a second bot process on shard 1 "
+            "of 2 beside this one's shard 0, the people's servers split between them; with --store both, "
+            "PostgreSQL runs with one process and then with two"
+        ),
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     return parser
+
+
+def configurations(store: str, processes: int) -> list[tuple[str, int]]:
+    """(store, processes) of each run ``--store`` and ``--processes`` ask for, in the order they run."""
+    if store == "both":
+        return [("sqlite", 1), ("postgresql", 1), *([("postgresql", 2)] if processes > 1 else [])]
+    return [(store, processes)]
+
+
+def refusal(arguments: argparse.Namespace) -> str | None:
+    """Why these options cannot run together, in one line; ``None`` when they can."""
+    if arguments.think < 0:
+        return "--think must be 0 or more."
+    if arguments.processes > 1:
+        if arguments.store == "sqlite":
+            return "--processes 2 shares a PostgreSQL database: add --store postgresql (or both)."
+        if arguments.platform != "discord":
+            return "--processes 2 runs Discord shards; Telegram serves one bot token from one process."
+        if arguments.busy:
+            return "--processes 2 splits the people's servers between two shards; --busy puts them in one channel."
+    return None
+
+
+def comparison(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The configurations side by side and, where PostgreSQL ran with one process and with two, whether two
+    were not slower: throughput (commands and rating writes per second) no more than 10 % below one process's,
+    and first-reply p99 no more than 10 % (or 10 ms) above it."""
+    rows = [
+        {
+            "store": result["store"], "processes": result["processes"],
+            "first_reply_p99_ms": result["first_reply_ms"]["p99"],
+            "commands_per_second": result["commands_per_second"],
+            "rating_writes_per_second": result["rating_writes_per_second"],
+            "lost": result["jobs"]["lost"] + result["deliveries"]["lost"] + result["ratings"]["lost"],
+            "duplicated": result["jobs"]["duplicated"] + result["deliveries"]["duplicated"]
+            + result["ratings"]["duplicated"],
+            "cpu_seconds": [entry["cpu_seconds"] for entry in result["cpu"]["processes"]],
+            "pass": result["pass"],
+        }
+        for result in results
+    ]  # fmt: skip
+    compared: dict[str, Any] = {"rows": rows}
+    by_key = {(row["store"], row["processes"]): row for row in rows}
+    one, two = by_key.get(("postgresql", 1)), by_key.get(("postgresql", 2))
+    if one is not None and two is not None:
+        keep = 1 - NOT_SLOWER_TOLERANCE
+
+        def at_least(name: str) -> bool:
+            return two[name] is not None and one[name] is not None and two[name] >= keep * one[name]
+
+        p99_one, p99_two = one["first_reply_p99_ms"], two["first_reply_p99_ms"]
+        p99_ok = (
+            p99_one is not None
+            and p99_two is not None
+            and p99_two <= max(p99_one * (1 + NOT_SLOWER_TOLERANCE), p99_one + NOT_SLOWER_SLACK_SECONDS * 1000)
+        )
+        compared["two_processes_not_slower"] = {
+            "commands_per_second": at_least("commands_per_second"),
+            "rating_writes_per_second": at_least("rating_writes_per_second"),
+            "first_reply_p99": p99_ok,
+            "pass": at_least("commands_per_second") and at_least("rating_writes_per_second") and p99_ok,
+        }
+    return compared
+
+
+def render_comparison(compared: dict[str, Any]) -> str:
+    lines = [
+        "mmpp bench bots: the configurations side by side",
+        f"{'store':<12}{'processes':>10}{'first reply p99':>17}{'commands/s':>12}{'ratings/s':>11}"
+        f"{'lost/dup':>10}  {'cpu s per process':<20}{'result':<6}",
+    ]
+    for row in compared["rows"]:
+        cpu = " + ".join(f"{seconds:.1f}" for seconds in row["cpu_seconds"])
+        lines.append(
+            f"{STORE_LABELS[row['store']]:<12}{row['processes']:>10}{_value(row['first_reply_p99_ms'], ' ms'):>17}"
+            f"{_value(row['commands_per_second']):>12}{_value(row['rating_writes_per_second']):>11}"
+            f"{pair(row['lost'], row['duplicated']):>10}  {cpu:<20}{'PASS' if row['pass'] else 'FAIL'}"
+        )
+    verdict = compared.get("two_processes_not_slower")
+    if verdict is not None:
+        failed = [name for name, passed in verdict.items() if name != "pass" and not passed]
+        lines.append(
+            "two processes on PostgreSQL not slower than one (throughput within 10 %, p99 within 10 % or 10 ms): "
+            + ("PASS" if verdict["pass"] else "FAIL (" + ", ".join(failed) + ")")
+        )
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1102,8 +1385,9 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_options(build_parser(), list(sys.argv[1:] if argv is None else argv))
     if isinstance(arguments, int):
         return arguments
-    if arguments.think < 0:
-        print(BenchError(ErrorCode.INVALID_REQUEST, "--think must be 0 or more.").as_line(), file=sys.stderr)
+    refused = refusal(arguments)
+    if refused is not None:
+        print(BenchError(ErrorCode.INVALID_REQUEST, refused).as_line(), file=sys.stderr)
         return EXIT_BAD_INPUT
     logging.basicConfig(
         level=logging.INFO if arguments.verbose else logging.WARNING,
@@ -1112,15 +1396,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request URLs hold the Telegram token
     users = arguments.users or (BUSY_DEFAULT_USERS[arguments.platform] if arguments.busy else 200)
-    options = Options(users, arguments.seconds, arguments.platform, arguments.think, arguments.seed, arguments.busy)
+    runs = [
+        Options(
+            users, arguments.seconds, arguments.platform, arguments.think, arguments.seed, arguments.busy,
+            store=store, database_url=arguments.database_url, processes=processes,
+        )
+        for store, processes in configurations(arguments.store, arguments.processes)
+    ]  # fmt: skip
     started = time.monotonic()
 
     def say(message: str) -> None:
         print(f"[bench {time.monotonic() - started:5.1f}s] {message}", file=sys.stderr, flush=True)
 
     def body() -> int:
-        result = asyncio.run(run(options, progress=say))
-        print(json.dumps(result, indent=2) if arguments.json else render_table(result))
-        return EXIT_OK if result["pass"] else EXIT_TARGET_MISSED
+        results = [asyncio.run(run(options, progress=say)) for options in runs]
+        if len(results) == 1:  # one configuration: the report as it always was, with its store and processes
+            print(json.dumps(results[0], indent=2) if arguments.json else render_table(results[0]))
+            return EXIT_OK if results[0]["pass"] else EXIT_TARGET_MISSED
+        compared = comparison(results)
+        passed = all(result["pass"] for result in results) and compared.get("two_processes_not_slower", {}).get(
+            "pass", True
+        )
+        if arguments.json:
+            whole = {"benchmark": "bots", "configurations": results, "comparison": compared, "pass": passed}
+            print(json.dumps(whole, indent=2))
+        else:
+            print("\n\n".join([*(render_table(result) for result in results), render_comparison(compared)]))
+        return EXIT_OK if passed else EXIT_TARGET_MISSED
 
     return run_reporting_errors(body, logger)

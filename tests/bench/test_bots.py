@@ -24,6 +24,7 @@ import bench.bots as bench
 from mmpp.cli import main as mmpp_main
 from mmpp.contract import GenerateResult
 from mmpp.errors import ErrorCode
+from tests.conftest import POSTGRES_URL
 
 RUNS = {
     "discord": ["--users", "10", "--seconds", "5", "--json"],
@@ -47,6 +48,8 @@ def result(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 def test_the_report_names_the_run_and_the_machine(result: dict[str, Any]) -> None:
     assert result["benchmark"] == "bots" and result["platform"] in bench.PLATFORMS
+    assert (result["store"], result["processes"]) == ("sqlite", 1)  # the default: one process on SQLite
+    assert [entry["jobs_sent"] for entry in result["cpu"]["processes"]] == [result["jobs"]["commands"]]
     assert result["machine"]["cpu"] and result["machine"]["cores"] >= 1
     assert result["date"][:4].isdigit()
     assert "InstantWorkerQueue" in result["worker"]
@@ -172,3 +175,61 @@ def test_a_picture_waits_behind_others_only_for_their_spending_while_it_waited(
         bench._waits_after_ready(_Spending(spent), _NoPictures(), queue, None, [(cycle, job)])  # type: ignore[arg-type]
     )
     assert waits == [10.0] and counted == behind
+
+
+@pytest.fixture(scope="module")
+def stores() -> dict[str, Any]:
+    """One run of every store configuration: SQLite, PostgreSQL, and two bot processes sharing PostgreSQL."""
+    arguments = ["--store", "both", "--processes", "2", "--users", "6", "--seconds", "3", "--json"]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        status = bench.main([*arguments, "--database-url", POSTGRES_URL])
+    report = json.loads(output.getvalue())
+    assert status == (0 if report["pass"] else bench.EXIT_TARGET_MISSED)
+    return report
+
+
+def test_each_store_and_two_processes_run_and_lose_or_double_nothing(stores: dict[str, Any]) -> None:
+    runs = stores["configurations"]
+    assert [(run["store"], run["processes"]) for run in runs] == [("sqlite", 1), ("postgresql", 1), ("postgresql", 2)]
+    for run in runs:
+        jobs, deliveries, ratings = run["jobs"], run["deliveries"], run["ratings"]
+        assert jobs["commands"] > 0 and jobs["rows"] == jobs["commands"], run["store"]
+        assert jobs["lost"] == jobs["duplicated"] == jobs["enqueued_more_than_once"] == jobs["undelivered"] == 0
+        assert deliveries["posted"] == deliveries["expected"] == jobs["commands"]
+        assert deliveries["lost"] == deliveries["duplicated"] == 0
+        assert ratings["rows"] == ratings["reactions"] and ratings["lost"] == ratings["duplicated"] == 0
+        assert run["errors"]["total"] == 0, run["errors"]["first"]
+        assert run["first_reply_ms"]["count"] == jobs["commands"] and run["rating_writes_per_second"] > 0
+    two = runs[2]["cpu"]["processes"]
+    # Both processes did work: each sent (and so delivered) the jobs of its shard's server, half the people each.
+    assert len(two) == 2 and all(entry["cpu_seconds"] > 0 and entry["jobs_sent"] > 0 for entry in two)
+    assert sum(entry["jobs_sent"] for entry in two) == runs[2]["jobs"]["commands"]
+
+
+def test_the_stores_are_compared_side_by_side(stores: dict[str, Any]) -> None:
+    compared = stores["comparison"]
+    assert [(row["store"], row["processes"], row["lost"], row["duplicated"]) for row in compared["rows"]] == [
+        ("sqlite", 1, 0, 0), ("postgresql", 1, 0, 0), ("postgresql", 2, 0, 0),
+    ]  # fmt: skip
+    verdict = compared["two_processes_not_slower"]
+    assert set(verdict) == {"commands_per_second", "rating_writes_per_second", "first_reply_p99", "pass"}
+    assert stores["pass"] == (all(run["pass"] for run in stores["configurations"]) and verdict["pass"])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "words"),
+    [
+        (["--processes", "2"], "--processes 2 shares a PostgreSQL database"),
+        (["--processes", "2", "--store", "postgresql", "--platform", "telegram"], "Telegram serves one bot token"),
+        (["--processes", "2", "--store", "both", "--busy"], "--busy puts them in one channel"),
+        (["--store", "postgresql", "--database-url", "postgresql://nobody:secret@127.0.0.1:1/x"], "not reachable"),
+    ],
+)
+def test_options_that_cannot_run_are_refused_in_one_line(
+    arguments: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench.main(arguments) == bench.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error[INVALID_REQUEST]: mmpp bench bots: ") and words in err and err.count("\n") == 1
+    assert "secret" not in err
