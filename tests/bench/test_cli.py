@@ -20,7 +20,14 @@ def test_bench_help_names_both_benchmarks(capsys: pytest.CaptureFixture[str]) ->
 
 
 @pytest.mark.parametrize(
-    ("benchmark", "option"), [("engine", "--shape"), ("bots", "--users"), ("soak", "--maxmemory-mb")]
+    ("benchmark", "option"),
+    [
+        ("engine", "--shape"),
+        ("bots", "--users"),
+        ("bots", "--store"),
+        ("bots", "--processes"),
+        ("soak", "--maxmemory-mb"),
+    ],
 )
 def test_each_benchmark_has_its_own_help(benchmark: str, option: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert mmpp_main(["bench", benchmark, "--help"]) == 0
