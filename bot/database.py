@@ -155,10 +155,24 @@ class SqliteDatabase:
         connection = await aiosqlite.connect(str(path), isolation_level=None)
         connection.row_factory = sqlite3.Row
         await connection.execute("PRAGMA busy_timeout = 10000")
-        await connection.execute("PRAGMA journal_mode = WAL")
+        await cls._switch_to_wal(connection)
         await connection.execute("PRAGMA synchronous = NORMAL")
         await connection.execute("PRAGMA foreign_keys = ON")
         return cls(connection)
+
+    @staticmethod
+    async def _switch_to_wal(connection: aiosqlite.Connection, attempts: int = 100) -> None:
+        """``PRAGMA journal_mode = WAL``, again after a moment while another process is switching the same new
+        file: that pragma answers "database is locked" at once rather than waiting out the busy timeout.
+        Bounded (about 5 s in all), then the error stands."""
+        for attempt in range(attempts):
+            try:
+                await connection.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.05)
 
     @classmethod
     async def open_read_only(cls, path: Path, *, label: str, tables: Sequence[str]) -> SqliteDatabase:

@@ -398,10 +398,13 @@ class Storage:
         Each queue is fed oldest first (:meth:`admit_waiting`) and its workers take its jobs in order,
         so these are the jobs that will be painted before this one; jobs of other queues do not count.
         """
+        # Two texts rather than SQLite's "queue IS ?": PostgreSQL has no IS for a value, and its IS NOT DISTINCT
+        # FROM needs SQLite 3.39.
+        same_queue, parameters = (
+            ("queue IS NULL", (job.id,)) if job.queue is None else ("queue = ?", (job.queue, job.id))
+        )
         rows = await self._db.fetch_all(
-            "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') "
-            "AND queue IS NOT DISTINCT FROM ? AND id < ?",
-            (job.queue, job.id),
+            f"SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND {same_queue} AND id < ?", parameters
         )
         return int(rows[0][0])
 
