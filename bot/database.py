@@ -1,7 +1,7 @@
 """The storage layer's two database drivers: SQLite (aiosqlite, the embedded default) and PostgreSQL (asyncpg).
 
 ``bot.storage.Storage`` writes every query once, in SQL both engines read the same way (``?`` placeholders,
-``ON CONFLICT``, ``RETURNING``, ``IS NOT DISTINCT FROM``).  What differs between the engines lives here and
+``ON CONFLICT``, ``RETURNING``: SQLite 3.35 or later).  What differs between the engines lives here and
 nowhere else:
 
 * placeholders: PostgreSQL numbers them (``$1``), so its driver rewrites each ``?`` once per query text;
