@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from bot.settings import BotSettings
 from engine.settings import EngineSettings
+from mmpp.errors import ErrorCode, MmppError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,3 +79,15 @@ def test_the_compose_worker_serves_flux2_klein_with_one_line_uncommented() -> No
     assert f"hf download {KLEIN_4B_HUB_ID} " in readme and f"MMPP_BASE_MODEL={KLEIN_4B_HUB_ID} " in readme
     env_example = (REPO / ".env.example").read_text(encoding="utf-8")
     assert f"hf download {KLEIN_4B_HUB_ID} " in env_example and f"MMPP_BASE_MODEL={KLEIN_4B_HUB_ID}\n" in env_example
+
+
+def test_the_database_is_the_sqlite_file_unless_a_postgresql_url_is_set() -> None:
+    assert BotSettings(_env_file=None, database=Path("var/x.sqlite3")).database_location == Path("var/x.sqlite3")
+    url = "postgresql://mmpp:s3cret@db-host:5432/mmpp"
+    settings = BotSettings(_env_file=None, database_url=f" {url} ")
+    assert settings.database_location == url and "s3cret" in settings.secrets()  # kept out of every log line
+    with pytest.raises(MmppError) as refused:
+        _ = BotSettings(_env_file=None, database_url="sqlite:///var/mmpp.sqlite3").database_location
+    assert refused.value.code is ErrorCode.INVALID_REQUEST and "MMPP_DATABASE_URL must be a postgresql://" in (
+        refused.value.message
+    )
