@@ -435,3 +435,24 @@ async def test_both_engines_answer_every_query_alike_with_the_same_types(tmp_pat
         await storage.close()
     assert answers["sqlite"] == answers["postgresql"]
     assert "Decimal" not in answers["postgresql"] and "<time>" in answers["sqlite"]
+
+
+async def test_a_removed_reaction_withdraws_the_rating_only_while_it_is_the_score_in_force(
+    location: Path | str,
+) -> None:
+    """One statement decides: a person who rated 1, then 3, and whose removal of the 1 is handled last keeps 3."""
+    storage = await Storage.open(location)
+    owner = await storage.ensure_user("test", "owner")
+    job, _ = await storage.create_job(
+        task_id="t", user_id=owner, platform="test", event_key="e", chat_id="c", style="anime", prompt="",
+        mode=None, picture_count=1, seed=1, selfie=b"x", reply_context={},
+    )  # fmt: skip
+    (picture,) = await storage.store_pictures(job.id, [(1, b"png")])
+    rater = await storage.ensure_user("test", "rater")
+    await storage.set_rating(picture.id, rater, 3, "reaction")
+    assert await storage.withdraw_rating(picture.id, rater, 1) is False
+    assert await storage.rating(picture.id, rater) == 3
+    assert await storage.withdraw_rating(picture.id, rater, 3) is True
+    assert await storage.rating(picture.id, rater) is None
+    assert await storage.withdraw_rating(picture.id, rater, 3) is False
+    await storage.close()
