@@ -52,6 +52,11 @@ logger = logging.getLogger(__name__)
 PLATFORM = "discord"
 #: Interaction tokens last 15 minutes; stop using one a minute before.
 TOKEN_LIFETIME_SECONDS = 14 * 60
+#: How long /profile's checks (the person's defaults: a database read) may hold the first reply back.  Quick, they
+#: answer a refusal privately from the start; slower (a busy shared database), the command is deferred first and
+#: a refusal replaces the public "thinking" reply with a private one.  The first reply must not wait behind the
+#: database: Discord drops an interaction unanswered after 3 s, and people notice well before.
+CHECK_BEFORE_DEFER_SECONDS = 0.15
 HOW_TO_ORDER = (
     "Use /profile with a style and your selfie as the photo; rate the pictures with the 1-5 buttons under them "
     "(or react with 1️⃣-5️⃣)."
@@ -580,13 +585,21 @@ def register_commands(client: MmppClient) -> None:
             options["count"] = str(count)
         if mode:
             options["mode"] = mode
+        checking = asyncio.ensure_future(core.check_order(person_of(interaction.user), options))
+        deferred = not (await asyncio.wait({checking}, timeout=CHECK_BEFORE_DEFER_SECONDS))[0]
+        if deferred:
+            await interaction.response.defer(thinking=True)
         try:
-            await core.check_order(person_of(interaction.user), options)
+            await checking
             core.check_photo(photo.size, photo.content_type)  # before downloading it
         except MmppError as error:
-            await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
+            if deferred:
+                await replace_with_ephemeral_error(interaction, error)
+            else:
+                await interaction.response.send_message(failure_line(error.code, error.message), ephemeral=True)
             return
-        await interaction.response.defer(thinking=True)
+        if not deferred:
+            await interaction.response.defer(thinking=True)
         try:
             data = await photo.read()
         except discord.HTTPException:

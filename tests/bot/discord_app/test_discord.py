@@ -8,6 +8,7 @@ import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import discord
 import pytest
@@ -565,3 +566,35 @@ async def test_a_variant_goes_through_the_real_worker_and_its_ratings_count_for_
     await fake.wait_for_callback(await fake.click_button(int(message["id"]), f"mmpp:rate:{picture.id}:4"))
     rater = await wait_for_user(storage, str(fake.default_user.id))
     await wait_until(lambda: storage.variant_observations("anime"), [("more-likeness", rater, 4)])
+
+
+async def test_a_slow_check_does_not_hold_the_first_reply_back_and_its_refusal_stays_private(
+    fake: FakeDiscord, tmp_path: Path
+) -> None:
+    """/profile's checks read the person's defaults from the database; when that read is slow (a busy shared
+    PostgreSQL), the command is deferred within CHECK_BEFORE_DEFER_SECONDS anyway.  A refusal found afterwards
+    replaces the public "thinking" reply with a private line; an order that passes is made as usual."""
+    bot = await start_bot(fake, tmp_path, "unused", ScriptedQueue())
+    check_order = bot.core.check_order
+
+    async def slow_check_order(*arguments: Any) -> Any:
+        await asyncio.sleep(1.0)
+        return await check_order(*arguments)
+
+    bot.core.check_order = slow_check_order  # type: ignore[method-assign]
+    try:
+        refused = await fake.send_slash_command("profile", {"style": "building"}, attachments=selfie_attachment())
+        callback = await fake.wait_for_callback(refused)
+        assert callback.type == 5 and callback.elapsed < 0.8  # deferred before the slow check answered
+        await fake.wait_until(lambda: fake.followups(refused) or None, timeout=10)
+        (line,) = fake.followups(refused)  # the public "thinking" reply is gone, the private line stays
+        assert line["flags"] & 64 and "`UNKNOWN_STYLE`" in line["content"] and "\n" not in line["content"]
+        assert await bot.storage.count("jobs") == 0
+
+        ordered = await fake.send_slash_command("profile", {"style": "anime"}, attachments=selfie_attachment())
+        callback = await fake.wait_for_callback(ordered)
+        assert callback.type == 5 and callback.elapsed < 0.8
+        await fake.wait_until(lambda: len(picture_messages(fake)) == 1 or None, timeout=30)
+        assert await bot.storage.count("jobs") == 1
+    finally:
+        await stop_bot(bot)
