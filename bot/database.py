@@ -213,13 +213,23 @@ class SqliteDatabase:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[SqliteTransaction]:
         async with self._write_lock:
-            await self._connection.execute("BEGIN IMMEDIATE")
             try:
+                await self._connection.execute("BEGIN IMMEDIATE")
                 yield SqliteTransaction(self._connection)
             except BaseException:
-                await self._connection.execute("ROLLBACK")
+                # Shielded: a task cancelled again while this runs must still not leave the file's one write
+                # transaction open (every later write would fail "cannot start a transaction within a transaction").
+                await asyncio.shield(self._roll_back_if_open())
                 raise
             await self._connection.execute("COMMIT")
+
+    async def _roll_back_if_open(self) -> None:
+        """Roll back whatever is open once the statements already handed to aiosqlite's thread have run: an
+        ``await`` cancelled there (a task stopped during BEGIN) does not stop its statement, it only stops
+        waiting for it."""
+        await self._connection.execute("SELECT 1")
+        if self._connection.in_transaction:
+            await self._connection.execute("ROLLBACK")
 
     async def migrate(self, folder: Path) -> list[int]:
         """Apply the numbered migrations not yet applied, each in one transaction, as written."""
@@ -520,8 +530,8 @@ class PostgresDatabase:
             try:
                 await transaction.start()
                 break
-            except Exception as error:
-                lost = _is_lost(error, connection)
+            except BaseException as error:  # a task cancelled during BEGIN gives its connection back too
+                lost = isinstance(error, Exception) and _is_lost(error, connection)
                 await self._release(connection)
                 if not lost:
                     raise

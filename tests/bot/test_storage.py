@@ -456,3 +456,24 @@ async def test_a_removed_reaction_withdraws_the_rating_only_while_it_is_the_scor
     assert await storage.rating(picture.id, rater) is None
     assert await storage.withdraw_rating(picture.id, rater, 3) is False
     await storage.close()
+
+
+async def test_writes_cancelled_at_any_moment_leave_the_database_usable_and_closable(location: Path | str) -> None:
+    """A bot stopping cancels its tasks wherever they are, also between BEGIN and the first statement: every
+    connection goes back (PostgreSQL: the pool would otherwise run dry and never close), nothing half-written
+    stays open, and the next writes go through."""
+    storage = await Storage.open(location)
+
+    async def keep_writing(index: int) -> None:
+        while True:
+            await storage.ensure_user("test", f"person-{index}")
+
+    for round_number in range(30):
+        tasks = [asyncio.create_task(keep_writing(index)) for index in range(12)]
+        await asyncio.sleep(0.001 * (round_number % 10))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    ids = await asyncio.wait_for(asyncio.gather(*(storage.ensure_user("test", f"after-{n}") for n in range(30))), 20)
+    assert len(set(ids)) == 30 and await storage.count("users", "platform_user_id LIKE ?", ("after-%",)) == 30
+    await asyncio.wait_for(storage.close(), 20)
