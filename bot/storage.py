@@ -392,21 +392,19 @@ class Storage:
         rows = await self._db.fetch_all("SELECT claimant FROM delivery_claims WHERE job_id = ?", (job_id,))
         return str(rows[0][0]) if rows else None
 
-    async def queue_position(self, job: Job) -> int:
-        """Jobs of the same queue ordered before this one and not yet finished (any platform).
+    async def unfinished_jobs_by_queue(self) -> dict[str | None, list[int]]:
+        """The ids of every queued or running job (any platform), oldest first, per queue.
 
-        Each queue is fed oldest first (:meth:`admit_waiting`) and its workers take its jobs in order,
-        so these are the jobs that will be painted before this one; jobs of other queues do not count.
+        A job's place in line is how many of its queue's ids are below its own: each queue is fed oldest
+        first (:meth:`admit_waiting`) and its workers take its jobs in order, so these are the jobs painted
+        before it; jobs of other queues do not count.  One read answers every waiting job a process shows
+        (bot.core.positions says why not one COUNT per job).
         """
-        # Two texts rather than SQLite's "queue IS ?": PostgreSQL has no IS for a value, and its IS NOT DISTINCT
-        # FROM needs SQLite 3.39.
-        same_queue, parameters = (
-            ("queue IS NULL", (job.id,)) if job.queue is None else ("queue = ?", (job.queue, job.id))
-        )
-        rows = await self._db.fetch_all(
-            f"SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'running') AND {same_queue} AND id < ?", parameters
-        )
-        return int(rows[0][0])
+        rows = await self._db.fetch_all("SELECT id, queue FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")
+        by_queue: dict[str | None, list[int]] = {}
+        for job_id, queue in rows:
+            by_queue.setdefault(queue, []).append(int(job_id))
+        return by_queue
 
     # ------------------------------------------------------------------ admission to the broker
 

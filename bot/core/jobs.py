@@ -28,6 +28,7 @@ from bot.core.commands import ProfileOptions, profile_options
 from bot.core.moderation import Moderation, quota_chat
 from bot.core.person_settings import PersonalDefaults
 from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, Person, ProfileOrder, Shards
+from bot.core.positions import QueuePositions
 from bot.core.selfies import prepare_selfie
 from bot.core.status import StatusEdit, StatusEdits, StatusPacer
 from bot.core.variants import Variants
@@ -112,6 +113,8 @@ class Jobs:
         self._sleep = sleep
         self.status_edits = StatusEdits(monotonic)
         self._monotonic = monotonic
+        #: Every waiting job's place in line, from one read shared by all the followers (bot.core.positions).
+        self.positions = QueuePositions(storage, monotonic, WAITING_REFRESH_SECONDS)
         self._deliveries: dict[str, Delivery] = {}
         self._followers: dict[int, asyncio.Task[None]] = {}
         self._housekeeping: asyncio.Task[None] | None = None
@@ -600,7 +603,7 @@ class Jobs:
 
     async def _status_text(self, job: Job) -> str:
         running = job.state == "running" and job.progress_total
-        ahead = 0 if running else await self.storage.queue_position(job)
+        ahead = 0 if running else await self.positions.ahead(job)
         busy = not running and self.admission.refusal is not None
         return texts.status_line(job, self.styles.get(job.style), ahead, busy)
 
@@ -628,6 +631,7 @@ class Jobs:
             progress_done=job.progress_total, error_code=None, error_message=None,
         )  # fmt: skip
         await self._forget_result(job)
+        self.positions.forget()  # the people behind it moved up
         self.admission.wake()  # its place in the broker is free
         # An upscale's input is a copy of its picture, with nothing to re-roll from it: gone at once.
         keep = timedelta(0) if job.is_upscale else timedelta(hours=self.settings.selfie_retention_hours)
@@ -644,6 +648,7 @@ class Jobs:
         )
         await self.storage.release_selfie(job.id, timedelta(0))
         await self._forget_result(job)
+        self.positions.forget()
         self.admission.wake()
 
     async def _forget_result(self, job: Job) -> None:
