@@ -21,14 +21,18 @@ encode), the batching, progress, deadline, safety and encoding as they are:
 - conditioning: Qwen3 hidden states through the pipeline's own
   ``encode_prompt``, once per job; the reference image goes in the call.
 
-No live previews yet: they decode latents with a TAESD-like tiny decoder,
-and none exists here for klein's latents, so ``_preview_due`` stays false
-(``tiny_decoder`` is ``None``) and a klein job reports progress only.
+- previews: no TAESD-like tiny decoder exists for klein's latents, so a
+  live preview is a linear latent→RGB projection (what several diffusion UIs
+  show), fitted when the engine is built by encoding a few synthetic colour
+  fields with the model's own VAE: right for whichever weights are loaded,
+  with nothing extra to download; a preview costs a matrix multiply, and
+  ``MMPP_PREVIEW_EVERY_STEPS`` / ``MMPP_PREVIEW_MIN_SECONDS`` apply as for SD.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -36,7 +40,7 @@ from PIL import Image
 
 from engine import faces
 from engine.models import KLEIN, ModelSources, WeightSource, model_unavailable
-from engine.pipeline import Engine, JobPlan, ScaleOverrides, embedding_in_range
+from engine.pipeline import PREVIEW_SIDE, Engine, JobPlan, ScaleOverrides, embedding_in_range
 from mmpp.catalogue import Style
 from mmpp.contract import GenerateRequest, Mode
 from mmpp.errors import ErrorCode, MmppError
@@ -55,6 +59,40 @@ BASE_GUIDANCE_BOUNDS = (1.0, 8.0)
 #: Face widths of margin on each side of the face in the reference: head, hair and shoulders, the framing
 #: a profile picture keeps (the SD families' IP-Adapter crop uses 0.6, a tight head).
 REFERENCE_MARGIN = 1.0
+#: The preview projection is fitted on this many synthetic colour fields, each this many latent pixels a side
+#: (128 px on the real VAE): a few thousand latent pixels for 3 x (channels + 1) unknowns, one small encode.
+PREVIEW_FIT_IMAGES = 8
+PREVIEW_FIT_LATENT_SIDE = 16
+#: Colour cells a side of each field: smooth fields, so that a latent pixel's colour is its image patch's.
+PREVIEW_FIT_CELLS = 4
+
+
+def preview_fit_images(count: int, side: int, seed: int = 0) -> torch.Tensor:
+    """Smooth random colour fields in [-1, 1], ``(count, 3, side, side)``, the same every time (own generator)."""
+    generator = torch.Generator("cpu").manual_seed(seed)
+    cells = torch.rand(count, 3, PREVIEW_FIT_CELLS, PREVIEW_FIT_CELLS, generator=generator) * 2 - 1
+    return torch.nn.functional.interpolate(cells, size=(side, side), mode="bilinear", align_corners=False)
+
+
+def fit_preview_projection(vae: Any, scale_factor: int) -> torch.Tensor:
+    """Least-squares ``(channels + 1, 3)`` map from one raw VAE latent pixel (and 1) to the mean colour of the
+    image patch it encodes, fitted on :func:`preview_fit_images`.
+
+    Fitted on the loaded VAE rather than shipped as constants, so that it is
+    right for any klein weights; the raw (unpatchified, unnormalised) latent
+    space is the one ``vae.decode`` reads, so one small matrix serves every
+    patch position.
+    """
+    parameter = next(vae.parameters())
+    images = preview_fit_images(PREVIEW_FIT_IMAGES, PREVIEW_FIT_LATENT_SIDE * scale_factor)
+    with torch.inference_mode():
+        latents = vae.encode(images.to(parameter.device, parameter.dtype)).latent_dist.mode()
+    latents = latents.double().cpu()
+    colours = torch.nn.functional.avg_pool2d(images.double(), scale_factor)
+    features = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    features = torch.cat([features, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
+    targets = colours.permute(0, 2, 3, 1).reshape(-1, 3)
+    return torch.linalg.lstsq(features, targets).solution.float()
 
 
 def load_klein_pipeline(sources: ModelSources, dtype: torch.dtype) -> Any:
@@ -75,6 +113,40 @@ class KleinEngine(Engine):
         super().__init__(pipeline, family, sources, *args, **kwargs)
         #: The 4-step distilled model ignores guidance; the base model needs it (and many steps).
         self.distilled = bool(getattr(pipeline.config, "is_distilled", False))
+        #: The live previews' latent→RGB map (:func:`fit_preview_projection`), or ``None``: no previews.
+        self.preview_projection: torch.Tensor | None = None
+        started = time.perf_counter()
+        try:
+            self.preview_projection = fit_preview_projection(self.full_vae, pipeline.vae_scale_factor)
+        except Exception:  # previews are best effort: a VAE that cannot be fitted costs them, not the engine
+            logger.warning("the klein preview projection could not be fitted; no live previews", exc_info=True)
+        else:
+            logger.info("klein preview projection fitted in %.3fs", time.perf_counter() - started)
+
+    @property
+    def previews_available(self) -> bool:
+        return self.preview_projection is not None
+
+    def _preview_image(self, latents: torch.Tensor) -> Image.Image:
+        """The projection's view of one picture's packed latents ``(1, tokens, channels x 4)``, undone as the
+        pipeline undoes them before decoding (tokens row by row, batch-norm statistics, 2x2 patches), at the
+        output's shape, at most ``PREVIEW_SIDE`` a side."""
+        projection = self.preview_projection
+        if projection is None:
+            raise RuntimeError("no preview projection was fitted")
+        width, height = self.output_size()
+        patch = self.pipeline.vae_scale_factor * 2
+        with torch.inference_mode():
+            tokens = latents[0].float().reshape(height // patch, width // patch, -1).permute(2, 0, 1).unsqueeze(0)
+            norm = self.full_vae.bn
+            std = torch.sqrt(norm.running_var.float() + self.full_vae.config.batch_norm_eps).view(1, -1, 1, 1)
+            raw = self.pipeline._unpatchify_latents(tokens * std + norm.running_mean.float().view(1, -1, 1, 1))[0]
+            projection = projection.to(raw.device)
+            colours = torch.einsum("chw,cr->rhw", raw, projection[:-1]) + projection[-1].view(3, 1, 1)
+            pixels = ((colours.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
+        scale = min(1.0, PREVIEW_SIDE / max(width, height))
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return Image.fromarray(pixels.numpy()).resize(size, Image.Resampling.BILINEAR)
 
     # ------------------------------------------------------------------ construction
 

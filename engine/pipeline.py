@@ -901,9 +901,14 @@ class Engine:
             stages["preview"] = preview_seconds[0]
         return output.images, stages
 
+    @property
+    def previews_available(self) -> bool:
+        """Whether this engine can draw a live preview: the SD families need their tiny decoder for it."""
+        return self.tiny_decoder is not None
+
     def _preview_due(self, step: int, steps: int, last_sent: float) -> bool:
         """Every ``preview_every_steps`` steps, not more often than ``preview_min_seconds``, never on the last step."""
-        if self.tiny_decoder is None or self.preview_every_steps <= 0 or step >= steps:
+        if not self.previews_available or self.preview_every_steps <= 0 or step >= steps:
             return False
         if step % self.preview_every_steps:
             return False
@@ -916,15 +921,19 @@ class Engine:
             logger.warning("a preview failed; the job goes on without it", exc_info=True)
 
     def preview_jpeg(self, latents: torch.Tensor) -> bytes:
-        """The tiny decoder's view of the current latents, as a small JPEG."""
-        with torch.inference_mode():
-            decoded = self.tiny_decoder.decode(latents.to(self.tiny_decoder.dtype), return_dict=False)[0]
-        pixels = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
-        image = Image.fromarray(pixels.numpy())
+        """The current latents of one picture (as the step callback sees them), as a small JPEG."""
+        image = self._preview_image(latents)
         image.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE), Image.Resampling.BILINEAR)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=PREVIEW_QUALITY)
         return buffer.getvalue()
+
+    def _preview_image(self, latents: torch.Tensor) -> Image.Image:
+        """The tiny decoder's view of the current latents; a family without one replaces this hook."""
+        with torch.inference_mode():
+            decoded = self.tiny_decoder.decode(latents.to(self.tiny_decoder.dtype), return_dict=False)[0]
+        pixels = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu()
+        return Image.fromarray(pixels.numpy())
 
 
 def engine_class_for(family: str, requested: type[Engine]) -> type[Engine]:

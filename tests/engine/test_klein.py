@@ -308,6 +308,66 @@ def test_a_klein_job_past_its_deadline_stops_with_timeout(tiny_klein_engine, sel
     assert tiny_klein_engine.generate(request(selfie_bytes)).ok  # and the engine serves the next job
 
 
+def test_a_klein_job_sends_small_jpeg_previews_mid_job_and_the_same_pictures(
+    tiny_klein_engine, selfie_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.pipeline import PREVIEW_SIDE
+
+    monkeypatch.setattr(tiny_klein_engine, "preview_every_steps", 2)
+    monkeypatch.setattr(tiny_klein_engine, "preview_min_seconds", 0.0)
+    job = request(selfie_bytes, count=2)
+    without = tiny_klein_engine.generate(job)
+    previews: list[tuple[int, int, bytes]] = []
+    with_previews = tiny_klein_engine.generate(
+        job, on_preview=lambda done, total, jpeg: previews.append((done, total, jpeg))
+    )
+    assert [(done, total) for done, total, _ in previews] == [(2, 4)]
+    image = Image.open(io.BytesIO(previews[0][2]))
+    assert image.format == "JPEG" and image.size == tiny_klein_engine.output_size()
+    assert max(image.size) <= PREVIEW_SIDE and len(previews[0][2]) < 30_000
+    assert [p.png for p in with_previews.pictures] == [p.png for p in without.pictures]
+    assert with_previews.timings["preview"] > 0 and "preview" not in without.timings
+
+
+def test_the_klein_preview_projection_shows_the_colours_of_the_latents_the_denoiser_sees(
+    tiny_klein_engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny klein's random VAE keeps no colour a linear map could find (its GroupNorms remove each
+    channel's mean), so the encoder here is a stand-in whose latents are a fixed linear mix of each patch's
+    colour: the fit must recover it, and the preview must undo the pipeline's token packing, batch-norm
+    scaling and 2x2 patches, which the stand-in's non-trivial statistics make matter."""
+    import torch
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from engine.klein import fit_preview_projection, preview_fit_images
+
+    engine = tiny_klein_engine
+    vae, scale = engine.full_vae, engine.pipeline.vae_scale_factor
+    channels = vae.config.latent_channels
+    mix = torch.randn(channels, 3, generator=torch.Generator().manual_seed(5))
+
+    def linear_encode(images: torch.Tensor) -> AutoencoderKLOutput:
+        colours = torch.nn.functional.avg_pool2d(images.float(), scale)
+        mean = torch.einsum("bchw,kc->bkhw", colours, mix) + 0.5
+        return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(torch.cat([mean, mean * 0], dim=1)))
+
+    monkeypatch.setattr(vae, "encode", linear_encode)
+    monkeypatch.setattr(vae.bn, "running_mean", torch.linspace(-1, 1, channels * 4))
+    monkeypatch.setattr(vae.bn, "running_var", torch.linspace(0.2, 3, channels * 4))
+    monkeypatch.setattr(engine, "preview_projection", fit_preview_projection(vae, scale))
+
+    side = engine.output_size()[0]
+    fresh = preview_fit_images(2, side, seed=1)  # not the fields it was fitted on
+    with torch.inference_mode():
+        packed = engine.pipeline._pack_latents(engine.pipeline._encode_vae_image(fresh, generator=None))
+    for image, tokens in zip(fresh, packed, strict=True):
+        preview = np.asarray(engine._preview_image(tokens[None]), dtype=np.float64)
+        truth = ((image.permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.float64)
+        error, grey = np.abs(preview - truth).mean(), np.abs(truth - 127.5).mean()
+        assert preview.shape == truth.shape and error < 0.2 * grey, (error, grey)
+
+
 def test_mmpp_train_takes_a_klein_base_for_style_loras_and_refuses_the_rest_before_loading(
     tiny_klein_engine, tmp_path: Path
 ) -> None:
