@@ -1160,9 +1160,14 @@ def build_full_klein(
     full-size text encoder as the real tokenizer would (the pipeline pads every prompt to 512 tokens).
     """
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
 
-    from engine.models import _tiny_corpus, build_tiny_qwen_tokenizer_files, load_tiny_qwen_tokenizer, write_random_lora
+    from engine.models import (
+        _tiny_corpus,
+        assemble_klein_pipeline,
+        build_tiny_qwen_tokenizer_files,
+        load_tiny_qwen_tokenizer,
+        write_random_lora,
+    )
     from engine.pipeline import quiet_libraries
 
     quiet_libraries()
@@ -1183,14 +1188,7 @@ def build_full_klein(
             )
     finally:
         torch.set_default_dtype(previous)
-    pipeline = Flux2KleinPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=transformer,
-        is_distilled=True,
-    )
+    pipeline = assemble_klein_pipeline(transformer, vae, text_encoder, tokenizer)
     # The base first: a LoRA added (even deleted) leaves peft wrappers whose weights would be saved under
     # other names.
     pipeline.save_pretrained(folder / "base", safe_serialization=True)

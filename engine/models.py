@@ -568,8 +568,6 @@ def build_tiny_klein_pipeline() -> Any:
 
     from diffusers import (
         AutoencoderKLFlux2,
-        FlowMatchEulerDiscreteScheduler,
-        Flux2KleinPipeline,
         Flux2Transformer2DModel,
     )
     from transformers import Qwen3Config, Qwen3ForCausalLM
@@ -619,6 +617,15 @@ def build_tiny_klein_pipeline() -> Any:
         guidance_embeds=False,
     )
     _sharpen_tiny_attention(transformer)
+    return assemble_klein_pipeline(transformer, vae, text_encoder, tokenizer)
+
+
+def assemble_klein_pipeline(transformer: Any, vae: Any, text_encoder: Any, tokenizer: Any) -> Any:
+    """The distilled klein pipeline around its parts, with the scheduler FLUX.2 [klein] ships with
+    (flow matching, shift 3, dynamic shifting): the tiny profile and the full-size bench shape build the
+    same pipeline, so what one proves holds for the other."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+
     return Flux2KleinPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
         vae=vae,
