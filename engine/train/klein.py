@@ -67,14 +67,8 @@ class KleinLoraTrainer(LoraTrainer):
         from diffusers.training_utils import cast_training_params
         from peft import LoraConfig
 
-        from engine.pipeline import load_base_pipeline, quiet_libraries
-
-        quiet_libraries()
         config, accelerator = self.config, self.accelerator
-        pipeline, _ = load_base_pipeline(self.sources, torch.float32)
-        pipeline.set_progress_bar_config(disable=True)
-        self.pipeline = pipeline
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.mixed_precision, torch.float32)
+        pipeline = self._load_base_pipeline()
         device = accelerator.device
         self.transformer, self.vae, self.text_encoder = pipeline.transformer, pipeline.vae, pipeline.text_encoder
         for model in (self.transformer, self.vae, self.text_encoder):

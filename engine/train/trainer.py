@@ -468,6 +468,20 @@ class LoraTrainer:
             )
         return state
 
+    def _load_base_pipeline(self) -> Any:
+        """The base model's pipeline in float32, for every family's trainer: frozen parts are cast down to
+        ``weight_dtype`` (the mixed-precision setting's) afterwards, while the VAE and the adapters stay fp32."""
+        import torch
+
+        from engine.pipeline import load_base_pipeline, quiet_libraries
+
+        quiet_libraries()
+        pipeline, _ = load_base_pipeline(self.sources, torch.float32)
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipeline = pipeline
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.mixed_precision, torch.float32)
+        return pipeline
+
     def _setup_models(self) -> None:
         import torch
         from accelerate.utils import set_seed
@@ -475,17 +489,10 @@ class LoraTrainer:
         from diffusers.training_utils import cast_training_params
         from peft import LoraConfig, inject_adapter_in_model
 
-        from engine.pipeline import load_base_pipeline, quiet_libraries
-
-        quiet_libraries()
         config, accelerator = self.config, self.accelerator
-        # fp32 first: frozen parts are cast down below, while the VAE and the adapters stay fp32.
-        pipeline, _ = load_base_pipeline(self.sources, torch.float32)
-        pipeline.set_progress_bar_config(disable=True)
-        self.pipeline = pipeline
+        pipeline = self._load_base_pipeline()
         self.noise_scheduler = DDPMScheduler.from_config(pipeline.scheduler.config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.mixed_precision, torch.float32)
         device = accelerator.device
         self.unet, self.vae = pipeline.unet, pipeline.vae
         self.tokenizers = [pipeline.tokenizer]
