@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bot.database import migration_files, numbered_placeholders, postgres_migration
-from bot.storage import MIGRATIONS, Job, JobLimits, QuotaRefused, Storage, read_feedback_rows
+from bot.storage import MIGRATIONS, Job, JobLimits, QuotaRefused, Storage, StoredPicture, read_feedback_rows
 from mmpp.errors import ErrorCode, MmppError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,12 +84,7 @@ async def test_postgresql_gets_the_same_migrations_with_its_own_types(postgres_u
 
 async def test_two_hundred_concurrent_ratings_are_all_stored(location: Path | str) -> None:
     storage = await Storage.open(location)
-    owner = await storage.ensure_user("test", "owner")
-    job, _ = await storage.create_job(
-        task_id="t", user_id=owner, platform="test", event_key="e", chat_id="c", style="anime", prompt="",
-        mode=None, picture_count=1, seed=1, selfie=b"x", reply_context={},
-    )  # fmt: skip
-    (picture,) = await storage.store_pictures(job.id, [(1, b"png")])
+    picture = await one_picture(storage)
     # A second connection writes at the same time, as a second bot process would.
     other = await Storage.open(location)
 
@@ -193,6 +188,14 @@ async def new_job(storage: Storage, user_id: int, event_key: str, **options: Any
         style="anime", prompt="", mode=None, picture_count=options.pop("picture_count", 1), seed=1, selfie=b"x",
         reply_context={}, queue="mmpp", **options,
     )  # fmt: skip
+
+
+async def one_picture(storage: Storage) -> StoredPicture:
+    """A delivered job's one picture, for the tests of what happens to its ratings."""
+    owner = await storage.ensure_user("test", "owner")
+    job, _ = await new_job(storage, owner, "e")
+    (picture,) = await storage.store_pictures(job.id, [(1, b"png")])
+    return picture
 
 
 async def test_a_job_is_claimed_by_exactly_one_of_two_processes_asking_at_once(location: Path | str) -> None:
@@ -442,12 +445,7 @@ async def test_a_removed_reaction_withdraws_the_rating_only_while_it_is_the_scor
 ) -> None:
     """One statement decides: a person who rated 1, then 3, and whose removal of the 1 is handled last keeps 3."""
     storage = await Storage.open(location)
-    owner = await storage.ensure_user("test", "owner")
-    job, _ = await storage.create_job(
-        task_id="t", user_id=owner, platform="test", event_key="e", chat_id="c", style="anime", prompt="",
-        mode=None, picture_count=1, seed=1, selfie=b"x", reply_context={},
-    )  # fmt: skip
-    (picture,) = await storage.store_pictures(job.id, [(1, b"png")])
+    picture = await one_picture(storage)
     rater = await storage.ensure_user("test", "rater")
     await storage.set_rating(picture.id, rater, 3, "reaction")
     assert await storage.withdraw_rating(picture.id, rater, 1) is False
