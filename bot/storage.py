@@ -18,7 +18,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from bot.database import (
     SqliteDatabase,
     Transaction,
     is_postgres_url,
+    redacted,
     retried_when_connection_lost,
 )
 from mmpp.errors import ErrorCode, MmppError
@@ -870,19 +871,23 @@ class Storage:
         return await self._db.integrity_check()
 
 
-def read_feedback_rows(path: Path) -> FeedbackRows:
-    """The ratings of the bot's database at ``path``, opened read-only, for callers without an event loop.
+def read_feedback_rows(location: Path | str) -> FeedbackRows:
+    """The ratings of the bot's database at ``location`` (an SQLite file or a ``postgresql://`` URL, as
+    :meth:`Storage.open` takes it), opened read-only, for callers without an event loop.
 
     This is how ``mmpp eval --feedback`` reads the database: the engine may not import the bot, so the
-    dispatcher (``mmpp/cli.py``) hands this function to it, and the SQL stays in this one module.
+    dispatcher (``mmpp/cli.py``) hands this function to it, and the SQL stays in this one module.  The rows
+    name their database without its password, which the engine's report prints.
     """
 
     async def read() -> FeedbackRows:
-        storage = await Storage.open_read_only(path, label="feedback database")
+        storage = await Storage.open_read_only(location, label="feedback database")
         try:
-            return await storage.feedback_rows()
+            return replace(await storage.feedback_rows(), source=redacted(location))
         except sqlite3.DatabaseError as error:
-            raise MmppError(ErrorCode.INVALID_REQUEST, f"{path}: the ratings cannot be read ({error})") from None
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST, f"{redacted(location)}: the ratings cannot be read ({error})"
+            ) from None
         finally:
             await storage.close()
 

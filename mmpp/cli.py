@@ -94,10 +94,16 @@ def _eval(argv: list[str]) -> int:
     """
     from engine.evaluate.cli import main as eval_main
 
-    def read_feedback_rows(path: Path) -> FeedbackRows:
+    def read_feedback_rows(location: str) -> FeedbackRows:
+        """``location`` as given to ``--feedback``; "" (the option without a value) is the bot's own database,
+        from the same settings ``mmpp run`` reads (``MMPP_DATABASE_URL``, else the file ``MMPP_DATABASE``)."""
         from bot.storage import read_feedback_rows as read
 
-        return read(path)
+        if not location:
+            from bot.settings import BotSettings
+
+            return read(BotSettings().database_location)
+        return read(location)
 
     return eval_main(argv, read_feedback_rows=read_feedback_rows)
 

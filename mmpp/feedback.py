@@ -47,6 +47,9 @@ class FeedbackRows:
     jobs_per_style: dict[str, int] = field(default_factory=dict)  # every job, rated or not
     pictures_per_style: dict[str, int] = field(default_factory=dict)  # every stored picture
     ratings: tuple[Rating, ...] = ()
+    #: The database they were read from, as it may be shown in a report: a file, or a URL without its
+    #: password (the engine's report names it, and the engine cannot redact what it does not parse).
+    source: str = ""
 
 
 @dataclass(frozen=True)

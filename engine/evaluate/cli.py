@@ -31,6 +31,8 @@ USAGE_EXAMPLES = """\
 examples:
   mmpp eval --selfies selfies/ --config sweep.toml --report out/ [--reference real/] [--weights tiny]
   mmpp eval --feedback var/mmpp.sqlite3 [--report out/]
+  mmpp eval --feedback postgresql://mmpp@db-host/mmpp [--report out/]
+  mmpp eval --feedback [--report out/]      # the bot's own database: MMPP_DATABASE_URL, else MMPP_DATABASE
 
 sweep.toml:
   styles = ["anime", "watercolor"]   # required
@@ -69,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", type=Path, metavar="SWEEP.toml", help="the sweep file (TOML, see below)")
     parser.add_argument("--reference", type=Path, metavar="DIR", help="folder of real images for FID/KID")
-    parser.add_argument("--feedback", type=Path, metavar="DB", help="the bot's SQLite database: report its ratings")
+    # Text, not a Path: a Path folds the '//' of a postgresql:// URL into one '/'.  Given without a value
+    # (const ""), the reader takes the database the bot itself is configured with.
+    parser.add_argument(
+        "--feedback",
+        nargs="?",
+        const="",
+        metavar="DB",
+        help="the bot's database (an SQLite file or a postgresql:// URL; without DB the bot's own, "
+        "MMPP_DATABASE_URL or else MMPP_DATABASE): report its ratings",
+    )
     parser.add_argument("--report", type=Path, metavar="OUT_DIR", help="folder for index.html, results.*, feedback.*")
     add_weights_argument(parser)
     return parser

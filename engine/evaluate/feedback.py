@@ -1,10 +1,11 @@
-"""What people thought: ratings per style and per configuration, from the bot's SQLite database.
+"""What people thought: ratings per style and per configuration, from the bot's database (SQLite or PostgreSQL).
 
 The figures come from ``mmpp.feedback`` (the kernel), the same code the bot's ``mmpp feedback``
 uses, so both commands print the same numbers for the same ratings.  The rows come from a
 reader handed in by the caller: the SQL lives only in ``bot/storage.py``
-(``read_feedback_rows``, which opens the database read-only, ``file:...?mode=ro``, so a report
-can be made while the bot runs and never changes its data), and ``engine`` never imports
+(``read_feedback_rows``, which opens the database read-only through the bot's ``Storage``: SQLite
+``file:...?mode=ro``, PostgreSQL with read-only transactions, so a report can be made while the bot
+runs and never changes its data), and ``engine`` never imports
 ``bot``; the dispatcher ``mmpp/cli.py`` passes that reader to ``mmpp eval``.  What is left here
 is the engine's presentation: rounding to 4 digits, the terminal table, ``feedback.json`` and
 ``feedback.csv``.
@@ -24,8 +25,9 @@ from typing import Any
 
 from mmpp.feedback import INTERVAL_TEXT, POSITIVE_TEXT, FeedbackRows, Figures, summarise
 
-#: Reads the bot's database at a path into plain rows (``bot.storage.read_feedback_rows``).
-FeedbackReader = Callable[[Path], FeedbackRows]
+#: Reads the bot's database at a location (an SQLite file, a ``postgresql://`` URL, or "" for the bot's own
+#: configured database) into plain rows (``bot.storage.read_feedback_rows``, through ``mmpp/cli.py``).
+FeedbackReader = Callable[[str], FeedbackRows]
 CSV_FIELDS = (
     "group",
     "style",
@@ -58,13 +60,14 @@ def _figures(figures: Figures) -> dict[str, Any]:
     }
 
 
-def read_feedback(path: Path, read_rows: FeedbackReader) -> dict[str, Any]:
+def read_feedback(location: Path | str, read_rows: FeedbackReader) -> dict[str, Any]:
     """Ratings grouped per style and per configuration, with means, 95 % intervals and shares >= 4.
 
     Per style, every job counts (rated or not); per configuration only rated
     pictures appear, since a configuration is known from a finished job.
     """
-    feedback = summarise(read_rows(path))
+    rows = read_rows(str(location))
+    feedback = summarise(rows)
     by_style = [
         {"group": "style", "style": row.style, "jobs": row.jobs, "pictures_rated": row.pictures_rated,
          **_figures(row.figures)}
@@ -93,7 +96,7 @@ def read_feedback(path: Path, read_rows: FeedbackReader) -> dict[str, Any]:
     return {
         "kind": "mmpp-eval-feedback",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "database": str(path),
+        "database": rows.source or str(location),
         "ratings": feedback.ratings,
         "test_sized_model": feedback.test_sized_model,
         "interval": INTERVAL_TEXT,

@@ -13,6 +13,7 @@ import csv
 import json
 import sqlite3
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -24,6 +25,7 @@ from mmpp.stats import mean_interval
 
 MIGRATIONS = Path(__file__).resolve().parents[3] / "migrations"
 NOW = "2026-11-25T12:00:00+00:00"
+PNG = b"\x89PNG"
 
 
 def main(argv: list[str]) -> int:
@@ -45,6 +47,47 @@ def meta(style_scale: float, *, mode: str = "fast", tiny: bool = False) -> str:
     )
 
 
+def database_rows() -> list[tuple[str, list[tuple[object, ...]]]]:
+    """The rows of the ``database`` fixture as (SQL, rows) in the portable SQL both engines read: jobs 1-2
+    anime (style scales 0.8 and 1.0; job 2 its variant more-likeness), job 3 watercolor, job 4 watercolor
+    unrated and queued; scores: job 1 pictures 5, 4 (picture 1 by raters 2 and 3) and 3; job 2: 2; job 3:
+    5 and 5."""
+    jobs = [
+        (1, "anime", "fast", "done", meta(0.8), "base"),
+        (2, "anime", None, "done", meta(1.0), "more-likeness"),
+        (3, "watercolor", "fast", "done", meta(0.7), "base"),
+        (4, "watercolor", None, "queued", None, "base"),
+    ]
+    ratings = [(1, 2, 5), (1, 3, 4), (2, 2, 3), (3, 2, 2), (4, 2, 5), (5, 3, 5)]
+    return [
+        (
+            "INSERT INTO users (id, platform, platform_user_id, display_name, created_at) VALUES (?, ?, ?, ?, ?)",
+            [
+                (1, "console", "asker", "Asker", NOW),
+                (2, "discord", "r1", "Rater 1", NOW),
+                (3, "telegram", "r2", "R2", NOW),
+            ],
+        ),
+        (
+            "INSERT INTO jobs (id, task_id, user_id, platform, event_key, chat_id, style, mode, picture_count, state, "
+            "result_meta, created_at, variant) VALUES (?, ?, 1, 'console', ?, 'chat', ?, ?, 2, ?, ?, ?, ?)",
+            [
+                (job, f"task-{job}", f"event-{job}", style, mode, state, result, NOW, variant)
+                for job, style, mode, state, result, variant in jobs
+            ],
+        ),
+        (
+            "INSERT INTO pictures (id, job_id, position, seed, png) VALUES (?, ?, ?, 1, ?)",
+            [(1, 1, 0, PNG), (2, 1, 1, PNG), (3, 2, 0, PNG), (4, 3, 0, PNG), (5, 3, 1, PNG)],
+        ),
+        (
+            "INSERT INTO ratings (picture_id, rater_id, score, source, created_at, updated_at) "
+            "VALUES (?, ?, ?, 'reaction', ?, ?)",
+            [(picture, rater, score, NOW, NOW) for picture, rater, score in ratings],
+        ),
+    ]
+
+
 @pytest.fixture
 def database(tmp_path: Path) -> Path:
     """Jobs 1-2 anime (style scales 0.8 and 1.0; job 2 its variant more-likeness), job 3 watercolor, job 4
@@ -56,35 +99,8 @@ def database(tmp_path: Path) -> Path:
     connection = sqlite3.connect(path)
     for migration in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql")):
         connection.executescript(migration.read_text())
-    connection.executemany(
-        "INSERT INTO users (id, platform, platform_user_id, display_name, created_at) VALUES (?, ?, ?, ?, ?)",
-        [(1, "console", "asker", "Asker", NOW), (2, "discord", "r1", "Rater 1", NOW), (3, "telegram", "r2", "R2", NOW)],
-    )
-    jobs = [
-        (1, "anime", "fast", "done", meta(0.8)),
-        (2, "anime", None, "done", meta(1.0)),
-        (3, "watercolor", "fast", "done", meta(0.7)),
-        (4, "watercolor", None, "queued", None),
-    ]
-    connection.executemany(
-        "INSERT INTO jobs (id, task_id, user_id, platform, event_key, chat_id, style, mode, picture_count, state, "
-        "result_meta, created_at) VALUES (?, ?, 1, 'console', ?, 'chat', ?, ?, 2, ?, ?, ?)",
-        [
-            (job, f"task-{job}", f"event-{job}", style, mode, state, result, NOW)
-            for job, style, mode, state, result in jobs
-        ],
-    )
-    connection.execute("UPDATE jobs SET variant = 'more-likeness' WHERE id = 2")
-    pictures = [(1, 1, 0), (2, 1, 1), (3, 2, 0), (4, 3, 0), (5, 3, 1)]
-    connection.executemany(
-        "INSERT INTO pictures (id, job_id, position, seed, png) VALUES (?, ?, ?, 1, x'89504e47')", pictures
-    )
-    ratings = [(1, 2, 5), (1, 3, 4), (2, 2, 3), (3, 2, 2), (4, 2, 5), (5, 3, 5)]
-    connection.executemany(
-        "INSERT INTO ratings (picture_id, rater_id, score, source, created_at, updated_at) "
-        "VALUES (?, ?, ?, 'reaction', ?, ?)",
-        [(picture, rater, score, NOW, NOW) for picture, rater, score in ratings],
-    )
+    for sql, rows in database_rows():
+        connection.executemany(sql, rows)
     connection.commit()
     connection.close()
     return path
@@ -229,3 +245,74 @@ def test_mmpp_feedback_and_mmpp_eval_report_the_same_figures(database: Path) -> 
         for key in ("jobs", "ratings", "mean", "ci95_low", "ci95_high", "positive_share"):
             assert engine[style][key] == (None if row[key] is None else round(row[key], 4)), (style, key)
     assert bot["anime"]["pictures"] == 3 and bot["watercolor"]["pictures"] == 2  # every stored picture
+
+
+async def fill(location: str) -> None:
+    """The ``database`` fixture's rows in a bot database made as the bot makes it (``Storage.open``: the
+    numbered migrations, on either engine)."""
+    storage = await Storage.open(location)
+    try:
+        async with storage.write() as transaction:
+            for sql, rows in database_rows():
+                for row in rows:
+                    await transaction.execute(sql, row)
+    finally:
+        await storage.close()
+
+
+def with_password(url: str, password: str) -> str:
+    """The URL with a password the trust-auth test server ignores, to see that no report prints it."""
+    parts = urlsplit(url)
+    user = parts.username or "postgres"
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.hostname}:{parts.port or 5432}"))
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+async def test_feedback_reads_sqlite_or_postgresql_through_the_bots_storage(
+    engine: str,
+    postgres_url: str,
+    database: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``mmpp eval --feedback URL`` and ``--feedback`` alone (the bot's own MMPP_DATABASE_URL, else
+    MMPP_DATABASE) read the same figures as the plain SQLite file, and the report never shows a password."""
+    location = str(tmp_path / "bot.sqlite3") if engine == "sqlite" else with_password(postgres_url, "s3cret-pw")
+    await fill(location)
+    expected = await asyncio.to_thread(read_feedback, database, read_feedback_rows)
+    figures = ("ratings", "by_style", "by_configuration", "by_variant")
+
+    given = tmp_path / "given"
+    assert await asyncio.to_thread(main, ["--feedback", location, "--report", str(given)]) == 0
+    saved = json.loads((given / "feedback.json").read_text())
+    assert {key: saved[key] for key in figures} == {key: expected[key] for key in figures}
+    assert saved["by_style"][0]["mean"] == 3.5 and saved["ratings"] == 6
+
+    if engine == "sqlite":
+        monkeypatch.setenv("MMPP_DATABASE", location)
+        monkeypatch.setenv("MMPP_DATABASE_URL", "")
+    else:
+        monkeypatch.setenv("MMPP_DATABASE", str(tmp_path / "not-this.sqlite3"))
+        monkeypatch.setenv("MMPP_DATABASE_URL", location)
+    configured = tmp_path / "configured"
+    assert await asyncio.to_thread(main, ["--feedback", "--report", str(configured)]) == 0
+    saved = json.loads((configured / "feedback.json").read_text())
+    assert {key: saved[key] for key in figures} == {key: expected[key] for key in figures}
+    assert not (tmp_path / "not-this.sqlite3").exists()
+
+    printed = capsys.readouterr()
+    everything = (
+        printed.out + printed.err + "".join(path.read_text() for path in [*given.iterdir(), *configured.iterdir()])
+    )
+    assert "s3cret-pw" not in everything
+    if engine == "postgresql":
+        assert saved["database"].startswith("postgresql://") and "search_path=" in saved["database"]
+
+
+async def test_feedback_refuses_a_postgresql_database_that_is_not_the_bots(
+    postgres_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await asyncio.to_thread(main, ["--feedback", postgres_url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error[INVALID_REQUEST]: ") and "is not the bot's database" in err and err.count("\n") == 1
