@@ -773,6 +773,7 @@ class Engine:
             timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started_at
 
         started = time.perf_counter()
+        self.check_family(request)
         plan = self.plan(request, overrides)
         mark = time.perf_counter()
         identity = self.identity_image(request, plan)
@@ -822,6 +823,7 @@ class Engine:
             pictures=pictures,
             style=plan.style.name,
             variant=plan.style.variant,
+            family=self.family,
             mode=plan.mode.value,
             steps=plan.steps,
             guidance=plan.guidance,
@@ -832,6 +834,20 @@ class Engine:
             safety_check=self.safety.status,
             job_id=request.job_id,
         )
+
+    def check_family(self, request: GenerateRequest) -> None:
+        """Refuse, with ``WRONG_FAMILY``, a job this worker's family must not render: one the bot sent for another
+        family (``request.family``), or a variant the catalogue gives to another family.  Rendering it anyway
+        would put this model's pictures into the other family's experiment (and its ratings) under its name."""
+        request.validate()
+        declared = self.catalogue.get(request.style).with_variant(request.variant).family
+        wanted = next((family for family in (request.family, declared) if family and family != self.family), "")
+        if wanted:
+            raise MmppError(
+                ErrorCode.WRONG_FAMILY,
+                f"This job needs a {wanted} worker and reached a {self.family} worker; it was not painted "
+                "(the bot's MMPP_FAMILY_QUEUES or the worker's --queues send it to the wrong workers).",
+            )
 
     def identity_image(self, request: GenerateRequest, plan: JobPlan) -> Image.Image:
         """What the IP-Adapter sees: the selfie's face crop, or for an upscale the picture itself (UpscalePlan)."""

@@ -38,6 +38,34 @@ SCALE_BOUNDS = {
     "ip_adapter_scale": (0.0, 1.5),
     "klein_lora_scale": (0.0, 2.0),
 }
+#: The engine families a worker runs, as ``mmpp eval --family`` and ``MMPP_FAMILY_QUEUES`` name them.  A variant
+#: may name one (``family = "flux2-klein"``): its jobs then go to the workers of that family only.
+FAMILIES = ("sd15", "sdxl", "flux2-klein")
+#: The instruction-editing family (engine/klein.py): it paints the photo from ``edit_instruction``.
+KLEIN_FAMILY = "flux2-klein"
+#: Families whose text encoder reads plain words: a prompt with Compel's weighting is refused by their workers.
+FAMILIES_WITHOUT_WEIGHTING = frozenset({KLEIN_FAMILY})
+#: What each family does not read of a style, and why: a variant of that family overriding one of these would
+#: change nothing in its pictures (and an experiment would compare a variant with itself), so it is refused.
+_KLEIN_NO_ADAPTERS = "it has no portrait LoRA or IP-Adapter: the reference photo carries the person"
+_KLEIN_NO_PROMPT = "it paints from edit_instruction (plain words; Compel's weighting is read by the SD families only)"
+_KLEIN_OWN_STEPS = "it takes its own steps and guidance (engine/klein.py)"
+FIELDS_FAMILY_IGNORES: dict[str, dict[str, str]] = {
+    KLEIN_FAMILY: {
+        "portrait_scale": _KLEIN_NO_ADAPTERS,
+        "ip_adapter_scale": _KLEIN_NO_ADAPTERS,
+        "prompt": _KLEIN_NO_PROMPT,
+        "negative_prompt": _KLEIN_NO_PROMPT,
+        "style_scale": "its style LoRA's weight is klein_lora_scale",
+        **dict.fromkeys(("fast_steps", "fast_guidance", "quality_steps", "quality_guidance"), _KLEIN_OWN_STEPS),
+    },
+    **{
+        family: dict.fromkeys(
+            ("edit_instruction", "klein_lora_scale"), f"only {KLEIN_FAMILY} reads it; {family} paints from the prompt"
+        )
+        for family in ("sd15", "sdxl")
+    },
+}
 
 
 def default_catalogue_path() -> Path:
@@ -74,6 +102,9 @@ class Style:
     klein_lora_scale: float = 1.0
     #: Which of the style's variants this is: ``base`` for the table as written.
     variant: str = BASE_VARIANT
+    #: The engine family that must render it (one of :data:`FAMILIES`), set by a variant only; "" is whatever
+    #: family the workers of the bot's own queue (``MMPP_QUEUE``) run, as every style as written.
+    family: str = ""
     #: The style's other variants, each a whole validated style that differs in the fields it overrides.
     #: Only the base style carries them, so that a variant cannot name variants of its own.
     other_variants: Mapping[str, Style] = field(default_factory=dict, compare=False, repr=False)
@@ -206,6 +237,7 @@ VARIANT_FIELDS = frozenset(
         "quality_guidance",
         "edit_instruction",
         "klein_lora_scale",
+        "family",
     }
 )
 
@@ -220,6 +252,9 @@ def _parse_style(name: str, table: Any, defaults: dict[str, Any], source: str) -
         raise fail("name", "use 1-32 lower-case letters, digits and '-'")
     if not isinstance(table, dict):
         raise fail("name", "must be a table")
+    if "family" in table:
+        raise fail("family", "is set per variant ([styles.NAME.variants.VARIANT]); the style as written runs on "
+                   "whatever family the workers of MMPP_QUEUE run")  # fmt: skip
     unknown = set(table) - _KNOWN_FIELDS
     if unknown:
         raise fail(sorted(unknown)[0], f"unknown field (known: {', '.join(sorted(_KNOWN_FIELDS))})")
@@ -244,10 +279,28 @@ def _parse_style(name: str, table: Any, defaults: dict[str, Any], source: str) -
                 sorted(not_variable)[0], f"a variant may override only: {', '.join(sorted(VARIANT_FIELDS))}"
             )
         variant = _parse_fields(name, {**table, **overrides}, defaults, source, fail_variant)
+        variant = replace(variant, family=_variant_family(overrides, variant, fail_variant))
         if variant == base:
             raise fail_variant(sorted(overrides)[0], "changes nothing: every override equals the style's own value")
         variants[variant_name] = replace(variant, variant=variant_name)
     return replace(base, other_variants=variants)
+
+
+def _variant_family(overrides: dict[str, Any], variant: Style, fail: Callable[[str, str], CatalogueError]) -> str:
+    """A variant's ``family``, checked against what that family can honour: a known family, no override of a
+    field it does not read (:data:`FIELDS_FAMILY_IGNORES`), and for klein an edit instruction to paint from."""
+    family = overrides.get("family")
+    if family is None:
+        return ""
+    if not isinstance(family, str) or family not in FAMILIES:
+        raise fail("family", f"must be one of {', '.join(FAMILIES)}, not {str(family)[:40]!r}")
+    ignored = FIELDS_FAMILY_IGNORES.get(family, {})
+    unread = sorted(set(overrides) & set(ignored))
+    if unread:
+        raise fail(unread[0], f"a {family} variant cannot override it: {ignored[unread[0]]}")
+    if family == KLEIN_FAMILY and not variant.edit_instruction:
+        raise fail("family", f"a {family} variant needs an edit_instruction (its style's or its own) to paint from")
+    return family
 
 
 def _parse_fields(

@@ -34,8 +34,9 @@ def queue_for(base: str, mode: str | None) -> str:
 #: Bumped whenever a field changes meaning, so an old worker can refuse a new
 #: payload loudly instead of misreading it.  Version 2 added ``variant``: an old worker would render the
 #: base style for a job that asked for a variant, silently; and ``upscale_source`` (an old worker would
-#: answer an upscale with "no photo attached").
-CONTRACT_VERSION = 2
+#: answer an upscale with "no photo attached").  Version 3 added ``family``: an old worker would render a job
+#: that needs another engine family with its own model, silently, instead of refusing it (``WRONG_FAMILY``).
+CONTRACT_VERSION = 3
 
 MIN_PICTURES = 1
 MAX_PICTURES = 4
@@ -115,6 +116,9 @@ class GenerateRequest:
     job_id: str = ""
     #: The style's variant to render (see :meth:`mmpp.catalogue.Style.with_variant`); "" is the style as written.
     variant: str = ""
+    #: The engine family the bot expects to render it (a variant that names one, see ``MMPP_FAMILY_QUEUES``): a
+    #: worker of another family refuses the job with ``WRONG_FAMILY``.  "" is any: the family of the bot's queue.
+    family: str = ""
     #: An upscale job: the picture (PNG, as a worker painted it) to paint again at :data:`UPSCALE_FACTOR` times
     #: its size, with its own ``seed``.  ``selfie`` is then not needed: it may be gone after its retention.
     upscale_source: bytes | None = None
@@ -146,6 +150,8 @@ class GenerateRequest:
             raise MmppError(ErrorCode.INVALID_REQUEST, f"The seed must lie between 0 and {MAX_SEED}.")
         if not isinstance(self.variant, str) or len(self.variant) > 32:
             raise MmppError(ErrorCode.INVALID_REQUEST, "The variant must be a name of at most 32 characters.")
+        if not isinstance(self.family, str) or len(self.family) > 32:
+            raise MmppError(ErrorCode.INVALID_REQUEST, "The family must be a name of at most 32 characters.")
 
     def _validate_upscale(self) -> None:
         """The source of an upscale, bounded by its header alone (a forged PNG costs nothing to refuse)."""
@@ -190,6 +196,7 @@ class GenerateRequest:
             "guidance": self.guidance,
             "job_id": self.job_id,
             "variant": self.variant,
+            "family": self.family,
             "upscale_source_b64": (
                 None if self.upscale_source is None else base64.b64encode(bytes(self.upscale_source)).decode("ascii")
             ),
@@ -233,6 +240,7 @@ class GenerateRequest:
                 guidance=None if payload.get("guidance") is None else float(payload["guidance"]),
                 job_id=str(payload.get("job_id") or ""),
                 variant=str(payload.get("variant") or ""),
+                family=str(payload.get("family") or ""),
                 upscale_source=upscale_source,
             )
         except (TypeError, ValueError):
@@ -268,6 +276,8 @@ class GenerateResult:
     style: str = ""
     #: The variant of the style that was rendered ("base" for the style as written).
     variant: str = ""
+    #: The engine family that rendered it (``sd15``, ``sdxl``, ``flux2-klein``).
+    family: str = ""
     mode: str = ""
     steps: int = 0
     guidance: float = 0.0
@@ -313,6 +323,7 @@ class GenerateResult:
             ],
             style=payload.get("style", ""),
             variant=str(payload.get("variant", "")),
+            family=str(payload.get("family", "")),
             mode=payload.get("mode", ""),
             steps=int(payload.get("steps", 0)),
             guidance=float(payload.get("guidance", 0.0)),

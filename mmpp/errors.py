@@ -35,11 +35,14 @@ class ErrorCode(enum.StrEnum):
     NOT_YOURS = "NOT_YOURS"
     #: The platform would not take the outcome of a job (no permission to post there, retries exhausted).
     DELIVERY_FAILED = "DELIVERY_FAILED"
+    #: A job reached a worker of another engine family than it needs (a variant's ``family``): the bot's
+    #: ``MMPP_FAMILY_QUEUES`` or a worker's ``--queues`` sends it to the wrong workers.  Refused, not rendered.
+    WRONG_FAMILY = "WRONG_FAMILY"
 
 
 #: Codes that mean "our fault, or the machine's", not the user's: they exit with
 #: :data:`EXIT_INTERNAL` rather than :data:`EXIT_BAD_INPUT`.
-INTERNAL_CODES = frozenset({ErrorCode.INTERNAL, ErrorCode.TIMEOUT, ErrorCode.DELIVERY_FAILED})
+INTERNAL_CODES = frozenset({ErrorCode.INTERNAL, ErrorCode.TIMEOUT, ErrorCode.DELIVERY_FAILED, ErrorCode.WRONG_FAMILY})
 
 
 class MmppError(Exception):

@@ -417,6 +417,9 @@ def run_sweep(
         test_sized = test_sized or bool(engine.sources.test_sized)
         for selfie in usable:
             for style, variant, style_scale, portrait_scale, ip_scale, mode, seed in config.combinations(family):
+                declared = engine.catalogue.get(style).with_variant(variant).family
+                if declared and declared != family:
+                    continue  # a variant of another family (its `family`) is judged on that family's run only
                 request = GenerateRequest(
                     variant=variant,
                     selfie=selfie.data,

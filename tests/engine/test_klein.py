@@ -382,3 +382,26 @@ def test_mmpp_train_takes_a_klein_base_for_style_loras_and_refuses_the_rest_befo
         with pytest.raises(MmppError) as refused:
             resolve_training_sources(refused_config, make_settings(tmp_path))
         assert refused.value.code is ErrorCode.INVALID_REQUEST and "FLUX.2 [klein]" in refused.value.message
+
+
+def test_each_family_paints_only_the_variants_of_its_own_family(tiny_engine, tiny_klein_engine, selfie_bytes) -> None:
+    """The shipped headshot has a klein variant: a klein worker paints it and says so; an SD worker refuses it, and
+    any job the bot sent for another family, with ``WRONG_FAMILY`` before any model work."""
+    painted = tiny_klein_engine.generate(request(selfie_bytes, style="headshot", variant="photo-edit"))
+    assert (painted.variant, painted.family, len(painted.pictures)) == ("photo-edit", "flux2-klein", 1)
+    as_written = tiny_engine.generate(request(selfie_bytes, style="headshot"))
+    assert (as_written.variant, as_written.family) == ("base", "sd15")
+    refusals = [
+        (tiny_engine, request(selfie_bytes, style="headshot", variant="photo-edit"), "needs a flux2-klein worker"),
+        (tiny_engine, request(selfie_bytes, style="anime", family="flux2-klein"), "needs a flux2-klein worker"),
+        (tiny_klein_engine, request(selfie_bytes, style="anime", family="sd15"), "needs a sd15 worker"),
+    ]
+    for engine, job, complaint in refusals:
+        forbid = pytest.MonkeyPatch()
+        forbid.setattr(engine, "plan", lambda *arguments, **options: pytest.fail("planned a refused job"))
+        try:
+            with pytest.raises(MmppError) as raised:
+                engine.generate(job)
+        finally:
+            forbid.undo()
+        assert raised.value.code is ErrorCode.WRONG_FAMILY and complaint in raised.value.message

@@ -155,3 +155,52 @@ def test_a_variant_cannot_be_called_base() -> None:
     document["styles"]["watercolor"]["variants"] = {"base": {"style_scale": 0.5}}
     with pytest.raises(CatalogueError, match="other than 'base'"):
         parse_catalogue(document)
+
+
+def test_a_variant_may_name_the_engine_family_that_paints_it() -> None:
+    headshot = load_catalogue().get("headshot")
+    assert headshot.family == "" and headshot.variant_names == ("base", "photo-edit")
+    edit = headshot.with_variant("photo-edit")
+    assert edit.family == "flux2-klein" and edit.edit_instruction == headshot.edit_instruction
+    # The family alone makes it a variant: the same settings painted by another model.
+    assert edit != headshot
+
+
+@pytest.mark.parametrize(
+    ("overrides", "complaint"),
+    [
+        ({"family": "flux3"}, "must be one of sd15, sdxl, flux2-klein"),
+        ({"family": 2}, "must be one of"),
+        ({"family": "flux2-klein", "portrait_scale": 0.3}, "has no portrait LoRA or IP-Adapter"),
+        ({"family": "flux2-klein", "prompt": "a {subject}"}, "paints from edit_instruction"),
+        ({"family": "flux2-klein", "fast_steps": 6}, "its own steps"),
+        ({"family": "sd15", "edit_instruction": "Make it blue, keep the face."}, "sd15 paints from the prompt"),
+        ({"family": "sdxl", "klein_lora_scale": 0.5}, "only flux2-klein reads it"),
+    ],
+)
+def test_a_family_variant_may_override_only_what_its_family_reads(overrides: dict, complaint: str) -> None:
+    document = shipped()
+    document["styles"]["watercolor"]["variants"] = {"other-model": overrides}
+    with pytest.raises(CatalogueError) as raised:
+        parse_catalogue(document)
+    message = str(raised.value)
+    assert "style 'watercolor', variant 'other-model'" in message and complaint in message
+
+
+def test_a_klein_variant_needs_an_instruction_and_a_style_itself_names_no_family() -> None:
+    document = shipped()
+    del document["styles"]["watercolor"]["edit_instruction"]
+    document["styles"]["watercolor"]["variants"] = {"other-model": {"family": "flux2-klein"}}
+    with pytest.raises(CatalogueError, match="needs an edit_instruction"):
+        parse_catalogue(document)
+    document = shipped()
+    document["styles"]["watercolor"]["family"] = "flux2-klein"
+    with pytest.raises(CatalogueError, match="is set per variant"):
+        parse_catalogue(document)
+    # A klein variant may change what klein reads.
+    document = shipped()
+    document["styles"]["watercolor"]["variants"] = {
+        "other-model": {"family": "flux2-klein", "klein_lora_scale": 0.6, "edit_instruction": "Paint it softer."}
+    }
+    variant = parse_catalogue(document).get("watercolor").with_variant("other-model")
+    assert (variant.family, variant.klein_lora_scale) == ("flux2-klein", 0.6)

@@ -162,3 +162,28 @@ def test_real_weights_take_each_familys_base_model_and_check_its_family(
     assert err.count("\n") == 1 and err.startswith("error[INVALID_REQUEST]: the sweep's family sd15 would load ")
     assert "which is family flux2-klein" in err
     assert not (tmp_path / "wrong").exists()  # refused before a model loaded or a file was written
+
+
+def test_a_variant_naming_its_family_is_judged_on_that_familys_run_only(
+    selfies: Path, cache_dir: Path, tiny_clip: Path, tmp_path: Path
+) -> None:
+    """The shipped headshot's ``photo-edit`` is painted by klein in production: ``variants = "all"`` renders it on
+    the klein run, where its floor figures will come from, and leaves it out of the SD run (whose worker would
+    refuse it), so nothing is recorded as failed."""
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        'families = ["sd15", "flux2-klein"]\nstyles = ["headshot"]\nvariants = "all"\nstyle_scale = [1.0]\n'
+        'modes = ["fast"]\nseeds = [7]\nsteps = 4\n'
+    )
+    out = tmp_path / "report"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MMPP_CACHE_DIR", str(cache_dir))
+        patch.setenv("MMPP_CLIP_MODEL", str(tiny_clip))
+        patch.setenv("MMPP_SAFETY_CHECKER", "off")
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        code = main(["--selfies", str(selfies), "--config", str(config), "--report", str(out), "--weights", "tiny"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert not results["failures"]
+    painted = sorted((picture["family"], picture["variant"]) for picture in results["pictures"])
+    assert painted == [("flux2-klein", "base"), ("flux2-klein", "photo-edit"), ("sd15", "base")]
