@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 @asynccontextmanager
 async def open_core(settings: BotSettings) -> AsyncIterator[ChatCore]:
     """The core over the real database and broker; migrations are applied on open."""
+    settings.family_queues_map()  # a bad MMPP_FAMILY_QUEUES is one line, before anything is opened
     storage = await Storage.open(settings.database_location)
     # A job no worker has started by the end of the bot's patience is dropped by the worker, not painted for nobody.
     client = make_client(settings.redis_url, settings.state_dir)

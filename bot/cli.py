@@ -202,7 +202,7 @@ async def _variants(settings: BotSettings, arguments: argparse.Namespace) -> int
     catalogue = load_catalogue(settings.styles_file)
     storage = await Storage.open(settings.database_location)
     try:
-        variants = Variants(storage, catalogue)
+        variants = Variants(storage, catalogue, served_families=settings.family_queues_map())
         if action == "promote":
             promotion = await variants.promote(names[0], names[1])
             print(f"{promotion.style}: variant {promotion.variant} is now the default (promoted by an operator).")
@@ -229,7 +229,8 @@ async def _list_variants(variants: Any, style: str | None, as_json: bool) -> Non
     if as_json:
         print(json.dumps([
             {"style": row.style, "variant": row.variant, "state": _state(row), "default": row.default,
-             "ineligible_reason": row.ineligible_reason, "ratings": row.summary.ratings if row.summary else 0,
+             "ineligible_reason": row.ineligible_reason, "family": row.family or None,
+             "unserved_reason": row.unserved_reason, "ratings": row.summary.ratings if row.summary else 0,
              "raw_mean": row.summary.raw_mean if row.summary else None,
              "adjusted_mean": row.summary.adjusted_mean if row.summary else None,
              "probability_best": row.summary.probability_best if row.summary else None}
@@ -247,16 +248,26 @@ async def _list_variants(variants: Any, style: str | None, as_json: bool) -> Non
         best = f"{summary.probability_best:.2f}" if summary else "-"
         print(
             f"{row.style:<16}{row.variant:<18}{_state(row):<12}{summary.ratings if summary else 0:>8}{mean:>7}"
-            f"{adjusted:>10}{best:>9}" + (f"  ({row.ineligible_reason})" if row.ineligible_reason else "")
+            f"{adjusted:>10}{best:>9}" + "".join(f"  ({why})" for why in _reasons(row))
         )
 
 
 def _state(row: Any) -> str:
+    """``unserved`` before the operator's states: a variant whose family this bot has no workers for is not
+    served whatever else is decided about it, and ``default`` then says a promotion stands but cannot serve."""
+    if row.unserved_reason:
+        return "unserved"
     if row.default:
         return "default"
     if row.ineligible_reason:
         return "ineligible"
     return "paused" if row.paused else "active"
+
+
+def _reasons(row: Any) -> list[str]:
+    """What the table adds after a variant's figures: its family where it names one, why it is not served."""
+    reasons = [f"family {row.family}"] if row.family and not row.unserved_reason else []
+    return reasons + [why for why in (row.unserved_reason, row.ineligible_reason) if why]
 
 
 async def _floor(

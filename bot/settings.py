@@ -7,12 +7,14 @@ Tokens keep their conventional names (``DISCORD_TOKEN``, ``TELEGRAM_TOKEN``,
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mmpp.catalogue import FAMILIES, KLEIN_FAMILY
 from mmpp.contract import DEFAULT_JOB_TIMEOUT_SECONDS
 from mmpp.errors import ErrorCode, MmppError
 
@@ -25,6 +27,11 @@ class BotSettings(BaseSettings):
     redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "MMPP_REDIS_URL"))
     state_dir: Path = Path("var")
     queue: str = "mmpp"
+    #: Where a deployment serves several engine families: each further family and the queue base its workers
+    #: consume (``flux2-klein=mmpp-klein,sdxl=mmpp-sdxl``; a family may also name ``queue`` itself when its
+    #: workers are the ones of ``queue``).  A style variant with ``family = "..."`` is served only when its
+    #: family is named here; every other job goes to ``queue`` as before.  Read by :meth:`family_queues_map`.
+    family_queues: str = ""
     database: Path = Path("var/mmpp.sqlite3")
     #: A PostgreSQL database instead of the SQLite file ``database`` (``postgresql://user:password@host/mmpp``):
     #: bot processes on several machines then share one store.  Empty: the SQLite file.
@@ -94,6 +101,10 @@ class BotSettings(BaseSettings):
         ids = parse_shard_ids(self.discord_shard_ids, count)
         return count, ids
 
+    def family_queues_map(self) -> dict[str, str]:
+        """``MMPP_FAMILY_QUEUES`` as ``{family: queue base}``; one INVALID_REQUEST line on a bad value."""
+        return parse_family_queues(self.family_queues)
+
     @property
     def database_location(self) -> Path | str:
         """Where the bot's database is, as ``Storage.open`` takes it: ``MMPP_DATABASE_URL`` when set, else the
@@ -122,6 +133,47 @@ class BotSettings(BaseSettings):
         database_password = urlsplit(self.database_url).password if self.database_url else None
         tokens = [self.discord_token.get_secret_value(), self.telegram_token.get_secret_value()]
         return [secret for secret in [*tokens, password or "", database_password or ""] if secret]
+
+
+FAMILY_QUEUES_SETTING = "MMPP_FAMILY_QUEUES"
+#: A Celery queue base: what a worker's ``--queues`` names (with ``.fast`` and ``.quality`` after it).
+_QUEUE_BASE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_family_queues(text: str) -> dict[str, str]:
+    """``family=queue`` pairs separated by commas, each family one of the catalogue's and named once, each
+    queue base a plain name used by one family only (two families on one queue would each get the other's
+    jobs, and refuse them).  Empty: one family, the workers of MMPP_QUEUE."""
+    mapping: dict[str, str] = {}
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        family, equals, queue = (piece.strip() for piece in part.partition("="))
+        if not equals or not family or not queue:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{FAMILY_QUEUES_SETTING}: {part[:40]!r} is not family=queue (e.g. {KLEIN_FAMILY}=mmpp-klein).",
+            )
+        if family not in FAMILIES:
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{FAMILY_QUEUES_SETTING}: unknown family {family[:40]!r}; the families are {', '.join(FAMILIES)}.",
+            )
+        if family in mapping:
+            raise MmppError(ErrorCode.INVALID_REQUEST, f"{FAMILY_QUEUES_SETTING} names the family {family} twice.")
+        if not _QUEUE_BASE.match(queue) or queue.endswith((".fast", ".quality")):
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{FAMILY_QUEUES_SETTING}: {queue[:40]!r} is not a queue base (letters, digits, '-' and '_'; its "
+                ".fast and .quality queues follow from it).",
+            )
+        if queue in mapping.values():
+            raise MmppError(
+                ErrorCode.INVALID_REQUEST,
+                f"{FAMILY_QUEUES_SETTING}: two families share the queue {queue}; each family needs its own workers.",
+            )
+        mapping[family] = queue
+    return mapping
 
 
 SHARD_COUNT_SETTING = "MMPP_DISCORD_SHARD_COUNT"

@@ -86,6 +86,8 @@ class Job:
     admitted_at: str | None = None
     #: The variant of its style it renders (``base``: the style as written); all its pictures share it.
     variant: str = "base"
+    #: The engine family it was sent for (its variant's ``family``); "" for the family of the bot's own queue.
+    family: str = ""
     #: For an upscale job, the picture it paints again at twice the size (``None`` for every other job).
     #: Its input travels as its "selfie" row: the picture's PNG, sent in the job's payload and deleted when done.
     upscale_of_picture_id: int | None = None
@@ -280,6 +282,7 @@ class Storage:
         variant: str = "base",
         upscale_of_picture_id: int | None = None,
         limits: JobLimits | None = None,
+        family: str = "",
     ) -> tuple[Job, bool]:
         """Write the job and its selfie before anything is enqueued.
 
@@ -302,12 +305,13 @@ class Storage:
             # inserts nothing and is given the first's job.
             inserted = await db.fetch_all(
                 "INSERT INTO jobs (task_id, user_id, platform, event_key, chat_id, style, prompt, mode, "
-                "picture_count, seed, parent_job_id, state, reply_context, created_at, queue, variant) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?) "
+                "picture_count, seed, parent_job_id, state, reply_context, created_at, queue, variant, family) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?) "
                 "ON CONFLICT (platform, event_key) DO NOTHING RETURNING id",
                 (
                     task_id, user_id, platform, event_key, chat_id, style, prompt, mode,
                     picture_count, seed, parent_job_id, json.dumps(reply_context), timestamp(), queue, variant,
+                    family,
                 ),
             )  # fmt: skip
             if not inserted:

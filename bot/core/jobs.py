@@ -35,9 +35,10 @@ from bot.core.variants import Variants
 from bot.queue import JobQueue
 from bot.settings import BotSettings
 from bot.storage import Job, QuotaRefused, Storage, StoredPicture, timestamp
-from mmpp.catalogue import Catalogue, Style
+from mmpp.catalogue import KLEIN_FAMILY, Catalogue, Style
 from mmpp.contract import ACCEPTED_PHOTO_TYPES, MAX_UPLOAD_BYTES, GenerateRequest, GenerateResult, Mode, queue_for
 from mmpp.errors import ErrorCode, MmppError
+from mmpp.prompts import clean_prompt, has_prompt_weights
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,8 @@ STATUS_EDIT_TIMEOUT_SECONDS = 10.0
 WAITING_REFRESH_SECONDS = 1.0
 TOOK_TOO_LONG = "The job took too long; please try again later."
 ACCEPTED_MIME_TYPES = frozenset(photo.mime_type for photo in ACCEPTED_PHOTO_TYPES)
+#: Families whose workers refuse an upscale (engine/klein.py): a picture they painted is not offered one.
+UPSCALE_UNAVAILABLE_FAMILIES = frozenset({KLEIN_FAMILY})
 
 
 def check_photo(size: int | None, mime_type: str | None) -> None:
@@ -106,8 +109,11 @@ class Jobs:
         self.moderation = moderation
         #: Each person's defaults (/settings), which complete every order the same way on every platform.
         self.defaults = PersonalDefaults(storage, catalogue, moderation)
+        #: The queue base of each engine family served besides ``settings.queue``'s (MMPP_FAMILY_QUEUES): a job of
+        #: a variant that names its family goes there.
+        self.family_queues = settings.family_queues_map()
         #: Which variant of its style each new job renders (ratings steer it; bot.core.variants says how).
-        self.variants = Variants(storage, catalogue)
+        self.variants = Variants(storage, catalogue, served_families=self.family_queues)
         self._clock = clock
         #: How the housekeeping waits between purges: with ``clock``, what a test turns to run the schedule.
         self._sleep = sleep
@@ -300,10 +306,13 @@ class Jobs:
         pressed, a picture makes one upscale job, and a second press gets that job back.
         """
         picture, original = await self.check_upscale(requester, picture_id)
+        # Its variant left the catalogue: the picture is repainted as the style serves now.
+        kept = original.variant in self.check_style(original.style).variant_names
+        preferred = original.variant if kept else None
         return await self._create_job(
             requester, upscale_event_key(picture.id), quota_chat(chat_id, server_id), reply_context, original.style,
             original.prompt, Mode.QUALITY.value, 1, picture.seed, picture.png, parent_job_id=original.id,
-            preferred_variant=original.variant, upscale_of_picture_id=picture.id,
+            preferred_variant=preferred, upscale_of_picture_id=picture.id,
         )  # fmt: skip
 
     async def check_upscale(self, requester: Person, picture_id: int) -> tuple[StoredPicture, Job]:
@@ -317,6 +326,19 @@ class Jobs:
             raise MmppError(ErrorCode.NOT_YOURS, "Only the person who ordered this picture can upscale it.")
         if original.is_upscale:
             raise MmppError(ErrorCode.INVALID_REQUEST, "This picture is an upscale already.")
+        if original.family and original.family not in self.family_queues:
+            raise MmppError(
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"This picture was painted by {original.family}, which this bot does not serve now; it cannot be "
+                "upscaled.",
+            )
+        painted_by = (original.result_meta or {}).get("family") or original.family
+        if painted_by in UPSCALE_UNAVAILABLE_FAMILIES:
+            # Its family's workers cannot upscale (engine/klein.py), and another family's would repaint the
+            # picture with another model: refused here, before a job, a place in the queue or the quota is spent.
+            raise MmppError(
+                ErrorCode.MODEL_UNAVAILABLE, f"Upscaling is not available for pictures painted by {painted_by} yet."
+            )
         return picture, original
 
     async def upscale_job_picture(
@@ -352,17 +374,20 @@ class Jobs:
         if existing is not None:
             return existing, False
         await self.moderation.check_quotas(requester, user_id, chat_id, count)
-        if upscale and preferred_variant in self.check_style(style).variant_names:
+        if upscale and preferred_variant is not None:
             variant = preferred_variant  # an upscale repaints its picture: the picture's variant, whatever is served
         else:
-            variant = await self.variants.assign(self.check_style(style), preferred_variant)
+            weighted = has_prompt_weights(clean_prompt(prompt))
+            variant = await self.variants.assign(self.check_style(style), preferred_variant, weighted_prompt=weighted)
+        # The family travels with the variant: a re-roll or an upscale keeping its job's variant keeps its family.
+        family = self.check_style(style).with_variant(variant).family
         try:
             job, created = await self.storage.create_job(
                 task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
                 chat_id=chat_id, style=style, prompt=prompt, mode=mode, picture_count=count, seed=seed,
                 selfie=selfie, reply_context=reply_context, parent_job_id=parent_job_id,
-                queue=self._queue_of(style, mode), variant=variant, upscale_of_picture_id=upscale_of_picture_id,
-                limits=self.moderation.limits(requester),
+                queue=self._queue_of(style, mode, family), variant=variant, family=family,
+                upscale_of_picture_id=upscale_of_picture_id, limits=self.moderation.limits(requester),
             )  # fmt: skip
         except QuotaRefused as refused:  # another order took the last place since the check above
             raise self.moderation.refusal(refused) from None
@@ -393,10 +418,12 @@ class Jobs:
         self._follow(job)
         return job, True
 
-    def _queue_of(self, style_name: str, mode: str | None) -> str:
-        """The Celery queue of a job: its mode's, or its style's default mode's."""
+    def _queue_of(self, style_name: str, mode: str | None, family: str = "") -> str:
+        """The Celery queue of a job: its family's (``MMPP_FAMILY_QUEUES``; the bot's own queue for a variant that
+        names none), then its mode's, or its style's default mode's."""
         style = self.styles.get(style_name)
-        return queue_for(self.settings.queue, mode or (style.mode if style else None))
+        base = self.family_queues.get(family, self.settings.queue) if family else self.settings.queue
+        return queue_for(base, mode or (style.mode if style else None))
 
     async def _enqueue(self, job: Job) -> None:
         """Send one job that holds a place in the broker; the feeder (:mod:`bot.core.admission`) calls this.
@@ -422,7 +449,8 @@ class Jobs:
             payload = GenerateRequest(
                 selfie=b"" if fresh.is_upscale else selfie, style=job.style, prompt=job.prompt,
                 mode=Mode(job.mode) if job.mode else None, count=job.picture_count, seed=job.seed,
-                job_id=str(job.id), variant=job.variant, upscale_source=selfie if fresh.is_upscale else None,
+                job_id=str(job.id), variant=job.variant, family=fresh.family,
+                upscale_source=selfie if fresh.is_upscale else None,
             ).to_payload()  # fmt: skip
         except Exception:
             logger.exception("job %s cannot be sent (its row does not make a request); it fails", job.id)
@@ -612,6 +640,12 @@ class Jobs:
             await self._finish_failed(job, ErrorCode.INTERNAL, texts.SOMETHING_WENT_WRONG)
             return
         result = GenerateResult.from_payload(payload)
+        if result.error_code is ErrorCode.WRONG_FAMILY:
+            # A deployment error, not the person's: the operator reads the worker's words in the log, the person
+            # is told in one line (with the code) that it is on our side.
+            logger.error("job %s (family %s, queue %s): %s", job.id, job.family or "-", job.queue, result.error_message)
+            await self._finish_failed(job, ErrorCode.WRONG_FAMILY, texts.WRONG_WORKER)
+            return
         if not result.ok:
             assert result.error_code is not None
             await self._finish_failed(job, result.error_code, result.error_message)
@@ -620,7 +654,7 @@ class Jobs:
         meta = {
             "mode": result.mode, "steps": result.steps, "guidance": result.guidance, "scales": result.scales,
             "timings": result.timings, "model": result.model, "test_sized_model": result.test_sized_model,
-            "variant": result.variant,
+            "variant": result.variant, "family": result.family,
         }  # fmt: skip
         if result.variant and result.variant != job.variant:
             # The worker rendered another variant than the job asked for (a worker of another catalogue):

@@ -17,6 +17,8 @@ from mmpp.contract import accepted_photos_text
 #: What a 1-5 rating means, shown in help texts.
 RATING_SCALE = "1 = poor, 3 = fine, 5 = love it"
 SOMETHING_WENT_WRONG = "Something went wrong on our side; please try again."
+#: A job sent to workers of another engine family (a deployment error): refused by them, not painted.
+WRONG_WORKER = "This job reached the wrong kind of worker and was not painted; this is on our side, please try later."
 NO_JOBS = "You have no jobs yet."
 FORGOT_NOTHING = "I had nothing stored about you."
 FORGOT_EVERYTHING = "Done: I deleted everything I had about you (jobs, selfies, pictures, ratings and settings)."
@@ -88,6 +90,7 @@ def history_text(jobs: list[Job]) -> str:
         )
         # The variant says which configuration made the pictures: someone comparing their ratings can see it.
         variant = "" if job.variant == "base" else f", variant {job.variant}"
+        variant += f" on {job.family}" if job.family else ""
         lines.append(f"job {job.id}: {job.style}, {outcome}, {job.created_at[:16].replace('T', ' ')} UTC{variant}")
     return "\n".join(lines)
 

@@ -9,6 +9,10 @@ operator's floor of measured figures) share its traffic by Thompson sampling, an
 one of them is now clearly best.  Once a variant is promoted, by the ratings or by an operator, it serves
 every job of the style until an operator rolls it back (which also pauses it, so the same evidence cannot
 promote it again at the next rating) or promotes another.
+
+A variant may name the engine family that renders it (``family = "flux2-klein"``).  It is servable only where
+this bot serves that family (``MMPP_FAMILY_QUEUES``): elsewhere it is neither assigned nor promoted, and
+``mmpp variants`` says why, as it does for a paused one.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bot import metrics
 from bot.storage import Storage, VariantPromotion
-from mmpp.catalogue import BASE_VARIANT, Catalogue, Style
+from mmpp.catalogue import BASE_VARIANT, FAMILIES_WITHOUT_WEIGHTING, Catalogue, Style
 from mmpp.errors import ErrorCode, MmppError
 from mmpp.variants import Rules, Tally, VariantSummary, choose_variant, decide_promotion, summarise
 
@@ -54,6 +58,10 @@ class VariantStatus:
     ineligible_reason: str | None
     default: bool
     summary: VariantSummary | None
+    #: The engine family the variant names ("" for the family of the bot's own queue).
+    family: str = ""
+    #: Why it is not served here although active and eligible: its family is not one this bot serves.
+    unserved_reason: str | None = None
 
 
 class Variants:
@@ -65,9 +73,12 @@ class Variants:
         chance: random.Random | None = None,
         fresh_seconds: float = RATINGS_FRESH_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        served_families: Iterable[str] = (),
     ) -> None:
         """``chance`` is the assignment's random source; tests pass a seeded one to steer it, and
-        ``fresh_seconds=0`` to read the ratings on every call."""
+        ``fresh_seconds=0`` to read the ratings on every call.  ``served_families`` are the engine families
+        this bot has workers for besides its own queue's (the keys of ``MMPP_FAMILY_QUEUES``)."""
+        self.served_families = frozenset(served_families)
         self.storage = storage
         self.catalogue = catalogue
         self.rules = rules or Rules()
@@ -78,13 +89,24 @@ class Variants:
         #: restart reads it again, and so does every process every ``fresh_seconds``).
         self._states: dict[str, _StyleState] = {}
 
+    def unserved_reason(self, style: Style, variant: str) -> str | None:
+        """Why ``variant`` cannot be served by this bot whatever the ratings say (its family has no workers
+        here), or ``None``."""
+        family = style.with_variant(variant).family
+        if not family or family in self.served_families:
+            return None
+        return f"its family {family} is not served here (MMPP_FAMILY_QUEUES names no queue for it)"
+
     async def servable(self, style: Style) -> list[str]:
-        """The style's variants that may serve a job now: in the catalogue, not paused, not below the floor."""
+        """The style's variants that may serve a job now: in the catalogue, not paused, not below the floor,
+        and of a family this bot serves."""
         controls = await self.storage.variant_controls(style.name)
         servable = []
         for name in style.variant_names:
             control = controls.get((style.name, name))
-            if control is None or not (control.paused or control.ineligible_reason):
+            if (control is None or not (control.paused or control.ineligible_reason)) and not self.unserved_reason(
+                style, name
+            ):
                 servable.append(name)
         return servable
 
@@ -100,22 +122,37 @@ class Variants:
             return None
         return promotion
 
-    async def assign(self, style: Style, preferred: str | None = None) -> str:
+    async def assign(self, style: Style, preferred: str | None = None, *, weighted_prompt: bool = False) -> str:
         """The variant the next job of ``style`` renders.  ``preferred`` (a reroll's parent's variant) is kept
-        while it may still be served, so "the same again" is the same configuration."""
+        while it may still be served, so "the same again" is the same configuration.
+
+        ``weighted_prompt``: the person's prompt uses Compel's weighting, which a family such as klein does not
+        read (its worker refuses such a prompt); the job is then served by the other variants only, so that
+        whether an order is painted never depends on a draw.  A promoted variant of such a family refuses the
+        order instead, as that family's worker would, before a job exists."""
         if len(style.variant_names) == 1:
             return BASE_VARIANT
         state = await self._state(style)
-        if state.promotion is not None:
+        servable = state.servable
+        if weighted_prompt:
+            servable = [name for name in servable if not _reads_no_weights(style, name)]
+        if state.promotion is not None and not self.unserved_reason(style, state.promotion.variant):
             chosen = state.promotion.variant
-        elif preferred in state.servable:
+            if weighted_prompt and _reads_no_weights(style, chosen):
+                family = style.with_variant(chosen).family
+                raise MmppError(
+                    ErrorCode.INVALID_REQUEST,
+                    f"The style '{style.name}' is painted by {family}, which reads plain words: write the prompt "
+                    "without weights ('word++', '(word)1.2').",
+                )
+        elif preferred in servable:
             chosen = preferred
-        elif not state.servable:
+        elif not servable:
             # Everything paused: the style as written still serves; an operator meant to stop an
             # experiment, not the style.
             chosen = BASE_VARIANT
         else:
-            chosen = choose_variant(state.servable, state.tally, self.chance, self.rules)
+            chosen = choose_variant(servable, state.tally, self.chance, self.rules)
         metrics.VARIANT_ASSIGNMENTS.labels(style.name, chosen).inc()
         return chosen
 
@@ -175,6 +212,11 @@ class Variants:
     async def promote(self, style_name: str, variant: str) -> VariantPromotion:
         """An operator makes ``variant`` the default, with the ratings so far as the evidence on record."""
         style = self._variant(style_name, variant)
+        unserved = self.unserved_reason(style, variant)
+        if unserved:
+            raise MmppError(
+                ErrorCode.NOT_ALLOWED, f"Variant '{variant}' of '{style.name}' cannot be promoted: {unserved}."
+            )
         control = (await self.storage.variant_controls(style.name)).get((style.name, variant))
         if control is not None and control.ineligible_reason:
             raise MmppError(
@@ -236,6 +278,13 @@ class Variants:
                         ineligible_reason=control.ineligible_reason if control else None,
                         default=promotion.variant == name if promotion else False,
                         summary=summaries.get(name),
+                        family=style.with_variant(name).family,
+                        unserved_reason=self.unserved_reason(style, name),
                     )
                 )
         return rows
+
+
+def _reads_no_weights(style: Style, variant: str) -> bool:
+    """Whether the variant's family paints from plain words only (Compel's weighting means nothing to it)."""
+    return style.with_variant(variant).family in FAMILIES_WITHOUT_WEIGHTING

@@ -95,7 +95,14 @@ def test_variants_are_listed_steered_and_floored_from_the_command_line(tmp_path:
         (row["style"], row["variant"]): row for row in json.loads(mmpp("variants", "--json", database=database).stdout)
     }
     assert set(rows) == {("anime", "base"), ("anime", "more-likeness"), ("watercolor", "base"),
-                         ("watercolor", "firmer-face")}  # fmt: skip
+                         ("watercolor", "firmer-face"), ("headshot", "base"), ("headshot", "photo-edit")}  # fmt: skip
+    # The klein variant is not served by a bot without klein workers (no MMPP_FAMILY_QUEUES), and says why.
+    assert (
+        rows["headshot", "photo-edit"]["state"] == "unserved"
+        and rows["headshot", "photo-edit"]["family"] == "flux2-klein"
+    )
+    assert "MMPP_FAMILY_QUEUES" in rows["headshot", "photo-edit"]["unserved_reason"]
+    assert "(its family flux2-klein is not served here" in mmpp("variants", "headshot", database=database).stdout
     assert rows["anime", "more-likeness"]["ratings"] == 3 and rows["anime", "more-likeness"]["raw_mean"] == 5.0
     assert rows["anime", "base"]["state"] == "active"
     table = mmpp("variants", "anime", database=database).stdout
