@@ -47,7 +47,11 @@ The fake models the platform rules the product depends on, so that tests fail wh
   required", a ``shard`` that is not ``[shard_id, shard_count]`` with ``0 <= shard_id < shard_count`` with
   4010 "Invalid shard"; each session gets only its shard's guilds (READY, GUILD_CREATE) and the events of
   those guilds (interactions, reactions, messages: ``(guild_id >> 22) % shard_count``), direct messages'
-  events shard 0's.
+  events shard 0's;
+* the session-start rate limit (https://discord.com/developers/docs/events/gateway#session-start-limit): shards
+  are grouped in buckets ``shard_id % max_concurrency`` (an unsharded session is shard 0's), and a bucket takes
+  one IDENTIFY per ``identify_interval`` (5 s) whichever connection or process sends it; one sooner is answered
+  with op 9 Invalid Session (``d: false``) and counted in ``identify_too_soon``.
 
 Typical use::
 
@@ -555,6 +559,7 @@ class FakeDiscord:
         dispatch_message_events: bool = True,
         app_permissions: int = BOT_PERMISSIONS,
         auto_patch: bool = True,
+        identify_interval: float = 5.0,
     ) -> None:
         self.token = token
         self.ack_deadline = ack_deadline
@@ -593,6 +598,13 @@ class FakeDiscord:
         self.session_starts_total = 1000
         self.session_starts_remaining = 1000
         self.max_concurrency = 1
+        #: Discord's one IDENTIFY per 5 s per bucket (``shard_id % max_concurrency``), across every connection.
+        self.identify_interval = identify_interval
+        #: IDENTIFYs refused for coming within ``identify_interval`` of the last accepted one of their bucket.
+        self.identify_too_soon = 0
+        self._last_identify_at: dict[int, float] = {}  # bucket -> loop time of its last accepted IDENTIFY
+        #: Every accepted IDENTIFY: (its bucket, the loop time it came), to check how far apart a bucket's came.
+        self.identify_starts: list[tuple[int, float]] = []
         #: The current session of each shard (``None``: an unsharded session), where events are routed.
         self._shard_sessions: dict[tuple[int, int] | None, _Session] = {}
 
@@ -2060,10 +2072,19 @@ class FakeDiscord:
         if len(guilds) > MAX_GUILDS_PER_SHARD:
             await conn.close(4011, "Sharding required.")
             return
+        bucket = (shard[0] if shard is not None else 0) % max(1, self.max_concurrency)
+        now = self._loop_time()
+        last = self._last_identify_at.get(bucket)
+        if last is not None and now - last < self.identify_interval:
+            self.identify_too_soon += 1
+            await self._send(conn, {"op": 9, "d": False, "s": None, "t": None})
+            return
         if self.session_starts_remaining <= 0:
             await self._send(conn, {"op": 9, "d": False, "s": None, "t": None})
             return
         self.session_starts_remaining -= 1
+        self._last_identify_at[bucket] = now
+        self.identify_starts.append((bucket, now))
         session = _Session(id=secrets.token_hex(16), intents=intents, conn=conn, shard=shard)
         self._sessions[session.id] = session
         self._session = session

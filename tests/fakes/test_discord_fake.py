@@ -118,7 +118,10 @@ class TinyBot(commands.Bot):
         await self.tree.sync(guild=guild)
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
-        """No pause: discord.py sleeps 5 s before every IDENTIFY but the first (Discord's identify limit)."""
+        """The fake's identify window, not discord.py's fixed 5 s: the fixture's fake shortens it (Discord allows
+        one IDENTIFY per 5 s per bucket, and the fake refuses one sooner with op 9)."""
+        if not initial:
+            await asyncio.sleep(self.fake.identify_interval)
 
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         self.raw_reactions.append(("add", payload))
@@ -132,7 +135,7 @@ class TinyBot(commands.Bot):
 
 @pytest.fixture
 async def fake():
-    async with FakeDiscord() as server:
+    async with FakeDiscord(identify_interval=0.1) as server:
         yield server
 
 
@@ -396,6 +399,7 @@ async def test_reconnect_opcode_and_invalid_session(fake: FakeDiscord, bot: Tiny
     await fake.wait_until(lambda: len(fake.identifies) == 2, 10, "a second IDENTIFY")
     it = await fake.send_slash_command("ping")
     assert (await fake.wait_for_callback(it)).data["content"] == "pong"
+    assert fake.identify_too_soon == 0  # paced by the hook: no Invalid Session for coming too soon
 
 
 async def test_auto_sharded_bot_uses_gateway_bot_and_chunks_members() -> None:

@@ -2,11 +2,13 @@
 
 Spoken to with a bare websocket (the frames as Discord documents them), so that what is checked is the fake's
 rule, not what discord.py happens to send: https://discord.com/developers/docs/events/gateway#sharding and the
-close codes 4010 (Invalid shard) and 4011 (Sharding required).
+close codes 4010 (Invalid shard) and 4011 (Sharding required), and the session-start limit (one IDENTIFY per 5 s
+per bucket ``shard_id % max_concurrency``: https://discord.com/developers/docs/events/gateway#session-start-limit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,9 +22,13 @@ INTENT_GUILD_MESSAGES = 1 << 9
 INTENT_GUILD_MESSAGE_REACTIONS = 1 << 10
 
 
+#: The identify window of the tests that are not about it, short so that pacing each IDENTIFY costs little.
+SHORT_IDENTIFY_INTERVAL = 0.05
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord(auto_patch=False) as server:
+    async with FakeDiscord(auto_patch=False, identify_interval=SHORT_IDENTIFY_INTERVAL) as server:
         yield server
 
 
@@ -35,9 +41,14 @@ class Gateway:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.events: list[dict[str, Any]] = []
 
-    async def identify(self, shard: Any = None) -> int | None:
+    async def identify(self, shard: Any = None, *, paced: bool = True) -> int | None:
         """The close code if the fake closed the connection, else ``None`` once READY and its guilds came (or an
-        Invalid Session, op 9, came instead: the last event)."""
+        Invalid Session, op 9, came instead: the last event).
+
+        ``paced``: first wait out the fake's identify window, as a client must between two IDENTIFYs of a bucket.
+        """
+        if paced:
+            await asyncio.sleep(self.fake.identify_interval)
         self.ws = await self.session.ws_connect(self.fake.gateway_url + "?v=10&encoding=json")
         hello = json.loads((await self.ws.receive()).data)
         assert hello["op"] == 10
@@ -155,3 +166,29 @@ async def test_each_identify_takes_a_session_start_and_none_left_is_an_invalid_s
     assert refused.events[-1]["op"] == 9 and refused.events[-1]["d"] is False  # not resumable, and no READY
     assert not [frame for frame in refused.events if frame.get("t") == "READY"]
     assert fake.session_shards() == [(0, 1)]
+
+
+async def test_a_second_identify_of_a_bucket_within_5_seconds_is_an_invalid_session() -> None:
+    """Discord's real window (5 s), unpaced: shards 0 and 2 of 4 share bucket 0 with ``max_concurrency`` 2, shard 1
+    is in bucket 1.  The refused IDENTIFY takes no session start and does not move the window."""
+    async with FakeDiscord(auto_patch=False) as fake, aiohttp.ClientSession() as session:
+        fake.max_concurrency = 2
+        assert fake.identify_interval == 5.0
+        assert await Gateway(session, fake).identify([0, 4], paced=False) is None
+        starts_left = fake.session_starts_remaining
+        too_soon = Gateway(session, fake)
+        assert await too_soon.identify([2, 4], paced=False) is None
+        assert too_soon.events[-1]["op"] == 9 and too_soon.events[-1]["d"] is False
+        assert not [frame for frame in too_soon.events if frame.get("t") == "READY"]
+        assert fake.identify_too_soon == 1 and fake.session_starts_remaining == starts_left
+        other_bucket = Gateway(session, fake)
+        assert await other_bucket.identify([1, 4], paced=False) is None  # bucket 1: its own window
+        assert other_bucket.events[0].get("t") == "READY"
+        fake.identify_interval = 0.2  # past the window (shortened to keep the test quick) bucket 0 takes one again
+        await asyncio.sleep(0.25)
+        late = Gateway(session, fake)
+        assert await late.identify([2, 4], paced=False) is None
+        assert late.events[0].get("t") == "READY"
+    assert fake.identify_too_soon == 1
+    assert fake.session_shards() == [(0, 4), (1, 4), (2, 4)]
+    assert [bucket for bucket, _ in fake.identify_starts] == [0, 1, 0]
