@@ -847,6 +847,28 @@ class Storage:
             rows = await db.fetch_all("SELECT * FROM variant_promotions WHERE id = ?", (rows[0]["id"],))
         return VariantPromotion.from_row(rows[0])
 
+    # ------------------------------------------------------------------ Discord's IDENTIFY pacing
+
+    @retried_when_connection_lost(idempotent=False)
+    async def book_identify_slot(self, bucket: int, now: float, interval: float) -> float:
+        """The moment (Unix seconds) this process may send its IDENTIFY in ``bucket``: ``now``, or the bucket's
+        next free slot if that is later; the slot after it is then ``interval`` further on.
+
+        Discord allows one IDENTIFY per 5 s per bucket across every process of the bot, and the processes share
+        only this database.  One upsert on the bucket's key: its row lock (PostgreSQL) or the file's write lock
+        (SQLite) orders two processes booking at once, so each gets its own slot and none is handed out twice.
+        Not retried after a lost COMMIT: booking twice would only skip a slot, and the caller falls back to
+        discord.py's own pacing on any error.
+        """
+        async with self.write() as db:
+            rows = await db.fetch_all(
+                "INSERT INTO identify_slots (bucket, next_at) VALUES (?, ?) "
+                "ON CONFLICT (bucket) DO UPDATE SET next_at = CASE WHEN identify_slots.next_at > ? "
+                "THEN identify_slots.next_at + ? ELSE excluded.next_at END RETURNING next_at",
+                (bucket, now + interval, now, interval),
+            )
+        return float(rows[0][0]) - interval
+
     # ------------------------------------------------------------------ forgetting
 
     async def forget_user(self, user_id: int) -> list[str]:

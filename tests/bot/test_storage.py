@@ -421,6 +421,8 @@ async def every_answer(storage: Storage) -> list[Any]:
     answers += [await storage.promotions(), await storage.promotions("anime")]
     answers += [await storage.forget_user(alice), await storage.count("jobs"), await storage.count("ratings")]
     answers += [await storage.count("users", "platform_user_id = ?", ("2",)), await storage.integrity_check()]
+    answers += [await storage.book_identify_slot(3, 1_800_000_000.5, 5.0)]
+    answers += [await storage.book_identify_slot(3, 1_800_000_001.0, 5.0)]
     return answers
 
 
@@ -475,3 +477,26 @@ async def test_writes_cancelled_at_any_moment_leave_the_database_usable_and_clos
     ids = await asyncio.wait_for(asyncio.gather(*(storage.ensure_user("test", f"after-{n}") for n in range(30))), 20)
     assert len(set(ids)) == 30 and await storage.count("users", "platform_user_id LIKE ?", ("after-%",)) == 30
     await asyncio.wait_for(storage.close(), 20)
+
+
+async def test_identify_slots_booked_by_two_processes_at_once_are_an_interval_apart_per_bucket(
+    location: Path | str,
+) -> None:
+    """Discord's one IDENTIFY per 5 s per bucket across processes: ten bookings racing from two ``Storage``
+    instances get ten distinct slots 5 s apart; another bucket keeps its own; a bucket idle past its last slot
+    starts again at the caller's now.  Seconds since 1970 with a fraction: the column keeps them exactly."""
+    first, second = await Storage.open(location), await Storage.open(location)
+    now = 1_800_000_000.25
+    try:
+        slots = await asyncio.gather(
+            *(storage.book_identify_slot(0, now, 5.0) for storage in (first, second) for _ in range(5))
+        )
+        assert sorted(slots) == pytest.approx([now + 5.0 * index for index in range(10)], abs=1e-6)
+        assert await second.book_identify_slot(1, now + 1, 5.0) == pytest.approx(now + 1, abs=1e-6)
+        assert await first.book_identify_slot(1, now + 2, 5.0) == pytest.approx(now + 6, abs=1e-6)
+        assert await first.book_identify_slot(0, now + 2, 5.0) == pytest.approx(now + 50, abs=1e-6)
+        later = now + 100
+        assert await second.book_identify_slot(0, later, 5.0) == pytest.approx(later, abs=1e-6)
+    finally:
+        await first.close()
+        await second.close()
