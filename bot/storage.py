@@ -106,6 +106,14 @@ class Job:
 
 
 @dataclass(frozen=True)
+class UnfinishedJobs:
+    """Every queued or running job's id per queue, oldest first, and the ones not yet sent to the broker."""
+
+    by_queue: dict[str | None, list[int]]
+    waiting: frozenset[int]
+
+
+@dataclass(frozen=True)
 class VariantControl:
     """An operator's decision about one variant (``mmpp variants pause`` / ``floor``)."""
 
@@ -397,19 +405,26 @@ class Storage:
         rows = await self._db.fetch_all("SELECT claimant FROM delivery_claims WHERE job_id = ?", (job_id,))
         return str(rows[0][0]) if rows else None
 
-    async def unfinished_jobs_by_queue(self) -> dict[str | None, list[int]]:
-        """The ids of every queued or running job (any platform), oldest first, per queue.
+    async def unfinished_jobs(self) -> UnfinishedJobs:
+        """The ids of every queued or running job (any platform), oldest first, per queue, and which of them
+        still wait in the database for their place in the broker.
 
         A job's place in line is how many of its queue's ids are below its own: each queue is fed oldest
         first (:meth:`admit_waiting`) and its workers take its jobs in order, so these are the jobs painted
         before it; jobs of other queues do not count.  One read answers every waiting job a process shows
-        (bot.core.positions says why not one COUNT per job).
+        (bot.core.positions says why not one COUNT per job), and tells each follower of a waiting job whether
+        its row changed at all (sent, failed, deleted) without reading the row.
         """
-        rows = await self._db.fetch_all("SELECT id, queue FROM jobs WHERE state IN ('queued', 'running') ORDER BY id")
+        rows = await self._db.fetch_all(
+            "SELECT id, queue, enqueued_at FROM jobs WHERE state IN ('queued', 'running') ORDER BY id"
+        )
         by_queue: dict[str | None, list[int]] = {}
-        for job_id, queue in rows:
+        waiting = []
+        for job_id, queue, enqueued_at in rows:
             by_queue.setdefault(queue, []).append(int(job_id))
-        return by_queue
+            if enqueued_at is None:
+                waiting.append(int(job_id))
+        return UnfinishedJobs(by_queue, frozenset(waiting))
 
     # ------------------------------------------------------------------ admission to the broker
 

@@ -120,10 +120,12 @@ class Admission:
     def discard(self, job_id: int) -> None:
         self._left_waiting.pop(job_id, None)
 
-    async def wait_sent(self, job_id: int, timeout: float) -> None:
-        """Until the job left the database for the broker (or failed there), or ``timeout`` seconds."""
+    async def wait_sent(self, job_id: int, timeout: float) -> bool:
+        """Until the job left the database for the broker (or failed there), or ``timeout`` seconds; whether this
+        process's feeder saw it leave (another process's feeder may have sent it without this one knowing)."""
         event = self._left_waiting.setdefault(job_id, asyncio.Event())
         await _wait(event, timeout)
+        return event.is_set()
 
     def wake(self) -> None:
         """A job was ordered, or one finished and freed its place: feed now (starting the feeder if need be)."""

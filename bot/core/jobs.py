@@ -580,8 +580,11 @@ class Jobs:
                     return
                 await self._show_status(job, delivery, pacer, None)
                 wait = max(self.settings.poll_interval_seconds, WAITING_REFRESH_SECONDS)
-                await self.admission.wait_sent(job.id, wait)
-                job = await self._reload(job)
+                sent_here = await self.admission.wait_sent(job.id, wait)
+                # Its row is read again only when it changed: sent by this process, or no longer in the shared
+                # snapshot's waiting set (sent by another process, failed, deleted by /forget).
+                if sent_here or not await self.positions.still_waiting(job):
+                    job = await self._reload(job)
                 continue
             try:
                 status = await self.queue.status(job.task_id)

@@ -383,7 +383,7 @@ async def every_answer(storage: Storage) -> list[Any]:
     answers += [job, created, await storage.job_by_event("telegram", "update-1")]
     answers += [await storage.admit_waiting(["telegram"], 4, 2**20, lambda size: size), await storage.broker_load()]
     await storage.update_job(job.id, state="running", progress_done=1, progress_total=4, enqueued_at="x")
-    answers += [await storage.unfinished_jobs_by_queue(), await storage.admitted_unsent(["telegram"])]
+    answers += [await storage.unfinished_jobs(), await storage.admitted_unsent(["telegram"])]
     answers += [await storage.jobs_without_queue(["telegram"]), await storage.pending_jobs(alice)]
     answers += [await storage.pictures_requested_since(alice, now - timedelta(hours=1))]
     answers += [await storage.pictures_requested_in_chat_since("telegram", "chat", now - timedelta(hours=1))]
