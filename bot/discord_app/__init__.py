@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -476,6 +477,17 @@ async def replace_with_ephemeral_error(interaction: discord.Interaction, error: 
 # --------------------------------------------------------------------------- the client
 
 
+#: Discord's session-start rule: one IDENTIFY per this many seconds per bucket (``shard_id % max_concurrency``), for
+#: all of a bot's processes together (https://discord.com/developers/docs/events/gateway#session-start-limit).
+IDENTIFY_INTERVAL_SECONDS = 5.0
+#: Booked IDENTIFY slots lie this much further apart than Discord's 5 s: the machines' wall clocks agree only as
+#: closely as NTP keeps them, and an IDENTIFY sent on time may reach Discord later than the next one does.
+IDENTIFY_SLOT_MARGIN_SECONDS = 0.5
+#: How long booking a slot (or asking Discord for ``max_concurrency``) may take before this process paces its shards
+#: on its own: a database or an API that does not answer must not hold a shard's connection back.
+IDENTIFY_BOOKING_TIMEOUT_SECONDS = 5.0
+
+
 def shard_of_guild(guild_id: int, shard_count: int) -> int:
     """The shard Discord sends a server's events on (https://discord.com/developers/docs/topics/gateway#sharding)."""
     return (guild_id >> 22) % shard_count
@@ -485,8 +497,9 @@ class MmppClient(discord.AutoShardedClient):
     """Sharded from the start: Discord refuses an unsharded connection once a bot is in 2,500 servers (4011).
 
     Without settings it asks the gateway how many shards to run and connects all of them; with
-    ``MMPP_DISCORD_SHARD_COUNT`` and ``MMPP_DISCORD_SHARD_IDS`` several processes split them.  discord.py
-    waits 5 s between two IDENTIFYs of one process, within what Discord allows for any ``max_concurrency``.
+    ``MMPP_DISCORD_SHARD_COUNT`` and ``MMPP_DISCORD_SHARD_IDS`` several processes split them.  Their IDENTIFYs
+    are paced together through the shared database (:meth:`before_identify_hook`), as Discord's session-start
+    limit asks of all of a bot's processes.
     """
 
     def __init__(self, core: ChatCore, settings: BotSettings) -> None:
@@ -508,6 +521,7 @@ class MmppClient(discord.AutoShardedClient):
         self.tree = app_commands.CommandTree(self)
         self.tree.on_error = self.on_tree_error  # type: ignore[method-assign]
         self.ready = asyncio.Event()
+        self._identify_concurrency: int | None = None  # Discord's max_concurrency, once asked
         register_commands(self)
 
     async def setup_hook(self) -> None:
@@ -521,6 +535,58 @@ class MmppClient(discord.AutoShardedClient):
 
     async def on_ready(self) -> None:
         self.ready.set()
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait for this IDENTIFY's slot in its bucket, booked in the database the bot's processes share.
+
+        Why: Discord allows one IDENTIFY per 5 s per bucket (``shard_id % max_concurrency``) across all of a bot's
+        processes and answers one sooner with op 9 Invalid Session; discord.py only paces the shards of one process
+        (5 s before each but its first), so two processes starting together would IDENTIFY in one bucket at once.
+        Hence every IDENTIFY, a process's first included, books its slot (:meth:`Storage.book_identify_slot`).
+        The slots are ``time.time()`` moments, not the event loop's clock: processes on several machines compare
+        them, and the wall clock (kept by NTP) is the only clock those machines share.  Where no slot can be
+        booked (the database does not answer), discord.py's own pacing serves, with one log line: a shard never
+        fails to connect because of its pacing.
+        """
+        shard = shard_id or 0
+        interval = IDENTIFY_INTERVAL_SECONDS + IDENTIFY_SLOT_MARGIN_SECONDS
+        concurrency = await self.identify_concurrency()
+        try:
+            slot = await asyncio.wait_for(
+                self.core.storage.book_identify_slot(shard % concurrency, time.time(), interval),
+                IDENTIFY_BOOKING_TIMEOUT_SECONDS,
+            )
+        except Exception as error:  # noqa: BLE001 - whatever the database raised, the shard connects all the same
+            logger.warning(
+                "could not book an IDENTIFY slot for shard %s in the database (%s): pacing this process's shards only",
+                shard, type(error).__name__,
+            )  # fmt: skip
+            await super().before_identify_hook(shard_id, initial=initial)
+            return
+        # The longest a slot can lie ahead when every shard of the bucket books once before this one; further is a
+        # machine whose clock runs ahead, and waiting for it would hold the shard back for as long.
+        longest = interval * (math.ceil((self.shard_count or 1) / concurrency) + 1)
+        wait = slot - time.time()
+        if wait > longest:
+            logger.warning("the IDENTIFY slot of shard %s lies %.0f s ahead (a clock ahead?): waiting %.0f s", shard,
+                           wait, longest)  # fmt: skip
+            wait = longest
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def identify_concurrency(self) -> int:
+        """Discord's ``max_concurrency`` (the number of IDENTIFY buckets), asked once: discord.py keeps it nowhere,
+        and a process with shard settings does not even ask for it.  Where Discord does not say, 1: every shard in
+        one bucket, the slowest pacing and so never too fast."""
+        if self._identify_concurrency is None:
+            try:
+                limits = await asyncio.wait_for(self.fetch_session_start_limits(), IDENTIFY_BOOKING_TIMEOUT_SECONDS)
+            except Exception as error:  # noqa: BLE001 - whatever went wrong, one bucket is always slow enough
+                logger.warning("could not read max_concurrency from Discord (%s): pacing in one bucket",
+                               type(error).__name__)  # fmt: skip
+                return 1
+            self._identify_concurrency = max(1, int(limits.max_concurrency))
+        return self._identify_concurrency
 
     def owned_shards(self) -> list[int]:
         """The shards this process connects: its settings', else all the gateway recommended (known once
