@@ -184,6 +184,13 @@ class StoredPicture:
     seed: int
     png: bytes
     message_ref: str | None
+    #: When the first attempt to post it began; with no ``message_ref`` the picture is "in doubt": its message
+    #: may exist (the process died between the platform's answer and :meth:`Storage.set_picture_message`).
+    post_started_at: str | None = None
+
+    @property
+    def in_doubt(self) -> bool:
+        return self.post_started_at is not None and self.message_ref is None
 
 
 class Storage:
@@ -622,6 +629,18 @@ class Storage:
     async def pictures(self, job_id: int) -> list[StoredPicture]:
         rows = await self._db.fetch_all("SELECT * FROM pictures WHERE job_id = ? ORDER BY position", (job_id,))
         return [StoredPicture(**{**dict(row), "png": bytes(row["png"])}) for row in rows]
+
+    @retried_when_connection_lost(idempotent=True)
+    async def mark_posts_started(self, job_id: int, now: datetime | None = None) -> None:
+        """Record, before posting, that the job's pictures not yet posted are being posted: a process killed after
+        the platform created a message but before its reference was stored leaves them in doubt, not unposted.
+        The first start is kept: the message may come from any attempt since."""
+        async with self.write() as db:
+            await db.execute(
+                "UPDATE pictures SET post_started_at = ? "
+                "WHERE job_id = ? AND message_ref IS NULL AND post_started_at IS NULL",
+                (timestamp(now), job_id),
+            )
 
     @retried_when_connection_lost(idempotent=True)
     async def set_picture_message(self, picture_id: int, message_ref: str) -> None:

@@ -14,6 +14,7 @@ task id, so the worker's result is shared) and delivers what finished.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -27,7 +28,7 @@ from bot.core.admission import Admission, BrokerRefusal
 from bot.core.commands import ProfileOptions, profile_options
 from bot.core.moderation import Moderation, quota_chat
 from bot.core.person_settings import PersonalDefaults
-from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, Person, ProfileOrder, Shards
+from bot.core.platform import Delivery, DeliveryRefused, DirectMessages, FindsPosted, Person, ProfileOrder, Shards
 from bot.core.positions import QueuePositions
 from bot.core.selfies import prepare_selfie
 from bot.core.status import StatusEdit, StatusEdits, StatusPacer
@@ -717,11 +718,38 @@ class Jobs:
             async def remember(picture: StoredPicture, ref: str) -> None:
                 await self.storage.set_picture_message(picture.id, ref)
 
+            pictures = await self._found_in_doubt(delivery, job, pictures, remember)
+            await self.storage.mark_posts_started(job.id)
             await delivery.post_pictures(job, pictures, texts.caption(job, self.styles.get(job.style)), remember)
         await self.storage.update_job(job.id, delivered_at=timestamp())
         metrics.JOBS_FINISHED.labels(job.state, job.error_code or "").inc()
         waited = (self._clock() - datetime.fromisoformat(job.created_at)).total_seconds()
         metrics.DELIVERY_SECONDS.observe(max(0.0, waited))
+
+    async def _found_in_doubt(
+        self,
+        delivery: Delivery,
+        job: Job,
+        pictures: list[StoredPicture],
+        remember: Callable[[StoredPicture, str], Awaitable[None]],
+    ) -> list[StoredPicture]:
+        """The pictures, those in doubt that the platform shows as posted recorded as such: a process killed between the
+        platform creating a message and :meth:`Storage.set_picture_message` must not make the person get the picture
+        twice.  One look per delivery attempt that has pictures in doubt; where the adapter cannot look, they are
+        posted again."""
+        in_doubt = [picture for picture in pictures if picture.in_doubt]
+        if not in_doubt or not isinstance(delivery, FindsPosted):
+            return pictures
+        found = await delivery.find_posted(job, in_doubt)
+        checked = []
+        for picture in pictures:
+            ref = found.get(picture.id) if picture.in_doubt else None
+            if ref is not None:
+                logger.info("picture %s of job %s was posted before its message was recorded", picture.id, job.id)
+                await remember(picture, ref)
+                picture = dataclasses.replace(picture, message_ref=ref)
+            checked.append(picture)
+        return checked
 
     # ------------------------------------------------------------------ forgetting
 

@@ -84,6 +84,21 @@ class DirectMessages(Protocol):
 
 
 @runtime_checkable
+class FindsPosted(Protocol):
+    """What an adapter implements whose platform lets a bot read back what it posted (Discord's channel history).
+
+    The core asks it about a picture in doubt (:attr:`StoredPicture.in_doubt`: its post began, no message was
+    recorded) before posting it again: a process killed between the platform's answer and the record would
+    otherwise post the picture twice.  Platforms without a way to read a chat back (Telegram's bots cannot list
+    a chat's messages) do not implement it, and their pictures in doubt are posted again: at least once.
+    """
+
+    async def find_posted(self, job: Job, pictures: list[StoredPicture]) -> dict[int, str]:
+        """``{picture id: message reference}`` for those of ``pictures`` (all in doubt) the platform shows as
+        posted; the others, or all where it refuses to show, are posted again.  One bounded look, no retries."""
+
+
+@runtime_checkable
 class Shards(Protocol):
     """What an adapter implements whose platform splits its chats between bot processes (Discord's shards).
 

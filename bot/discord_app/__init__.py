@@ -33,6 +33,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import discord
@@ -71,6 +72,12 @@ EMBEDS_MAX = 10
 EMBED_CHARACTERS_MAX = 6000  # all embeds of a message together
 #: Room a failure line keeps for what goes around its text (a mention, the code).
 FAILURE_TEXT_MAX = CONTENT_MAX - 100
+#: Looking for a picture in doubt reads the channel's messages from its post's start on, less this much: the bot's
+#: clock and Discord's (which dates a message by its id) may disagree by a little.
+POSTED_SEARCH_MARGIN_SECONDS = 60
+#: How many messages from that moment on are read, in one request (Discord's default page; at most 100): the
+#: picture's message was created right after its post began, so it is among the first even in a busy channel.
+POSTED_SEARCH_MESSAGES = 50
 
 
 def person_of(user: discord.abc.User) -> Person:
@@ -102,6 +109,12 @@ def refusals_are_final() -> Iterator[None]:
 def preview_filename(job: Job) -> str:
     """Not ``mmpp-…``: that is how the pictures are named, and a preview is not one of them."""
     return f"preview-{job.id}.jpg"
+
+
+def picture_filename(job: Job, picture: StoredPicture) -> str:
+    """What a picture's attachment is called: how a picture in doubt is recognised in the channel's messages.
+    An attachment is a file: Discord keeps its bytes as sent (an upscale's "-2x" name says what it is)."""
+    return f"mmpp-{job.id}-{picture.position}{'-2x' if job.is_upscale else ''}.png"
 
 
 def token_alive(context: dict[str, Any]) -> bool:
@@ -229,9 +242,7 @@ class DiscordDelivery:
             content = caption if index == 0 else None
             if index == 0 and not token_alive(context):
                 content = f"<@{context.get('user_id')}> {caption}"
-            # An attachment is a file: Discord keeps its bytes as sent (an upscale's "-2x" name says what it is).
-            name = f"mmpp-{job.id}-{picture.position}{'-2x' if job.is_upscale else ''}.png"
-            file = discord.File(io.BytesIO(picture.png), filename=name)
+            file = discord.File(io.BytesIO(picture.png), filename=picture_filename(job, picture))
             view = picture_view(
                 job.id, picture.id, self.client.core, with_job_controls=is_last and not job.is_upscale,
                 upscalable=not job.is_upscale,
@@ -247,6 +258,38 @@ class DiscordDelivery:
                 )
             except discord.HTTPException:
                 logger.info("could not edit the status of job %s", job.id)
+
+    async def find_posted(self, job: Job, pictures: list[StoredPicture]) -> dict[int, str]:
+        """The messages of pictures in doubt, looked for in the channel's messages since their posts began.
+
+        Why: a webhook follow-up (the path while the interaction token lives) has no nonce, so a process killed
+        after Discord created the message but before its reference was stored would post the picture again.  One
+        read of at most :data:`POSTED_SEARCH_MESSAGES` messages, no paging, for all of them.  Where Discord will not
+        show the channel (403 without VIEW_CHANNEL, 404 for a DM the bot cannot read; without READ_MESSAGE_HISTORY
+        it shows no messages), nothing is found and the pictures are posted again: at least once is the fallback.
+        """
+        starts = [datetime.fromisoformat(picture.post_started_at) for picture in pictures if picture.post_started_at]
+        if not starts:
+            return {}
+        since = min(starts) - timedelta(seconds=POSTED_SEARCH_MARGIN_SECONDS)
+        wanted = {picture_filename(job, picture): picture.id for picture in pictures}
+        ours = {self.client.application_id, self.client.user.id if self.client.user else None} - {None}
+        found: dict[int, str] = {}
+        try:
+            with self.client.endpoints.active():
+                channel = await self._channel(job.reply_context)
+                async for message in channel.history(limit=POSTED_SEARCH_MESSAGES, after=since):
+                    if message.author.id not in ours:
+                        continue
+                    for attachment in message.attachments:
+                        if attachment.filename in wanted:
+                            found.setdefault(wanted[attachment.filename], str(message.id))
+        except (discord.Forbidden, discord.NotFound) as error:
+            logger.warning(
+                "cannot read channel %s back (Discord answered %s, code %s): job %s's pictures in doubt are posted "
+                "again", job.reply_context.get("channel_id"), error.status, error.code, job.id,
+            )  # fmt: skip
+        return found
 
     async def _send(
         self,

@@ -29,6 +29,12 @@ The fake models the platform rules the product depends on, so that tests fail wh
 * direct messages: ``POST /users/@me/channels`` opens one, sends to it need no guild permission; a person in
   ``closed_dms`` does not accept them (``403`` Cannot send messages to this user, 50007);
 * ``nonce`` + ``enforce_nonce`` on ``POST /channels/{id}/messages`` deduplicates retries;
+* ``GET /channels/{id}/messages`` lists a channel's messages newest first, interaction follow-ups included (their
+  author is the application's bot user, as on Discord), ephemeral ones not: ``limit`` 1-100 (default 50), at most
+  one of ``before``/``after``/``around`` (Discord documents them as mutually exclusive; more is refused here with
+  50035); ``after`` gives the oldest ``limit`` messages after it, ``before`` the newest before it.  A guild channel
+  without VIEW_CHANNEL is ``403`` Missing Access (50001); without READ_MESSAGE_HISTORY the list is empty, as
+  Discord documents ("no messages will be returned");
 * message edits (``PATCH /webhooks/{app}/{token}/messages/{id|@original}`` and
   ``PATCH /channels/{id}/messages/{id}``, JSON or multipart with ``files[n]``) are checked against the
   OpenAPI schemas (``IncomingWebhookUpdateRequestPartial``, ``MessageEditRequestPartial``): content at
@@ -372,7 +378,9 @@ class Fault:
     """An injected failure for requests matching ``method`` and ``pattern`` (searched in the API path).
 
     ``when="before"`` answers without doing anything (the usual 429/5xx); ``when="after"`` performs the request
-    and then answers the error, the "response lost" case that retries must survive without duplicates.
+    and then answers the error, the "response lost" case that retries must survive without duplicates;
+    ``when="held"`` performs the request and holds its answer back for ``retry_after`` seconds (or until the fake
+    stops), then answers as usual: the window in which a client killed has done the thing but not heard of it.
     """
 
     method: str
@@ -381,7 +389,7 @@ class Fault:
     retry_after: float
     times: int
     global_: bool
-    when: Literal["before", "after"]
+    when: Literal["before", "after", "held"]
     hits: int = 0
     where: Callable[[RecordedRequest], bool] | None = None  # only requests it accepts (e.g. those with files)
 
@@ -633,6 +641,7 @@ class FakeDiscord:
         self._next_reaction_at: dict[int, float] = {}  # channel id -> loop time of the next allowed reaction
         self._command_ids: dict[tuple[int | None, str], int] = {}
         self._changed: asyncio.Event | None = None
+        self._stopping: asyncio.Event | None = None  # set when the fake stops: held answers go out at once
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: web.AppRunner | None = None
         self._patch_stack: contextlib.ExitStack | None = None
@@ -651,6 +660,7 @@ class FakeDiscord:
     async def start(self) -> None:
         """Listen on a random loopback port; with ``auto_patch`` also point discord.py here."""
         self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)  # big enough to answer 413 ourselves
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._cdn)
@@ -666,6 +676,8 @@ class FakeDiscord:
 
     async def stop(self) -> None:
         """Close the gateway connections, stop the server and restore discord.py's addresses."""
+        if self._stopping is not None:
+            self._stopping.set()
         for conn in self.connections:
             if not conn.ws.closed:
                 with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
@@ -865,7 +877,7 @@ class FakeDiscord:
         times: int = 1,
         *,
         global_: bool = False,
-        when: Literal["before", "after"] = "before",
+        when: Literal["before", "after", "held"] = "before",
         where: Callable[[RecordedRequest], bool] | None = None,
     ) -> Fault:
         """Answer the next ``times`` matching requests with ``status`` (429 with Discord's body, or a 5xx).
@@ -874,7 +886,9 @@ class FakeDiscord:
         path (``r"^/attachments/"``). discord.py sleeps ``retry_after`` on a 429 and retries; on 500/502/504
         it sleeps 1 s, 3 s, ... (the webhook adapter retries every 5xx, ``HTTPClient`` not 503). ``where``
         narrows it further to the requests it accepts (``lambda r: bool(r.files)``: uploads only).
-        Other statuses (400, 403, ...) get Discord's JSON error body too.
+        Other statuses (400, 403, ...) get Discord's JSON error body too.  ``when="held"`` (see :class:`Fault`)
+        answers normally, only ``retry_after`` seconds late (``status`` unused): e.g. a follow-up that exists
+        while the bot still waits for its id.
         """
         fault = Fault(method.upper(), re.compile(path_regex), status, retry_after, times, global_, when, where=where)
         self._faults.append(fault)
@@ -935,6 +949,7 @@ class FakeDiscord:
             ("GET", f"/channels/{snow.format('channel_id')}", self._get_channel, True),
             ("POST", f"/channels/{snow.format('channel_id')}/typing", self._typing, True),
             ("POST", f"/channels/{snow.format('channel_id')}/messages", self._create_channel_message, True),
+            ("GET", f"/channels/{snow.format('channel_id')}/messages", self._list_channel_messages, True),
             *[
                 (
                     method,
@@ -1050,7 +1065,13 @@ class FakeDiscord:
             # bug in the fake itself does not hide behind the 400.
             _log.exception("fake Discord could not handle %s %s", rec.method, rec.path)
             status, body = _error(400, "Invalid Form Body", 50035)
-        if fault is not None:
+        if fault is not None and fault.when == "held":
+            rec.fault = fault
+            self._notify()  # done, not yet answered: what a test waits for before killing the client
+            assert self._stopping is not None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), fault.retry_after)
+        elif fault is not None:
             rec.fault = fault
             return self._respond(rec, *fault.reply())
         return self._respond(rec, status, body, headers)
@@ -1703,6 +1724,43 @@ class FakeDiscord:
         if not direct:  # DM events (the DIRECT_MESSAGES intent) are not modelled
             await self._announce("MESSAGE_CREATE", msg)
         return 200, msg
+
+    async def _list_channel_messages(self, rec: RecordedRequest, channel_id: str) -> _Reply:
+        """``GET /channels/{id}/messages`` as Discord answers it (see the module docstring)."""
+        direct = int(channel_id) in self.dm_channels.values()
+        if self.guild_of_channel(int(channel_id)) is None and not direct:
+            return _error(404, "Unknown Channel", 10003)
+        if not direct:
+            problem = self._refuse_without(0)
+            if problem:
+                return problem
+        anchors = [name for name in ("around", "before", "after") if name in rec.query]
+        if len(anchors) > 1:
+            return _invalid_form([anchors[1]], "BASE_TYPE_BAD", "around, before and after are mutually exclusive")
+        limit = int(rec.query.get("limit", 50))
+        if not 1 <= limit <= 100:
+            return _invalid_form(["limit"], "NUMBER_TYPE_MAX", "Must be between 1 and 100.")
+        if not direct and not self._can_read_history():
+            return 200, []  # Discord: "no messages will be returned" without READ_MESSAGE_HISTORY
+        listed = sorted(
+            (m for m in self.messages.values() if m["channel_id"] == channel_id and not m["flags"] & FLAG_EPHEMERAL),
+            key=lambda m: int(m["id"]),
+        )
+        if "after" in rec.query:
+            chosen = [m for m in listed if int(m["id"]) > int(rec.query["after"])][:limit]
+        elif "before" in rec.query:
+            chosen = [m for m in listed if int(m["id"]) < int(rec.query["before"])][-limit:]
+        elif "around" in rec.query:
+            around = int(rec.query["around"])
+            older = [m for m in listed if int(m["id"]) < around][-(limit // 2) :] if limit // 2 else []
+            chosen = older + [m for m in listed if int(m["id"]) >= around][: limit - len(older)]
+        else:
+            chosen = listed[-limit:]
+        return 200, list(reversed(chosen))
+
+    def _can_read_history(self) -> bool:
+        granted = self.app_permissions
+        return bool(granted & _P_ADMINISTRATOR or granted & _P_READ_HISTORY)
 
     async def _channel_message(self, rec: RecordedRequest, channel_id: str, message_id: str) -> _Reply:
         msg = self.messages.get(int(message_id))

@@ -683,3 +683,60 @@ async def test_autocomplete_answers_are_held_to_discords_limits(fake: FakeDiscor
     assert _form_error(await answer([{"name": "n" * 101, "value": "v"}]), "data", "choices", 0, "name")
     assert _form_error(await answer([{"name": "", "value": "v"}]), "data", "choices", 0, "name")
     assert (await answer([{"name": "n" * 100, "value": f"s{n}"} for n in range(25)]))[0] == 204
+
+
+# ---------------------------------------------------------------------------------------------- reading a channel back
+
+
+async def test_channel_messages_are_listed_newest_first_with_followups_as_on_discord(
+    fake: FakeDiscord, bot: TinyBot
+) -> None:
+    """GET /channels/{id}/messages: interaction follow-ups are the application's messages in the channel; limit,
+    before and after as Discord documents them; refused or empty where the bot's permissions say so."""
+    channel = bot.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    _, followup = await _echo(fake, b"through the interaction")
+    sent = [await channel.send(f"message {index}") for index in range(3)]
+
+    listed = [message async for message in channel.history(limit=10)]
+    assert [message.id for message in listed] == [*(m.id for m in reversed(sent)), int(followup["id"])]
+    assert listed[-1].author.id == fake.application_id and listed[-1].attachments[0].filename == "selfie.png"
+    after = [message async for message in channel.history(limit=2, after=discord.Object(id=int(followup["id"])))]
+    assert [message.id for message in after] == [sent[0].id, sent[1].id]  # the oldest two after it
+    before = [message async for message in channel.history(limit=2, before=sent[2])]
+    assert [message.id for message in before] == [sent[1].id, sent[0].id]  # the newest two before it
+
+    url = f"{fake.api_base}/channels/{fake.channel_id}/messages"
+    for index in range(60):
+        fake._message(channel_id=fake.channel_id, payload={"content": f"bulk {index}"}, files=[])
+    status, body, _ = await _raw("GET", url, fake.token)
+    assert status == 200 and isinstance(body, list) and len(body) == 50  # Discord's default limit
+    assert body[0]["content"] == "bulk 59" and [int(m["id"]) for m in body] == sorted(
+        (int(m["id"]) for m in body), reverse=True
+    )
+    for limit in ("0", "101"):
+        assert _form_error(await _raw("GET", url, fake.token, params={"limit": limit}), "limit"), limit
+    both = await _raw("GET", url, fake.token, params={"before": str(sent[2].id), "after": str(sent[0].id)})
+    assert both[0] == 400 and both[1]["code"] == 50035  # mutually exclusive
+    unknown = await _raw("GET", f"{fake.api_base}/channels/424242/messages", fake.token)
+    assert unknown[0] == 404 and unknown[1]["code"] == 10003
+
+    fake.app_permissions = BOT_PERMISSIONS & ~PERMISSION_VIEW_CHANNEL
+    with pytest.raises(discord.Forbidden) as refused:
+        [message async for message in channel.history(limit=5)]
+    assert refused.value.code == 50001
+    fake.app_permissions = BOT_PERMISSIONS & ~PERMISSION_READ_MESSAGE_HISTORY
+    assert [message async for message in channel.history(limit=5)] == []  # "no messages will be returned"
+
+
+async def test_a_held_answer_comes_after_the_message_exists(fake: FakeDiscord, bot: TinyBot) -> None:
+    """when="held": the follow-up is created at once, its answer waits: a bot killed meanwhile never hears of it."""
+    held = fake.fail_next("POST", r"^/webhooks/\d+/[^/]+$", when="held", retry_after=1.0)
+    echo = asyncio.ensure_future(_echo(fake, b"held back"))
+    await fake.wait_until(lambda: held.hits, 5, "the held follow-up")
+    post = next(r for r in fake.requests if r.fault is held)
+    assert post.status is None  # not answered yet
+    assert [fake.message_files(m)[0].data for m in fake.channel_messages() if m.get("attachments")] == [b"held back"]
+    await asyncio.wait_for(echo, 5)  # the bot's view of the message came when it existed, not when answered
+    await fake.wait_until(lambda: post.status, 5, "the held answer")
+    assert post.status == 200 and fake._loop_time() - post.time >= 1.0 and len(fake.channel_messages()) == 1

@@ -42,7 +42,7 @@ DISCORD_ROUTES: dict[str, tuple[str, ...]] = {
     "/guilds/{guild_id}": ("get",),
     "/channels/{channel_id}": ("get",),
     "/channels/{channel_id}/typing": ("post",),
-    "/channels/{channel_id}/messages": ("post",),
+    "/channels/{channel_id}/messages": ("get", "post"),
     "/channels/{channel_id}/messages/{message_id}": ("get", "patch", "delete"),
     "/channels/{channel_id}/messages/{message_id}/reactions/{emoji_name}/@me": ("put", "delete"),
 }
