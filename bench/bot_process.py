@@ -1,11 +1,13 @@
-"""A second bot process for ``mmpp bench bots --processes 2``: what a second ``mmpp run`` on another machine is.
+"""A bot process for ``mmpp bench bots``: what a second ``mmpp run`` on another machine is.
 
     python -m bench.bot_process CONFIG.json
 
-The benchmark's own process holds the platform fake, the simulated people and the first bot (Discord shard 0
-of 2); this one is the real :class:`~bot.core.ChatCore` and :class:`~bot.discord_app.DiscordAdapter` for shard
-1 of 2, on the same PostgreSQL database, with its own :class:`~bench.bots.InstantWorkerQueue` (each job is
-sent to the broker by the process that delivers it, so each process's stand-in sees exactly its own jobs).
+With ``--processes 2`` the benchmark's own process holds the platform fake, the simulated people and the first
+bot (Discord shard 0 of 2), and this one is the second; with ``--bots-apart`` every bot is one of these and the
+benchmark's process holds only the fake and the people.  Each is the real :class:`~bot.core.ChatCore` and
+:class:`~bot.discord_app.DiscordAdapter` for its shards, on the benchmark's database, with its own
+:class:`~bench.bots.InstantWorkerQueue` (each job is sent to the broker by the process that delivers it, so each
+process's stand-in sees exactly its own jobs).
 It prints ``ready`` once its shard is connected and its core started, runs until its standard input closes,
 then writes what the benchmark checks and reports (CONFIG's ``report`` file): the jobs its queue was sent,
 when each result was first read, the CPU seconds it used, and the ERROR lines it logged.

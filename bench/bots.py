@@ -617,6 +617,9 @@ class Options:
     database_url: str = DEFAULT_POSTGRES_URL
     #: Bot processes sharing the database: 1, or 2 (Discord shards 0 and 1 of 2, on PostgreSQL).
     processes: int = 1
+    #: Every bot in a process of its own (Discord only): this process then holds only the fake and the people,
+    #: so the load does not share one event loop (and one core) with the bot it measures.
+    bots_apart: bool = False
 
 
 @dataclass
@@ -703,7 +706,8 @@ async def drive(
         load_ended_at = loop.time()
         drain_error = None
         try:
-            await core.wait_idle(timeout=drain_timeout)
+            if core is not None:  # None: every bot runs in a process of its own (--bots-apart)
+                await core.wait_idle(timeout=drain_timeout)
             if others_idle is not None:
                 await others_idle(drain_timeout)
         except TimeoutError:
@@ -916,8 +920,8 @@ class SecondProcess:
         self.log = log
 
     @classmethod
-    async def start(cls, workdir: Path, token: str, settings: dict[str, Any]) -> SecondProcess:
-        folder = workdir / "second"
+    async def start(cls, workdir: Path, token: str, settings: dict[str, Any], name: str = "second") -> SecondProcess:
+        folder = workdir / name
         folder.mkdir()
         config = folder / "config.json"
         report, log = folder / "report.json", folder / "bot.log"
@@ -985,6 +989,8 @@ async def run(options: Options, *, progress: Callable[[str], None] | None = None
     queue = InstantWorkerQueue()
     second: SecondProcess | None = None
     second_report: dict[str, Any] | None = None
+    apart: list[SecondProcess] = []
+    apart_reports: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="mmpp-bench-bots-") as folder:
         workdir = Path(folder)
         async with database_of(options, workdir) as location:
@@ -995,19 +1001,30 @@ async def run(options: Options, *, progress: Callable[[str], None] | None = None
                 async with counting_errors() as errors:
                     values = await platform_.open_fake()
                     settings = bench_settings(workdir, poll_interval_seconds=0.05, **store, **values)
-                    core = ChatCore(storage, queue, settings)
-                    await platform_.open_bot(core, settings)
-                    await core.start()
-                    if options.processes > 1:
+                    if options.bots_apart:
+                        assert isinstance(platform_, DiscordPlatform)  # main() refuses the others
+                        apart = await start_bots_apart(workdir, platform_.fake.token, {**values, **store}, options)
+                    else:
+                        core = ChatCore(storage, queue, settings)
+                        await platform_.open_bot(core, settings)
+                        await core.start()
+                    if options.processes > 1 and not options.bots_apart:
                         assert isinstance(platform_, DiscordPlatform)  # main() refuses the others
                         token = platform_.fake.token
                         shard_1 = {**values, **store, "poll_interval_seconds": 0.05, "discord_shard_ids": "1"}
                         second = await SecondProcess.start(workdir, token, shard_1)
                     where = f"{STORE_LABELS[options.store]}, {options.processes} bot process(es)"
                     say(f"{options.platform} bot up ({where}); {options.users} people for {options.seconds:g} s")
-                    others_idle = None if second is None else functools.partial(all_delivered, storage)
+                    others_idle = None if second is None and not apart else functools.partial(all_delivered, storage)
                     outcome = await drive(platform_, core, storage, options, selfie, others_idle)
-                    sent = [len(queue.submissions)]  # the jobs each process sent (and delivered)
+                    sent = [] if apart else [len(queue.submissions)]  # the jobs each process sent (and delivered)
+                    for bot in apart:
+                        apart_reports.append(await bot.stop())
+                    apart = []
+                    for bot_report in apart_reports:
+                        sent.append(len(bot_report["submissions"]))
+                        queue.submissions.update(bot_report["submissions"])
+                        queue.ready_at.update(bot_report["ready_at"])
                     if second is not None:
                         second_report, second = await second.stop(), None
                         sent.append(len(second_report["submissions"]))
@@ -1017,16 +1034,34 @@ async def run(options: Options, *, progress: Callable[[str], None] | None = None
                     checked = await verify(platform_, storage, queue, outcome)
                     logged_errors, first_logged = errors.count, errors.first
             finally:
+                for bot in apart:
+                    await bot.kill()
                 if second is not None:
                     await second.kill()
                 if core is not None:
                     await core.stop()
                 await platform_.close()
                 await storage.close()
-    if second_report is not None:
-        logged_errors += int(second_report["errors"])
-        first_logged = first_logged or second_report["first_error"]
-    return report(options, platform_, outcome, checked, logged_errors, first_logged, second_report, sent)
+    for bot_report in [*apart_reports, *([second_report] if second_report is not None else [])]:
+        logged_errors += int(bot_report["errors"])
+        first_logged = first_logged or bot_report["first_error"]
+    return report(options, platform_, outcome, checked, logged_errors, first_logged, second_report, sent, apart_reports)
+
+
+async def start_bots_apart(workdir: Path, token: str, values: dict[str, Any], options: Options) -> list[SecondProcess]:
+    """``--bots-apart``: each bot process is a ``bench/bot_process.py`` (one, or shards 0 and 1 of 2), started one
+    after the other so that their IDENTIFYs keep to the gateway's pace; none runs in this process."""
+    shards = [None] if options.processes == 1 else ["0", "1"]
+    bots: list[SecondProcess] = []
+    try:
+        for index, shard in enumerate(shards):
+            settings = {**values, "poll_interval_seconds": 0.05, **({"discord_shard_ids": shard} if shard else {})}
+            bots.append(await SecondProcess.start(workdir, token, settings, name=f"bot-{index}"))
+    except BaseException:
+        for bot in bots:
+            await bot.kill()
+        raise
+    return bots
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -1036,6 +1071,7 @@ def _ms(seconds: float | None) -> float | None:
 def report(
     options: Options, platform_: Platform, outcome: LoadOutcome, checked: dict[str, Any], logged_errors: int,
     first_logged: str | None, second: dict[str, Any] | None = None, sent: list[int] | None = None,
+    apart: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     cycles = outcome.cycles
     first = [cycle.first_reply_seconds for cycle in cycles if cycle.first_reply_seconds is not None]
@@ -1054,6 +1090,8 @@ def report(
     rating_window = max(outcome.ratings_settled_at, outcome.load_ended_at) - outcome.started_at
     wall = outcome.ratings_settled_at - outcome.started_at
     second_cpu = float(second["cpu_seconds"]) if second is not None else 0.0
+    apart = apart or []
+    second_cpu += sum(float(bot["cpu_seconds"]) for bot in apart)
     others = other_processes_share(outcome.machine_busy_seconds, outcome.cpu_seconds + second_cpu, wall)
 
     # Each process's CPU over the run: the benchmark's own process also runs the fake and the people.
@@ -1065,7 +1103,13 @@ def report(
         return {"process": process, "cpu_seconds": round(seconds, 2), "cores": cores, "jobs_sent": sent_here}
 
     shard = " (shard 0)" if second is not None else ""
-    processes = [cpu_of(0, f"benchmark: fake, people and bot{shard}", outcome.cpu_seconds)]
+    if apart:
+        processes = [{**cpu_of(len(apart), "benchmark: fake and people", outcome.cpu_seconds), "jobs_sent": 0}]
+        for index, bot in enumerate(apart):
+            where = f" (shard {index} of {len(apart)})" if len(apart) > 1 else ""
+            processes.append(cpu_of(index, f"bot process {index}{where}", float(bot["cpu_seconds"])))
+    else:
+        processes = [cpu_of(0, f"benchmark: fake, people and bot{shard}", outcome.cpu_seconds)]
     if second is not None:
         processes.append(cpu_of(1, "second bot process (shard 1)", second_cpu))
     p99 = percentile(first, 0.99)
@@ -1095,6 +1139,7 @@ def report(
         "platform": options.platform,
         "store": options.store,
         "processes": options.processes,
+        "bots_apart": options.bots_apart,
         "users": options.users,
         "seconds": options.seconds,
         "think_seconds": options.think,
@@ -1167,6 +1212,8 @@ def render_table(result: dict[str, Any]) -> str:
     store_label = STORE_LABELS[result.get("store", "sqlite")]
     if result.get("processes", 1) > 1:
         store_label += f" shared by {result['processes']} bot processes (Discord shards 0 and 1 of 2)"
+    if result.get("bots_apart"):
+        store_label += "; every bot in a process of its own, apart from the fake and the people"
     per_process = [
         f"cpu      {entry['process']}: {entry['cpu_seconds']:.1f} s ({_value(entry['cores'], '', 2)} cores), "
         f"{entry['jobs_sent']} jobs"
@@ -1181,7 +1228,7 @@ def render_table(result: dict[str, Any]) -> str:
         f"date     {result['date']}",
         f"load     {result['load_seconds']:.1f} s; this process used "
         f"{_value(result['cpu']['this_process_cores'], '', 2)} cores; other processes {others_text} of the machine",
-        *(per_process if result.get("processes", 1) > 1 else []),
+        *(per_process if result.get("processes", 1) > 1 or result.get("bots_apart") else []),
         "",
         f"{'figure':<40}{'value':>16}  {'target':<12}{'result':<6}",
         f"{'commands sent (/s)':<40}{len_and_rate(jobs['commands'], result['commands_per_second']):>16}",
@@ -1289,6 +1336,13 @@ def build_parser() -> argparse.ArgumentParser:
             "PostgreSQL runs with one process and then with two"
         ),
     )  # fmt: skip
+    parser.add_argument(
+        "--bots-apart", action="store_true",
+        help=(
+            "run every bot in a process of its own (Discord only), so that this process holds only the fake and the "
+            "people: the load then does not share an event loop and a core with the bot it measures"
+        ),
+    )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
     return parser
@@ -1305,6 +1359,8 @@ def refusal(arguments: argparse.Namespace) -> str | None:
     """Why these options cannot run together, in one line; ``None`` when they can."""
     if arguments.think < 0:
         return "--think must be 0 or more."
+    if arguments.bots_apart and arguments.platform != "discord":
+        return "--bots-apart runs Discord bot processes; the Telegram bot runs in the benchmark's process."
     if arguments.processes > 1:
         if arguments.store == "sqlite":
             return "--processes 2 shares a PostgreSQL database: add --store postgresql (or both)."
@@ -1399,7 +1455,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [
         Options(
             users, arguments.seconds, arguments.platform, arguments.think, arguments.seed, arguments.busy,
-            store=store, database_url=arguments.database_url, processes=processes,
+            store=store, database_url=arguments.database_url, processes=processes, bots_apart=arguments.bots_apart,
         )
         for store, processes in configurations(arguments.store, arguments.processes)
     ]  # fmt: skip

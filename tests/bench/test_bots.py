@@ -217,12 +217,32 @@ def test_the_stores_are_compared_side_by_side(stores: dict[str, Any]) -> None:
     assert stores["pass"] == (all(run["pass"] for run in stores["configurations"]) and verdict["pass"])
 
 
+def test_with_the_bots_apart_this_process_holds_only_the_fake_and_the_people() -> None:
+    """``--bots-apart``: two bot processes (shards 0 and 1 of 2) on PostgreSQL and none in the benchmark's process,
+    which then sends no job; nothing lost or doubled, and each process's CPU reported."""
+    arguments = ["--store", "postgresql", "--processes", "2", "--bots-apart", "--users", "6", "--seconds", "3"]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        bench.main([*arguments, "--json", "--database-url", POSTGRES_URL])
+    run = json.loads(output.getvalue())
+    assert run["bots_apart"] is True and run["errors"]["total"] == 0, run["errors"]["first"]
+    jobs, deliveries, ratings = run["jobs"], run["deliveries"], run["ratings"]
+    assert jobs["commands"] > 0 and jobs["lost"] == jobs["duplicated"] == jobs["undelivered"] == 0
+    assert deliveries["posted"] == jobs["commands"] and ratings["lost"] == ratings["duplicated"] == 0
+    benchmark, *bots = run["cpu"]["processes"]
+    assert benchmark["process"] == "benchmark: fake and people" and benchmark["jobs_sent"] == 0
+    assert [bot["process"] for bot in bots] == ["bot process 0 (shard 0 of 2)", "bot process 1 (shard 1 of 2)"]
+    assert all(bot["cpu_seconds"] > 0 and bot["jobs_sent"] > 0 for bot in bots)
+    assert sum(bot["jobs_sent"] for bot in bots) == jobs["commands"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "words"),
     [
         (["--processes", "2"], "--processes 2 shares a PostgreSQL database"),
         (["--processes", "2", "--store", "postgresql", "--platform", "telegram"], "Telegram serves one bot token"),
         (["--processes", "2", "--store", "both", "--busy"], "--busy puts them in one channel"),
+        (["--bots-apart", "--platform", "telegram"], "--bots-apart runs Discord bot processes"),
         (["--store", "postgresql", "--database-url", "postgresql://nobody:secret@127.0.0.1:1/x"], "not reachable"),
     ],
 )
