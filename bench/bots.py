@@ -874,12 +874,13 @@ async def counting_errors() -> AsyncIterator[ErrorCounter]:
 def bench_settings(workdir: Path, **values: Any) -> BotSettings:
     """The bot's settings for a benchmark in ``workdir``: its own database and folders, no metrics port, and
     quotas high enough that the load is never refused (quotas are not what is measured)."""
-    return BotSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        database=workdir / "bench.sqlite3", state_dir=workdir / "state", out=workdir / "out",
-        daily_picture_quota=1_000_000_000, chat_daily_picture_quota=1_000_000_000, max_pending_jobs=1_000_000,
-        metrics_port=0, **values,
-    )  # fmt: skip
+    settings: dict[str, Any] = {
+        "database": workdir / "bench.sqlite3", "state_dir": workdir / "state", "out": workdir / "out",
+        "daily_picture_quota": 1_000_000_000, "chat_daily_picture_quota": 1_000_000_000,
+        "max_pending_jobs": 1_000_000, "metrics_port": 0,
+    }  # fmt: skip
+    # A bot process of --bots-apart names the benchmark's SQLite file: the database is what they share.
+    return BotSettings(_env_file=None, **{**settings, **values})  # type: ignore[call-arg]
 
 
 @contextlib.asynccontextmanager
@@ -1003,7 +1004,8 @@ async def run(options: Options, *, progress: Callable[[str], None] | None = None
                     settings = bench_settings(workdir, poll_interval_seconds=0.05, **store, **values)
                     if options.bots_apart:
                         assert isinstance(platform_, DiscordPlatform)  # main() refuses the others
-                        apart = await start_bots_apart(workdir, platform_.fake.token, {**values, **store}, options)
+                        shared = store or {"database": str(location)}  # the benchmark's own SQLite file
+                        apart = await start_bots_apart(workdir, platform_.fake.token, {**values, **shared}, options)
                     else:
                         core = ChatCore(storage, queue, settings)
                         await platform_.open_bot(core, settings)

@@ -236,6 +236,18 @@ def test_with_the_bots_apart_this_process_holds_only_the_fake_and_the_people() -
     assert sum(bot["jobs_sent"] for bot in bots) == jobs["commands"]
 
 
+def test_with_the_bot_apart_on_sqlite_it_shares_the_benchmarks_database() -> None:
+    """One bot process apart on the SQLite default: it must write the file the benchmark checks."""
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        bench.main(["--bots-apart", "--users", "4", "--seconds", "2", "--json"])
+    run = json.loads(output.getvalue())
+    jobs, ratings = run["jobs"], run["ratings"]
+    assert jobs["commands"] > 0 and jobs["rows"] == jobs["commands"] and jobs["lost"] == 0
+    assert ratings["rows"] == ratings["reactions"] > 0
+    assert [entry["process"] for entry in run["cpu"]["processes"]] == ["benchmark: fake and people", "bot process 0"]
+
+
 @pytest.mark.parametrize(
     ("arguments", "words"),
     [
