@@ -353,19 +353,28 @@ def test_the_klein_preview_projection_shows_the_colours_of_the_latents_the_denoi
         return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(torch.cat([mean, mean * 0], dim=1)))
 
     monkeypatch.setattr(vae, "encode", linear_encode)
-    monkeypatch.setattr(vae.bn, "running_mean", torch.linspace(-1, 1, channels * 4))
-    monkeypatch.setattr(vae.bn, "running_var", torch.linspace(0.2, 3, channels * 4))
-    monkeypatch.setattr(engine, "preview_projection", fit_preview_projection(vae, scale))
+    # The batch-norm statistics are buffers of the session's shared engine: changed in place and put back by
+    # hand, because monkeypatch's undo of a module buffer leaves the module without it for the tests after this.
+    saved = vae.bn.running_mean.clone(), vae.bn.running_var.clone()
+    try:
+        with torch.no_grad():
+            vae.bn.running_mean.copy_(torch.linspace(-1, 1, channels * 4))
+            vae.bn.running_var.copy_(torch.linspace(0.2, 3, channels * 4))
+        monkeypatch.setattr(engine, "preview_projection", fit_preview_projection(vae, scale))
 
-    side = engine.output_size()[0]
-    fresh = preview_fit_images(2, side, seed=1)  # not the fields it was fitted on
-    with torch.inference_mode():
-        packed = engine.pipeline._pack_latents(engine.pipeline._encode_vae_image(fresh, generator=None))
-    for image, tokens in zip(fresh, packed, strict=True):
-        preview = np.asarray(engine._preview_image(tokens[None]), dtype=np.float64)
-        truth = ((image.permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.float64)
-        error, grey = np.abs(preview - truth).mean(), np.abs(truth - 127.5).mean()
-        assert preview.shape == truth.shape and error < 0.2 * grey, (error, grey)
+        side = engine.output_size()[0]
+        fresh = preview_fit_images(2, side, seed=1)  # not the fields it was fitted on
+        with torch.inference_mode():
+            packed = engine.pipeline._pack_latents(engine.pipeline._encode_vae_image(fresh, generator=None))
+        for image, tokens in zip(fresh, packed, strict=True):
+            preview = np.asarray(engine._preview_image(tokens[None]), dtype=np.float64)
+            truth = ((image.permute(1, 2, 0).numpy() + 1) * 127.5).astype(np.float64)
+            error, grey = np.abs(preview - truth).mean(), np.abs(truth - 127.5).mean()
+            assert preview.shape == truth.shape and error < 0.2 * grey, (error, grey)
+    finally:
+        with torch.no_grad():
+            vae.bn.running_mean.copy_(saved[0])
+            vae.bn.running_var.copy_(saved[1])
 
 
 def test_mmpp_train_takes_a_klein_base_for_style_loras_and_refuses_the_rest_before_loading(
