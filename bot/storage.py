@@ -276,7 +276,7 @@ class Storage:
 
     # ------------------------------------------------------------------ jobs
 
-    @retried_when_connection_lost(idempotent=False)
+    @retried_when_connection_lost(idempotent=True)
     async def create_job(
         self,
         *,
@@ -304,6 +304,10 @@ class Storage:
         Returns ``(job, created)``; ``created`` is false when this platform
         event already made a job (a duplicate delivery), which is returned.
         With ``limits`` (everyone but admins) a job that does not fit them raises :class:`QuotaRefused`.
+
+        Safe to run again after a lost COMMIT (PostgreSQL restarted as it committed): the event's row then
+        carries this call's own ``task_id`` (a fresh uuid per order), so it is this call's job, created, not
+        another delivery's; without that, the person would hear "out of reach" for an order that was made.
         """
         async with self.write() as db:
             if limits is not None:
@@ -314,7 +318,7 @@ class Storage:
                     "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
                 )
                 if existing:
-                    return Job.from_row(existing[0]), False
+                    return Job.from_row(existing[0]), existing[0]["task_id"] == task_id
                 await self._check_limits(db, limits, user_id, platform, chat_id, picture_count)
             # The unique (platform, event_key) decides between two processes handed the same event: the second
             # inserts nothing and is given the first's job.
@@ -333,7 +337,7 @@ class Storage:
                 existing = await db.fetch_all(
                     "SELECT * FROM jobs WHERE platform = ? AND event_key = ?", (platform, event_key)
                 )
-                return Job.from_row(existing[0]), False
+                return Job.from_row(existing[0]), existing[0]["task_id"] == task_id
             job_id = int(inserted[0][0])
             if upscale_of_picture_id is not None:  # in the same transaction: no upscale exists without its picture
                 await db.execute(

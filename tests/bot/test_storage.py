@@ -500,3 +500,42 @@ async def test_identify_slots_booked_by_two_processes_at_once_are_an_interval_ap
     finally:
         await first.close()
         await second.close()
+
+
+async def test_an_order_whose_commit_was_lost_is_created_once_not_refused(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL restarting as a job's transaction commits: the COMMIT went through but its answer was lost.
+    The write runs again, finds its own row (its task id) and answers "created", so the person gets the job
+    rather than "out of reach"; one job and one selfie exist."""
+    from asyncpg.transaction import Transaction
+
+    storage = await Storage.open(postgres_url)
+    try:
+        user = await storage.ensure_user("telegram", "1")
+        real_commit = Transaction.commit
+        lost = []
+
+        async def commit_then_lose_the_answer(self: Transaction) -> None:
+            await real_commit(self)
+            if not lost:
+                lost.append(True)
+                raise ConnectionResetError("connection reset by peer")
+
+        monkeypatch.setattr(Transaction, "commit", commit_then_lose_the_answer)
+        job, created = await storage.create_job(
+            task_id="task-1", user_id=user, platform="telegram", event_key="update-1", chat_id="chat",
+            style="anime", prompt="", mode="fast", picture_count=1, seed=1, selfie=b"selfie", reply_context={},
+            queue="mmpp.fast", variant="base", limits=JobLimits(10, 10, 10, datetime.now(UTC) - timedelta(days=1)),
+        )  # fmt: skip
+        assert lost and created and job.task_id == "task-1"
+        assert await storage.count("jobs") == 1 and await storage.count("selfies") == 1
+        # Another delivery of the same event (another task id) is still a duplicate.
+        again, created_again = await storage.create_job(
+            task_id="task-2", user_id=user, platform="telegram", event_key="update-1", chat_id="chat",
+            style="anime", prompt="", mode="fast", picture_count=1, seed=1, selfie=b"selfie", reply_context={},
+            queue="mmpp.fast", variant="base",
+        )  # fmt: skip
+        assert again.id == job.id and not created_again
+    finally:
+        await storage.close()
