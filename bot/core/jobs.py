@@ -366,7 +366,8 @@ class Jobs:
         self.moderation.check_allowed(requester)
         try:
             request.validate()
-            self.check_style(style).compose_prompt(prompt)  # the worker's own check, before a job exists
+            catalogued = self.check_style(style)
+            catalogued.compose_prompt(prompt)  # the worker's own check, before a job exists
         except MmppError as error:
             raise MmppError(error.code, error.message) from None
         self.moderation.check_prompt(prompt)
@@ -379,9 +380,9 @@ class Jobs:
             variant = preferred_variant  # an upscale repaints its picture: the picture's variant, whatever is served
         else:
             weighted = has_prompt_weights(clean_prompt(prompt))
-            variant = await self.variants.assign(self.check_style(style), preferred_variant, weighted_prompt=weighted)
+            variant = await self.variants.assign(catalogued, preferred_variant, weighted_prompt=weighted)
         # The family travels with the variant: a re-roll or an upscale keeping its job's variant keeps its family.
-        family = self.check_style(style).with_variant(variant).family
+        family = catalogued.with_variant(variant).family
         try:
             job, created = await self.storage.create_job(
                 task_id=str(uuid.uuid4()), user_id=user_id, platform=requester.platform, event_key=event_key,
@@ -423,7 +424,8 @@ class Jobs:
         """The Celery queue of a job: its family's (``MMPP_FAMILY_QUEUES``; the bot's own queue for a variant that
         names none), then its mode's, or its style's default mode's."""
         style = self.styles.get(style_name)
-        base = self.family_queues.get(family, self.settings.queue) if family else self.settings.queue
+        # "" (a variant naming no family) is never a key of MMPP_FAMILY_QUEUES: the bot's own queue.
+        base = self.family_queues.get(family, self.settings.queue)
         return queue_for(base, mode or (style.mode if style else None))
 
     async def _enqueue(self, job: Job) -> None:
