@@ -44,8 +44,15 @@ def report(
     selfies: Path, cache_dir: Path, tiny_clip: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("family-sweep")
+    code, out = run_sweep(TWO_FAMILIES, root, selfies, cache_dir, tiny_clip)
+    yield {"code": code, "out": out, "results": json.loads((out / "results.json").read_text()) if code == 0 else {}}
+
+
+def run_sweep(sweep: str, root: Path, selfies: Path, cache_dir: Path, tiny_clip: Path) -> tuple[int, Path]:
+    """``mmpp eval`` on the tiny weights, offline, with the tiny CLIP and no safety checker: its exit code and
+    report folder."""
     config = root / "sweep.toml"
-    config.write_text(TWO_FAMILIES)
+    config.write_text(sweep)
     out = root / "report"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MMPP_CACHE_DIR", str(cache_dir))
@@ -53,7 +60,7 @@ def report(
         patch.setenv("MMPP_SAFETY_CHECKER", "off")
         patch.setenv("HF_HUB_OFFLINE", "1")
         code = main(["--selfies", str(selfies), "--config", str(config), "--report", str(out), "--weights", "tiny"])
-    yield {"code": code, "out": out, "results": json.loads((out / "results.json").read_text()) if code == 0 else {}}
+    return code, out
 
 
 def test_each_family_gets_its_own_figures(report: dict[str, Any]) -> None:
@@ -170,18 +177,11 @@ def test_a_variant_naming_its_family_is_judged_on_that_familys_run_only(
     """The shipped headshot's ``photo-edit`` is painted by klein in production: ``variants = "all"`` renders it on
     the klein run, where its floor figures will come from, and leaves it out of the SD run (whose worker would
     refuse it), so nothing is recorded as failed."""
-    config = tmp_path / "sweep.toml"
-    config.write_text(
+    sweep = (
         'families = ["sd15", "flux2-klein"]\nstyles = ["headshot"]\nvariants = "all"\nstyle_scale = [1.0]\n'
         'modes = ["fast"]\nseeds = [7]\nsteps = 4\n'
     )
-    out = tmp_path / "report"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MMPP_CACHE_DIR", str(cache_dir))
-        patch.setenv("MMPP_CLIP_MODEL", str(tiny_clip))
-        patch.setenv("MMPP_SAFETY_CHECKER", "off")
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        code = main(["--selfies", str(selfies), "--config", str(config), "--report", str(out), "--weights", "tiny"])
+    code, out = run_sweep(sweep, tmp_path, selfies, cache_dir, tiny_clip)
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert not results["failures"]
