@@ -409,7 +409,7 @@ class Jobs:
                 logger.exception("posting the status of job %s failed; the job goes on", job.id)
         # After the status: on Discord the first follow-up fills the public
         # "thinking" message, and the notice must stay private.
-        if delivery is not None and await self.storage.take_privacy_notice(user_id):
+        if delivery is not None and await self._privacy_notice_due(user_id, job.id):
             try:
                 await delivery.post_notice(job, texts.privacy_notice(self.settings.selfie_retention_hours))
             except Exception:
@@ -419,6 +419,16 @@ class Jobs:
         await self.admission.feed_now()
         self._follow(job)
         return job, True
+
+    async def _privacy_notice_due(self, user_id: int, job_id: int) -> bool:
+        """Whether the person's first-order privacy notice is due.  The job is written by now: a failure here (a
+        PostgreSQL restart losing this write's COMMIT) must not turn into an error for an order that was made,
+        nor leave the job unfollowed; the notice is then posted, as telling twice beats never telling."""
+        try:
+            return await self.storage.take_privacy_notice(user_id)
+        except Exception as error:  # noqa: BLE001 - whatever the database did, the order stands
+            logger.warning("job %s: could not record the privacy notice (%s); posting it", job_id, type(error).__name__)
+            return True
 
     def _queue_of(self, style_name: str, mode: str | None, family: str = "") -> str:
         """The Celery queue of a job: its family's (``MMPP_FAMILY_QUEUES``; the bot's own queue for a variant that

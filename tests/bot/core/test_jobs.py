@@ -267,3 +267,20 @@ async def test_each_result_is_forgotten_in_the_result_backend_once_its_outcome_i
     await core.wait_idle(timeout=5)
     assert stored_when_forgotten == [("done", 2), ("failed", 0)]
     assert queue.forgotten == [done.task_id, failed.task_id]
+
+
+async def test_an_order_stands_when_recording_its_privacy_notice_fails(
+    core: ChatCore, storage: Storage, delivery: RecordingDelivery
+) -> None:
+    """The notice is recorded after the job is written: a database that loses that write's COMMIT (a PostgreSQL
+    restart) must not answer the order with an error, nor leave the job unfollowed; the notice is posted."""
+    from bot.database import ConnectionLostError
+
+    async def lost(user_id: int) -> bool:
+        raise ConnectionLostError("ConnectionResetError: reset", committed=None)
+
+    storage.take_privacy_notice = lost  # type: ignore[method-assign]
+    job, created = await core.order_profile(order("event-lost-notice"))
+    await core.wait_idle(timeout=10)
+    assert created and [job_id for job_id, _, _ in delivery.pictures] == [job.id]
+    assert [job_id for job_id, _ in delivery.notices] == [job.id]
